@@ -1,0 +1,241 @@
+//! Cron expressions in an IANA time zone: validation, upcoming fire times and fire counts.
+//!
+//! croner does the calendar work (5 or 6 fields, macros, DST: a local time that does not
+//! exist fires at the next valid instant, one that occurs twice fires once).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+
+use super::diag::did_you_mean;
+
+const MACROS: &[&str] = &[
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@midnight",
+    "@hourly",
+];
+
+/// A validated cron expression bound to its time zone.
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    cron: Cron,
+    tz: Tz,
+}
+
+/// Parses an IANA time zone name, suggesting the closest name on a typo.
+pub fn parse_timezone(name: &str) -> Result<Tz, (String, Option<String>)> {
+    Tz::from_str(name).map_err(|_| {
+        let hint = did_you_mean(name, chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()));
+        (
+            format!("unknown time zone {name:?}; use an IANA name such as Europe/Berlin or UTC"),
+            hint,
+        )
+    })
+}
+
+/// Parses a cron expression: 5 fields, 6 with seconds first, or a macro.
+pub fn parse_cron(expr: &str) -> Result<Cron, String> {
+    let trimmed = expr.trim();
+    if trimmed.starts_with('@') {
+        if !MACROS.iter().any(|m| m.eq_ignore_ascii_case(trimmed)) {
+            return Err(format!(
+                "unknown cron macro {trimmed:?}; use one of {}",
+                MACROS.join(", ")
+            ));
+        }
+    } else {
+        let fields = trimmed.split_whitespace().count();
+        if !(5..=6).contains(&fields) {
+            return Err(format!(
+                "cron {expr:?} has {fields} fields; write 5 (minute hour day month weekday) \
+                 or 6 with seconds first"
+            ));
+        }
+    }
+    // `@midnight` is a common alias croner does not know; it means `@daily`.
+    let pattern = if trimmed.eq_ignore_ascii_case("@midnight") {
+        "@daily"
+    } else {
+        trimmed
+    };
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+        .parse(pattern)
+        .map_err(|e| format!("invalid cron {expr:?}: {e}"))
+}
+
+impl CronSchedule {
+    /// Validates `expr` in `timezone`, and that it fires at all.
+    pub fn new(expr: &str, tz: Tz) -> Result<Self, String> {
+        let schedule = CronSchedule {
+            cron: parse_cron(expr)?,
+            tz,
+        };
+        let reference = DateTime::<Utc>::from_timestamp(1_767_225_600, 0).unwrap_or_default();
+        if schedule.next_after(reference).is_none() {
+            return Err(format!(
+                "cron {expr:?} never fires (no such date in any year)"
+            ));
+        }
+        Ok(schedule)
+    }
+
+    /// The time zone the expression is read in.
+    pub fn timezone(&self) -> Tz {
+        self.tz
+    }
+
+    /// The first fire time strictly after `after`.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Tz>> {
+        self.cron
+            .find_next_occurrence(&after.with_timezone(&self.tz), false)
+            .ok()
+    }
+
+    /// The next `n` fire times strictly after `after`.
+    pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Tz>> {
+        self.cron
+            .iter_after(after.with_timezone(&self.tz))
+            .take(n)
+            .collect()
+    }
+
+    /// How many times it fires in `(from, from + window]`, counting at most `cap` fires and
+    /// extrapolating linearly past that, so an every-second cron costs no more than a daily one.
+    pub fn fires_within(&self, from: DateTime<Utc>, window: Duration, cap: usize) -> f64 {
+        let Ok(span) = chrono::Duration::from_std(window) else {
+            return 0.0;
+        };
+        let end = from + span;
+        let mut count = 0usize;
+        for t in self.cron.iter_after(from.with_timezone(&self.tz)) {
+            let t = t.with_timezone(&Utc);
+            if t > end {
+                return count as f64;
+            }
+            count += 1;
+            if count >= cap {
+                let covered = (t - from).num_seconds().max(1) as f64;
+                return count as f64 * span.num_seconds() as f64 / covered;
+            }
+        }
+        count as f64
+    }
+
+    /// The smallest gap between two consecutive fires among the next `samples` after `from`.
+    pub fn min_interval(&self, from: DateTime<Utc>, samples: usize) -> Option<Duration> {
+        let times: Vec<DateTime<Tz>> = self.upcoming(from, samples);
+        times
+            .windows(2)
+            .filter_map(|w| (w[1].clone() - w[0].clone()).to_std().ok())
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .single()
+            .expect("valid date")
+    }
+
+    #[test]
+    fn five_six_fields_and_macros_are_accepted() {
+        for ok in [
+            "0 2 * * *",
+            "*/10 * * * * *",
+            "@daily",
+            "@HOURLY",
+            "@midnight",
+            "0 9 * * MON-FRI",
+        ] {
+            assert!(parse_cron(ok).is_ok(), "{ok} should parse");
+        }
+    }
+
+    #[test]
+    fn wrong_field_counts_macros_and_ranges_are_refused() {
+        for bad in [
+            "* * *",
+            "0 0 0 1 1 * 2026",
+            "@fortnightly",
+            "61 * * * *",
+            "0 25 * * *",
+            "",
+        ] {
+            assert!(parse_cron(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn a_cron_that_never_fires_is_refused() {
+        let err = CronSchedule::new("0 0 30 2 *", Tz::UTC).expect_err("February 30th");
+        assert!(err.contains("never fires"), "{err}");
+    }
+
+    #[test]
+    fn a_local_time_skipped_by_dst_fires_once_at_the_next_valid_instant() {
+        let berlin = parse_timezone("Europe/Berlin").expect("known");
+        let s = CronSchedule::new("30 2 * * *", berlin).expect("valid");
+        // 2026-03-29: clocks jump from 02:00 to 03:00 in Berlin.
+        let fires = s.upcoming(utc(2026, 3, 28, 12, 0), 2);
+        let local: Vec<String> = fires
+            .iter()
+            .map(|t| t.format("%m-%d %H:%M").to_string())
+            .collect();
+        assert_eq!(local, ["03-29 03:00", "03-30 02:30"]);
+    }
+
+    #[test]
+    fn a_local_time_repeated_by_dst_fires_once() {
+        let berlin = parse_timezone("Europe/Berlin").expect("known");
+        let s = CronSchedule::new("30 2 * * *", berlin).expect("valid");
+        // 2026-10-25: 02:30 happens twice in Berlin.
+        let fires = s.upcoming(utc(2026, 10, 24, 12, 0), 2);
+        let local: Vec<String> = fires
+            .iter()
+            .map(|t| t.format("%m-%d %H:%M").to_string())
+            .collect();
+        assert_eq!(local, ["10-25 02:30", "10-26 02:30"]);
+    }
+
+    #[test]
+    fn time_zone_typos_get_a_suggestion() {
+        let (msg, hint) = parse_timezone("Europe/Berln").expect_err("typo");
+        assert!(msg.contains("Europe/Berln"));
+        assert_eq!(hint.as_deref(), Some("did you mean `Europe/Berlin`?"));
+    }
+
+    #[test]
+    fn fire_counts_are_exact_below_the_cap_and_extrapolated_above_it() {
+        let s = CronSchedule::new("0 * * * *", Tz::UTC).expect("valid");
+        let month = Duration::from_secs(30 * 86_400);
+        assert_eq!(s.fires_within(utc(2026, 1, 1, 0, 0), month, 10_000), 720.0);
+        let every_second = CronSchedule::new("* * * * * *", Tz::UTC).expect("valid");
+        let n = every_second.fires_within(utc(2026, 1, 1, 0, 0), month, 1000);
+        assert!((n - 2_592_000.0).abs() < 3000.0, "{n}");
+    }
+
+    #[test]
+    fn min_interval_sees_the_shortest_gap() {
+        let s = CronSchedule::new("*/5 9-17 * * *", Tz::UTC).expect("valid");
+        assert_eq!(
+            s.min_interval(utc(2026, 1, 1, 0, 0), 64),
+            Some(Duration::from_secs(300))
+        );
+    }
+}
