@@ -213,21 +213,44 @@ pub fn parse_file(bytes: &[u8]) -> ParsedFile {
     parsed
 }
 
+/// `trainyard.yaml`, parsed and checked.
+#[derive(Debug, Clone, Default)]
+pub struct ParsedSettings {
+    /// The settings, or defaults when the file is empty or unreadable.
+    pub settings: Settings,
+    /// Line of the root node, for findings about its fields.
+    pub line: u32,
+    /// Problems found.
+    pub findings: Vec<Finding>,
+}
+
 /// Parses and checks `trainyard.yaml`.
-pub fn parse_settings(bytes: &[u8]) -> (Settings, Vec<Finding>) {
+pub fn parse_settings(bytes: &[u8]) -> ParsedSettings {
     let text = match decode(bytes) {
         Ok(text) => text,
-        Err(finding) => return (Settings::default(), vec![finding]),
+        Err(finding) => {
+            return ParsedSettings {
+                findings: vec![finding],
+                ..ParsedSettings::default()
+            };
+        }
     };
     match serde_saphyr::from_str_with_options::<Option<Spanned<Settings>>>(text, options()) {
-        Ok(None) => (Settings::default(), Vec::new()),
+        Ok(None) => ParsedSettings::default(),
         Ok(Some(settings)) => {
             let mut findings = Vec::new();
             let line = u32::try_from(settings.referenced.line()).unwrap_or(u32::MAX);
             check::check_settings(&settings.value, line, &mut findings);
-            (settings.value, findings)
+            ParsedSettings {
+                settings: settings.value,
+                line,
+                findings,
+            }
         }
-        Err(error) => (Settings::default(), vec![yaml_finding(&error)]),
+        Err(error) => ParsedSettings {
+            findings: vec![yaml_finding(&error)],
+            ..ParsedSettings::default()
+        },
     }
 }
 

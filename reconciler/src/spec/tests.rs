@@ -433,9 +433,10 @@ fn versions_ignore_formatting_and_comments() {
 
 #[test]
 fn settings_are_checked() {
-    let (_, findings) = parse_settings(
+    let findings = parse_settings(
         b"namespace: ML_Team\npolicies: [../x.rego, p.txt]\ndefault_timeout: forever\n",
-    );
+    )
+    .findings;
     let codes: Vec<&str> = findings.iter().map(|f| f.code.as_str()).collect();
     assert_eq!(
         codes,
@@ -446,9 +447,9 @@ fn settings_are_checked() {
             "invalid-duration"
         ]
     );
-    let (_, findings) = parse_settings(b"allow_emtpy: true\n");
+    let findings = parse_settings(b"allow_emtpy: true\n").findings;
     assert_eq!(findings[0].code, "unknown-field");
-    let (settings, findings) = parse_settings(b"");
-    assert!(findings.is_empty());
-    assert_eq!(settings, Settings::default());
+    let empty = parse_settings(b"");
+    assert!(empty.findings.is_empty());
+    assert_eq!(empty.settings, Settings::default());
 }

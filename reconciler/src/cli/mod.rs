@@ -1,0 +1,250 @@
+//! Command-line interface: `validate`, `plan` and `schema`. Exit status 0 when valid,
+//! 1 for invalid definitions or policy denials, 2 for usage and I/O errors.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+use trainyard::definitions::{Definitions, Evaluation};
+use trainyard::plan::{Planner, render_markdown, render_text};
+use trainyard::source::{Snapshot, discover};
+use trainyard::spec::schema;
+use trainyard_policies::PolicyConfig;
+
+/// Exit status for invalid definitions or policy denials.
+pub const EXIT_INVALID: u8 = 1;
+/// Exit status for usage and I/O errors.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Git-driven ML training: validate, plan and run pipelines defined in a repository.
+#[derive(Debug, Parser)]
+#[command(name = "trainyard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check every pipeline and schedule under PATH: format, references, cron, policies.
+    Validate {
+        /// Directory of definitions (inside a Git repository when --rev is given).
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Read the tree at this Git revision instead of the working tree.
+        #[arg(long)]
+        rev: Option<String>,
+        #[command(flatten)]
+        common: Common,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Show what changing from one revision to another would do.
+    Plan {
+        /// Directory of definitions inside a Git repository.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// The revision changes are measured from (such as the base branch).
+        #[arg(long)]
+        from: String,
+        /// The revision to apply.
+        #[arg(long, default_value = "HEAD")]
+        to: String,
+        /// Compute fire times and GPU-hours as of this RFC 3339 time instead of now.
+        #[arg(long, value_parser = parse_time)]
+        now: Option<DateTime<Utc>>,
+        #[command(flatten)]
+        common: Common,
+        /// Output format (markdown is what a pull-request comment shows).
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+    },
+    /// Print the JSON Schema of documents or of trainyard.yaml, for editors.
+    Schema {
+        /// Which schema.
+        #[arg(value_enum, default_value_t = SchemaKind::Document)]
+        kind: SchemaKind,
+    },
+}
+
+/// Options shared by the commands that check definitions.
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// Platform policy settings (YAML): allowed_registries, max_gpus_per_step,
+    /// gpu_schedule_min_interval_seconds.
+    #[arg(long, env = "TRAINYARD_POLICY_CONFIG")]
+    policy_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PlanFormat {
+    Text,
+    Markdown,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SchemaKind {
+    Document,
+    Settings,
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{e}; use RFC 3339 such as 2026-01-31T12:00:00Z"))
+}
+
+/// Runs the command and returns the process exit status.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Validate {
+            path,
+            rev,
+            common,
+            format,
+        } => validate(&path, rev.as_deref(), &common, format),
+        Command::Plan {
+            path,
+            from,
+            to,
+            now,
+            common,
+            format,
+        } => plan(
+            &path,
+            &from,
+            &to,
+            now.unwrap_or_else(Utc::now),
+            &common,
+            format,
+        ),
+        Command::Schema { kind } => {
+            let value = match kind {
+                SchemaKind::Document => schema::documents(),
+                SchemaKind::Settings => schema::settings(),
+            };
+            print(&(serde_json::to_string_pretty(&value)? + "\n"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn policy_config(common: &Common) -> Result<PolicyConfig> {
+    let Some(path) = &common.policy_config else {
+        return Ok(PolicyConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read policy config {}", path.display()))?;
+    serde_saphyr::from_str(&text)
+        .with_context(|| format!("invalid policy config {}", path.display()))
+}
+
+fn snapshot(path: &Path, rev: Option<&str>) -> Result<Snapshot> {
+    match rev {
+        None => Ok(Snapshot::from_work_tree(path)?),
+        Some(rev) => {
+            let (repo, subdir) = discover(path)?;
+            Ok(Snapshot::at_revision(repo, rev, &subdir)?)
+        }
+    }
+}
+
+fn print(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // A closed pipe (`| head`) is not an error worth reporting.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+fn exit_for(invalid: bool) -> ExitCode {
+    if invalid {
+        ExitCode::from(EXIT_INVALID)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn validate(path: &Path, rev: Option<&str>, common: &Common, format: Format) -> Result<ExitCode> {
+    let snapshot = snapshot(path, rev)?;
+    let mut definitions = Definitions::new(policy_config(common)?)?;
+    let evaluation = definitions.evaluate(&snapshot, Utc::now())?;
+    let output = match format {
+        Format::Json => {
+            serde_json::to_string_pretty(&serde_json::json!({
+                "valid": !evaluation.has_errors(),
+                "pipelines": evaluation.catalog.pipelines.len(),
+                "schedules": evaluation.catalog.schedules.len(),
+                "diagnostics": evaluation.diagnostics,
+            }))? + "\n"
+        }
+        Format::Text => validate_text(path, &evaluation),
+    };
+    print(&output)?;
+    Ok(exit_for(evaluation.has_errors()))
+}
+
+fn validate_text(path: &Path, evaluation: &Evaluation) -> String {
+    let mut out: String = evaluation.diagnostics.iter().map(|d| d.render()).collect();
+    let errors = evaluation
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == trainyard::spec::Severity::Error)
+        .count();
+    let warnings = evaluation.diagnostics.len() - errors;
+    let verdict = if errors == 0 { "valid" } else { "invalid" };
+    out.push_str(&format!(
+        "{}: {verdict}: {} pipelines, {} schedules, {errors} errors, {warnings} warnings\n",
+        path.display(),
+        evaluation.catalog.pipelines.len(),
+        evaluation.catalog.schedules.len(),
+    ));
+    out
+}
+
+fn plan(
+    path: &Path,
+    from: &str,
+    to: &str,
+    now: DateTime<Utc>,
+    common: &Common,
+    format: PlanFormat,
+) -> Result<ExitCode> {
+    let (repo, subdir) = discover(path)?;
+    let short = |rev: &str| -> Result<String> {
+        let commit = repo
+            .revparse_single(rev)
+            .and_then(|o| o.peel_to_commit())
+            .with_context(|| format!("revision {rev:?} not found"))?;
+        Ok(commit.id().to_string()[..12].to_owned())
+    };
+    let (from_id, to_id) = (short(from)?, short(to)?);
+    let repo_path = repo.path().to_owned();
+    let mut definitions = Definitions::new(policy_config(common)?)?;
+    let old = definitions.catalog(&Snapshot::at_revision(
+        git2::Repository::open(&repo_path)?,
+        from,
+        &subdir,
+    )?)?;
+    let new = definitions.evaluate(&Snapshot::at_revision(repo, to, &subdir)?, now)?;
+    let plan = Planner::default().plan(&from_id, &to_id, &old, &new.catalog, new.diagnostics, now);
+    let output = match format {
+        PlanFormat::Text => render_text(&plan),
+        PlanFormat::Markdown => render_markdown(&plan),
+        PlanFormat::Json => serde_json::to_string_pretty(&plan)? + "\n",
+    };
+    print(&output)?;
+    Ok(exit_for(plan.has_errors()))
+}

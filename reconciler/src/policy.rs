@@ -1,0 +1,254 @@
+//! Policy checks of a catalog: builds the Rego input (documents plus derived facts such as
+//! GPU counts and cron intervals), evaluates the platform and repository rules, and turns
+//! violations into findings at the offending field.
+//!
+//! Verdicts are cached per document version, so a one-file change evaluates one document.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use thiserror::Error;
+use trainyard_policies::{Evaluator, PolicyConfig, Severity as PolicySeverity, Violation};
+
+use crate::spec::catalog::FileFindings;
+use crate::spec::cron::{CronSchedule, parse_timezone};
+use crate::spec::{Catalog, Entry, Finding, Pipeline, Schedule, Settings};
+
+/// Documents evaluated in one call: bounds the memory of the Rego input.
+const CHUNK: usize = 2_000;
+/// Fire times sampled to find a schedule's shortest interval.
+const INTERVAL_SAMPLES: usize = 64;
+
+/// Errors evaluating policies.
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    /// The platform bundle or a rule failed to evaluate.
+    #[error("policy evaluation failed: {0}")]
+    Evaluation(#[from] trainyard_policies::Error),
+}
+
+/// A repository's own Rego file, as read from the snapshot.
+pub struct RepoPolicy {
+    /// Path relative to the tracked directory.
+    pub path: String,
+    /// Blob id, so the evaluator is rebuilt only when a rule changes.
+    pub blob: String,
+    /// Rego source.
+    pub source: String,
+}
+
+/// Evaluates policies, remembering verdicts per document version.
+pub struct PolicyEngine {
+    config: PolicyConfig,
+    evaluator: Evaluator,
+    repo_policies: Vec<(String, String)>,
+    /// Repository settings the verdicts were made with (the default image feeds the rules).
+    settings: Option<Settings>,
+    verdicts: HashMap<String, Arc<[Violation]>>,
+}
+
+impl PolicyEngine {
+    /// An engine with the platform rules and `config` (allowed registries, GPU limits).
+    pub fn new(config: PolicyConfig) -> Result<Self, PolicyError> {
+        let evaluator = Evaluator::new(&config)?;
+        Ok(PolicyEngine {
+            config,
+            evaluator,
+            repo_policies: Vec::new(),
+            settings: None,
+            verdicts: HashMap::new(),
+        })
+    }
+
+    /// Loads the repository's rules, rebuilding the evaluator only when they changed.
+    /// A rule file that does not load becomes a finding on that file.
+    fn load_repo_policies(&mut self, policies: &[RepoPolicy]) -> Result<FileFindings, PolicyError> {
+        let wanted: Vec<(String, String)> = policies
+            .iter()
+            .map(|p| (p.path.clone(), p.blob.clone()))
+            .collect();
+        if wanted == self.repo_policies {
+            return Ok(Vec::new());
+        }
+        let mut evaluator = Evaluator::new(&self.config)?;
+        let mut findings = Vec::new();
+        for policy in policies {
+            if let Err(error) = evaluator.add_repo_policy(&policy.path, &policy.source) {
+                findings.push((
+                    Arc::from(policy.path.as_str()),
+                    Finding::file_error("policy-load", error.to_string()),
+                ));
+            }
+        }
+        self.evaluator = evaluator;
+        self.repo_policies = wanted;
+        self.verdicts.clear();
+        Ok(findings)
+    }
+
+    /// Evaluates every document of `catalog` not evaluated before at its version and returns
+    /// the findings of all of them.
+    pub fn check(
+        &mut self,
+        catalog: &Catalog,
+        policies: &[RepoPolicy],
+        now: DateTime<Utc>,
+    ) -> Result<FileFindings, PolicyError> {
+        let mut findings = self.load_repo_policies(policies)?;
+        let settings = &catalog.settings;
+        if self.settings.as_ref() != Some(settings) {
+            self.verdicts.clear();
+            self.settings = Some(settings.clone());
+        }
+        // (cache key, kind, name, input item) of every document without a verdict.
+        let mut todo: Vec<(String, &str, &str, Value)> = Vec::new();
+        for (name, entry) in &catalog.pipelines {
+            let key = pipeline_key(entry);
+            if !self.verdicts.contains_key(&key) {
+                todo.push((key, "Pipeline", name, pipeline_input(entry, settings)));
+            }
+        }
+        for (name, entry) in &catalog.schedules {
+            let target = catalog.pipelines.get(&entry.value.spec.pipeline);
+            let key = schedule_key(entry, target);
+            if !self.verdicts.contains_key(&key) {
+                todo.push((
+                    key,
+                    "Schedule",
+                    name,
+                    schedule_input(entry, target, settings, now),
+                ));
+            }
+        }
+        for chunk in todo.chunks(CHUNK) {
+            let (mut pipelines, mut schedules) = (Vec::new(), Vec::new());
+            let mut by_document: HashMap<(String, String), (&str, Vec<Violation>)> = HashMap::new();
+            for (key, kind, name, item) in chunk {
+                by_document.insert(((*kind).to_owned(), (*name).to_owned()), (key, Vec::new()));
+                if *kind == "Pipeline" {
+                    pipelines.push(item)
+                } else {
+                    schedules.push(item)
+                }
+            }
+            let input = json!({"pipelines": pipelines, "schedules": schedules});
+            for violation in self.evaluator.evaluate(&input)? {
+                if let Some((_, list)) =
+                    by_document.get_mut(&(violation.kind.clone(), violation.name.clone()))
+                {
+                    list.push(violation);
+                }
+            }
+            for (key, violations) in by_document.into_values() {
+                self.verdicts.insert(key.to_owned(), violations.into());
+            }
+        }
+        for entry in catalog.pipelines.values() {
+            if let Some(violations) = self.verdicts.get(&pipeline_key(entry)) {
+                findings.extend(
+                    violations
+                        .iter()
+                        .map(|v| (entry.file.clone(), finding(v, entry.line))),
+                );
+            }
+        }
+        for entry in catalog.schedules.values() {
+            let target = catalog.pipelines.get(&entry.value.spec.pipeline);
+            if let Some(violations) = self.verdicts.get(&schedule_key(entry, target)) {
+                findings.extend(
+                    violations
+                        .iter()
+                        .map(|v| (entry.file.clone(), finding(v, entry.line))),
+                );
+            }
+        }
+        Ok(findings)
+    }
+}
+
+fn pipeline_key(entry: &Entry<Pipeline>) -> String {
+    format!("p:{}", entry.version)
+}
+
+/// A schedule's verdict depends on its pipeline too (GPU schedules fire less often).
+fn schedule_key(entry: &Entry<Schedule>, target: Option<&Entry<Pipeline>>) -> String {
+    format!(
+        "s:{}:{}",
+        entry.version,
+        target.map_or("", |p| p.version.as_str())
+    )
+}
+
+fn finding(violation: &Violation, line: u32) -> Finding {
+    let f = Finding::error(
+        &format!("policy/{}", violation.rule),
+        line,
+        violation.field.clone().unwrap_or_default(),
+        violation.message.clone(),
+    );
+    match violation.severity {
+        PolicySeverity::Deny => f,
+        PolicySeverity::Warn => f.warning(),
+    }
+}
+
+/// The Rego input for one pipeline: its document and facts derived from it.
+fn pipeline_input(entry: &Entry<Pipeline>, settings: &Settings) -> Value {
+    let pipeline = &entry.value;
+    let images: Vec<Value> = pipeline
+        .spec
+        .steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, step)| {
+            let (image, field) = match (&step.image, &pipeline.spec.image, &settings.image) {
+                (Some(image), _, _) => (image, Some(format!("spec.steps[{i}].image"))),
+                (None, Some(image), _) => (image, Some("spec.image".to_owned())),
+                (None, None, Some(image)) => (image, None),
+                (None, None, None) => return None,
+            };
+            Some(json!({"step": step.name, "image": image, "field": field}))
+        })
+        .collect();
+    let gpus = pipeline
+        .spec
+        .steps
+        .iter()
+        .filter_map(|s| s.resources.as_ref())
+        .map(|r| r.gpu)
+        .max()
+        .unwrap_or(0);
+    json!({
+        "name": pipeline.metadata.name,
+        "owner": pipeline.metadata.owner,
+        "file": entry.file.as_ref(),
+        "metadata": pipeline.metadata,
+        "spec": pipeline.spec,
+        "facts": {"gpus": gpus, "images": images},
+    })
+}
+
+/// The Rego input for one schedule: its document, its pipeline's input and its interval.
+fn schedule_input(
+    entry: &Entry<Schedule>,
+    target: Option<&Entry<Pipeline>>,
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> Value {
+    let spec = &entry.value.spec;
+    let min_interval = parse_timezone(&spec.timezone)
+        .ok()
+        .and_then(|tz| CronSchedule::new(&spec.cron, tz).ok())
+        .and_then(|s| s.min_interval(now, INTERVAL_SAMPLES))
+        .map(|d| d.as_secs());
+    json!({
+        "name": entry.value.metadata.name,
+        "file": entry.file.as_ref(),
+        "metadata": entry.value.metadata,
+        "spec": spec,
+        "pipeline": target.map(|p| pipeline_input(p, settings)),
+        "facts": {"min_interval_seconds": min_interval},
+    })
+}
