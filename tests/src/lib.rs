@@ -1,1 +1,417 @@
-//! x
+//! Support for the end-to-end tests of the `trainyard` binary: finding (and building) the
+//! binary, running it with a time limit, reading its JSON output, and creating the
+//! directories and Git repositories it reads.
+//!
+//! Every fallible helper returns [`Result`], so tests can return [`TestResult`] and use `?`.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// Any error a helper can return.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+/// The result of a helper.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+/// What a test returns, so that it can use `?`.
+pub type TestResult = Result<()>;
+
+/// An image reference pinned by digest, as the platform policy requires.
+pub const PINNED_IMAGE: &str = "docker.io/library/python@sha256:78387bc3881b8273120a12ebe6c1ab22b018ccc2c9adf565ae1ac9b536e184ea";
+
+/// How long one run of the binary may take before it is killed and the test fails.
+pub const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// The root of the Cargo workspace (the parent of this package).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The sample repository shipped with the project.
+pub fn examples_repo() -> PathBuf {
+    workspace_root().join("examples-repo")
+}
+
+/// The `trainyard` binary, built on first use.
+///
+/// Cargo only sets `CARGO_BIN_EXE_<name>` for integration tests of the package that owns
+/// the binary, and this package is a different one; guessing `target/debug/trainyard` would
+/// break with `CARGO_TARGET_DIR`, a configured `build.target-dir` or a stale binary. So the
+/// first call runs `cargo build -p trainyard --bin trainyard` (with the `cargo` that runs the
+/// tests, from the `CARGO` variable) and takes the executable's path from Cargo's JSON
+/// messages: the binary is current and its path is the one Cargo really wrote. Later calls,
+/// from any thread, reuse the result. Each test binary (one per file under `tests/`) builds
+/// once; when nothing changed that takes a fraction of a second, but it may wait on Cargo's
+/// lock of the target directory while another build holds it.
+///
+/// Setting `TRAINYARD_BIN` to the path of an already built binary skips the build (to test
+/// a release build, for instance).
+pub fn trainyard_bin() -> Result<&'static Path> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| match std::env::var_os("TRAINYARD_BIN") {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => build_binary().map_err(|e| e.to_string()),
+    })
+    .as_deref()
+    .map_err(|e| Error::from(e.clone()))
+}
+
+/// Runs `cargo build` for the binary and returns the executable Cargo reports.
+fn build_binary() -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let root = workspace_root();
+    let output = Command::new(&cargo)
+        .current_dir(&root)
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(root.join("Cargo.toml"))
+        .args([
+            "-p",
+            "trainyard",
+            "--bin",
+            "trainyard",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "building trainyard failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "trainyard")
+        .filter(|m| {
+            m["target"]["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k == "bin"))
+        })
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| "cargo build reported no trainyard executable".into())
+}
+
+/// What one run of the binary did.
+#[derive(Debug)]
+pub struct Run {
+    /// The exit status (`None` when a signal ended the process).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// Wall-clock time the run took.
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// Standard output parsed as JSON.
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.stdout)
+            .map_err(|e| format!("stdout is not JSON ({e}):\n{}", self.stdout).into())
+    }
+
+    /// The `diagnostics` of JSON output (of `validate` or `plan`).
+    pub fn diagnostics(&self) -> Result<Vec<Diagnostic>> {
+        let json = self.json()?;
+        let list = json["diagnostics"]
+            .as_array()
+            .ok_or_else(|| format!("no diagnostics array in:\n{}", self.stdout))?;
+        list.iter().map(Diagnostic::from_json).collect()
+    }
+
+    /// The last line of standard output (the summary of text output), without its newline.
+    pub fn last_line(&self) -> &str {
+        self.stdout.lines().last().unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?} after {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.elapsed, self.stdout, self.stderr
+        )
+    }
+}
+
+/// One diagnostic of JSON output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// `error` or `warning`.
+    pub severity: String,
+    /// Path relative to the validated directory.
+    pub file: String,
+    /// 1-based line, 0 for the whole file.
+    pub line: u64,
+    /// 1-based column in characters, 0 for the whole file.
+    pub column: u64,
+    /// The check's stable identifier.
+    pub code: String,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it, when there is a hint.
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    fn from_json(value: &Value) -> Result<Diagnostic> {
+        let text = |key: &str| {
+            value[key]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("diagnostic without {key}: {value}"))
+        };
+        let number = |key: &str| {
+            value[key]
+                .as_u64()
+                .ok_or_else(|| format!("diagnostic without {key}: {value}"))
+        };
+        Ok(Diagnostic {
+            severity: text("severity")?,
+            file: text("file")?,
+            line: number("line")?,
+            column: number("column")?,
+            code: text("code")?,
+            message: text("message")?,
+            hint: value["hint"].as_str().map(str::to_owned),
+        })
+    }
+
+    /// `file:line:col code`, the part of a diagnostic most assertions compare.
+    pub fn place(&self) -> String {
+        format!("{}:{}:{} {}", self.file, self.line, self.column, self.code)
+    }
+}
+
+/// Runs `trainyard` with `args` in `dir` and waits for it, at most [`RUN_LIMIT`].
+///
+/// The policy configuration variable is cleared so that the caller's environment does not
+/// change the verdicts.
+pub fn trainyard<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S]) -> Result<Run> {
+    let mut command = Command::new(trainyard_bin()?);
+    command
+        .current_dir(dir)
+        .args(args)
+        .env_remove("TRAINYARD_POLICY_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    run_with_limit(command, RUN_LIMIT)
+}
+
+/// Runs `command`, killing it when it takes longer than `limit`.
+fn run_with_limit(mut command: Command, limit: Duration) -> Result<Run> {
+    let started = Instant::now();
+    let mut child = command.spawn()?;
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                // A read error only shortens the captured output.
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > limit {
+            child.kill()?;
+            child.wait()?;
+            return Err(format!("trainyard did not finish within {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = started.elapsed();
+    let join = |h: std::thread::JoinHandle<String>| {
+        h.join().map_err(|_| Error::from("output reader panicked"))
+    };
+    Ok(Run {
+        code: status.code(),
+        stdout: join(stdout)?,
+        stderr: join(stderr)?,
+        elapsed,
+    })
+}
+
+/// A fresh temporary directory, removed when dropped.
+pub fn temp_dir() -> Result<TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix("trainyard-e2e-")
+        .tempdir()?)
+}
+
+/// Writes `content` to `path` under `root`, creating parent directories.
+pub fn write(root: &Path, path: &str, content: impl AsRef<[u8]>) -> Result<()> {
+    let full = root.join(path);
+    if let Some(parent) = full.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&full, content).map_err(|e| format!("cannot write {}: {e}", full.display()))?;
+    Ok(())
+}
+
+/// `text` with the one occurrence of `from` replaced by `to`; an error when `from` does not
+/// occur exactly once, so that fixtures fail loudly when the text they adjust changes.
+pub fn replaced(text: &str, from: &str, to: &str) -> Result<String> {
+    match text.matches(from).count() {
+        1 => Ok(text.replacen(from, to, 1)),
+        n => Err(format!("{from:?} occurs {n} times, not once, in:\n{text}").into()),
+    }
+}
+
+/// The 1-based line and column (in characters) where the first occurrence of `needle`
+/// starts in `text`, as diagnostics count them.
+pub fn position(text: &str, needle: &str) -> Result<(u64, u64)> {
+    let offset = text
+        .find(needle)
+        .ok_or_else(|| format!("{needle:?} does not occur in:\n{text}"))?;
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .count()
+        + 1;
+    Ok((u64::try_from(line)?, u64::try_from(column)?))
+}
+
+/// Replaces the one occurrence of `from` in the file at `path` under `root` with `to` (see
+/// [`replaced`]).
+pub fn edit(root: &Path, path: &str, from: &str, to: &str) -> Result<()> {
+    let full = root.join(path);
+    let text = std::fs::read_to_string(&full)
+        .map_err(|e| format!("cannot read {}: {e}", full.display()))?;
+    let text = replaced(&text, from, to).map_err(|e| format!("{path}: {e}"))?;
+    write(root, path, text)
+}
+
+/// A temporary directory holding `files` (path, content).
+pub fn work_tree<C: AsRef<[u8]>>(files: &[(&str, C)]) -> Result<TempDir> {
+    let dir = temp_dir()?;
+    for (path, content) in files {
+        write(dir.path(), path, content)?;
+    }
+    Ok(dir)
+}
+
+/// Copies the directory `from` into `to` (which may exist), skipping `.git`. Symlinks are
+/// copied as the files they point at.
+pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_name() == ".git" {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// A temporary copy of the sample repository (not a Git repository).
+pub fn examples_copy() -> Result<TempDir> {
+    let dir = temp_dir()?;
+    copy_dir(&examples_repo(), dir.path())?;
+    Ok(dir)
+}
+
+/// A Git repository in a temporary directory, with helpers to write files and commit them.
+pub struct Repo {
+    dir: TempDir,
+    repo: git2::Repository,
+}
+
+impl Repo {
+    /// An empty repository (no commits).
+    pub fn new() -> Result<Repo> {
+        let dir = temp_dir()?;
+        let repo = git2::Repository::init(dir.path())?;
+        Ok(Repo { dir, repo })
+    }
+
+    /// A repository whose first commit holds `files` (path, content).
+    pub fn with_files<C: AsRef<[u8]>>(files: &[(&str, C)]) -> Result<Repo> {
+        let repo = Repo::new()?;
+        for (path, content) in files {
+            repo.write(path, content)?;
+        }
+        repo.commit("first")?;
+        Ok(repo)
+    }
+
+    /// A repository whose working tree is a copy of the sample repository, not committed
+    /// yet (so that a test can adjust it first).
+    pub fn from_examples() -> Result<Repo> {
+        let repo = Repo::new()?;
+        copy_dir(&examples_repo(), repo.path())?;
+        Ok(repo)
+    }
+
+    /// The working tree.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file of the working tree.
+    pub fn write(&self, path: &str, content: impl AsRef<[u8]>) -> Result<()> {
+        write(self.path(), path, content)
+    }
+
+    /// Replaces the one occurrence of `from` in a file of the working tree (see [`edit`]).
+    pub fn edit(&self, path: &str, from: &str, to: &str) -> Result<()> {
+        edit(self.path(), path, from, to)
+    }
+
+    /// Deletes a file of the working tree.
+    pub fn remove(&self, path: &str) -> Result<()> {
+        Ok(std::fs::remove_file(self.path().join(path))?)
+    }
+
+    /// Stages every change of the working tree (new, modified and deleted files) and
+    /// commits it on `HEAD`; returns the commit id.
+    pub fn commit(&self, message: &str) -> Result<git2::Oid> {
+        let mut index = self.repo.index()?;
+        index.add_all(["*"], git2::IndexAddOption::DEFAULT, None)?;
+        index.update_all(["*"], None)?;
+        index.write()?;
+        let tree = self.repo.find_tree(index.write_tree()?)?;
+        let signature = git2::Signature::now("Trainyard Tests", "tests@example.com")?;
+        let parent = match self.repo.head() {
+            Ok(head) => Some(head.peel_to_commit()?),
+            Err(e) if e.code() == git2::ErrorCode::UnbornBranch => None,
+            Err(e) => return Err(e.into()),
+        };
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        Ok(self.repo.commit(
+            Some("HEAD"),
+            &signature,
+            &signature,
+            message,
+            &tree,
+            &parents,
+        )?)
+    }
+}
