@@ -111,9 +111,9 @@ impl Definitions {
     /// Parses every file (reusing earlier parses) and checks across documents.
     fn assemble(&mut self, snapshot: &Snapshot) -> Result<Assembled, DefinitionsError> {
         let mut findings: ByFile = BTreeMap::new();
-        let mut parsed_files = Vec::new();
-        let mut seen = HashSet::new();
         let mut settings = ParsedSettings::default();
+        let mut yaml = Vec::new();
+        let mut misses = Vec::new();
         for file in &snapshot.files {
             if file.path == SETTINGS_FILE {
                 settings = match read_or_refuse(snapshot, file)? {
@@ -126,38 +126,35 @@ impl Definitions {
                 if !settings.findings.is_empty() {
                     findings.insert(Arc::from(SETTINGS_FILE), settings.findings.clone());
                 }
-                continue;
-            }
-            if !file.is_yaml() {
-                continue;
-            }
-            let key = (file.path.clone(), file.blob);
-            let parsed = match self.parsed.get(&key) {
-                Some(parsed) => parsed.clone(),
-                None => {
-                    let parsed = Arc::new(match read_or_refuse(snapshot, file)? {
-                        Ok(bytes) => spec::parse_file(&bytes),
-                        Err(finding) => ParsedFile {
-                            documents: Vec::new(),
-                            findings: vec![finding],
-                        },
-                    });
-                    self.parsed.insert(key.clone(), parsed.clone());
-                    parsed
+            } else if file.is_yaml() {
+                let key = (file.path.clone(), file.blob);
+                if !self.parsed.contains_key(&key) {
+                    misses.push((key.clone(), read_or_refuse(snapshot, file)?));
                 }
+                yaml.push(key);
+            }
+        }
+        let keys: Vec<_> = misses.iter().map(|(key, _)| key.clone()).collect();
+        let contents: Vec<_> = misses.into_iter().map(|(_, content)| content).collect();
+        for (key, parsed) in keys.into_iter().zip(parse_in_parallel(&contents)) {
+            self.parsed.insert(key, Arc::new(parsed));
+        }
+        let mut parsed_files = Vec::with_capacity(yaml.len());
+        for key in &yaml {
+            let Some(parsed) = self.parsed.get(key) else {
+                continue;
             };
-            let path: Arc<str> = Arc::from(file.path.as_str());
+            let path: Arc<str> = Arc::from(key.0.as_str());
             if !parsed.findings.is_empty() {
                 findings.insert(path.clone(), parsed.findings.clone());
             }
-            parsed_files.push((path, parsed));
-            seen.insert(key);
+            parsed_files.push((path, parsed.clone()));
         }
         let (catalog, cross) = Catalog::assemble(settings.settings, &parsed_files);
         for (file, finding) in cross {
             findings.entry(file).or_default().push(finding);
         }
-        Ok((catalog, settings.line, findings, seen))
+        Ok((catalog, settings.line, findings, yaml.into_iter().collect()))
     }
 
     /// Forgets parses of files in neither this snapshot nor the one before it.
@@ -167,6 +164,35 @@ impl Definitions {
         self.parsed
             .retain(|key, _| current.contains(key) || previous.contains(key));
     }
+}
+
+/// Parses files on every core: parsing dominates a cold start.
+fn parse_in_parallel(contents: &[Result<Arc<[u8]>, Finding>]) -> Vec<ParsedFile> {
+    let parse = |content: &Result<Arc<[u8]>, Finding>| match content {
+        Ok(bytes) => spec::parse_file(bytes),
+        Err(finding) => ParsedFile {
+            documents: Vec::new(),
+            findings: vec![finding.clone()],
+        },
+    };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if workers < 2 || contents.len() < 64 {
+        return contents.iter().map(parse).collect();
+    }
+    let per_worker = contents.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = contents
+            .chunks(per_worker)
+            .map(|chunk| scope.spawn(move || chunk.iter().map(parse).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 fn read_or_refuse(

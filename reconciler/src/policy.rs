@@ -19,7 +19,7 @@ use crate::spec::{Catalog, Entry, Finding, Pipeline, Schedule, Settings};
 /// Documents evaluated in one call: bounds the memory of the Rego input.
 const CHUNK: usize = 2_000;
 /// Fire times sampled to find a schedule's shortest interval.
-const INTERVAL_SAMPLES: usize = 64;
+const INTERVAL_SAMPLES: usize = 16;
 
 /// Errors evaluating policies.
 #[derive(Debug, Error)]
@@ -37,6 +37,12 @@ pub struct RepoPolicy {
     pub blob: String,
     /// Rego source.
     pub source: String,
+}
+
+/// A document waiting for its verdict.
+enum Pending<'c> {
+    Pipeline(&'c Entry<Pipeline>),
+    Schedule(&'c Entry<Schedule>, Option<&'c Entry<Pipeline>>),
 }
 
 /// Evaluates policies, remembering verdicts per document version.
@@ -102,42 +108,51 @@ impl PolicyEngine {
             self.verdicts.clear();
             self.settings = Some(settings.clone());
         }
-        // (cache key, kind, name, input item) of every document without a verdict.
-        let mut todo: Vec<(String, &str, &str, Value)> = Vec::new();
-        for (name, entry) in &catalog.pipelines {
+        // Documents without a verdict; their Rego input is built one chunk at a time so that
+        // memory stays bounded however large the catalog is.
+        let mut todo: Vec<(String, Pending<'_>)> = Vec::new();
+        for entry in catalog.pipelines.values() {
             let key = pipeline_key(entry);
             if !self.verdicts.contains_key(&key) {
-                todo.push((key, "Pipeline", name, pipeline_input(entry, settings)));
+                todo.push((key, Pending::Pipeline(entry)));
             }
         }
-        for (name, entry) in &catalog.schedules {
+        for entry in catalog.schedules.values() {
             let target = catalog.pipelines.get(&entry.value.spec.pipeline);
             let key = schedule_key(entry, target);
             if !self.verdicts.contains_key(&key) {
-                todo.push((
-                    key,
-                    "Schedule",
-                    name,
-                    schedule_input(entry, target, settings, now),
-                ));
+                todo.push((key, Pending::Schedule(entry, target)));
             }
         }
         for chunk in todo.chunks(CHUNK) {
             let (mut pipelines, mut schedules) = (Vec::new(), Vec::new());
-            let mut by_document: HashMap<(String, String), (&str, Vec<Violation>)> = HashMap::new();
-            for (key, kind, name, item) in chunk {
-                by_document.insert(((*kind).to_owned(), (*name).to_owned()), (key, Vec::new()));
-                if *kind == "Pipeline" {
-                    pipelines.push(item)
-                } else {
-                    schedules.push(item)
+            let mut by_document: HashMap<(&str, String), (&str, Vec<Violation>)> = HashMap::new();
+            for (key, pending) in chunk {
+                match pending {
+                    Pending::Pipeline(entry) => {
+                        by_document.insert(
+                            ("Pipeline", entry.value.metadata.name.clone()),
+                            (key, Vec::new()),
+                        );
+                        pipelines.push(pipeline_input(entry, settings));
+                    }
+                    Pending::Schedule(entry, target) => {
+                        by_document.insert(
+                            ("Schedule", entry.value.metadata.name.clone()),
+                            (key, Vec::new()),
+                        );
+                        schedules.push(schedule_input(entry, *target, settings, now));
+                    }
                 }
             }
             let input = json!({"pipelines": pipelines, "schedules": schedules});
             for violation in self.evaluator.evaluate(&input)? {
-                if let Some((_, list)) =
-                    by_document.get_mut(&(violation.kind.clone(), violation.name.clone()))
-                {
+                let kind = if violation.kind == "Pipeline" {
+                    "Pipeline"
+                } else {
+                    "Schedule"
+                };
+                if let Some((_, list)) = by_document.get_mut(&(kind, violation.name.clone())) {
                     list.push(violation);
                 }
             }
@@ -197,6 +212,18 @@ fn finding(violation: &Violation, line: u32) -> Finding {
 /// The Rego input for one pipeline: its document and facts derived from it.
 fn pipeline_input(entry: &Entry<Pipeline>, settings: &Settings) -> Value {
     let pipeline = &entry.value;
+    json!({
+        "name": pipeline.metadata.name,
+        "owner": pipeline.metadata.owner,
+        "file": entry.file.as_ref(),
+        "metadata": pipeline.metadata,
+        "spec": pipeline.spec,
+        "facts": pipeline_facts(pipeline, settings),
+    })
+}
+
+/// Facts rules need but cannot compute: the largest GPU count and each step's image.
+fn pipeline_facts(pipeline: &Pipeline, settings: &Settings) -> Value {
     let images: Vec<Value> = pipeline
         .spec
         .steps
@@ -220,17 +247,11 @@ fn pipeline_input(entry: &Entry<Pipeline>, settings: &Settings) -> Value {
         .map(|r| r.gpu)
         .max()
         .unwrap_or(0);
-    json!({
-        "name": pipeline.metadata.name,
-        "owner": pipeline.metadata.owner,
-        "file": entry.file.as_ref(),
-        "metadata": pipeline.metadata,
-        "spec": pipeline.spec,
-        "facts": {"gpus": gpus, "images": images},
-    })
+    json!({"gpus": gpus, "images": images})
 }
 
-/// The Rego input for one schedule: its document, its pipeline's input and its interval.
+/// The Rego input for one schedule: its document, its pipeline's name, owner and facts, and
+/// its shortest interval between fires.
 fn schedule_input(
     entry: &Entry<Schedule>,
     target: Option<&Entry<Pipeline>>,
@@ -248,7 +269,12 @@ fn schedule_input(
         "file": entry.file.as_ref(),
         "metadata": entry.value.metadata,
         "spec": spec,
-        "pipeline": target.map(|p| pipeline_input(p, settings)),
+        "pipeline": target.map(|p| json!({
+            "name": p.value.metadata.name,
+            "owner": p.value.metadata.owner,
+            "file": p.file.as_ref(),
+            "facts": pipeline_facts(&p.value, settings),
+        })),
         "facts": {"min_interval_seconds": min_interval},
     })
 }

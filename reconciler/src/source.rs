@@ -160,9 +160,16 @@ impl Snapshot {
                         "snapshot has no repository",
                     )))
                 })?;
-                let blob = repo
-                    .find_blob(*oid)
-                    .map_err(|e| ReadProblem::Failed(e.into()))?;
+                // The size comes from the object header, so an oversize blob is never inflated.
+                let failed = |e: git2::Error| ReadProblem::Failed(e.into());
+                let (size, _) = repo
+                    .odb()
+                    .and_then(|odb| odb.read_header(*oid))
+                    .map_err(failed)?;
+                if size as u64 > MAX_FILE_BYTES {
+                    return Err(ReadProblem::Refused(too_large(size as u64)));
+                }
+                let blob = repo.find_blob(*oid).map_err(failed)?;
                 Ok(Arc::from(blob.content()))
             }
         }
@@ -252,15 +259,6 @@ fn list_revision(
     }
     for (path, link) in links {
         files.push(resolve_git_link(repo, &tree, path, link)?);
-    }
-    let odb = repo.odb()?;
-    for file in &mut files {
-        if let Body::Blob(oid) = file.body {
-            let (size, _) = odb.read_header(oid)?;
-            if size as u64 > MAX_FILE_BYTES {
-                file.body = Body::Refused(too_large(size as u64));
-            }
-        }
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok((commit_id, files))

@@ -145,6 +145,24 @@ pub fn version_of(document: &Document) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Deserializes every document of `text`. The string API is about twice as fast as the
+/// streaming one, so it is tried first; only a file with an error is read again document by
+/// document, so that one bad document does not hide the problems of the next.
+fn deserialize_documents(text: &str, findings: &mut Vec<Finding>) -> Vec<Spanned<RawDocument>> {
+    if let Ok(documents) = serde_saphyr::from_multiple_with_options(text, options()) {
+        return documents;
+    }
+    let mut reader = text.as_bytes();
+    let mut documents = Vec::new();
+    for item in serde_saphyr::read_with_options::<_, Spanned<RawDocument>>(&mut reader, options()) {
+        match item {
+            Ok(document) => documents.push(document),
+            Err(error) => findings.push(yaml_finding(&error)),
+        }
+    }
+    documents
+}
+
 /// Parses and checks one YAML file of documents.
 pub fn parse_file(bytes: &[u8]) -> ParsedFile {
     let text = match decode(bytes) {
@@ -152,15 +170,7 @@ pub fn parse_file(bytes: &[u8]) -> ParsedFile {
         Err(finding) => return ParsedFile::refused(finding),
     };
     let mut parsed = ParsedFile::default();
-    let mut reader = text.as_bytes();
-    for item in serde_saphyr::read_with_options::<_, Spanned<RawDocument>>(&mut reader, options()) {
-        let raw = match item {
-            Ok(raw) => raw,
-            Err(error) => {
-                parsed.findings.push(yaml_finding(&error));
-                continue;
-            }
-        };
+    for raw in deserialize_documents(text, &mut parsed.findings) {
         let line = u32::try_from(raw.referenced.line()).unwrap_or(u32::MAX);
         let RawDocument {
             api_version,
