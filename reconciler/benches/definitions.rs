@@ -20,7 +20,7 @@ const PLAN_RUNS: usize = 20;
 const DIGEST: &str = "4f3c9d2e8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e";
 
 fn pipeline(i: usize, variant: usize) -> String {
-    let gpu = if i % 10 == 0 {
+    let gpu = if i.is_multiple_of(10) {
         "\n      resources: {cpu: \"8\", memory: 64Gi, gpu: 2, gpu_type: h100}\n      timeout: 4h"
     } else {
         ""

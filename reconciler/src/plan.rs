@@ -175,7 +175,7 @@ impl Planner {
             });
         }
         let before = self.schedule_hours(old, now);
-        let after = self.schedule_hours(new, now);
+        let after = self.schedule_hours(&new.with_last_good(old), now);
         for change in changes.iter_mut().filter(|c| c.kind == Kind::Schedule) {
             let b = before.get(&change.name).copied().unwrap_or(0.0);
             let a = after.get(&change.name).copied().unwrap_or(0.0);

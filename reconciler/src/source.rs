@@ -46,7 +46,7 @@ pub enum SourceError {
         rev: String,
     },
     /// A file or directory could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// What was being read.
         path: PathBuf,

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 use trainyard::definitions::{Definitions, Evaluation};
 use trainyard::plan::{Planner, render_markdown, render_text};
-use trainyard::source::{Snapshot, discover};
+use trainyard::source::{Snapshot, SourceError, discover};
+use trainyard::spec::Catalog;
 use trainyard::spec::schema;
 use trainyard_policies::PolicyConfig;
 
@@ -233,11 +234,12 @@ fn plan(
     let (from_id, to_id) = (short(from)?, short(to)?);
     let repo_path = repo.path().to_owned();
     let mut definitions = Definitions::new(policy_config(common)?)?;
-    let old = definitions.catalog(&Snapshot::at_revision(
-        git2::Repository::open(&repo_path)?,
-        from,
-        &subdir,
-    )?)?;
+    // Planning from before the tracked directory existed plans from nothing.
+    let old = match Snapshot::at_revision(git2::Repository::open(&repo_path)?, from, &subdir) {
+        Ok(snapshot) => definitions.catalog(&snapshot)?,
+        Err(SourceError::PathNotFound { .. }) => Catalog::default(),
+        Err(error) => return Err(error.into()),
+    };
     let new = definitions.evaluate(&Snapshot::at_revision(repo, to, &subdir)?, now)?;
     let plan = Planner::default().plan(&from_id, &to_id, &old, &new.catalog, new.diagnostics, now);
     let output = match format {

@@ -108,6 +108,29 @@ impl Catalog {
         (catalog, findings)
     }
 
+    /// What a service runs after this revision: its documents, plus the last good version
+    /// (from `previous`) of documents whose file now fails.
+    pub fn with_last_good(&self, previous: &Catalog) -> Catalog {
+        let mut effective = self.clone();
+        for (name, entry) in &previous.pipelines {
+            if self.failed_files.contains(entry.file.as_ref()) {
+                effective
+                    .pipelines
+                    .entry(name.clone())
+                    .or_insert_with(|| entry.clone());
+            }
+        }
+        for (name, entry) in &previous.schedules {
+            if self.failed_files.contains(entry.file.as_ref()) {
+                effective
+                    .schedules
+                    .entry(name.clone())
+                    .or_insert_with(|| entry.clone());
+            }
+        }
+        effective
+    }
+
     /// Removes the documents of `failed` files and records them as failed.
     pub fn drop_failed(&mut self, failed: BTreeSet<String>) {
         self.pipelines
@@ -179,14 +202,15 @@ fn check_schedule_target(catalog: &Catalog, entry: &Entry<Schedule>, findings: &
         return;
     };
     if let Err(problems) = resolve_params(&pipeline.value, &spec.params) {
-        for (param, message, hint) in problems {
-            let path = match param {
+        for problem in problems {
+            let path = match problem.param {
                 Some(name) => format!("spec.params.{name}"),
                 None => "spec.params".to_owned(),
             };
             findings.push((
                 entry.file.clone(),
-                Finding::error("schedule-param", entry.line, path, message).with_hint(hint),
+                Finding::error("schedule-param", entry.line, path, problem.message)
+                    .with_hint(problem.hint),
             ));
         }
     }

@@ -674,32 +674,43 @@ pub fn check_settings(settings: &Settings, line: u32, out: &mut Vec<Finding>) {
     c.duration("default_timeout", settings.default_timeout.as_deref());
 }
 
+/// What is wrong with one param of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamProblem {
+    /// The param given, when the problem is with a given value (not a missing one).
+    pub param: Option<String>,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
 /// The params a run of `pipeline` would get from `overrides`, or what is wrong with them.
 /// Shared by schedule checks and manual runs.
 pub fn resolve_params(
     pipeline: &Pipeline,
     overrides: &BTreeMap<String, serde_json::Value>,
-) -> Result<BTreeMap<String, serde_json::Value>, Vec<(Option<String>, String, Option<String>)>> {
+) -> Result<BTreeMap<String, serde_json::Value>, Vec<ParamProblem>> {
     let declared = &pipeline.spec.params;
     let mut problems = Vec::new();
     for (name, value) in overrides {
         match declared.get(name) {
-            None => problems.push((
-                Some(name.clone()),
-                format!(
+            None => problems.push(ParamProblem {
+                param: Some(name.clone()),
+                message: format!(
                     "pipeline {:?} has no param {name:?}",
                     pipeline.metadata.name
                 ),
-                did_you_mean(name, declared.keys().map(String::as_str)),
-            )),
-            Some(p) if !p.ty.accepts(value) => problems.push((
-                Some(name.clone()),
-                format!(
+                hint: did_you_mean(name, declared.keys().map(String::as_str)),
+            }),
+            Some(p) if !p.ty.accepts(value) => problems.push(ParamProblem {
+                param: Some(name.clone()),
+                message: format!(
                     "param {name:?} of pipeline {:?} is {}, but {value} is not",
                     pipeline.metadata.name, p.ty
                 ),
-                None,
-            )),
+                hint: None,
+            }),
             Some(_) => {}
         }
     }
@@ -709,14 +720,14 @@ pub fn resolve_params(
             Some(v) => {
                 resolved.insert(name.clone(), v.clone());
             }
-            None => problems.push((
-                None,
-                format!(
+            None => problems.push(ParamProblem {
+                param: None,
+                message: format!(
                     "param {name:?} of pipeline {:?} has no default and is not set",
                     pipeline.metadata.name
                 ),
-                Some(format!("set {name} in spec.params")),
-            )),
+                hint: Some(format!("set {name} in spec.params")),
+            }),
         }
     }
     if problems.is_empty() {

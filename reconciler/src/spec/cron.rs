@@ -137,7 +137,7 @@ impl CronSchedule {
         let times: Vec<DateTime<Tz>> = self.upcoming(from, samples);
         times
             .windows(2)
-            .filter_map(|w| (w[1].clone() - w[0].clone()).to_std().ok())
+            .filter_map(|w| (w[1] - w[0]).to_std().ok())
             .min()
     }
 }

@@ -117,9 +117,19 @@ fn yaml_finding(error: &serde_saphyr::Error) -> Finding {
     if let Some(cut) = message.find(" at line ") {
         message.truncate(cut);
     }
+    use serde_saphyr::Error as E;
     let code = match error {
-        serde_saphyr::Error::Budget { .. } => "yaml-limit",
-        _ if message.contains("unknown field") => "unknown-field",
+        E::Budget { .. }
+        | E::AliasReplayCounterOverflow { .. }
+        | E::AliasReplayLimitExceeded { .. }
+        | E::AliasExpansionLimitExceeded { .. }
+        | E::AliasReplayStackDepthExceeded { .. } => "yaml-limit",
+        // Limits reported as plain messages: the scanner's nesting guard (hit before the
+        // depth budget on very deep input) and alias replay in the streaming reader.
+        _ if message.contains("limit exceeded") || message.contains("budget breached") => {
+            "yaml-limit"
+        }
+        E::SerdeUnknownField { .. } => "unknown-field",
         _ => "yaml",
     };
     let at = match error.location() {
