@@ -14,10 +14,10 @@ use trainyard_policies::{Evaluator, PolicyConfig, Severity as PolicySeverity, Vi
 
 use crate::spec::catalog::FileFindings;
 use crate::spec::cron::{CronSchedule, parse_timezone};
-use crate::spec::{Catalog, Entry, Finding, Pipeline, Schedule, Settings};
+use crate::spec::{Catalog, Entry, Finding, Kind, Pipeline, Schedule, Settings};
 
 /// Documents evaluated in one call: bounds the memory of the Rego input.
-const CHUNK: usize = 2_000;
+const CHUNK: usize = 500;
 /// Fire times sampled to find a schedule's shortest interval.
 const INTERVAL_SAMPLES: usize = 16;
 
@@ -124,40 +124,24 @@ impl PolicyEngine {
                 todo.push((key, Pending::Schedule(entry, target)));
             }
         }
-        for chunk in todo.chunks(CHUNK) {
-            let (mut pipelines, mut schedules) = (Vec::new(), Vec::new());
-            let mut by_document: HashMap<(&str, String), (&str, Vec<Violation>)> = HashMap::new();
-            for (key, pending) in chunk {
-                match pending {
-                    Pending::Pipeline(entry) => {
-                        by_document.insert(
-                            ("Pipeline", entry.value.metadata.name.clone()),
-                            (key, Vec::new()),
-                        );
-                        pipelines.push(pipeline_input(entry, settings));
-                    }
-                    Pending::Schedule(entry, target) => {
-                        by_document.insert(
-                            ("Schedule", entry.value.metadata.name.clone()),
-                            (key, Vec::new()),
-                        );
-                        schedules.push(schedule_input(entry, *target, settings, now));
-                    }
-                }
-            }
-            let input = json!({"pipelines": pipelines, "schedules": schedules});
-            for violation in self.evaluator.evaluate(&input)? {
-                let kind = if violation.kind == "Pipeline" {
-                    "Pipeline"
-                } else {
-                    "Schedule"
-                };
-                if let Some((_, list)) = by_document.get_mut(&(kind, violation.name.clone())) {
-                    list.push(violation);
-                }
-            }
-            for (key, violations) in by_document.into_values() {
-                self.verdicts.insert(key.to_owned(), violations.into());
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_worker = todo.len().div_ceil(workers).max(CHUNK);
+        let verdicts: Vec<Result<Vec<(String, Vec<Violation>)>, PolicyError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = todo
+                .chunks(per_worker)
+                .map(|part| {
+                    let mut evaluator = self.evaluator.clone();
+                    scope.spawn(move || evaluate_part(&mut evaluator, part, settings, now))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        });
+        for part in verdicts {
+            for (key, violations) in part? {
+                self.verdicts.insert(key, violations.into());
             }
         }
         for entry in catalog.pipelines.values() {
@@ -181,6 +165,42 @@ impl PolicyEngine {
         }
         Ok(findings)
     }
+}
+
+/// Evaluates `part` a chunk at a time and returns each document's violations by cache key.
+fn evaluate_part(
+    evaluator: &mut Evaluator,
+    part: &[(String, Pending<'_>)],
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, Vec<Violation>)>, PolicyError> {
+    let mut verdicts = Vec::with_capacity(part.len());
+    for chunk in part.chunks(CHUNK) {
+        let (mut pipelines, mut schedules) = (Vec::new(), Vec::new());
+        let mut by_document: HashMap<(Kind, &str), usize> = HashMap::new();
+        for (key, pending) in chunk {
+            let (kind, name) = match pending {
+                Pending::Pipeline(entry) => {
+                    pipelines.push(pipeline_input(entry, settings));
+                    (Kind::Pipeline, entry.value.metadata.name.as_str())
+                }
+                Pending::Schedule(entry, target) => {
+                    schedules.push(schedule_input(entry, *target, settings, now));
+                    (Kind::Schedule, entry.value.metadata.name.as_str())
+                }
+            };
+            by_document.insert((kind, name), verdicts.len());
+            verdicts.push((key.clone(), Vec::new()));
+        }
+        let input = json!({"pipelines": pipelines, "schedules": schedules});
+        for violation in evaluator.evaluate(&input)? {
+            let kind = if violation.kind == "Pipeline" { Kind::Pipeline } else { Kind::Schedule };
+            if let Some(&i) = by_document.get(&(kind, violation.name.as_str())) {
+                verdicts[i].1.push(violation);
+            }
+        }
+    }
+    Ok(verdicts)
 }
 
 fn pipeline_key(entry: &Entry<Pipeline>) -> String {
