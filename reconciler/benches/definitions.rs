@@ -171,8 +171,9 @@ fn main() {
 
     let mut definitions = Definitions::new(PolicyConfig::default()).expect("policies load");
     let mut planner = Planner::default();
-    let snapshot = Snapshot::at_revision(Repository::open(dir.path()).expect("open"), "HEAD", "")
-        .expect("snapshot");
+    let mut snapshot =
+        Snapshot::at_revision(Repository::open(dir.path()).expect("open"), "HEAD", "")
+            .expect("snapshot");
     let mut previous = definitions
         .evaluate(&snapshot, Utc::now())
         .expect("evaluate")
@@ -186,9 +187,7 @@ fn main() {
         std::fs::write(&path, pipeline(i, 100 + run)).expect("write");
         commit(&repo, "one file");
         let t = Instant::now();
-        let snapshot =
-            Snapshot::at_revision(Repository::open(dir.path()).expect("open"), "HEAD", "")
-                .expect("snapshot");
+        snapshot = snapshot.advance("HEAD", "").expect("advance");
         let evaluation = definitions
             .evaluate(&snapshot, Utc::now())
             .expect("evaluate");

@@ -1,9 +1,12 @@
-//! From a snapshot to a checked catalog: parse every file (cached by blob id), check across
-//! documents, apply policies, and place every finding on its line.
+//! From a snapshot to a checked catalog: parse every file, check across documents, apply
+//! policies, and place every finding on its line.
 //!
-//! A one-file commit parses one file and evaluates policies for its documents only.
+//! The checker keeps the last evaluation, so the next one parses only files whose blob
+//! changed and re-checks only the documents they touch (and the schedules of their
+//! pipelines). A change to `trainyard.yaml` or to a repository policy re-checks everything,
+//! because both feed every document's checks.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -12,10 +15,10 @@ use thiserror::Error;
 use trainyard_policies::PolicyConfig;
 
 use crate::policy::{PolicyEngine, PolicyError, RepoPolicy};
-use crate::source::{ReadProblem, Snapshot, SourceError};
+use crate::source::{ReadProblem, Snapshot, SourceError, SourceFile};
+use crate::spec::catalog::{Assembly, DocumentKey, FileChanges, FileFindings};
 use crate::spec::{
-    self, Catalog, Diagnostic, Finding, ParsedFile, ParsedSettings, SETTINGS_FILE, Settings,
-    Severity,
+    self, Catalog, Diagnostic, Finding, ParsedFile, ParsedSettings, SETTINGS_FILE, Severity,
 };
 
 /// Errors that stop an evaluation (bad definitions never do: they become diagnostics).
@@ -47,27 +50,33 @@ impl Evaluation {
     }
 }
 
-/// Parses and checks snapshots, keeping what it parsed for the next one.
-pub struct Definitions {
-    parsed: HashMap<(String, Oid), Arc<ParsedFile>>,
-    previous: HashSet<(String, Oid)>,
-    policy: PolicyEngine,
+/// What the last evaluation left to build the next one on.
+struct State {
+    /// Blob of every YAML document file.
+    blobs: HashMap<Arc<str>, Oid>,
+    /// Blob of `trainyard.yaml` and of each repository policy: a change re-checks everything.
+    inputs: (Option<Oid>, Vec<(String, String)>),
+    settings: ParsedSettings,
+    settings_findings: FileFindings,
+    assembly: Assembly,
+    policy: HashMap<DocumentKey, FileFindings>,
 }
 
-/// Findings of one revision, by file.
-type ByFile = BTreeMap<Arc<str>, Vec<Finding>>;
-
-/// A catalog before policies: the line `trainyard.yaml`'s root starts on, findings so far,
-/// and the (path, blob) of every file read.
-type Assembled = (Catalog, u32, ByFile, HashSet<(String, Oid)>);
+/// Parses and checks snapshots, building each evaluation on the last one.
+pub struct Definitions {
+    policy: PolicyEngine,
+    state: Option<State>,
+    /// Files parsed by [`Definitions::catalog`], reused by the next evaluation.
+    parsed: HashMap<(Arc<str>, Oid), Arc<ParsedFile>>,
+}
 
 impl Definitions {
     /// A checker with the platform's policy configuration.
     pub fn new(config: PolicyConfig) -> Result<Self, DefinitionsError> {
         Ok(Definitions {
-            parsed: HashMap::new(),
-            previous: HashSet::new(),
             policy: PolicyEngine::new(config)?,
+            state: None,
+            parsed: HashMap::new(),
         })
     }
 
@@ -77,93 +86,194 @@ impl Definitions {
         snapshot: &Snapshot,
         now: DateTime<Utc>,
     ) -> Result<Evaluation, DefinitionsError> {
-        let (mut catalog, settings_line, mut findings, files) = self.assemble(snapshot)?;
-        let policies = repo_policies(snapshot, &catalog.settings, settings_line, &mut findings)?;
-        for (file, finding) in self.policy.check(&catalog, &policies, now)? {
-            findings.entry(file).or_default().push(finding);
-        }
-        catalog.drop_failed(failed_files(&findings));
-        let mut diagnostics = Vec::new();
-        for (file, file_findings) in &findings {
-            let text = match snapshot.file(file).map(|f| snapshot.read(f)) {
-                Some(Ok(bytes)) => Some(bytes),
-                Some(Err(ReadProblem::Failed(error))) => return Err(error.into()),
-                _ => None,
+        let settings = read_settings(snapshot)?;
+        let mut settings_findings: FileFindings = settings
+            .findings
+            .iter()
+            .map(|f| (Arc::from(SETTINGS_FILE), f.clone()))
+            .collect();
+        let policies = repo_policies(snapshot, &settings, &mut settings_findings)?;
+        let inputs = (
+            snapshot.file(SETTINGS_FILE).map(|f| f.blob),
+            policies
+                .iter()
+                .map(|p| (p.path.clone(), p.blob.clone()))
+                .collect::<Vec<_>>(),
+        );
+        settings_findings.extend(self.policy.load(&policies)?);
+        let mut state = match self.state.take() {
+            Some(state) if state.inputs == inputs => state,
+            _ => State {
+                blobs: HashMap::new(),
+                inputs,
+                settings: settings.clone(),
+                settings_findings: Vec::new(),
+                assembly: Assembly::new(settings.settings.clone()),
+                policy: HashMap::new(),
+            },
+        };
+        state.settings = settings;
+        state.settings_findings = settings_findings;
+        let changes = self.changes(snapshot, &mut state.blobs)?;
+        let touched = state.assembly.update(changes);
+        let mut fresh = self.policy.check(state.assembly.catalog(), &touched, now)?;
+        for key in touched {
+            match fresh.remove(&key) {
+                Some(findings) => state.policy.insert(key, findings),
+                None => state.policy.remove(&key),
             };
-            let text = text.as_deref().and_then(|b| std::str::from_utf8(b).ok());
-            diagnostics.extend(Diagnostic::resolve(file, text, file_findings));
         }
-        self.keep_only(files);
-        Ok(Evaluation {
-            catalog,
-            diagnostics,
-        })
+        self.parsed.clear();
+        let evaluation = finish(snapshot, &state)?;
+        self.state = Some(state);
+        Ok(evaluation)
     }
 
-    /// The valid documents of `snapshot`, without policies: enough to plan against.
+    /// The valid documents of `snapshot`, without policies: enough to plan against. Does not
+    /// change what the next evaluation builds on, but lends it the files it parsed.
     pub fn catalog(&mut self, snapshot: &Snapshot) -> Result<Catalog, DefinitionsError> {
-        let (mut catalog, _, findings, files) = self.assemble(snapshot)?;
-        catalog.drop_failed(failed_files(&findings));
-        self.keep_only(files);
+        let settings = read_settings(snapshot)?;
+        let mut blobs = HashMap::new();
+        let changes = self.changes(snapshot, &mut blobs)?;
+        for (path, parsed) in &changes {
+            if let (Some(parsed), Some(blob)) = (parsed, blobs.get(path)) {
+                self.parsed.insert((path.clone(), *blob), parsed.clone());
+            }
+        }
+        let mut assembly = Assembly::new(settings.settings.clone());
+        assembly.update(changes);
+        let mut findings: FileFindings = settings
+            .findings
+            .iter()
+            .map(|f| (Arc::from(SETTINGS_FILE), f.clone()))
+            .collect();
+        findings.extend(local_findings(&assembly));
+        findings.extend(assembly.cross_findings().cloned());
+        let mut catalog = assembly.catalog().clone();
+        catalog.drop_failed(failed_files(findings.iter().map(|(file, f)| (file, f))));
         Ok(catalog)
     }
 
-    /// Parses every file (reusing earlier parses) and checks across documents.
-    fn assemble(&mut self, snapshot: &Snapshot) -> Result<Assembled, DefinitionsError> {
-        let mut findings: ByFile = BTreeMap::new();
-        let mut settings = ParsedSettings::default();
-        let mut yaml = Vec::new();
-        let mut misses = Vec::new();
-        for file in &snapshot.files {
-            if file.path == SETTINGS_FILE {
-                settings = match read_or_refuse(snapshot, file)? {
-                    Ok(bytes) => spec::parse_settings(&bytes),
-                    Err(finding) => ParsedSettings {
-                        findings: vec![finding],
-                        ..ParsedSettings::default()
-                    },
-                };
-                if !settings.findings.is_empty() {
-                    findings.insert(Arc::from(SETTINGS_FILE), settings.findings.clone());
-                }
-            } else if file.is_yaml() {
-                let key = (file.path.clone(), file.blob);
-                if !self.parsed.contains_key(&key) {
-                    misses.push((key.clone(), read_or_refuse(snapshot, file)?));
-                }
-                yaml.push(key);
-            }
-        }
-        let keys: Vec<_> = misses.iter().map(|(key, _)| key.clone()).collect();
-        let contents: Vec<_> = misses.into_iter().map(|(_, content)| content).collect();
-        for (key, parsed) in keys.into_iter().zip(parse_in_parallel(&contents)) {
-            self.parsed.insert(key, Arc::new(parsed));
-        }
-        let mut parsed_files = Vec::with_capacity(yaml.len());
-        for key in &yaml {
-            let Some(parsed) = self.parsed.get(key) else {
+    /// The files of `snapshot` that differ from `blobs` (which is brought up to date), parsed:
+    /// `None` for files that are gone.
+    fn changes(
+        &self,
+        snapshot: &Snapshot,
+        blobs: &mut HashMap<Arc<str>, Oid>,
+    ) -> Result<FileChanges, SourceError> {
+        let yaml: Vec<&SourceFile> = snapshot
+            .files
+            .iter()
+            .filter(|f| f.is_yaml() && f.path != SETTINGS_FILE)
+            .collect();
+        let mut changed = Vec::new();
+        let mut cached = Vec::new();
+        let mut to_parse = Vec::new();
+        for file in &yaml {
+            if blobs.get(file.path.as_str()) == Some(&file.blob) {
                 continue;
-            };
-            let path: Arc<str> = Arc::from(key.0.as_str());
-            if !parsed.findings.is_empty() {
-                findings.insert(path.clone(), parsed.findings.clone());
             }
-            parsed_files.push((path, parsed.clone()));
+            let path: Arc<str> = Arc::from(file.path.as_str());
+            match self.parsed.get(&(path.clone(), file.blob)) {
+                Some(parsed) => cached.push((path.clone(), Some(parsed.clone()))),
+                None => to_parse.push((path.clone(), read_or_refuse(snapshot, file)?)),
+            }
+            blobs.insert(path, file.blob);
         }
-        let (catalog, cross) = Catalog::assemble(settings.settings, &parsed_files);
-        for (file, finding) in cross {
-            findings.entry(file).or_default().push(finding);
+        if blobs.len() > yaml.len() {
+            let present: BTreeSet<&str> = yaml.iter().map(|f| f.path.as_str()).collect();
+            let gone: Vec<Arc<str>> = blobs
+                .keys()
+                .filter(|p| !present.contains(p.as_ref()))
+                .cloned()
+                .collect();
+            for path in gone {
+                blobs.remove(&path);
+                changed.push((path, None));
+            }
         }
-        Ok((catalog, settings.line, findings, yaml.into_iter().collect()))
+        let contents: Vec<_> = to_parse
+            .iter()
+            .map(|(_, content)| content.clone())
+            .collect();
+        for ((path, _), parsed) in to_parse.into_iter().zip(parse_in_parallel(&contents)) {
+            changed.push((path, Some(Arc::new(parsed))));
+        }
+        changed.extend(cached);
+        Ok(changed)
     }
+}
 
-    /// Forgets parses of files in neither this snapshot nor the one before it.
-    fn keep_only(&mut self, current: HashSet<(String, Oid)>) {
-        let previous = std::mem::replace(&mut self.previous, current);
-        let current = &self.previous;
-        self.parsed
-            .retain(|key, _| current.contains(key) || previous.contains(key));
+/// Places the findings of `state` on their lines and builds the catalog it declares.
+fn finish(snapshot: &Snapshot, state: &State) -> Result<Evaluation, DefinitionsError> {
+    let mut by_file: BTreeMap<Arc<str>, Vec<Finding>> = BTreeMap::new();
+    let all = state
+        .settings_findings
+        .iter()
+        .cloned()
+        .chain(local_findings(&state.assembly))
+        .chain(state.assembly.cross_findings().cloned())
+        .chain(state.policy.values().flatten().cloned());
+    for (file, finding) in all {
+        by_file.entry(file).or_default().push(finding);
     }
+    let mut catalog = state.assembly.catalog().clone();
+    catalog.settings = state.settings.settings.clone();
+    catalog.drop_failed(failed_files(
+        by_file
+            .iter()
+            .flat_map(|(file, list)| list.iter().map(move |f| (file, f))),
+    ));
+    let mut diagnostics = Vec::new();
+    for (file, findings) in &by_file {
+        let text = match snapshot.file(file).map(|f| snapshot.read(f)) {
+            Some(Ok(bytes)) => Some(bytes),
+            Some(Err(ReadProblem::Failed(error))) => return Err(error.into()),
+            _ => None,
+        };
+        let text = text.as_deref().and_then(|b| std::str::from_utf8(b).ok());
+        diagnostics.extend(Diagnostic::resolve(file, text, findings));
+    }
+    Ok(Evaluation {
+        catalog,
+        diagnostics,
+    })
+}
+
+/// The findings each file has on its own.
+fn local_findings(assembly: &Assembly) -> impl Iterator<Item = (Arc<str>, Finding)> + '_ {
+    assembly
+        .files()
+        .iter()
+        .filter(|(_, parsed)| !parsed.findings.is_empty())
+        .flat_map(|(path, parsed)| {
+            parsed
+                .findings
+                .iter()
+                .map(move |f| (path.clone(), f.clone()))
+        })
+}
+
+fn failed_files<'a>(
+    findings: impl Iterator<Item = (&'a Arc<str>, &'a Finding)>,
+) -> BTreeSet<String> {
+    findings
+        .filter(|(_, f)| f.severity == Severity::Error)
+        .map(|(file, _)| file.to_string())
+        .collect()
+}
+
+fn read_settings(snapshot: &Snapshot) -> Result<ParsedSettings, SourceError> {
+    Ok(match snapshot.file(SETTINGS_FILE) {
+        None => ParsedSettings::default(),
+        Some(file) => match read_or_refuse(snapshot, file)? {
+            Ok(bytes) => spec::parse_settings(&bytes),
+            Err(finding) => ParsedSettings {
+                findings: vec![finding],
+                ..ParsedSettings::default()
+            },
+        },
+    })
 }
 
 /// Parses files on every core: parsing dominates a cold start.
@@ -197,7 +307,7 @@ fn parse_in_parallel(contents: &[Result<Arc<[u8]>, Finding>]) -> Vec<ParsedFile>
 
 fn read_or_refuse(
     snapshot: &Snapshot,
-    file: &crate::source::SourceFile,
+    file: &SourceFile,
 ) -> Result<Result<Arc<[u8]>, Finding>, SourceError> {
     match snapshot.read(file) {
         Ok(bytes) => Ok(Ok(bytes)),
@@ -206,24 +316,15 @@ fn read_or_refuse(
     }
 }
 
-fn failed_files(findings: &ByFile) -> BTreeSet<String> {
-    findings
-        .iter()
-        .filter(|(_, list)| list.iter().any(|f| f.severity == Severity::Error))
-        .map(|(file, _)| file.to_string())
-        .collect()
-}
-
 /// Reads the repository's Rego files named in settings; a missing one is a finding on
 /// `trainyard.yaml`.
 fn repo_policies(
     snapshot: &Snapshot,
-    settings: &Settings,
-    line: u32,
-    findings: &mut ByFile,
+    settings: &ParsedSettings,
+    findings: &mut FileFindings,
 ) -> Result<Vec<RepoPolicy>, SourceError> {
     let mut policies = Vec::new();
-    for (i, path) in settings.policies.iter().enumerate() {
+    for (i, path) in settings.settings.policies.iter().enumerate() {
         let problem = match snapshot
             .file(path)
             .map(|f| (f, read_or_refuse(snapshot, f)))
@@ -243,15 +344,174 @@ fn repo_policies(
             Some((_, Err(error))) => return Err(error),
             None => format!("policy file {path:?} does not exist"),
         };
-        findings
-            .entry(Arc::from(SETTINGS_FILE))
-            .or_default()
-            .push(Finding::error(
-                "policy-missing",
-                line,
-                format!("policies[{i}]"),
-                problem,
-            ));
+        let finding = Finding::error(
+            "policy-missing",
+            settings.line,
+            format!("policies[{i}]"),
+            problem,
+        );
+        findings.push((Arc::from(SETTINGS_FILE), finding));
     }
     Ok(policies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use git2::{Repository, Signature};
+
+    const DIGEST: &str = "4f3c9d2e8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e";
+
+    fn pipeline(name: &str, default: u32, image: &str) -> String {
+        format!(
+            "apiVersion: trainyard.dev/v1\nkind: Pipeline\nmetadata: {{name: {name}, owner: team-a}}\n\
+             spec:\n  image: {image}\n  params: {{e: {{type: int, default: {default}}}}}\n  steps: [{{name: s, run: [x]}}]\n"
+        )
+    }
+
+    fn schedule(name: &str, target: &str) -> String {
+        format!(
+            "apiVersion: trainyard.dev/v1\nkind: Schedule\nmetadata: {{name: {name}}}\n\
+             spec: {{pipeline: {target}, cron: '@daily', params: {{e: 5}}}}\n"
+        )
+    }
+
+    fn commit(repo: &Repository, files: &[(&str, Option<String>)]) -> Snapshot {
+        let root = repo.workdir().expect("work tree").to_owned();
+        for (path, content) in files {
+            let full = root.join(path);
+            match content {
+                Some(text) => {
+                    std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+                    std::fs::write(&full, text).expect("write");
+                }
+                None => std::fs::remove_file(&full).expect("remove"),
+            }
+        }
+        let mut index = repo.index().expect("index");
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .expect("add");
+        index.update_all(["*"], None).expect("update");
+        index.write().expect("write index");
+        let tree = repo
+            .find_tree(index.write_tree().expect("tree"))
+            .expect("tree");
+        let sig = Signature::now("t", "t@example.com").expect("signature");
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        repo.commit(Some("HEAD"), &sig, &sig, "change", &tree, &parents)
+            .expect("commit");
+        Snapshot::at_revision(Repository::open(&root).expect("open"), "HEAD", "").expect("snapshot")
+    }
+
+    /// Pipelines, schedules, failed files and diagnostics (file, line, column, code).
+    type Outcome = (
+        Vec<String>,
+        Vec<String>,
+        Vec<String>,
+        Vec<(String, u32, u32, String)>,
+    );
+
+    /// What an evaluation decided, in a form two evaluations can be compared by.
+    fn outcome(e: &Evaluation) -> Outcome {
+        let docs = |m: Vec<(&Arc<str>, &Arc<str>, &Arc<str>)>| {
+            m.into_iter()
+                .map(|(n, f, v)| format!("{n} {f} {v}"))
+                .collect()
+        };
+        let mut diagnostics: Vec<_> = e
+            .diagnostics
+            .iter()
+            .map(|d| (d.file.clone(), d.line, d.column, d.code.clone()))
+            .collect();
+        diagnostics.sort();
+        (
+            docs(
+                e.catalog
+                    .pipelines
+                    .iter()
+                    .map(|(n, x)| (n, &x.file, &x.version))
+                    .collect(),
+            ),
+            docs(
+                e.catalog
+                    .schedules
+                    .iter()
+                    .map(|(n, x)| (n, &x.file, &x.version))
+                    .collect(),
+            ),
+            e.catalog.failed_files.iter().cloned().collect(),
+            diagnostics,
+        )
+    }
+
+    #[test]
+    fn evaluating_commit_after_commit_matches_evaluating_each_afresh() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init(dir.path()).expect("init");
+        let pinned = format!("reg.example.com/ml@sha256:{DIGEST}");
+        let mut first: Vec<(String, Option<String>)> = Vec::new();
+        for i in 0..12 {
+            first.push((
+                format!("p/{i:02}.yaml"),
+                Some(pipeline(&format!("p{i}"), 1, &pinned)),
+            ));
+            first.push((
+                format!("s/{i:02}.yaml"),
+                Some(schedule(&format!("s{i}"), &format!("p{i}"))),
+            ));
+        }
+        first.push((
+            "policies/owners.rego".into(),
+            Some("package trainyard.repo.owners\n".into()),
+        ));
+        let steps: Vec<Vec<(String, Option<String>)>> = vec![
+            first,
+            // An edit to one pipeline.
+            vec![("p/03.yaml".into(), Some(pipeline("p3", 2, &pinned)))],
+            // A duplicate defined in a later file, then the first definition removed.
+            vec![("p/99.yaml".into(), Some(pipeline("p4", 9, &pinned)))],
+            vec![("p/04.yaml".into(), None)],
+            // A broken file keeps nothing; a schedule of a missing pipeline is an error.
+            vec![("p/05.yaml".into(), Some("apiVersion: [".into())), ("p/06.yaml".into(), None)],
+            // A policy denial, and a param its schedule no longer matches.
+            vec![("p/07.yaml".into(), Some(pipeline("p7", 1, "python:3"))), ("s/08.yaml".into(), Some(schedule("s8", "p9")))],
+            vec![("p/09.yaml".into(), Some(pipeline("p9", 1, &pinned).replace("type: int", "type: string").replace("default: 1", "default: a")))],
+            // Repository settings and rules change: everything is checked again.
+            vec![
+                ("trainyard.yaml".into(), Some("policies: [policies/owners.rego]\n".into())),
+                ("policies/owners.rego".into(), Some("package trainyard.repo.owners\n\ndeny contains v if {\n  some p in input.pipelines\n  p.name == \"p1\"\n  v := {\"rule\": \"no-p1\", \"kind\": \"Pipeline\", \"name\": p.name, \"field\": null, \"msg\": \"no\"}\n}\n".into())),
+            ],
+            // Repairs bring documents back.
+            vec![("p/05.yaml".into(), Some(pipeline("p5", 3, &pinned))), ("p/06.yaml".into(), Some(pipeline("p6", 1, &pinned)))],
+        ];
+        let mut incremental = Definitions::new(PolicyConfig::default()).expect("policies load");
+        let now = Utc::now();
+        for (n, change) in steps.iter().enumerate() {
+            let files: Vec<(&str, Option<String>)> = change
+                .iter()
+                .map(|(p, c)| (p.as_str(), c.clone()))
+                .collect();
+            let snapshot = commit(&repo, &files);
+            let step = incremental.evaluate(&snapshot, now).expect("evaluate");
+            let fresh = Definitions::new(PolicyConfig::default())
+                .expect("policies load")
+                .evaluate(&snapshot, now)
+                .expect("evaluate");
+            assert_eq!(outcome(&step), outcome(&fresh), "after commit {n}");
+            assert!(
+                n == 0 || !outcome(&step).3.is_empty() || n == 1 || n == 3,
+                "commit {n} should have diagnostics"
+            );
+        }
+        let last = incremental
+            .evaluate(&commit(&repo, &[]), now)
+            .expect("evaluate");
+        let codes: BTreeSet<String> = last.diagnostics.iter().map(|d| d.code.clone()).collect();
+        assert!(
+            codes.contains("policy/no-p1") && codes.contains("policy/image-pinned"),
+            "{codes:?}"
+        );
+    }
 }

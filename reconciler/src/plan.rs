@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -117,9 +118,13 @@ impl Plan {
 /// catalogs only count the fires of schedules that changed.
 #[derive(Default)]
 pub struct Planner {
-    /// By (schedule version, pipeline version, day, default timeout in seconds).
-    gpu_hours: HashMap<(String, String, i64, u64), f64>,
+    /// By (schedule version, pipeline version, day, default timeout in seconds), with the
+    /// number of the plan that last used it so that stale entries can be dropped.
+    gpu_hours: HashMap<HoursKey, (f64, u64)>,
+    plans: u64,
 }
+
+type HoursKey = (Arc<str>, Arc<str>, i64, u64);
 
 impl Planner {
     /// Compares `old` and `new`. `now` anchors fire times and the month counted.
@@ -139,7 +144,6 @@ impl Planner {
             new,
             Kind::Pipeline,
             &mut changes,
-            |e| serde_json::to_value(e.value.as_ref()).unwrap_or(Value::Null),
         );
         diff_kind(
             &old.schedules,
@@ -147,7 +151,6 @@ impl Planner {
             new,
             Kind::Schedule,
             &mut changes,
-            |e| serde_json::to_value(e.value.as_ref()).unwrap_or(Value::Null),
         );
         let removed_schedules = changes
             .iter()
@@ -174,16 +177,23 @@ impl Planner {
                 width: 0,
             });
         }
+        self.plans += 1;
         let before = self.schedule_hours(old, now);
-        let after = self.schedule_hours(&new.with_last_good(old), now);
+        let after = if new.failed_files.is_empty() {
+            self.schedule_hours(new, now)
+        } else {
+            self.schedule_hours(&new.with_last_good(old), now)
+        };
+        let previous = self.plans - 1;
+        self.gpu_hours.retain(|_, (_, used)| *used >= previous);
         for change in changes.iter_mut().filter(|c| c.kind == Kind::Schedule) {
-            let b = before.get(&change.name).copied().unwrap_or(0.0);
-            let a = after.get(&change.name).copied().unwrap_or(0.0);
+            let b = before.get(change.name.as_str()).copied().unwrap_or(0.0);
+            let a = after.get(change.name.as_str()).copied().unwrap_or(0.0);
             if a > 0.0 || b > 0.0 {
                 change.gpu_hours = Some((b, a));
             }
             if change.action != Action::Removed
-                && let Some(entry) = new.schedules.get(&change.name)
+                && let Some(entry) = new.schedules.get(change.name.as_str())
             {
                 change.next_fires = next_fires(&entry.value, now);
             }
@@ -202,7 +212,7 @@ impl Planner {
     }
 
     /// GPU-hours bound per schedule name.
-    fn schedule_hours(&mut self, catalog: &Catalog, now: DateTime<Utc>) -> BTreeMap<String, f64> {
+    fn schedule_hours(&mut self, catalog: &Catalog, now: DateTime<Utc>) -> BTreeMap<Arc<str>, f64> {
         let default_timeout = catalog
             .settings
             .default_timeout
@@ -212,24 +222,32 @@ impl Planner {
         let day = now.timestamp().div_euclid(86_400);
         let mut hours = BTreeMap::new();
         for (name, entry) in &catalog.schedules {
-            let Some(pipeline) = catalog.pipelines.get(&entry.value.spec.pipeline) else {
-                continue;
-            };
-            let per_run = gpu_hours_per_run(&pipeline.value, default_timeout);
-            if per_run == 0.0 || entry.value.spec.suspend {
+            if entry.value.spec.suspend {
                 continue;
             }
+            let Some(pipeline) = catalog.pipelines.get(entry.value.spec.pipeline.as_str()) else {
+                continue;
+            };
             let key = (
                 entry.version.clone(),
                 pipeline.version.clone(),
                 day,
                 default_timeout.as_secs(),
             );
-            let value = *self
-                .gpu_hours
-                .entry(key)
-                .or_insert_with(|| fires_per_month(&entry.value, now) * per_run);
-            hours.insert(name.clone(), value);
+            let plans = self.plans;
+            let (value, used) = self.gpu_hours.entry(key).or_insert_with(|| {
+                let per_run = gpu_hours_per_run(&pipeline.value, default_timeout);
+                let value = if per_run == 0.0 {
+                    0.0
+                } else {
+                    fires_per_month(&entry.value, now) * per_run
+                };
+                (value, plans)
+            });
+            *used = plans;
+            if *value > 0.0 {
+                hours.insert(name.clone(), *value);
+            }
         }
         hours
     }
@@ -271,13 +289,13 @@ fn next_fires(schedule: &Schedule, now: DateTime<Utc>) -> Vec<String> {
     })
 }
 
-fn diff_kind<T>(
-    old: &BTreeMap<String, Entry<T>>,
-    new: &BTreeMap<String, Entry<T>>,
+/// Walks both sorted maps together, so unchanged documents cost one comparison each.
+fn diff_kind<T: Serialize>(
+    old: &BTreeMap<Arc<str>, Entry<T>>,
+    new: &BTreeMap<Arc<str>, Entry<T>>,
     new_catalog: &Catalog,
     kind: Kind,
     out: &mut Vec<Change>,
-    to_json: impl Fn(&Entry<T>) -> Value,
 ) {
     let change = |name: &str, action, file: &str, fields| Change {
         kind,
@@ -288,23 +306,42 @@ fn diff_kind<T>(
         next_fires: Vec::new(),
         gpu_hours: None,
     };
-    for (name, entry) in new {
-        match old.get(name) {
-            None => out.push(change(name, Action::Added, &entry.file, Vec::new())),
-            Some(before) if before.version != entry.version => {
-                let mut fields = Vec::new();
-                diff_values("", &to_json(before), &to_json(entry), &mut fields);
-                out.push(change(name, Action::Changed, &entry.file, fields));
+    let to_json = |e: &Entry<T>| serde_json::to_value(e.value.as_ref()).unwrap_or(Value::Null);
+    let mut removed = Vec::new();
+    let (mut olds, mut news) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let order = match (olds.peek(), news.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                if let Some((name, entry)) = olds.next() {
+                    // A document whose file now fails keeps its last good version: not a removal.
+                    if !new_catalog.failed_files.contains(entry.file.as_ref()) {
+                        removed.push(change(name, Action::Removed, &entry.file, Vec::new()));
+                    }
+                }
             }
-            Some(_) => {}
+            std::cmp::Ordering::Greater => {
+                if let Some((name, entry)) = news.next() {
+                    out.push(change(name, Action::Added, &entry.file, Vec::new()));
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                if let (Some((name, before)), Some((_, entry))) = (olds.next(), news.next())
+                    && before.version != entry.version
+                {
+                    let mut fields = Vec::new();
+                    diff_values("", &to_json(before), &to_json(entry), &mut fields);
+                    out.push(change(name, Action::Changed, &entry.file, fields));
+                }
+            }
         }
     }
-    for (name, entry) in old {
-        // A document whose file now fails keeps its last good version: not a removal.
-        if !new.contains_key(name) && !new_catalog.failed_files.contains(entry.file.as_ref()) {
-            out.push(change(name, Action::Removed, &entry.file, Vec::new()));
-        }
-    }
+    out.append(&mut removed);
 }
 
 /// Leaf-by-leaf differences; sequences of objects with a `name` are matched by name so that
@@ -557,8 +594,6 @@ pub fn render_markdown(plan: &Plan) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-
     use crate::spec::{Settings, parse_file};
 
     fn catalog(yaml: &str) -> Catalog {

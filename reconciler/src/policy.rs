@@ -4,7 +4,7 @@
 //!
 //! Verdicts are cached per document version, so a one-file change evaluates one document.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use thiserror::Error;
 use trainyard_policies::{Evaluator, PolicyConfig, Severity as PolicySeverity, Violation};
 
-use crate::spec::catalog::FileFindings;
+use crate::spec::catalog::{DocumentKey, FileFindings};
 use crate::spec::cron::{CronSchedule, parse_timezone};
 use crate::spec::{Catalog, Entry, Finding, Kind, Pipeline, Schedule, Settings};
 
@@ -39,7 +39,11 @@ pub struct RepoPolicy {
     pub source: String,
 }
 
+/// Violations by verdict cache key.
+type Verdicts = Vec<(String, Vec<Violation>)>;
+
 /// A document waiting for its verdict.
+#[derive(Clone, Copy)]
 enum Pending<'c> {
     Pipeline(&'c Entry<Pipeline>),
     Schedule(&'c Entry<Schedule>, Option<&'c Entry<Pipeline>>),
@@ -50,6 +54,8 @@ pub struct PolicyEngine {
     config: PolicyConfig,
     evaluator: Evaluator,
     repo_policies: Vec<(String, String)>,
+    /// Findings of the repository rules that did not load, repeated while they are current.
+    load_findings: FileFindings,
     /// Repository settings the verdicts were made with (the default image feeds the rules).
     settings: Option<Settings>,
     verdicts: HashMap<String, Arc<[Violation]>>,
@@ -63,6 +69,7 @@ impl PolicyEngine {
             config,
             evaluator,
             repo_policies: Vec::new(),
+            load_findings: Vec::new(),
             settings: None,
             verdicts: HashMap::new(),
         })
@@ -70,13 +77,13 @@ impl PolicyEngine {
 
     /// Loads the repository's rules, rebuilding the evaluator only when they changed.
     /// A rule file that does not load becomes a finding on that file.
-    fn load_repo_policies(&mut self, policies: &[RepoPolicy]) -> Result<FileFindings, PolicyError> {
+    pub fn load(&mut self, policies: &[RepoPolicy]) -> Result<FileFindings, PolicyError> {
         let wanted: Vec<(String, String)> = policies
             .iter()
             .map(|p| (p.path.clone(), p.blob.clone()))
             .collect();
         if wanted == self.repo_policies {
-            return Ok(Vec::new());
+            return Ok(self.load_findings.clone());
         }
         let mut evaluator = Evaluator::new(&self.config)?;
         let mut findings = Vec::new();
@@ -90,43 +97,52 @@ impl PolicyEngine {
         }
         self.evaluator = evaluator;
         self.repo_policies = wanted;
+        self.load_findings = findings.clone();
         self.verdicts.clear();
         Ok(findings)
     }
 
-    /// Evaluates every document of `catalog` not evaluated before at its version and returns
-    /// the findings of all of them.
+    /// Evaluates the documents `keys` of `catalog` (keys without a document are skipped) and
+    /// returns each one's findings. Verdicts are remembered by document version.
     pub fn check(
         &mut self,
         catalog: &Catalog,
-        policies: &[RepoPolicy],
+        keys: &BTreeSet<DocumentKey>,
         now: DateTime<Utc>,
-    ) -> Result<FileFindings, PolicyError> {
-        let mut findings = self.load_repo_policies(policies)?;
+    ) -> Result<HashMap<DocumentKey, FileFindings>, PolicyError> {
         let settings = &catalog.settings;
         if self.settings.as_ref() != Some(settings) {
             self.verdicts.clear();
             self.settings = Some(settings.clone());
         }
+        let documents: Vec<(DocumentKey, String, Pending<'_>)> = keys
+            .iter()
+            .filter_map(|key| match key.0 {
+                Kind::Pipeline => {
+                    let entry = catalog.pipelines.get(&key.1)?;
+                    Some((key.clone(), pipeline_key(entry), Pending::Pipeline(entry)))
+                }
+                Kind::Schedule => {
+                    let entry = catalog.schedules.get(&key.1)?;
+                    let target = catalog.pipelines.get(entry.value.spec.pipeline.as_str());
+                    Some((
+                        key.clone(),
+                        schedule_key(entry, target),
+                        Pending::Schedule(entry, target),
+                    ))
+                }
+            })
+            .collect();
         // Documents without a verdict; their Rego input is built one chunk at a time so that
         // memory stays bounded however large the catalog is.
-        let mut todo: Vec<(String, Pending<'_>)> = Vec::new();
-        for entry in catalog.pipelines.values() {
-            let key = pipeline_key(entry);
-            if !self.verdicts.contains_key(&key) {
-                todo.push((key, Pending::Pipeline(entry)));
-            }
-        }
-        for entry in catalog.schedules.values() {
-            let target = catalog.pipelines.get(&entry.value.spec.pipeline);
-            let key = schedule_key(entry, target);
-            if !self.verdicts.contains_key(&key) {
-                todo.push((key, Pending::Schedule(entry, target)));
-            }
-        }
+        let todo: Vec<(String, Pending<'_>)> = documents
+            .iter()
+            .filter(|(_, cache_key, _)| !self.verdicts.contains_key(cache_key))
+            .map(|(_, cache_key, pending)| (cache_key.clone(), *pending))
+            .collect();
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let per_worker = todo.len().div_ceil(workers).max(CHUNK);
-        let verdicts: Vec<Result<Vec<(String, Vec<Violation>)>, PolicyError>> = std::thread::scope(|scope| {
+        let verdicts: Vec<Result<Verdicts, PolicyError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = todo
                 .chunks(per_worker)
                 .map(|part| {
@@ -136,7 +152,10 @@ impl PolicyEngine {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
                 .collect()
         });
         for part in verdicts {
@@ -144,24 +163,23 @@ impl PolicyEngine {
                 self.verdicts.insert(key, violations.into());
             }
         }
-        for entry in catalog.pipelines.values() {
-            if let Some(violations) = self.verdicts.get(&pipeline_key(entry)) {
-                findings.extend(
-                    violations
-                        .iter()
-                        .map(|v| (entry.file.clone(), finding(v, entry.line))),
-                );
+        let mut findings = HashMap::new();
+        for (key, cache_key, pending) in &documents {
+            let Some(violations) = self.verdicts.get(cache_key) else {
+                continue;
+            };
+            if violations.is_empty() {
+                continue;
             }
-        }
-        for entry in catalog.schedules.values() {
-            let target = catalog.pipelines.get(&entry.value.spec.pipeline);
-            if let Some(violations) = self.verdicts.get(&schedule_key(entry, target)) {
-                findings.extend(
-                    violations
-                        .iter()
-                        .map(|v| (entry.file.clone(), finding(v, entry.line))),
-                );
-            }
+            let (file, line) = match pending {
+                Pending::Pipeline(entry) => (&entry.file, entry.line),
+                Pending::Schedule(entry, _) => (&entry.file, entry.line),
+            };
+            let list: FileFindings = violations
+                .iter()
+                .map(|v| (file.clone(), finding(v, line)))
+                .collect();
+            findings.insert(key.clone(), list);
         }
         Ok(findings)
     }
@@ -173,7 +191,7 @@ fn evaluate_part(
     part: &[(String, Pending<'_>)],
     settings: &Settings,
     now: DateTime<Utc>,
-) -> Result<Vec<(String, Vec<Violation>)>, PolicyError> {
+) -> Result<Verdicts, PolicyError> {
     let mut verdicts = Vec::with_capacity(part.len());
     for chunk in part.chunks(CHUNK) {
         let (mut pipelines, mut schedules) = (Vec::new(), Vec::new());
@@ -194,7 +212,11 @@ fn evaluate_part(
         }
         let input = json!({"pipelines": pipelines, "schedules": schedules});
         for violation in evaluator.evaluate(&input)? {
-            let kind = if violation.kind == "Pipeline" { Kind::Pipeline } else { Kind::Schedule };
+            let kind = if violation.kind == "Pipeline" {
+                Kind::Pipeline
+            } else {
+                Kind::Schedule
+            };
             if let Some(&i) = by_document.get(&(kind, violation.name.as_str())) {
                 verdicts[i].1.push(violation);
             }
@@ -203,6 +225,7 @@ fn evaluate_part(
     Ok(verdicts)
 }
 
+/// The verdict cache key of a pipeline: its version.
 fn pipeline_key(entry: &Entry<Pipeline>) -> String {
     format!("p:{}", entry.version)
 }
@@ -212,7 +235,7 @@ fn schedule_key(entry: &Entry<Schedule>, target: Option<&Entry<Pipeline>>) -> St
     format!(
         "s:{}:{}",
         entry.version,
-        target.map_or("", |p| p.version.as_str())
+        target.map_or("", |p| p.version.as_ref())
     )
 }
 

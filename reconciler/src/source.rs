@@ -77,6 +77,8 @@ pub struct SourceFile {
     /// Git blob id of the content (computed for working-tree files), so caches key on it.
     pub blob: Oid,
     body: Body,
+    /// Reached through a symlink: its content can change without its own entry changing.
+    linked: bool,
 }
 
 impl SourceFile {
@@ -126,6 +128,59 @@ impl Snapshot {
     /// root) of `repo` at `rev`.
     pub fn at_revision(repo: Repository, rev: &str, subdir: &str) -> Result<Snapshot, SourceError> {
         let (commit, files) = list_revision(&repo, rev, subdir)?;
+        Ok(Snapshot {
+            commit: Some(commit),
+            files,
+            repo: Some(repo),
+        })
+    }
+
+    /// The snapshot of `rev`, listed by diffing its tree against this snapshot's: only the
+    /// entries that changed are looked at, so following a branch costs what a commit
+    /// changes, not what the repository holds. Falls back to a full listing where a diff
+    /// cannot tell (no previous commit, symlinks, a moved tracked directory).
+    pub fn advance(self, rev: &str, subdir: &str) -> Result<Snapshot, SourceError> {
+        let (Some(repo), Some(old)) = (self.repo, self.commit) else {
+            return Err(SourceError::Git(git2::Error::from_str(
+                "only a snapshot read from Git can advance",
+            )));
+        };
+        if self.files.iter().any(|f| f.linked) {
+            return Snapshot::at_revision(repo, rev, subdir);
+        }
+        let delta = diff_listing(&repo, old, rev, subdir)?;
+        let Some((commit, changes)) = delta else {
+            return Snapshot::at_revision(repo, rev, subdir);
+        };
+        let mut files = self.files;
+        for (path, blob) in changes {
+            match (files.binary_search_by(|f| f.path.as_str().cmp(&path)), blob) {
+                (Ok(i), Some(blob)) => {
+                    files[i] = SourceFile {
+                        path,
+                        blob,
+                        body: Body::Blob(blob),
+                        linked: false,
+                    }
+                }
+                (Err(i), Some(blob)) => files.insert(
+                    i,
+                    SourceFile {
+                        path,
+                        blob,
+                        body: Body::Blob(blob),
+                        linked: false,
+                    },
+                ),
+                (Ok(i), None) => {
+                    files.remove(i);
+                }
+                (Err(_), None) => {}
+            }
+        }
+        if files.len() > MAX_FILES {
+            return Err(SourceError::TooManyFiles);
+        }
         Ok(Snapshot {
             commit: Some(commit),
             files,
@@ -250,6 +305,7 @@ fn list_revision(
                 path,
                 blob: entry.id(),
                 body: Body::Blob(entry.id()),
+                linked: false,
             });
         }
         TreeWalkResult::Ok
@@ -262,6 +318,77 @@ fn list_revision(
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok((commit_id, files))
+}
+
+/// Changed paths with their new blob, `None` for deleted ones.
+type Delta = Vec<(String, Option<Oid>)>;
+
+/// The tree of the tracked directory at `commit`, if it exists there.
+fn tracked_tree<'r>(
+    repo: &'r Repository,
+    commit: &git2::Commit<'r>,
+    subdir: &str,
+) -> Result<Option<git2::Tree<'r>>, git2::Error> {
+    let root = commit.tree()?;
+    if subdir.is_empty() {
+        return Ok(Some(root));
+    }
+    match root.get_path(Path::new(subdir)) {
+        Ok(entry) => Ok(entry.to_object(repo)?.into_tree().ok()),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The commit of `rev` and the definition files that changed under `subdir` since `old`
+/// (`None` blob: deleted), or `None` when a diff cannot tell and a full listing is needed.
+fn diff_listing(
+    repo: &Repository,
+    old: Oid,
+    rev: &str,
+    subdir: &str,
+) -> Result<Option<(Oid, Delta)>, SourceError> {
+    let commit = repo
+        .revparse_single(rev)
+        .and_then(|o| o.peel_to_commit())
+        .map_err(|e| SourceError::RevisionNotFound {
+            rev: rev.to_owned(),
+            reason: e.message().to_owned(),
+        })?;
+    let (Some(old_tree), Some(new_tree)) = (
+        tracked_tree(repo, &repo.find_commit(old)?, subdir)?,
+        tracked_tree(repo, &commit, subdir)?,
+    ) else {
+        return Ok(None);
+    };
+    let diff = repo.diff_tree_to_tree(Some(&old_tree), Some(&new_tree), None)?;
+    let mut changes = Vec::new();
+    for delta in diff.deltas() {
+        let (old_file, new_file) = (delta.old_file(), delta.new_file());
+        if old_file.mode() == git2::FileMode::Link || new_file.mode() == git2::FileMode::Link {
+            return Ok(None);
+        }
+        let (file, blob) = match delta.status() {
+            git2::Delta::Deleted => (old_file, None),
+            git2::Delta::Added | git2::Delta::Modified | git2::Delta::Typechange => {
+                let is_blob = matches!(
+                    new_file.mode(),
+                    git2::FileMode::Blob | git2::FileMode::BlobExecutable
+                );
+                let id = new_file.id();
+                (new_file, is_blob.then_some(id))
+            }
+            _ => continue,
+        };
+        let Some(path) = file.path().and_then(Path::to_str) else {
+            continue;
+        };
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if path.split('/').any(|part| part.starts_with('.')) || !is_definition(name) {
+            continue;
+        }
+        changes.push((path.to_owned(), blob));
+    }
+    Ok(Some((commit.id(), changes)))
 }
 
 fn too_large(size: u64) -> Finding {
@@ -286,6 +413,7 @@ fn resolve_git_link(
             path: path.clone(),
             blob: link,
             body: Body::Refused(Finding::file_error("symlink", why)),
+            linked: true,
         };
         let Some(resolved) = normalize(parent(&current), &target) else {
             return Ok(refused(format!(
@@ -305,6 +433,7 @@ fn resolve_git_link(
                     path,
                     blob: entry.id(),
                     body: Body::Blob(entry.id()),
+                    linked: true,
                 });
             }
             _ => return Ok(refused(format!("symlink to {target:?} is not a file"))),
@@ -314,6 +443,7 @@ fn resolve_git_link(
         path,
         blob: link,
         body: Body::Refused(Finding::file_error("symlink", "too many symlinks in a row")),
+        linked: true,
     })
 }
 
@@ -381,6 +511,7 @@ fn walk_dir(root: &Path, dir: &Path, files: &mut Vec<SourceFile>) -> Result<(), 
                 path: relative,
                 blob: Oid::ZERO_SHA1,
                 body: Body::Refused(too_large(size)),
+                linked: false,
             });
             continue;
         }
@@ -390,6 +521,7 @@ fn walk_dir(root: &Path, dir: &Path, files: &mut Vec<SourceFile>) -> Result<(), 
             path: relative,
             blob,
             body: Body::Bytes(Arc::from(bytes)),
+            linked: false,
         });
     }
     Ok(())
@@ -400,6 +532,7 @@ fn refused_file(path: String, why: &str) -> SourceFile {
         path,
         blob: Oid::ZERO_SHA1,
         body: Body::Refused(Finding::file_error("symlink", why)),
+        linked: false,
     }
 }
 
@@ -558,6 +691,85 @@ mod tests {
         let (dir, _repo) = repo_with(&[("defs/a.yaml", b"x")]);
         let (_, relative) = discover(&dir.path().join("defs")).expect("found");
         assert_eq!(relative, "defs");
+    }
+
+    /// Files to write (`Some`) or delete (`None`) in one commit.
+    type Edit<'a> = &'a [(&'a str, Option<&'a [u8]>)];
+
+    fn listing(snapshot: &Snapshot) -> Vec<(String, Oid)> {
+        snapshot
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.blob))
+            .collect()
+    }
+
+    #[test]
+    fn advancing_lists_what_a_full_listing_does() {
+        let (dir, repo) = repo_with(&[
+            ("defs/a.yaml", b"a"),
+            ("defs/b/c.yml", b"c"),
+            ("defs/d.yaml", b"d"),
+            ("x.yaml", b"x"),
+        ]);
+        let mut snapshot = Snapshot::at_revision(repo, "HEAD", "defs").expect("snapshot");
+        let edits: [Edit<'_>; 4] = [
+            &[
+                ("defs/a.yaml", Some(b"a2")),
+                ("defs/new/e.yaml", Some(b"e")),
+                ("defs/d.yaml", None),
+            ],
+            &[
+                ("defs/.hidden/h.yaml", Some(b"h")),
+                ("defs/notes.txt", Some(b"t")),
+                ("x.yaml", Some(b"x2")),
+            ],
+            &[("defs/b/c.yml", None), ("defs/p.rego", Some(b"package p"))],
+            &[],
+        ];
+        for edit in edits {
+            for (path, content) in edit {
+                let full = dir.path().join(path);
+                match content {
+                    Some(bytes) => {
+                        std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+                        std::fs::write(&full, bytes).expect("write");
+                    }
+                    None => std::fs::remove_file(&full).expect("remove"),
+                }
+            }
+            let repo = Repository::open(dir.path()).expect("open");
+            let mut index = repo.index().expect("index");
+            index
+                .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+                .expect("add");
+            index.update_all(["*"], None).expect("update");
+            index.write().expect("write index");
+            commit_all(&repo, "edit");
+            snapshot = snapshot.advance("HEAD", "defs").expect("advance");
+            let full =
+                Snapshot::at_revision(Repository::open(dir.path()).expect("open"), "HEAD", "defs")
+                    .expect("snapshot");
+            assert_eq!(listing(&snapshot), listing(&full));
+            assert_eq!(snapshot.commit, full.commit);
+            let first = snapshot.files.first().expect("a file");
+            assert_eq!(snapshot.read(first).ok(), full.read(first).ok());
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn advancing_past_a_symlink_follows_its_target() {
+        let (dir, repo) = repo_with(&[("ok.yaml", b"v1")]);
+        std::os::unix::fs::symlink("ok.yaml", dir.path().join("link.yaml")).expect("link");
+        commit_all(&repo, "link");
+        let snapshot = Snapshot::at_revision(repo, "HEAD", "").expect("snapshot");
+        std::fs::write(dir.path().join("ok.yaml"), b"v2").expect("write");
+        let repo = Repository::open(dir.path()).expect("open");
+        commit_all(&repo, "edit target");
+        let snapshot = snapshot.advance("HEAD", "").expect("advance");
+        let link = snapshot.file("link.yaml").expect("listed");
+        assert_eq!(&*snapshot.read(link).expect("readable"), b"v2");
     }
 
     #[test]

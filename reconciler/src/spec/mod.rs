@@ -12,6 +12,8 @@ pub mod template;
 pub mod units;
 
 use serde_saphyr::{Budget, DuplicateKeyPolicy, Options, Spanned};
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
 
 pub use catalog::{Catalog, Entry};
@@ -36,7 +38,7 @@ pub struct ParsedDocument {
     /// The typed document.
     pub document: Document,
     /// sha256 of the document's canonical JSON form: formatting and comments do not change it.
-    pub version: String,
+    pub version: Arc<str>,
 }
 
 /// One file, parsed and checked on its own.
@@ -223,7 +225,7 @@ pub fn parse_file(bytes: &[u8]) -> ParsedFile {
             Document::Pipeline(p) => check::check_pipeline(p, line, &mut parsed.findings),
             Document::Schedule(s) => check::check_schedule(s, line, &mut parsed.findings),
         }
-        let version = version_of(&document);
+        let version = Arc::from(version_of(&document));
         parsed.documents.push(ParsedDocument {
             line,
             document,
