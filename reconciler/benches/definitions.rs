@@ -1,7 +1,7 @@
 //! Benchmark of the definitions layer on a generated repository of 10,000 pipelines and
 //! 10,000 schedules: cold `trainyard validate` (parse + checks + policies, wall time and peak
-//! RSS of the process) and the plan of a one-file commit as the service computes it (warm
-//! caches, in process). Run with `cargo bench -p trainyard --bench definitions`.
+//! RSS of the process) and the plan of a one-file commit as the service computes it while
+//! following a branch (tree diff, incremental evaluation, plan of the touched documents). Run with `cargo bench -p trainyard --bench definitions`.
 
 use std::path::Path;
 use std::process::Command;
@@ -191,11 +191,12 @@ fn main() {
         let evaluation = definitions
             .evaluate(&snapshot, Utc::now())
             .expect("evaluate");
-        let plan = planner.plan(
+        let plan = planner.plan_touched(
             "a",
             "b",
             &previous,
             &evaluation.catalog,
+            &evaluation.touched,
             evaluation.diagnostics,
             Utc::now(),
         );

@@ -39,6 +39,9 @@ pub struct Evaluation {
     pub catalog: Catalog,
     /// Every finding, in file and line order.
     pub diagnostics: Vec<Diagnostic>,
+    /// The documents this evaluation re-checked: those of changed files and the schedules of
+    /// their pipelines (every document on a full evaluation). Anything else is as before.
+    pub touched: BTreeSet<DocumentKey>,
 }
 
 impl Evaluation {
@@ -52,6 +55,8 @@ impl Evaluation {
 
 /// What the last evaluation left to build the next one on.
 struct State {
+    /// The commit it evaluated, so a snapshot advanced from it is read by its delta.
+    commit: Option<Oid>,
     /// Blob of every YAML document file.
     blobs: HashMap<Arc<str>, Oid>,
     /// Blob of `trainyard.yaml` and of each repository policy: a change re-checks everything.
@@ -104,6 +109,7 @@ impl Definitions {
         let mut state = match self.state.take() {
             Some(state) if state.inputs == inputs => state,
             _ => State {
+                commit: None,
                 blobs: HashMap::new(),
                 inputs,
                 settings: settings.clone(),
@@ -114,17 +120,18 @@ impl Definitions {
         };
         state.settings = settings;
         state.settings_findings = settings_findings;
-        let changes = self.changes(snapshot, &mut state.blobs)?;
+        let changes = self.changes(snapshot, &mut state.blobs, state.commit)?;
+        state.commit = snapshot.commit;
         let touched = state.assembly.update(changes);
         let mut fresh = self.policy.check(state.assembly.catalog(), &touched, now)?;
-        for key in touched {
-            match fresh.remove(&key) {
-                Some(findings) => state.policy.insert(key, findings),
-                None => state.policy.remove(&key),
+        for key in &touched {
+            match fresh.remove(key) {
+                Some(findings) => state.policy.insert(key.clone(), findings),
+                None => state.policy.remove(key),
             };
         }
         self.parsed.clear();
-        let evaluation = finish(snapshot, &state)?;
+        let evaluation = finish(snapshot, &state, touched)?;
         self.state = Some(state);
         Ok(evaluation)
     }
@@ -134,7 +141,7 @@ impl Definitions {
     pub fn catalog(&mut self, snapshot: &Snapshot) -> Result<Catalog, DefinitionsError> {
         let settings = read_settings(snapshot)?;
         let mut blobs = HashMap::new();
-        let changes = self.changes(snapshot, &mut blobs)?;
+        let changes = self.changes(snapshot, &mut blobs, None)?;
         for (path, parsed) in &changes {
             if let (Some(parsed), Some(blob)) = (parsed, blobs.get(path)) {
                 self.parsed.insert((path.clone(), *blob), parsed.clone());
@@ -147,7 +154,11 @@ impl Definitions {
             .iter()
             .map(|f| (Arc::from(SETTINGS_FILE), f.clone()))
             .collect();
-        findings.extend(local_findings(&assembly));
+        findings.extend(
+            assembly
+                .file_findings()
+                .map(|(file, f)| (file.clone(), f.clone())),
+        );
         findings.extend(assembly.cross_findings().cloned());
         let mut catalog = assembly.catalog().clone();
         catalog.drop_failed(failed_files(findings.iter().map(|(file, f)| (file, f))));
@@ -155,21 +166,48 @@ impl Definitions {
     }
 
     /// The files of `snapshot` that differ from `blobs` (which is brought up to date), parsed:
-    /// `None` for files that are gone.
+    /// `None` for files that are gone. When `snapshot` was advanced from `seen`, the commit
+    /// `blobs` describes, only the paths it names are looked at.
     fn changes(
         &self,
         snapshot: &Snapshot,
         blobs: &mut HashMap<Arc<str>, Oid>,
+        seen: Option<Oid>,
     ) -> Result<FileChanges, SourceError> {
-        let yaml: Vec<&SourceFile> = snapshot
-            .files
-            .iter()
-            .filter(|f| f.is_yaml() && f.path != SETTINGS_FILE)
-            .collect();
+        let is_document = |f: &&SourceFile| f.is_yaml() && f.path != SETTINGS_FILE;
         let mut changed = Vec::new();
+        let candidates: Vec<&SourceFile> = match (&snapshot.changed_since, seen) {
+            (Some((base, paths)), Some(seen)) if *base == seen => {
+                let mut present = Vec::new();
+                for path in paths {
+                    match snapshot.file(path).filter(is_document) {
+                        Some(file) => present.push(file),
+                        None => {
+                            if let Some((path, _)) = blobs.remove_entry(path.as_str()) {
+                                changed.push((path, None));
+                            }
+                        }
+                    }
+                }
+                present
+            }
+            _ => {
+                let all: Vec<&SourceFile> = snapshot.files.iter().filter(is_document).collect();
+                let gone: Vec<Arc<str>> = blobs
+                    .keys()
+                    .filter(|p| snapshot.file(p).filter(is_document).is_none())
+                    .cloned()
+                    .collect();
+                for path in gone {
+                    blobs.remove(&path);
+                    changed.push((path, None));
+                }
+                all
+            }
+        };
         let mut cached = Vec::new();
         let mut to_parse = Vec::new();
-        for file in &yaml {
+        for file in candidates {
             if blobs.get(file.path.as_str()) == Some(&file.blob) {
                 continue;
             }
@@ -179,18 +217,6 @@ impl Definitions {
                 None => to_parse.push((path.clone(), read_or_refuse(snapshot, file)?)),
             }
             blobs.insert(path, file.blob);
-        }
-        if blobs.len() > yaml.len() {
-            let present: BTreeSet<&str> = yaml.iter().map(|f| f.path.as_str()).collect();
-            let gone: Vec<Arc<str>> = blobs
-                .keys()
-                .filter(|p| !present.contains(p.as_ref()))
-                .cloned()
-                .collect();
-            for path in gone {
-                blobs.remove(&path);
-                changed.push((path, None));
-            }
         }
         let contents: Vec<_> = to_parse
             .iter()
@@ -205,13 +231,22 @@ impl Definitions {
 }
 
 /// Places the findings of `state` on their lines and builds the catalog it declares.
-fn finish(snapshot: &Snapshot, state: &State) -> Result<Evaluation, DefinitionsError> {
+fn finish(
+    snapshot: &Snapshot,
+    state: &State,
+    touched: BTreeSet<DocumentKey>,
+) -> Result<Evaluation, DefinitionsError> {
     let mut by_file: BTreeMap<Arc<str>, Vec<Finding>> = BTreeMap::new();
     let all = state
         .settings_findings
         .iter()
         .cloned()
-        .chain(local_findings(&state.assembly))
+        .chain(
+            state
+                .assembly
+                .file_findings()
+                .map(|(file, f)| (file.clone(), f.clone())),
+        )
         .chain(state.assembly.cross_findings().cloned())
         .chain(state.policy.values().flatten().cloned());
     for (file, finding) in all {
@@ -237,21 +272,8 @@ fn finish(snapshot: &Snapshot, state: &State) -> Result<Evaluation, DefinitionsE
     Ok(Evaluation {
         catalog,
         diagnostics,
+        touched,
     })
-}
-
-/// The findings each file has on its own.
-fn local_findings(assembly: &Assembly) -> impl Iterator<Item = (Arc<str>, Finding)> + '_ {
-    assembly
-        .files()
-        .iter()
-        .filter(|(_, parsed)| !parsed.findings.is_empty())
-        .flat_map(|(path, parsed)| {
-            parsed
-                .findings
-                .iter()
-                .map(move |f| (path.clone(), f.clone()))
-        })
 }
 
 fn failed_files<'a>(
@@ -487,6 +509,7 @@ mod tests {
             vec![("p/05.yaml".into(), Some(pipeline("p5", 3, &pinned))), ("p/06.yaml".into(), Some(pipeline("p6", 1, &pinned)))],
         ];
         let mut incremental = Definitions::new(PolicyConfig::default()).expect("policies load");
+        let mut followed: Option<Snapshot> = None;
         let now = Utc::now();
         for (n, change) in steps.iter().enumerate() {
             let files: Vec<(&str, Option<String>)> = change
@@ -494,7 +517,16 @@ mod tests {
                 .map(|(p, c)| (p.as_str(), c.clone()))
                 .collect();
             let snapshot = commit(&repo, &files);
-            let step = incremental.evaluate(&snapshot, now).expect("evaluate");
+            // The incremental side follows the branch by tree diffs, as a service does.
+            let advanced = match followed.take() {
+                None => {
+                    Snapshot::at_revision(Repository::open(dir.path()).expect("open"), "HEAD", "")
+                        .expect("snapshot")
+                }
+                Some(previous) => previous.advance("HEAD", "").expect("advance"),
+            };
+            let step = incremental.evaluate(&advanced, now).expect("evaluate");
+            followed = Some(advanced);
             let fresh = Definitions::new(PolicyConfig::default())
                 .expect("policies load")
                 .evaluate(&snapshot, now)

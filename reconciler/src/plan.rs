@@ -3,7 +3,7 @@
 //! Rendered for terminals, for pull-request comments (Markdown) and for tools (JSON).
 //! No I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::spec::catalog::DocumentKey;
 use crate::spec::cron::{CronSchedule, parse_timezone};
 use crate::spec::units::parse_duration;
 use crate::spec::{Catalog, Diagnostic, Entry, Kind, Pipeline, SETTINGS_FILE, Schedule, Severity};
@@ -122,21 +123,24 @@ pub struct Planner {
     /// number of the plan that last used it so that stale entries can be dropped.
     gpu_hours: HashMap<HoursKey, (f64, u64)>,
     plans: u64,
+    /// GPU-hours per schedule of the catalog the last plan went to.
+    last: Option<BTreeMap<Arc<str>, f64>>,
 }
 
 type HoursKey = (Arc<str>, Arc<str>, i64, u64);
 
 impl Planner {
-    /// Compares `old` and `new`. `now` anchors fire times and the month counted.
+    /// Compares `old` and `new` in full. `now` anchors fire times and the month counted.
     pub fn plan(
         &mut self,
         from: &str,
         to: &str,
         old: &Catalog,
         new: &Catalog,
-        mut diagnostics: Vec<Diagnostic>,
+        diagnostics: Vec<Diagnostic>,
         now: DateTime<Utc>,
     ) -> Plan {
+        self.plans += 1;
         let mut changes = Vec::new();
         diff_kind(
             &old.pipelines,
@@ -152,6 +156,112 @@ impl Planner {
             Kind::Schedule,
             &mut changes,
         );
+        let before = self.schedule_hours(old, now);
+        let after = if new.failed_files.is_empty() {
+            self.schedule_hours(new, now)
+        } else {
+            self.schedule_hours(&new.with_last_good(old), now)
+        };
+        let previous = self.plans - 1;
+        self.gpu_hours.retain(|_, (_, used)| *used >= previous);
+        self.finish(
+            from,
+            to,
+            old,
+            new,
+            changes,
+            &before,
+            after,
+            diagnostics,
+            now,
+        )
+    }
+
+    /// Like [`Planner::plan`], but compares only `touched` (the documents an evaluation
+    /// re-checked), so following a branch costs what a commit changes. `old` must be the
+    /// catalog the previous plan of this planner went to, as it is when following a branch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn plan_touched(
+        &mut self,
+        from: &str,
+        to: &str,
+        old: &Catalog,
+        new: &Catalog,
+        touched: &BTreeSet<DocumentKey>,
+        diagnostics: Vec<Diagnostic>,
+        now: DateTime<Utc>,
+    ) -> Plan {
+        self.plans += 1;
+        let before = match self.last.take() {
+            Some(hours) => hours,
+            None => self.schedule_hours(old, now),
+        };
+        let mut changes = Vec::new();
+        let mut after = before.clone();
+        for (kind, name) in touched {
+            let change = match kind {
+                Kind::Pipeline => diff_one(
+                    name,
+                    old.pipelines.get(name),
+                    new.pipelines.get(name),
+                    new,
+                    Kind::Pipeline,
+                ),
+                Kind::Schedule => {
+                    let kept = new.schedules.get(name).or_else(|| {
+                        old.schedules
+                            .get(name)
+                            .filter(|e| new.failed_files.contains(e.file.as_ref()))
+                    });
+                    let pipelines = if new.schedules.contains_key(name) {
+                        new
+                    } else {
+                        old
+                    };
+                    match kept.and_then(|entry| self.hours_of(pipelines, entry, now)) {
+                        Some(hours) if hours > 0.0 => after.insert(name.clone(), hours),
+                        _ => after.remove(name),
+                    };
+                    diff_one(
+                        name,
+                        old.schedules.get(name),
+                        new.schedules.get(name),
+                        new,
+                        Kind::Schedule,
+                    )
+                }
+            };
+            changes.extend(change);
+        }
+        changes.sort_by_key(|c| (c.action == Action::Removed, c.kind, c.name.clone()));
+        self.finish(
+            from,
+            to,
+            old,
+            new,
+            changes,
+            &before,
+            after,
+            diagnostics,
+            now,
+        )
+    }
+
+    /// Completes a plan from its changes and the GPU-hours of each side; remembers `after`
+    /// for the next [`Planner::plan_touched`].
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        from: &str,
+        to: &str,
+        old: &Catalog,
+        new: &Catalog,
+        mut changes: Vec<Change>,
+        before: &BTreeMap<Arc<str>, f64>,
+        after: BTreeMap<Arc<str>, f64>,
+        mut diagnostics: Vec<Diagnostic>,
+        now: DateTime<Utc>,
+    ) -> Plan {
         let removed_schedules = changes
             .iter()
             .filter(|c| c.kind == Kind::Schedule && c.action == Action::Removed)
@@ -177,15 +287,6 @@ impl Planner {
                 width: 0,
             });
         }
-        self.plans += 1;
-        let before = self.schedule_hours(old, now);
-        let after = if new.failed_files.is_empty() {
-            self.schedule_hours(new, now)
-        } else {
-            self.schedule_hours(&new.with_last_good(old), now)
-        };
-        let previous = self.plans - 1;
-        self.gpu_hours.retain(|_, (_, used)| *used >= previous);
         for change in changes.iter_mut().filter(|c| c.kind == Kind::Schedule) {
             let b = before.get(change.name.as_str()).copied().unwrap_or(0.0);
             let a = after.get(change.name.as_str()).copied().unwrap_or(0.0);
@@ -198,21 +299,32 @@ impl Planner {
                 change.next_fires = next_fires(&entry.value, now);
             }
         }
+        let gpu_hours = GpuHours {
+            before: before.values().fold(0.0, |a, b| a + b),
+            after: after.values().fold(0.0, |a, b| a + b),
+        };
+        self.last = Some(after);
         Plan {
             from: from.to_owned(),
             to: to.to_owned(),
             changes,
-            gpu_hours: GpuHours {
-                before: before.values().fold(0.0, |a, b| a + b),
-                after: after.values().fold(0.0, |a, b| a + b),
-            },
+            gpu_hours,
             failed_files: new.failed_files.iter().cloned().collect(),
             diagnostics,
         }
     }
 
-    /// GPU-hours bound per schedule name.
-    fn schedule_hours(&mut self, catalog: &Catalog, now: DateTime<Utc>) -> BTreeMap<Arc<str>, f64> {
+    /// The GPU-hours bound of one schedule of `catalog`, remembered by version.
+    fn hours_of(
+        &mut self,
+        catalog: &Catalog,
+        entry: &Entry<Schedule>,
+        now: DateTime<Utc>,
+    ) -> Option<f64> {
+        if entry.value.spec.suspend {
+            return Some(0.0);
+        }
+        let pipeline = catalog.pipelines.get(entry.value.spec.pipeline.as_str())?;
         let default_timeout = catalog
             .settings
             .default_timeout
@@ -220,33 +332,32 @@ impl Planner {
             .and_then(|t| parse_duration(t).ok())
             .unwrap_or(DEFAULT_STEP_TIMEOUT);
         let day = now.timestamp().div_euclid(86_400);
+        let key = (
+            entry.version.clone(),
+            pipeline.version.clone(),
+            day,
+            default_timeout.as_secs(),
+        );
+        let plans = self.plans;
+        let (value, used) = self.gpu_hours.entry(key).or_insert_with(|| {
+            let per_run = gpu_hours_per_run(&pipeline.value, default_timeout);
+            let value = if per_run == 0.0 {
+                0.0
+            } else {
+                fires_per_month(&entry.value, now) * per_run
+            };
+            (value, plans)
+        });
+        *used = plans;
+        Some(*value)
+    }
+
+    /// GPU-hours bound per schedule name.
+    fn schedule_hours(&mut self, catalog: &Catalog, now: DateTime<Utc>) -> BTreeMap<Arc<str>, f64> {
         let mut hours = BTreeMap::new();
         for (name, entry) in &catalog.schedules {
-            if entry.value.spec.suspend {
-                continue;
-            }
-            let Some(pipeline) = catalog.pipelines.get(entry.value.spec.pipeline.as_str()) else {
-                continue;
-            };
-            let key = (
-                entry.version.clone(),
-                pipeline.version.clone(),
-                day,
-                default_timeout.as_secs(),
-            );
-            let plans = self.plans;
-            let (value, used) = self.gpu_hours.entry(key).or_insert_with(|| {
-                let per_run = gpu_hours_per_run(&pipeline.value, default_timeout);
-                let value = if per_run == 0.0 {
-                    0.0
-                } else {
-                    fires_per_month(&entry.value, now) * per_run
-                };
-                (value, plans)
-            });
-            *used = plans;
-            if *value > 0.0 {
-                hours.insert(name.clone(), *value);
+            if let Some(value) = self.hours_of(catalog, entry, now).filter(|v| *v > 0.0) {
+                hours.insert(name.clone(), value);
             }
         }
         hours
@@ -287,6 +398,38 @@ fn next_fires(schedule: &Schedule, now: DateTime<Utc>) -> Vec<String> {
             .map(|t| t.to_rfc3339())
             .collect()
     })
+}
+
+/// The change of one document between two catalogs, if any.
+fn diff_one<T: Serialize>(
+    name: &str,
+    before: Option<&Entry<T>>,
+    after: Option<&Entry<T>>,
+    new_catalog: &Catalog,
+    kind: Kind,
+) -> Option<Change> {
+    let change = |action, file: &str, fields| Change {
+        kind,
+        name: name.to_owned(),
+        action,
+        file: file.to_owned(),
+        fields,
+        next_fires: Vec::new(),
+        gpu_hours: None,
+    };
+    let to_json = |e: &Entry<T>| serde_json::to_value(e.value.as_ref()).unwrap_or(Value::Null);
+    match (before, after) {
+        (None, Some(entry)) => Some(change(Action::Added, &entry.file, Vec::new())),
+        (Some(entry), None) if !new_catalog.failed_files.contains(entry.file.as_ref()) => {
+            Some(change(Action::Removed, &entry.file, Vec::new()))
+        }
+        (Some(b), Some(a)) if b.version != a.version => {
+            let mut fields = Vec::new();
+            diff_values("", &to_json(b), &to_json(a), &mut fields);
+            Some(change(Action::Changed, &a.file, fields))
+        }
+        _ => None,
+    }
 }
 
 /// Walks both sorted maps together, so unchanged documents cost one comparison each.
@@ -716,6 +859,45 @@ mod tests {
         new.settings.allow_empty = true;
         let plan = Planner::default().plan("a", "b", &old, &new, Vec::new(), now());
         assert!(!plan.has_errors());
+    }
+
+    #[test]
+    fn planning_touched_documents_agrees_with_planning_everything() {
+        use crate::spec::catalog::Assembly;
+        let file = |yaml: &str| Some(Arc::new(parse_file(yaml.as_bytes())));
+        let gpu = |n: u32| PIPELINE.replace("gpu: 2", &format!("gpu: {n}"));
+        let other = "apiVersion: trainyard.dev/v1\nkind: Pipeline\nmetadata: {name: other, owner: t}\nspec: {image: i, steps: [{name: s, run: [x]}]}\n";
+        let commits: Vec<Vec<(&str, Option<String>)>> = vec![
+            vec![
+                ("p.yaml", Some(gpu(2))),
+                ("s.yaml", Some(SCHEDULE.to_owned())),
+                ("o.yaml", Some(other.to_owned())),
+            ],
+            vec![("p.yaml", Some(gpu(4)))],
+            vec![("s.yaml", Some(SCHEDULE.replace("0 2 * * *", "0 */6 * * *")))],
+            vec![("o.yaml", None)],
+            vec![("s.yaml", None)],
+            vec![
+                ("s.yaml", Some(SCHEDULE.to_owned())),
+                ("p.yaml", Some(gpu(1))),
+            ],
+        ];
+        let mut assembly = Assembly::new(Settings::default());
+        let (mut incremental, mut full) = (Planner::default(), Planner::default());
+        let mut old = Catalog::default();
+        for commit in commits {
+            let changes = commit
+                .iter()
+                .map(|(p, y)| (Arc::from(*p), y.as_deref().and_then(file)))
+                .collect();
+            let touched = assembly.update(changes);
+            let new = assembly.catalog().clone();
+            let a = incremental.plan_touched("a", "b", &old, &new, &touched, Vec::new(), now());
+            let b = full.plan("a", "b", &old, &new, Vec::new(), now());
+            assert_eq!(a.changes, b.changes);
+            assert_eq!(a.gpu_hours, b.gpu_hours);
+            old = new;
+        }
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub struct Snapshot {
     pub commit: Option<Oid>,
     /// Files in path order.
     pub files: Vec<SourceFile>,
+    /// When made by [`Snapshot::advance`]: the commit it advanced from and the paths that
+    /// changed since, so a consumer that saw that commit can look at those paths alone.
+    pub changed_since: Option<(Oid, Vec<String>)>,
     repo: Option<Repository>,
 }
 
@@ -131,6 +134,7 @@ impl Snapshot {
         Ok(Snapshot {
             commit: Some(commit),
             files,
+            changed_since: None,
             repo: Some(repo),
         })
     }
@@ -153,6 +157,7 @@ impl Snapshot {
             return Snapshot::at_revision(repo, rev, subdir);
         };
         let mut files = self.files;
+        let paths: Vec<String> = changes.iter().map(|(path, _)| path.clone()).collect();
         for (path, blob) in changes {
             match (files.binary_search_by(|f| f.path.as_str().cmp(&path)), blob) {
                 (Ok(i), Some(blob)) => {
@@ -184,6 +189,7 @@ impl Snapshot {
         Ok(Snapshot {
             commit: Some(commit),
             files,
+            changed_since: Some((old, paths)),
             repo: Some(repo),
         })
     }
@@ -200,6 +206,7 @@ impl Snapshot {
         Ok(Snapshot {
             commit: None,
             files,
+            changed_since: None,
             repo: None,
         })
     }
@@ -752,6 +759,20 @@ mod tests {
                     .expect("snapshot");
             assert_eq!(listing(&snapshot), listing(&full));
             assert_eq!(snapshot.commit, full.commit);
+            let changed = snapshot
+                .changed_since
+                .as_ref()
+                .map(|(_, paths)| paths.len());
+            assert_eq!(
+                changed,
+                Some(
+                    edit.iter()
+                        .filter(|(p, _)| p.starts_with("defs/")
+                            && !p.contains(".hidden")
+                            && !p.ends_with(".txt"))
+                        .count()
+                )
+            );
             let first = snapshot.files.first().expect("a file");
             assert_eq!(snapshot.read(first).ok(), full.read(first).ok());
         }

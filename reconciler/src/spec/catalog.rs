@@ -122,6 +122,8 @@ impl Catalog {
 #[derive(Debug, Default)]
 pub struct Assembly {
     files: BTreeMap<Arc<str>, Arc<ParsedFile>>,
+    /// Files with findings of their own, so reporting does not scan every file.
+    with_findings: BTreeSet<Arc<str>>,
     /// The files defining each document, in path order: the first one wins.
     definers: HashMap<DocumentKey, BTreeSet<Arc<str>>>,
     /// Schedules by the pipeline they start, to re-check them when it changes.
@@ -147,9 +149,12 @@ impl Assembly {
         &self.catalog
     }
 
-    /// The parsed files, by path.
-    pub fn files(&self) -> &BTreeMap<Arc<str>, Arc<ParsedFile>> {
-        &self.files
+    /// The findings each file has on its own.
+    pub fn file_findings(&self) -> impl Iterator<Item = (&Arc<str>, &Finding)> {
+        self.with_findings
+            .iter()
+            .filter_map(|path| self.files.get_key_value(path))
+            .flat_map(|(path, parsed)| parsed.findings.iter().map(move |f| (path, f)))
     }
 
     /// Every finding of the checks across documents.
@@ -171,7 +176,11 @@ impl Assembly {
                     affected.insert(key);
                 }
             }
+            self.with_findings.remove(&path);
             if let Some(new) = parsed {
+                if !new.findings.is_empty() {
+                    self.with_findings.insert(path.clone());
+                }
                 for key in keys_of(&new) {
                     self.definers
                         .entry(key.clone())
