@@ -1,0 +1,292 @@
+//! The single source of truth: pipeline versions, schedules, ticks, runs, steps, artifacts,
+//! model versions and the report outbox, in SQLite (default) or PostgreSQL through one code
+//! path. Every method that changes state does so in one transaction, and repeating a call
+//! with the same input changes nothing, so each loop can crash at any line and resume from
+//! what the database says.
+
+mod commits;
+mod outbox;
+mod registry;
+mod runs;
+mod schedules;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use commits::FOLLOWED_CURSOR;
+pub use types::*;
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{Any, AnyPool, ConnectOptions, Connection, Row, SqlSafeStr, Transaction};
+use thiserror::Error;
+
+/// Errors from the store.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database URL names no supported backend.
+    #[error(
+        "unsupported database URL scheme {scheme:?}: use sqlite://PATH, a file path, or postgres://"
+    )]
+    UnsupportedUrl {
+        /// The scheme found (the URL itself may hold a password and is not repeated).
+        scheme: String,
+    },
+    /// The database could not be reached, or refused or failed a statement.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("migrating the database schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value this version cannot read (written by a newer version, or edited by hand).
+    #[error("stored {column} {value:?} is not valid: {reason}")]
+    Corrupt {
+        /// The column.
+        column: &'static str,
+        /// The value found.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A row the call refers to does not exist.
+    #[error("{what} {key} not found")]
+    NotFound {
+        /// What kind of row.
+        what: &'static str,
+        /// Its key.
+        key: String,
+    },
+    /// The schedule is unknown or retired, so no tick of it may be recorded.
+    #[error("schedule {0} is unknown or retired")]
+    ScheduleNotActive(String),
+    /// The call's input contradicts itself; nothing was written.
+    #[error("invalid input: {0}")]
+    Invalid(String),
+}
+
+/// Results of store calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database the store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file (WAL, foreign keys on).
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// How long a SQLite writer waits for another writer's transaction before failing.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
+
+/// Handle on the database; cheap to clone (a shared connection pool).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects and brings the schema up to date.
+    ///
+    /// `url` is `sqlite://PATH` or `sqlite:PATH` (the file is created if missing, its
+    /// directory is not), a bare file path (same), or `postgres://…` / `postgresql://…`.
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = resolve_url(url)?;
+        let options: AnyConnectOptions = url.parse()?;
+        if backend == Backend::Sqlite {
+            // journal_mode is stored in the file, and switching it needs an exclusive lock
+            // that busy_timeout does not wait for: set it once, before the pool exists.
+            let mut conn = options.connect().await?;
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .fetch_one(&mut conn)
+                .await?;
+            conn.close().await?;
+        }
+        let pool = AnyPoolOptions::new()
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        let busy = format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}");
+                        sqlx::query(sqlx::AssertSqlSafe(busy))
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA foreign_keys = ON")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        migrator(backend).run(&pool).await?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Starts a write transaction.
+    ///
+    /// SQLite's default transaction takes the write lock at its first write, and a reader that
+    /// later writes fails at once instead of waiting; `BEGIN IMMEDIATE` takes the lock up front
+    /// so concurrent writers queue on busy_timeout. PostgreSQL locks rows as they are written.
+    async fn write(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+}
+
+/// The schema migrations of one backend, embedded in the binary.
+fn migrator(backend: Backend) -> Migrator {
+    let init = match backend {
+        Backend::Sqlite => include_str!("../../migrations/sqlite/0001_init.sql"),
+        Backend::Postgres => include_str!("../../migrations/postgres/0001_init.sql"),
+    };
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        init.into_sql_str(),
+        false,
+    )])
+}
+
+/// Picks the backend and turns a bare path into a SQLite URL that creates the file.
+fn resolve_url(url: &str) -> Result<(Backend, String)> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok((Backend::Postgres, url.to_owned()));
+    }
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let has_mode = rest
+            .split_once('?')
+            .is_some_and(|(_, query)| query.split('&').any(|pair| pair.starts_with("mode=")));
+        let url = if has_mode {
+            url.to_owned()
+        } else if rest.contains('?') {
+            format!("{url}&mode=rwc")
+        } else {
+            format!("{url}?mode=rwc")
+        };
+        return Ok((Backend::Sqlite, url));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(StoreError::UnsupportedUrl {
+            scheme: scheme.to_owned(),
+        });
+    }
+    Ok((
+        Backend::Sqlite,
+        format!("sqlite:{}?mode=rwc", percent_encode(url)),
+    ))
+}
+
+/// Escapes a file path for a SQLite URL, which is percent-decoded before use.
+fn percent_encode(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        if byte.is_ascii_alphanumeric() || b"/-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Milliseconds since the epoch, the stored form of every time.
+fn millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+fn opt_millis(at: Option<DateTime<Utc>>) -> Option<i64> {
+    at.map(millis)
+}
+
+fn to_time(column: &'static str, ms: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt {
+        column,
+        value: ms.to_string(),
+        reason: "out of the representable time range".to_owned(),
+    })
+}
+
+/// Reads a required time column.
+fn get_time(row: &AnyRow, column: &'static str) -> Result<DateTime<Utc>> {
+    to_time(column, row.try_get(column)?)
+}
+
+/// Reads a nullable time column.
+fn get_opt_time(row: &AnyRow, column: &'static str) -> Result<Option<DateTime<Utc>>> {
+    row.try_get::<Option<i64>, _>(column)?
+        .map(|ms| to_time(column, ms))
+        .transpose()
+}
+
+/// Reads a JSON text column.
+fn get_json(row: &AnyRow, column: &'static str) -> Result<Value> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+        column,
+        value: text.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads a 0/1 flag column.
+fn get_flag(row: &AnyRow, column: &'static str) -> Result<bool> {
+    Ok(row.try_get::<i64, _>(column)? != 0)
+}
+
+/// Reads a non-negative counter column.
+fn get_count(row: &AnyRow, column: &'static str) -> Result<u32> {
+    let value: i64 = row.try_get(column)?;
+    u32::try_from(value).map_err(|e| StoreError::Corrupt {
+        column,
+        value: value.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads a nullable exit code.
+fn get_exit_code(row: &AnyRow, column: &'static str) -> Result<Option<i32>> {
+    row.try_get::<Option<i64>, _>(column)?
+        .map(|code| {
+            i32::try_from(code).map_err(|e| StoreError::Corrupt {
+                column,
+                value: code.to_string(),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
+/// Reads a text column holding one of a stored enum's words.
+fn get_enum<T>(
+    row: &AnyRow,
+    column: &'static str,
+    from_stored: fn(&str) -> Option<T>,
+) -> Result<T> {
+    let text: String = row.try_get(column)?;
+    from_stored(&text).ok_or_else(|| StoreError::Corrupt {
+        column,
+        value: text.clone(),
+        reason: "unknown value".to_owned(),
+    })
+}

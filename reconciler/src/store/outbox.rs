@@ -1,0 +1,151 @@
+//! The report outbox: reports are enqueued in the same transaction as the change they
+//! describe, and handed to the delivery loop newest-per-context, with retries.
+
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::{
+    NewReport, ReportKind, ReportRow, ReportState, Result, Store, get_count, get_enum, get_json,
+    get_opt_time, get_time, millis,
+};
+
+/// Adds reports to the outbox, due at once.
+pub(super) async fn enqueue(
+    conn: &mut AnyConnection,
+    reports: &[NewReport],
+    at: DateTime<Utc>,
+) -> Result<()> {
+    for report in reports {
+        sqlx::query(
+            "INSERT INTO outbox (commit_sha, kind, report_key, payload, state, attempts,
+                 next_attempt_at, last_error, created_at, delivered_at)
+             VALUES ($1, $2, $3, $4, 'pending', 0, $5, NULL, $5, NULL)",
+        )
+        .bind(&report.commit_sha)
+        .bind(report.kind.as_str())
+        .bind(&report.key)
+        .bind(report.payload.to_string())
+        .bind(millis(at))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Reports to deliver now, oldest first, at most `limit`.
+    ///
+    /// Only the latest state of a context matters to readers, so a pending report with a
+    /// newer pending report for the same (commit, kind, key) is marked superseded first and
+    /// never delivered.
+    pub async fn due_reports(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<ReportRow>> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE outbox SET state = 'superseded'
+             WHERE state = 'pending' AND EXISTS (
+                 SELECT 1 FROM outbox newer
+                 WHERE newer.state = 'pending'
+                   AND newer.commit_sha = outbox.commit_sha
+                   AND newer.kind = outbox.kind
+                   AND newer.report_key = outbox.report_key
+                   AND newer.id > outbox.id)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT id, commit_sha, kind, report_key, payload, state, attempts, next_attempt_at,
+                 last_error, created_at, delivered_at
+             FROM outbox WHERE state = 'pending' AND next_attempt_at <= $1
+             ORDER BY id LIMIT $2",
+        )
+        .bind(millis(now))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(report_row).collect()
+    }
+
+    /// Records that the forge accepted a report. Returns false if it was already delivered or
+    /// failed.
+    pub async fn mark_delivered(&self, id: i64, at: DateTime<Utc>) -> Result<bool> {
+        // A superseded report may have been handed out just before its successor arrived;
+        // that it reached the forge is still the truth.
+        let done = sqlx::query(
+            "UPDATE outbox SET state = 'delivered', delivered_at = $2, attempts = attempts + 1,
+                 last_error = NULL
+             WHERE id = $1 AND state IN ('pending', 'superseded')",
+        )
+        .bind(id)
+        .bind(millis(at))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a failed delivery to be tried again at `next_attempt_at`. Returns false if the
+    /// report is no longer pending.
+    pub async fn mark_retry(
+        &self,
+        id: i64,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE outbox SET next_attempt_at = $2, last_error = $3, attempts = attempts + 1
+             WHERE id = $1 AND state = 'pending'",
+        )
+        .bind(id)
+        .bind(millis(next_attempt_at))
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records that the forge refused a report for good. Returns false if the report is no
+    /// longer pending.
+    pub async fn mark_failed(&self, id: i64, error: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE outbox SET state = 'failed', last_error = $2, attempts = attempts + 1
+             WHERE id = $1 AND state = 'pending'",
+        )
+        .bind(id)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Every report about a commit, oldest first, whatever its state.
+    pub async fn reports_of_commit(&self, commit_sha: &str) -> Result<Vec<ReportRow>> {
+        sqlx::query(
+            "SELECT id, commit_sha, kind, report_key, payload, state, attempts, next_attempt_at,
+                 last_error, created_at, delivered_at
+             FROM outbox WHERE commit_sha = $1 ORDER BY id",
+        )
+        .bind(commit_sha)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(report_row)
+        .collect()
+    }
+}
+
+fn report_row(row: &AnyRow) -> Result<ReportRow> {
+    Ok(ReportRow {
+        id: row.try_get("id")?,
+        commit_sha: row.try_get("commit_sha")?,
+        kind: get_enum(row, "kind", ReportKind::from_stored)?,
+        key: row.try_get("report_key")?,
+        payload: get_json(row, "payload")?,
+        state: get_enum(row, "state", ReportState::from_stored)?,
+        attempts: get_count(row, "attempts")?,
+        next_attempt_at: get_time(row, "next_attempt_at")?,
+        last_error: row.try_get("last_error")?,
+        created_at: get_time(row, "created_at")?,
+        delivered_at: get_opt_time(row, "delivered_at")?,
+    })
+}

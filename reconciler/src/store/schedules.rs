@@ -1,0 +1,251 @@
+//! Schedules and their ticks: what the scheduler loop reads, and the exactly-once record of
+//! each tick with the run it starts.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::runs::insert_run;
+use super::{
+    NewTick, RecordedTick, Result, ScheduleRow, Store, StoreError, TickOutcome, TickRow, Trigger,
+    get_count, get_enum, get_flag, get_json, get_opt_time, get_time, millis,
+};
+
+/// The columns of [`ScheduleRow`], for `concat!`.
+macro_rules! schedule_columns {
+    () => {
+        "SELECT name, pipeline, version, definition, commit_sha, file, active_since,
+             last_tick_at, suspended, paused_at, consecutive_failures, retired_at
+         FROM schedules "
+    };
+}
+
+/// The columns of [`TickRow`], for `concat!`.
+macro_rules! tick_columns {
+    () => {
+        "SELECT id, schedule, scheduled_at, recorded_at, outcome, reason, run_id FROM ticks "
+    };
+}
+
+impl Store {
+    /// Schedules not retired, by name; suspended and paused ones included.
+    pub async fn active_schedules(&self) -> Result<Vec<ScheduleRow>> {
+        sqlx::query(concat!(
+            schedule_columns!(),
+            "WHERE retired_at IS NULL ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(schedule_row)
+        .collect()
+    }
+
+    /// One schedule, retired or not.
+    pub async fn schedule(&self, name: &str) -> Result<Option<ScheduleRow>> {
+        sqlx::query(concat!(schedule_columns!(), "WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| schedule_row(&row))
+            .transpose()
+    }
+
+    /// Records ticks of one schedule and creates the runs of the new fired ones, in one
+    /// transaction.
+    ///
+    /// A tick is unique per (schedule, scheduled time): one recorded before is left as it was,
+    /// and its run is not created again, however many callers race. `last_tick_at` advances
+    /// to the newest tick given. Fails with [`StoreError::ScheduleNotActive`], recording
+    /// nothing, if the schedule is unknown or retired.
+    pub async fn record_ticks(
+        &self,
+        schedule: &str,
+        ticks: &[NewTick],
+    ) -> Result<Vec<RecordedTick>> {
+        for tick in ticks {
+            check_tick(schedule, tick)?;
+        }
+        let Some(newest) = ticks.iter().map(|tick| tick.scheduled_at).max() else {
+            return Ok(Vec::new());
+        };
+        let now = Utc::now();
+        let mut tx = self.write().await?;
+        // Writing the schedule's row first locks it, so a retirement committed concurrently
+        // either comes first (and nothing is recorded) or waits for this transaction.
+        let active = sqlx::query(
+            "UPDATE schedules SET last_tick_at = CASE
+                 WHEN last_tick_at IS NULL OR last_tick_at < $2 THEN $2 ELSE last_tick_at END
+             WHERE name = $1 AND retired_at IS NULL",
+        )
+        .bind(schedule)
+        .bind(millis(newest))
+        .execute(&mut *tx)
+        .await?;
+        if active.rows_affected() == 0 {
+            return Err(StoreError::ScheduleNotActive(schedule.to_owned()));
+        }
+        let mut recorded = Vec::with_capacity(ticks.len());
+        for tick in ticks {
+            let inserted: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO ticks (schedule, scheduled_at, recorded_at, outcome, reason, run_id)
+                 VALUES ($1, $2, $3, $4, $5, NULL)
+                 ON CONFLICT (schedule, scheduled_at) DO NOTHING RETURNING id",
+            )
+            .bind(schedule)
+            .bind(millis(tick.scheduled_at))
+            .bind(millis(now))
+            .bind(tick.outcome.as_str())
+            .bind(tick.reason.as_deref())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (new, run_id) = match (inserted, &tick.run) {
+                (Some(tick_id), Some(run)) => {
+                    let run_id = insert_run(&mut tx, run, None, now).await?;
+                    sqlx::query("UPDATE ticks SET run_id = $2 WHERE id = $1")
+                        .bind(tick_id)
+                        .bind(run_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    (true, Some(run_id))
+                }
+                (Some(_), None) => (true, None),
+                (None, _) => {
+                    let run_id: Option<i64> = sqlx::query_scalar(
+                        "SELECT run_id FROM ticks WHERE schedule = $1 AND scheduled_at = $2",
+                    )
+                    .bind(schedule)
+                    .bind(millis(tick.scheduled_at))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    (false, run_id)
+                }
+            };
+            recorded.push(RecordedTick {
+                scheduled_at: tick.scheduled_at,
+                new,
+                run_id,
+            });
+        }
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    /// Ids of the schedule's runs that are pending or running, oldest first.
+    pub async fn active_runs_of_schedule(&self, name: &str) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM runs WHERE schedule = $1 AND state IN ('pending', 'running')
+             ORDER BY id",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Pauses a schedule at `at` (kept if already paused), or with `None` resumes it and
+    /// clears its failure streak. Returns false if there is no such schedule.
+    pub async fn set_schedule_paused(&self, name: &str, at: Option<DateTime<Utc>>) -> Result<bool> {
+        let done = match at {
+            Some(at) => {
+                sqlx::query(
+                    "UPDATE schedules SET paused_at = COALESCE(paused_at, $2) WHERE name = $1",
+                )
+                .bind(name)
+                .bind(millis(at))
+                .execute(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "UPDATE schedules SET paused_at = NULL, consecutive_failures = 0
+                     WHERE name = $1",
+                )
+                .bind(name)
+                .execute(&self.pool)
+                .await?
+            }
+        };
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A schedule's ticks, newest first, at most `limit`.
+    pub async fn ticks(&self, schedule: &str, limit: u32) -> Result<Vec<TickRow>> {
+        sqlx::query(concat!(
+            tick_columns!(),
+            "WHERE schedule = $1 ORDER BY scheduled_at DESC LIMIT $2"
+        ))
+        .bind(schedule)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(tick_row)
+        .collect()
+    }
+
+    /// A schedule's newest tick.
+    pub async fn last_tick(&self, schedule: &str) -> Result<Option<TickRow>> {
+        sqlx::query(concat!(
+            tick_columns!(),
+            "WHERE schedule = $1 ORDER BY scheduled_at DESC LIMIT 1"
+        ))
+        .bind(schedule)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| tick_row(&row))
+        .transpose()
+    }
+}
+
+/// A fired tick carries the run it starts, of this schedule; other ticks start nothing.
+fn check_tick(schedule: &str, tick: &NewTick) -> Result<()> {
+    match (&tick.run, tick.outcome) {
+        (Some(run), TickOutcome::Fired)
+            if run.trigger == Trigger::Schedule && run.schedule.as_deref() == Some(schedule) =>
+        {
+            Ok(())
+        }
+        (Some(_), TickOutcome::Fired) => Err(StoreError::Invalid(format!(
+            "the run of tick {} is not a scheduled run of {schedule}",
+            tick.scheduled_at
+        ))),
+        (None, TickOutcome::Fired) => Err(StoreError::Invalid(format!(
+            "fired tick {} has no run",
+            tick.scheduled_at
+        ))),
+        (Some(_), outcome) => Err(StoreError::Invalid(format!(
+            "{outcome} tick {} cannot start a run",
+            tick.scheduled_at
+        ))),
+        (None, _) => Ok(()),
+    }
+}
+
+fn schedule_row(row: &AnyRow) -> Result<ScheduleRow> {
+    Ok(ScheduleRow {
+        name: row.try_get("name")?,
+        pipeline: row.try_get("pipeline")?,
+        version: row.try_get("version")?,
+        definition: get_json(row, "definition")?,
+        commit_sha: row.try_get("commit_sha")?,
+        file: row.try_get("file")?,
+        active_since: get_time(row, "active_since")?,
+        last_tick_at: get_opt_time(row, "last_tick_at")?,
+        suspended: get_flag(row, "suspended")?,
+        paused_at: get_opt_time(row, "paused_at")?,
+        consecutive_failures: get_count(row, "consecutive_failures")?,
+        retired_at: get_opt_time(row, "retired_at")?,
+    })
+}
+
+fn tick_row(row: &AnyRow) -> Result<TickRow> {
+    Ok(TickRow {
+        id: row.try_get("id")?,
+        schedule: row.try_get("schedule")?,
+        scheduled_at: get_time(row, "scheduled_at")?,
+        recorded_at: get_time(row, "recorded_at")?,
+        outcome: get_enum(row, "outcome", TickOutcome::from_stored)?,
+        reason: row.try_get("reason")?,
+        run_id: row.try_get("run_id")?,
+    })
+}

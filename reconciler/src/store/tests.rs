@@ -1,0 +1,1503 @@
+//! One suite, run against a fresh SQLite file and a fresh PostgreSQL schema.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::json;
+use sqlx::{AnyConnection, AssertSqlSafe, Connection};
+
+use super::*;
+
+/// PostgreSQL the suite runs against; CI provides it, so an unreachable server fails the run.
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// Overrides [`DEFAULT_POSTGRES_URL`].
+const POSTGRES_URL_VAR: &str = "TRAINYARD_TEST_POSTGRES_URL";
+
+static SCHEMAS: AtomicU32 = AtomicU32::new(0);
+
+async fn on_sqlite<F, Fut>(test: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store = Store::connect(&url).await.expect("connect to SQLite");
+    assert_eq!(store.backend(), Backend::Sqlite);
+    test(store.clone()).await;
+    store.close().await;
+}
+
+async fn on_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Store) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    sqlx::any::install_default_drivers();
+    let base = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+    let mut admin = AnyConnection::connect(&base)
+        .await
+        .expect("PostgreSQL must be reachable for the store tests");
+    let nanos = Utc::now().timestamp_subsec_nanos();
+    let schema = format!(
+        "store_test_{}_{}_{nanos}",
+        std::process::id(),
+        SCHEMAS.fetch_add(1, Ordering::Relaxed)
+    );
+    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut admin)
+        .await
+        .expect("create the test schema");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    // The test runs in its own task so that a failing assertion still drops the schema.
+    let outcome = tokio::spawn(async move {
+        let store = Store::connect(&url).await.expect("connect to PostgreSQL");
+        assert_eq!(store.backend(), Backend::Postgres);
+        test(store.clone()).await;
+        store.close().await;
+    })
+    .await;
+    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&mut admin)
+        .await
+        .expect("drop the test schema");
+    if let Err(failure) = outcome {
+        std::panic::resume_unwind(failure.into_panic());
+    }
+}
+
+/// Runs each named `async fn(Store)` once per backend, as `sqlite::name` and `postgres::name`.
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::on_sqlite(super::$test).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::on_postgres(super::$test).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    migrations_run_twice_safely,
+    applying_a_commit_twice_changes_nothing,
+    a_rejected_commit_records_only_itself_and_its_reports,
+    pipeline_versions_are_kept_and_the_current_one_follows_the_branch,
+    schedules_follow_their_declarations,
+    a_tick_is_recorded_once,
+    concurrent_recorders_of_one_tick_create_one_run,
+    ticks_refuse_runs_that_do_not_belong_to_them,
+    attempts_start_and_finish_once,
+    a_retried_step_waits_and_a_late_attempt_leaves_the_step_alone,
+    finishing_runs_counts_failures_and_pauses_the_schedule,
+    cancelling_and_skipping_leave_finished_work_alone,
+    model_versions_increment_only_when_accepted,
+    the_outbox_delivers_only_the_newest_report_per_context,
+    delivery_retries_and_failures_are_recorded,
+    a_commit_that_fails_midway_leaves_nothing,
+    a_tick_that_fails_midway_leaves_nothing,
+    views_list_newest_first,
+);
+
+fn t(seconds: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .expect("a valid time")
+        + chrono::Duration::seconds(seconds)
+}
+
+fn commit(sha: &str, at: DateTime<Utc>) -> ApplyCommit {
+    ApplyCommit {
+        sha: sha.to_owned(),
+        at,
+        outcome: CommitOutcome::Applied,
+        summary: format!("apply {sha}"),
+        pipelines: Vec::new(),
+        retire_pipelines: Vec::new(),
+        schedules: Vec::new(),
+        retire_schedules: Vec::new(),
+        runs: Vec::new(),
+        reports: Vec::new(),
+    }
+}
+
+fn pipeline(name: &str, version: &str) -> PipelineUpsert {
+    PipelineUpsert {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        file: format!("pipelines/{name}.yaml"),
+        definition: json!({"metadata": {"name": name}, "version": version}),
+    }
+}
+
+fn schedule(name: &str, version: &str, suspended: bool) -> ScheduleUpsert {
+    ScheduleUpsert {
+        name: name.to_owned(),
+        pipeline: "churn".to_owned(),
+        version: version.to_owned(),
+        file: "schedules.yaml".to_owned(),
+        definition: json!({"cron": "0 2 * * *", "version": version}),
+        suspended,
+    }
+}
+
+fn change_run(sha: &str) -> NewRun {
+    NewRun {
+        pipeline: "churn".to_owned(),
+        pipeline_version: "v1".to_owned(),
+        commit_sha: sha.to_owned(),
+        trigger: Trigger::Change,
+        schedule: None,
+        scheduled_at: None,
+        params: json!({"epochs": 3}),
+        steps: vec!["prepare".to_owned(), "train".to_owned()],
+    }
+}
+
+fn scheduled_run(schedule: &str, at: DateTime<Utc>) -> NewRun {
+    NewRun {
+        trigger: Trigger::Schedule,
+        schedule: Some(schedule.to_owned()),
+        scheduled_at: Some(at),
+        ..change_run("c1")
+    }
+}
+
+fn fired(schedule: &str, at: DateTime<Utc>) -> NewTick {
+    NewTick {
+        scheduled_at: at,
+        outcome: TickOutcome::Fired,
+        reason: None,
+        run: Some(scheduled_run(schedule, at)),
+    }
+}
+
+fn status(sha: &str, context: &str, state: &str) -> NewReport {
+    NewReport {
+        commit_sha: sha.to_owned(),
+        kind: ReportKind::Status,
+        key: context.to_owned(),
+        payload: json!({"state": state}),
+    }
+}
+
+/// A store holding commit `c1` with pipeline `churn` and schedule `nightly`, applied at t(0).
+async fn with_nightly(store: &Store) {
+    let mut first = commit("c1", t(0));
+    first.pipelines.push(pipeline("churn", "v1"));
+    first.schedules.push(schedule("nightly", "s1", false));
+    store.apply_commit(&first).await.expect("apply c1");
+}
+
+async fn run_count(store: &Store) -> usize {
+    store.list_runs(None, 1000).await.expect("list runs").len()
+}
+
+async fn migrations_run_twice_safely(store: Store) {
+    with_nightly(&store).await;
+    migrator(store.backend())
+        .run(&store.pool)
+        .await
+        .expect("a second migration run succeeds");
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(&store.pool)
+        .await
+        .expect("count applied migrations");
+    assert_eq!(applied, 1);
+    assert!(
+        store
+            .current_pipeline("churn")
+            .await
+            .expect("read")
+            .is_some(),
+        "data survives the second run"
+    );
+}
+
+async fn applying_a_commit_twice_changes_nothing(store: Store) {
+    let mut first = commit("c1", t(0));
+    first.pipelines.push(pipeline("churn", "v1"));
+    first.schedules.push(schedule("nightly", "s1", false));
+    first.runs.push(change_run("c1"));
+    first
+        .reports
+        .push(status("c1", "trainyard/apply", "success"));
+
+    let applied = store.apply_commit(&first).await.expect("first apply");
+    assert!(applied.first_time);
+    assert_eq!(applied.run_ids.len(), 1);
+
+    let mut again = first.clone();
+    again.at = t(60);
+    let repeated = store.apply_commit(&again).await.expect("second apply");
+    assert_eq!(
+        repeated,
+        Applied {
+            first_time: false,
+            run_ids: applied.run_ids.clone()
+        }
+    );
+    assert_eq!(run_count(&store).await, 1);
+    assert_eq!(
+        store.reports_of_commit("c1").await.expect("reports").len(),
+        1
+    );
+    assert_eq!(
+        store
+            .cursor(FOLLOWED_CURSOR)
+            .await
+            .expect("cursor")
+            .as_deref(),
+        Some("c1")
+    );
+    let nightly = store
+        .schedule("nightly")
+        .await
+        .expect("read")
+        .expect("nightly exists");
+    assert_eq!(
+        nightly.active_since,
+        t(0),
+        "the repeat did not move the schedule"
+    );
+
+    let run = store
+        .run(applied.run_ids[0])
+        .await
+        .expect("read")
+        .expect("run exists");
+    assert_eq!(run.state, RunState::Pending);
+    assert_eq!(run.trigger, Trigger::Change);
+    assert_eq!(run.params, json!({"epochs": 3}));
+    assert_eq!(run.created_at, t(0));
+    let steps = store.steps(run.id).await.expect("steps");
+    let names: Vec<_> = steps.iter().map(|s| (s.name.as_str(), s.state)).collect();
+    assert_eq!(
+        names,
+        [
+            ("prepare", StepState::Waiting),
+            ("train", StepState::Waiting)
+        ]
+    );
+}
+
+async fn a_rejected_commit_records_only_itself_and_its_reports(store: Store) {
+    with_nightly(&store).await;
+    let mut bad = commit("c2", t(10));
+    bad.outcome = CommitOutcome::Rejected;
+    bad.pipelines.push(pipeline("churn", "v2"));
+    let refused = store.apply_commit(&bad).await;
+    assert!(
+        matches!(refused, Err(StoreError::Invalid(_))),
+        "{refused:?}"
+    );
+
+    bad.pipelines.clear();
+    bad.reports.push(status("c2", "trainyard/apply", "failure"));
+    let applied = store
+        .apply_commit(&bad)
+        .await
+        .expect("record the rejection");
+    assert!(applied.first_time);
+    assert!(applied.run_ids.is_empty());
+    assert_eq!(
+        store
+            .cursor(FOLLOWED_CURSOR)
+            .await
+            .expect("cursor")
+            .as_deref(),
+        Some("c2")
+    );
+    let current = store
+        .current_pipeline("churn")
+        .await
+        .expect("read")
+        .expect("churn");
+    assert_eq!(current.version, "v1");
+    assert_eq!(
+        store.reports_of_commit("c2").await.expect("reports").len(),
+        1
+    );
+}
+
+async fn pipeline_versions_are_kept_and_the_current_one_follows_the_branch(store: Store) {
+    with_nightly(&store).await;
+    let mut second = commit("c2", t(10));
+    second.pipelines.push(pipeline("churn", "v2"));
+    store.apply_commit(&second).await.expect("apply c2");
+
+    let current = store
+        .current_pipeline("churn")
+        .await
+        .expect("read")
+        .expect("churn");
+    assert_eq!(
+        (current.version.as_str(), current.commit_sha.as_str()),
+        ("v2", "c2")
+    );
+    assert_eq!(current.definition["version"], "v2");
+    assert_eq!(current.created_at, t(10));
+    let first = store
+        .pipeline_version("churn", "v1")
+        .await
+        .expect("read")
+        .expect("v1 kept");
+    assert_eq!((first.commit_sha.as_str(), first.created_at), ("c1", t(0)));
+
+    // Declaring the same version again keeps the commit that introduced it.
+    let mut third = commit("c3", t(20));
+    third.pipelines.push(pipeline("churn", "v2"));
+    store.apply_commit(&third).await.expect("apply c3");
+    let current = store
+        .current_pipeline("churn")
+        .await
+        .expect("read")
+        .expect("churn");
+    assert_eq!(current.commit_sha, "c2");
+
+    let mut fourth = commit("c4", t(30));
+    fourth.retire_pipelines.push("churn".to_owned());
+    store.apply_commit(&fourth).await.expect("apply c4");
+    assert_eq!(store.current_pipeline("churn").await.expect("read"), None);
+    assert!(
+        store
+            .pipeline_version("churn", "v2")
+            .await
+            .expect("read")
+            .is_some()
+    );
+
+    // Coming back re-points it, with its lineage intact.
+    let mut fifth = commit("c5", t(40));
+    fifth.pipelines.push(pipeline("churn", "v1"));
+    store.apply_commit(&fifth).await.expect("apply c5");
+    let current = store
+        .current_pipeline("churn")
+        .await
+        .expect("read")
+        .expect("churn");
+    assert_eq!(
+        (current.version.as_str(), current.commit_sha.as_str()),
+        ("v1", "c1")
+    );
+}
+
+async fn schedules_follow_their_declarations(store: Store) {
+    with_nightly(&store).await;
+    let created = store
+        .schedule("nightly")
+        .await
+        .expect("read")
+        .expect("nightly");
+    assert_eq!(created.active_since, t(0));
+    assert_eq!(
+        (created.version.as_str(), created.commit_sha.as_str()),
+        ("s1", "c1")
+    );
+    store
+        .record_ticks("nightly", &[fired("nightly", t(100))])
+        .await
+        .expect("record a tick");
+
+    let mut unchanged = commit("c2", t(200));
+    unchanged.schedules.push(schedule("nightly", "s1", false));
+    store.apply_commit(&unchanged).await.expect("apply c2");
+    let row = store
+        .schedule("nightly")
+        .await
+        .expect("read")
+        .expect("nightly");
+    assert_eq!(
+        row,
+        ScheduleRow {
+            last_tick_at: Some(t(100)),
+            ..created.clone()
+        }
+    );
+
+    let mut changed = commit("c3", t(300));
+    changed.schedules.push(schedule("nightly", "s2", false));
+    store.apply_commit(&changed).await.expect("apply c3");
+    let row = store
+        .schedule("nightly")
+        .await
+        .expect("read")
+        .expect("nightly");
+    assert_eq!(
+        (row.version.as_str(), row.commit_sha.as_str()),
+        ("s2", "c3")
+    );
+    assert_eq!(row.definition["version"], "s2");
+    assert_eq!(
+        row.last_tick_at,
+        Some(t(100)),
+        "a change keeps the tick history"
+    );
+    assert_eq!(row.active_since, t(0));
+
+    let mut suspend = commit("c4", t(400));
+    suspend.schedules.push(schedule("nightly", "s3", true));
+    store.apply_commit(&suspend).await.expect("apply c4");
+    let row = store
+        .schedule("nightly")
+        .await
+        .expect("read")
+        .expect("nightly");
+    assert!(row.suspended);
+    assert_eq!(
+        row.active_since,
+        t(0),
+        "suspending does not move active_since"
+    );
+
+    let mut resume = commit("c5", t(500));
+    resume.schedules.push(schedule("nightly", "s4", false));
+    store.apply_commit(&resume).await.expect("apply c5");
+    let row = store
+        .schedule("nightly")
+        .await
+        .expect("read")
+        .expect("nightly");
+    assert!(!row.suspended);
+    assert_eq!(
+        row.active_since,
+        t(500),
+        "the suspended period is not replayed"
+    );
+
+    let mut retire = commit("c6", t(600));
+    retire.retire_schedules.push("nightly".to_owned());
+    store.apply_commit(&retire).await.expect("apply c6");
+    let row = store
+        .schedule("nightly")
+        .await
+        .expect("read")
+        .expect("nightly");
+    assert_eq!(row.retired_at, Some(t(600)));
+    assert!(store.active_schedules().await.expect("list").is_empty());
+    let refused = store
+        .record_ticks("nightly", &[fired("nightly", t(700))])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::ScheduleNotActive(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        run_count(&store).await,
+        1,
+        "a retired schedule starts nothing"
+    );
+
+    let mut back = commit("c7", t(800));
+    back.schedules.push(schedule("nightly", "s4", false));
+    store.apply_commit(&back).await.expect("apply c7");
+    let row = store
+        .schedule("nightly")
+        .await
+        .expect("read")
+        .expect("nightly");
+    assert_eq!((row.retired_at, row.active_since), (None, t(800)));
+    let active = store.active_schedules().await.expect("list");
+    assert_eq!(active.len(), 1);
+}
+
+async fn a_tick_is_recorded_once(store: Store) {
+    with_nightly(&store).await;
+    let skipped = NewTick {
+        scheduled_at: t(50),
+        outcome: TickOutcome::Skipped,
+        reason: Some("a run is active".to_owned()),
+        run: None,
+    };
+    let first = store
+        .record_ticks("nightly", &[skipped.clone(), fired("nightly", t(100))])
+        .await
+        .expect("record ticks");
+    assert_eq!(first.len(), 2);
+    assert_eq!((first[0].new, first[0].run_id), (true, None));
+    assert!(first[1].new);
+    let run_id = first[1].run_id.expect("the fired tick has a run");
+
+    let again = store
+        .record_ticks("nightly", &[fired("nightly", t(100))])
+        .await
+        .expect("record again");
+    assert_eq!(
+        again,
+        [RecordedTick {
+            scheduled_at: t(100),
+            new: false,
+            run_id: Some(run_id)
+        }]
+    );
+    assert_eq!(run_count(&store).await, 1);
+    let run = store.run(run_id).await.expect("read").expect("run");
+    assert_eq!(
+        (run.trigger, run.schedule.as_deref(), run.scheduled_at),
+        (Trigger::Schedule, Some("nightly"), Some(t(100)))
+    );
+    assert_eq!(
+        store
+            .active_runs_of_schedule("nightly")
+            .await
+            .expect("runs"),
+        [run_id]
+    );
+
+    let last = store
+        .last_tick("nightly")
+        .await
+        .expect("read")
+        .expect("a tick");
+    assert_eq!(
+        (last.scheduled_at, last.outcome, last.run_id),
+        (t(100), TickOutcome::Fired, Some(run_id))
+    );
+    let row = store
+        .schedule("nightly")
+        .await
+        .expect("read")
+        .expect("nightly");
+    assert_eq!(row.last_tick_at, Some(t(100)));
+
+    // An older tick recorded later does not move last_tick_at back.
+    let missed = NewTick {
+        scheduled_at: t(20),
+        outcome: TickOutcome::Missed,
+        reason: Some("past the starting deadline".to_owned()),
+        run: None,
+    };
+    store
+        .record_ticks("nightly", &[missed])
+        .await
+        .expect("record a missed tick");
+    let row = store
+        .schedule("nightly")
+        .await
+        .expect("read")
+        .expect("nightly");
+    assert_eq!(row.last_tick_at, Some(t(100)));
+    assert_eq!(store.ticks("nightly", 10).await.expect("ticks").len(), 3);
+}
+
+async fn concurrent_recorders_of_one_tick_create_one_run(store: Store) {
+    with_nightly(&store).await;
+    for round in 1..=5 {
+        let at = t(round * 100);
+        let recorders: Vec<_> = (0..2)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(
+                    async move { store.record_ticks("nightly", &[fired("nightly", at)]).await },
+                )
+            })
+            .collect();
+        let mut results = Vec::new();
+        for recorder in recorders {
+            let recorded = recorder.await.expect("the task ran").expect("record ticks");
+            results.extend(recorded);
+        }
+        assert_eq!(
+            results.iter().filter(|r| r.new).count(),
+            1,
+            "round {round}: {results:?}"
+        );
+        assert_eq!(results[0].run_id, results[1].run_id);
+        assert!(results[0].run_id.is_some());
+    }
+    assert_eq!(store.ticks("nightly", 100).await.expect("ticks").len(), 5);
+    assert_eq!(run_count(&store).await, 5);
+}
+
+async fn ticks_refuse_runs_that_do_not_belong_to_them(store: Store) {
+    with_nightly(&store).await;
+    let without_run = NewTick {
+        run: None,
+        ..fired("nightly", t(100))
+    };
+    let other_schedule = NewTick {
+        run: Some(scheduled_run("weekly", t(100))),
+        ..fired("nightly", t(100))
+    };
+    let skipped_with_run = NewTick {
+        outcome: TickOutcome::Skipped,
+        ..fired("nightly", t(100))
+    };
+    for tick in [without_run, other_schedule, skipped_with_run] {
+        let refused = store.record_ticks("nightly", &[tick]).await;
+        assert!(
+            matches!(refused, Err(StoreError::Invalid(_))),
+            "{refused:?}"
+        );
+    }
+    assert!(store.ticks("nightly", 10).await.expect("ticks").is_empty());
+    let unknown = store
+        .record_ticks("weekly", &[fired("weekly", t(100))])
+        .await;
+    assert!(
+        matches!(unknown, Err(StoreError::ScheduleNotActive(_))),
+        "{unknown:?}"
+    );
+}
+
+fn outcome(state: AttemptState, at: DateTime<Utc>) -> AttemptOutcome {
+    AttemptOutcome {
+        state,
+        at,
+        exit_code: Some(if state == AttemptState::Succeeded {
+            0
+        } else {
+            1
+        }),
+        message: None,
+        retry_at: None,
+        artifacts: Vec::new(),
+    }
+}
+
+async fn attempts_start_and_finish_once(store: Store) {
+    with_nightly(&store).await;
+    let run_id = store
+        .create_run(&change_run("c1"))
+        .await
+        .expect("create run");
+    assert!(
+        store
+            .start_attempt(run_id, "prepare", 1, "job-1-prepare-1", t(10))
+            .await
+            .expect("start")
+    );
+    assert!(
+        !store
+            .start_attempt(run_id, "prepare", 1, "job-other", t(20))
+            .await
+            .expect("start again"),
+        "a repeated start is refused"
+    );
+    let run = store.run(run_id).await.expect("read").expect("run");
+    assert_eq!(
+        (run.state, run.started_at),
+        (RunState::Running, Some(t(10)))
+    );
+    let steps = store.steps(run_id).await.expect("steps");
+    assert_eq!(steps[0].state, StepState::Running);
+    assert_eq!(
+        (steps[0].attempt, steps[0].job.as_deref()),
+        (1, Some("job-1-prepare-1"))
+    );
+
+    let mut done = outcome(AttemptState::Succeeded, t(30));
+    done.artifacts.push(NewArtifact {
+        output: "dataset".to_owned(),
+        uri: "file:///artifacts/1/prepare/dataset".to_owned(),
+        sha256: "ab".repeat(32),
+        size: 1234,
+    });
+    assert!(
+        store
+            .finish_attempt(run_id, "prepare", 1, &done)
+            .await
+            .expect("finish")
+    );
+    let mut late = outcome(AttemptState::Failed, t(40));
+    late.artifacts.clear();
+    assert!(
+        !store
+            .finish_attempt(run_id, "prepare", 1, &late)
+            .await
+            .expect("finish again"),
+        "a repeated finish is refused"
+    );
+    let steps = store.steps(run_id).await.expect("steps");
+    assert_eq!(steps[0].state, StepState::Succeeded);
+    assert_eq!(
+        (
+            steps[0].started_at,
+            steps[0].finished_at,
+            steps[0].exit_code
+        ),
+        (Some(t(10)), Some(t(30)), Some(0))
+    );
+    let artifacts = store.artifacts(run_id).await.expect("artifacts");
+    assert_eq!(artifacts.len(), 1);
+    assert_eq!(
+        (
+            artifacts[0].output.as_str(),
+            artifacts[0].size,
+            artifacts[0].created_at
+        ),
+        ("dataset", 1234, t(30))
+    );
+
+    let attempts = store.attempts(run_id).await.expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        (
+            attempts[0].state,
+            attempts[0].job.as_str(),
+            attempts[0].finished_at
+        ),
+        (AttemptState::Succeeded, "job-1-prepare-1", Some(t(30)))
+    );
+
+    let unknown = store.finish_attempt(run_id, "train", 1, &done).await;
+    assert!(
+        matches!(unknown, Err(StoreError::NotFound { .. })),
+        "{unknown:?}"
+    );
+    let no_step = store
+        .start_attempt(run_id, "evaluate", 1, "job", t(50))
+        .await;
+    assert!(
+        matches!(no_step, Err(StoreError::NotFound { .. })),
+        "{no_step:?}"
+    );
+}
+
+async fn a_retried_step_waits_and_a_late_attempt_leaves_the_step_alone(store: Store) {
+    with_nightly(&store).await;
+    let run_id = store
+        .create_run(&change_run("c1"))
+        .await
+        .expect("create run");
+    store
+        .start_attempt(run_id, "train", 1, "job-a1", t(10))
+        .await
+        .expect("start 1");
+    let mut failed = outcome(AttemptState::Failed, t(20));
+    failed.message = Some("out of memory".to_owned());
+    failed.retry_at = Some(t(80));
+    assert!(
+        store
+            .finish_attempt(run_id, "train", 1, &failed)
+            .await
+            .expect("finish 1")
+    );
+    let train = &store.steps(run_id).await.expect("steps")[1];
+    assert_eq!(
+        (train.state, train.retry_at, train.finished_at),
+        (StepState::Waiting, Some(t(80)), None)
+    );
+    assert_eq!(
+        (train.attempt, train.message.as_deref()),
+        (1, Some("out of memory"))
+    );
+
+    store
+        .start_attempt(run_id, "train", 2, "job-a2", t(90))
+        .await
+        .expect("start 2");
+    let train = &store.steps(run_id).await.expect("steps")[1];
+    assert_eq!(
+        (train.state, train.attempt, train.retry_at),
+        (StepState::Running, 2, None)
+    );
+    assert_eq!(
+        (train.started_at, train.message.as_deref()),
+        (Some(t(10)), None)
+    );
+
+    // Attempt 3 starts while attempt 2 is still believed running (lost job); attempt 2
+    // reporting late must not overwrite the step.
+    store
+        .start_attempt(run_id, "train", 3, "job-a3", t(100))
+        .await
+        .expect("start 3");
+    let mut late = outcome(AttemptState::Failed, t(110));
+    late.artifacts.push(NewArtifact {
+        output: "model".to_owned(),
+        uri: "file:///artifacts/late".to_owned(),
+        sha256: "ef".repeat(32),
+        size: 1,
+    });
+    assert!(
+        store
+            .finish_attempt(run_id, "train", 2, &late)
+            .await
+            .expect("finish 2")
+    );
+    let train = &store.steps(run_id).await.expect("steps")[1];
+    assert_eq!((train.state, train.attempt), (StepState::Running, 3));
+    assert!(
+        store.artifacts(run_id).await.expect("artifacts").is_empty(),
+        "a superseded attempt's outputs are not recorded"
+    );
+
+    let retry_success = AttemptOutcome {
+        retry_at: Some(t(200)),
+        ..outcome(AttemptState::Succeeded, t(120))
+    };
+    let refused = store
+        .finish_attempt(run_id, "train", 3, &retry_success)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Invalid(_))),
+        "{refused:?}"
+    );
+    assert!(
+        store
+            .finish_attempt(run_id, "train", 3, &outcome(AttemptState::Failed, t(130)))
+            .await
+            .expect("finish 3")
+    );
+    let train = &store.steps(run_id).await.expect("steps")[1];
+    assert_eq!(
+        (train.state, train.finished_at, train.exit_code),
+        (StepState::Failed, Some(t(130)), Some(1))
+    );
+    let states: Vec<_> = store
+        .attempts(run_id)
+        .await
+        .expect("attempts")
+        .iter()
+        .map(|a| a.state)
+        .collect();
+    assert_eq!(states, [AttemptState::Failed; 3]);
+}
+
+async fn finishing_runs_counts_failures_and_pauses_the_schedule(store: Store) {
+    with_nightly(&store).await;
+    let ticks: Vec<_> = (1..=5).map(|i| fired("nightly", t(i * 100))).collect();
+    let recorded = store
+        .record_ticks("nightly", &ticks)
+        .await
+        .expect("record ticks");
+    let runs: Vec<i64> = recorded.iter().map(|r| r.run_id.expect("a run")).collect();
+    let streak = async |store: &Store| {
+        let row = store
+            .schedule("nightly")
+            .await
+            .expect("read")
+            .expect("nightly");
+        (row.consecutive_failures, row.paused_at)
+    };
+
+    let report = [status("c1", "trainyard/run", "failure")];
+    assert!(
+        store
+            .finish_run(
+                runs[0],
+                RunState::Failed,
+                Some("train failed"),
+                t(1000),
+                &report,
+                Some(2)
+            )
+            .await
+            .expect("finish")
+    );
+    assert_eq!(streak(&store).await, (1, None));
+    assert!(
+        !store
+            .finish_run(runs[0], RunState::Failed, None, t(1001), &report, Some(2))
+            .await
+            .expect("finish again"),
+        "a finished run stays as it was"
+    );
+    assert_eq!(
+        streak(&store).await,
+        (1, None),
+        "a repeated finish is not counted"
+    );
+    assert_eq!(
+        store.reports_of_commit("c1").await.expect("reports").len(),
+        1
+    );
+    let run = store.run(runs[0]).await.expect("read").expect("run");
+    assert_eq!(
+        (run.state, run.message.as_deref(), run.finished_at),
+        (RunState::Failed, Some("train failed"), Some(t(1000)))
+    );
+
+    store
+        .finish_run(runs[1], RunState::Succeeded, None, t(1100), &[], Some(2))
+        .await
+        .expect("finish");
+    assert_eq!(streak(&store).await, (0, None));
+    store
+        .finish_run(runs[2], RunState::Failed, None, t(1200), &[], Some(2))
+        .await
+        .expect("finish");
+    store
+        .finish_run(runs[3], RunState::Cancelled, None, t(1300), &[], Some(2))
+        .await
+        .expect("finish");
+    assert_eq!(
+        streak(&store).await,
+        (1, None),
+        "a cancellation is not a failure"
+    );
+    store
+        .finish_run(runs[4], RunState::Failed, None, t(1400), &[], Some(2))
+        .await
+        .expect("finish");
+    assert_eq!(streak(&store).await, (2, Some(t(1400))));
+    assert!(
+        store
+            .active_runs_of_schedule("nightly")
+            .await
+            .expect("runs")
+            .is_empty()
+    );
+
+    let refused = store
+        .finish_run(runs[4], RunState::Running, None, t(1500), &[], None)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Invalid(_))),
+        "{refused:?}"
+    );
+    let unknown = store
+        .finish_run(9999, RunState::Failed, None, t(1500), &[], None)
+        .await;
+    assert!(
+        matches!(unknown, Err(StoreError::NotFound { .. })),
+        "{unknown:?}"
+    );
+
+    assert!(
+        store
+            .set_schedule_paused("nightly", None)
+            .await
+            .expect("resume")
+    );
+    assert_eq!(streak(&store).await, (0, None));
+    assert!(
+        store
+            .set_schedule_paused("nightly", Some(t(1600)))
+            .await
+            .expect("pause")
+    );
+    assert!(
+        store
+            .set_schedule_paused("nightly", Some(t(1700)))
+            .await
+            .expect("pause again")
+    );
+    assert_eq!(
+        streak(&store).await,
+        (0, Some(t(1600))),
+        "the first pause time is kept"
+    );
+    assert!(
+        !store
+            .set_schedule_paused("weekly", None)
+            .await
+            .expect("unknown schedule")
+    );
+
+    // Runs not started by the schedule do not touch its streak.
+    let manual = store
+        .create_run(&NewRun {
+            trigger: Trigger::Manual,
+            ..scheduled_run("nightly", t(0))
+        })
+        .await
+        .expect("create");
+    store
+        .finish_run(manual, RunState::Failed, None, t(1800), &[], Some(1))
+        .await
+        .expect("finish");
+    assert_eq!(streak(&store).await, (0, Some(t(1600))));
+}
+
+async fn cancelling_and_skipping_leave_finished_work_alone(store: Store) {
+    with_nightly(&store).await;
+    let run_id = store
+        .create_run(&change_run("c1"))
+        .await
+        .expect("create run");
+    store
+        .start_attempt(run_id, "prepare", 1, "job", t(10))
+        .await
+        .expect("start");
+    assert!(store.request_cancel(run_id).await.expect("cancel"));
+    assert!(
+        store
+            .run(run_id)
+            .await
+            .expect("read")
+            .expect("run")
+            .cancel_requested
+    );
+    let names = ["prepare".to_owned(), "train".to_owned()];
+    assert_eq!(
+        store
+            .skip_steps(run_id, &names, "run cancelled")
+            .await
+            .expect("skip"),
+        1
+    );
+    let steps = store.steps(run_id).await.expect("steps");
+    assert_eq!(steps[0].state, StepState::Running);
+    assert_eq!(
+        (steps[1].state, steps[1].message.as_deref()),
+        (StepState::Skipped, Some("run cancelled"))
+    );
+    store
+        .finish_run(run_id, RunState::Cancelled, None, t(20), &[], None)
+        .await
+        .expect("finish");
+    assert!(!store.request_cancel(run_id).await.expect("cancel finished"));
+    assert!(
+        store
+            .unfinished_runs()
+            .await
+            .expect("unfinished")
+            .is_empty()
+    );
+}
+
+fn model(run_id: i64, state: ModelState, auc: f64, at: DateTime<Utc>) -> NewModelVersion {
+    NewModelVersion {
+        model: "churn-classifier".to_owned(),
+        run_id,
+        state,
+        metrics: json!({"auc": auc}),
+        gates: json!([{"metric": "auc", "min": 0.8, "passed": auc >= 0.8}]),
+        reasons: if state == ModelState::Rejected {
+            vec![format!("auc {auc} < 0.8")]
+        } else {
+            Vec::new()
+        },
+        artifact_uri: format!("file:///artifacts/{run_id}/train/model"),
+        artifact_sha256: "cd".repeat(32),
+        promote: Some("champion".to_owned()),
+        at,
+        reports: vec![status("c1", "trainyard/model", state.as_str())],
+    }
+}
+
+async fn model_versions_increment_only_when_accepted(store: Store) {
+    with_nightly(&store).await;
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        runs.push(
+            store
+                .create_run(&change_run("c1"))
+                .await
+                .expect("create run"),
+        );
+    }
+    assert_eq!(
+        store
+            .register_model(&model(runs[0], ModelState::Accepted, 0.85, t(10)))
+            .await
+            .expect("register"),
+        Some(1)
+    );
+    assert_eq!(
+        store
+            .register_model(&model(runs[1], ModelState::Rejected, 0.70, t(20)))
+            .await
+            .expect("register"),
+        None
+    );
+    assert_eq!(
+        store
+            .register_model(&model(runs[2], ModelState::Accepted, 0.90, t(30)))
+            .await
+            .expect("register"),
+        Some(2)
+    );
+    assert_eq!(
+        store
+            .register_model(&model(runs[2], ModelState::Accepted, 0.90, t(40)))
+            .await
+            .expect("register again"),
+        Some(2),
+        "a run registers its model once"
+    );
+
+    let champion = store
+        .alias("churn-classifier", "champion")
+        .await
+        .expect("read")
+        .expect("champion");
+    assert_eq!((champion.version, champion.run_id), (Some(2), runs[2]));
+    assert_eq!(
+        (
+            champion.commit_sha.as_str(),
+            champion.pipeline.as_str(),
+            champion.pipeline_version.as_str()
+        ),
+        ("c1", "churn", "v1")
+    );
+    assert_eq!(champion.params, json!({"epochs": 3}));
+    assert_eq!(champion.metrics, json!({"auc": 0.9}));
+    assert_eq!(
+        store.aliases("churn-classifier").await.expect("aliases"),
+        [("champion".to_owned(), 2)]
+    );
+
+    let versions = store
+        .models(Some("churn-classifier"))
+        .await
+        .expect("models");
+    let listed: Vec<_> = versions.iter().map(|m| (m.version, m.state)).collect();
+    assert_eq!(
+        listed,
+        [
+            (Some(2), ModelState::Accepted),
+            (None, ModelState::Rejected),
+            (Some(1), ModelState::Accepted)
+        ]
+    );
+    assert_eq!(versions[1].reasons, ["auc 0.7 < 0.8"]);
+    assert_eq!(
+        store.reports_of_commit("c1").await.expect("reports").len(),
+        3
+    );
+
+    let mut no_reason = model(runs[3], ModelState::Rejected, 0.5, t(50));
+    no_reason.reasons.clear();
+    let refused = store.register_model(&no_reason).await;
+    assert!(
+        matches!(refused, Err(StoreError::Invalid(_))),
+        "{refused:?}"
+    );
+    let unknown_run = store
+        .register_model(&model(9999, ModelState::Accepted, 0.9, t(60)))
+        .await;
+    assert!(
+        matches!(unknown_run, Err(StoreError::NotFound { .. })),
+        "{unknown_run:?}"
+    );
+
+    let mut other = model(runs[3], ModelState::Accepted, 0.95, t(70));
+    other.model = "churn-regressor".to_owned();
+    other.promote = None;
+    assert_eq!(
+        store.register_model(&other).await.expect("register"),
+        Some(1),
+        "versions count per model"
+    );
+    assert!(
+        store
+            .aliases("churn-regressor")
+            .await
+            .expect("aliases")
+            .is_empty()
+    );
+    assert_eq!(store.models(None).await.expect("models").len(), 4);
+    assert_eq!(
+        store
+            .alias("churn-regressor", "champion")
+            .await
+            .expect("read"),
+        None
+    );
+}
+
+async fn the_outbox_delivers_only_the_newest_report_per_context(store: Store) {
+    with_nightly(&store).await;
+    let run_id = store
+        .create_run(&change_run("c1"))
+        .await
+        .expect("create run");
+    let reports = [
+        status("c1", "trainyard/run", "pending"),
+        status("c1", "trainyard/run", "running"),
+        status("c1", "trainyard/apply", "success"),
+    ];
+    store
+        .finish_run(run_id, RunState::Succeeded, None, t(10), &reports, None)
+        .await
+        .expect("finish");
+    let mut last = commit("c2", t(20));
+    last.reports.push(status("c1", "trainyard/run", "success"));
+    last.reports.push(NewReport {
+        kind: ReportKind::Comment,
+        ..status("c1", "trainyard/run", "comment body")
+    });
+    store.apply_commit(&last).await.expect("apply c2");
+
+    let due = store.due_reports(t(30), 10).await.expect("due");
+    let delivered: Vec<_> = due
+        .iter()
+        .map(|r| (r.kind, r.key.as_str(), r.payload["state"].as_str()))
+        .collect();
+    assert_eq!(
+        delivered,
+        [
+            (ReportKind::Status, "trainyard/apply", Some("success")),
+            (ReportKind::Status, "trainyard/run", Some("success")),
+            (ReportKind::Comment, "trainyard/run", Some("comment body")),
+        ]
+    );
+    let states: Vec<_> = store
+        .reports_of_commit("c1")
+        .await
+        .expect("reports")
+        .iter()
+        .map(|r| r.state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ReportState::Superseded,
+            ReportState::Superseded,
+            ReportState::Pending,
+            ReportState::Pending,
+            ReportState::Pending
+        ]
+    );
+    assert!(
+        store.due_reports(t(5), 10).await.expect("due").is_empty(),
+        "nothing is due before it was enqueued"
+    );
+    assert_eq!(
+        store.due_reports(t(30), 1).await.expect("due").len(),
+        1,
+        "the limit holds"
+    );
+}
+
+async fn delivery_retries_and_failures_are_recorded(store: Store) {
+    let mut first = commit("c1", t(0));
+    first.reports.push(status("c1", "a", "success"));
+    first.reports.push(status("c1", "b", "success"));
+    first.reports.push(status("c1", "c", "success"));
+    store.apply_commit(&first).await.expect("apply");
+    let due = store.due_reports(t(1), 10).await.expect("due");
+    let [a, b, c] = [due[0].id, due[1].id, due[2].id];
+
+    assert!(store.mark_retry(a, t(60), "HTTP 502").await.expect("retry"));
+    assert!(
+        store
+            .mark_failed(b, "HTTP 422: description too long")
+            .await
+            .expect("fail")
+    );
+    assert!(store.mark_delivered(c, t(2)).await.expect("deliver"));
+    assert!(
+        store.due_reports(t(59), 10).await.expect("due").is_empty(),
+        "a retry waits"
+    );
+    let due = store.due_reports(t(60), 10).await.expect("due");
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].id, due[0].attempts, due[0].last_error.as_deref()),
+        (a, 1, Some("HTTP 502"))
+    );
+
+    assert!(
+        !store
+            .mark_delivered(b, t(61))
+            .await
+            .expect("deliver a failed report")
+    );
+    assert!(
+        !store
+            .mark_retry(c, t(61), "late")
+            .await
+            .expect("retry a delivered report")
+    );
+    assert!(store.mark_delivered(a, t(62)).await.expect("deliver"));
+    let rows = store.reports_of_commit("c1").await.expect("reports");
+    let summary: Vec<_> = rows
+        .iter()
+        .map(|r| (r.state, r.attempts, r.delivered_at))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (ReportState::Delivered, 2, Some(t(62))),
+            (ReportState::Failed, 1, None),
+            (ReportState::Delivered, 1, Some(t(2))),
+        ]
+    );
+    assert_eq!(
+        rows[1].last_error.as_deref(),
+        Some("HTTP 422: description too long")
+    );
+}
+
+async fn a_commit_that_fails_midway_leaves_nothing(store: Store) {
+    let mut broken = commit("c1", t(0));
+    broken.pipelines.push(pipeline("churn", "v1"));
+    broken.schedules.push(schedule("nightly", "s1", false));
+    broken.runs.push(change_run("c1"));
+    // The second run's duplicate step breaks the steps' primary key after everything above
+    // has been written.
+    let mut duplicate = change_run("c1");
+    duplicate.steps.push("train".to_owned());
+    broken.runs.push(duplicate);
+    broken
+        .reports
+        .push(status("c1", "trainyard/apply", "success"));
+
+    let failed = store.apply_commit(&broken).await;
+    assert!(matches!(failed, Err(StoreError::Database(_))), "{failed:?}");
+    assert_eq!(store.cursor(FOLLOWED_CURSOR).await.expect("cursor"), None);
+    assert_eq!(store.current_pipeline("churn").await.expect("read"), None);
+    assert_eq!(
+        store.pipeline_version("churn", "v1").await.expect("read"),
+        None
+    );
+    assert_eq!(store.schedule("nightly").await.expect("read"), None);
+    assert_eq!(run_count(&store).await, 0);
+    assert!(
+        store
+            .reports_of_commit("c1")
+            .await
+            .expect("reports")
+            .is_empty()
+    );
+
+    broken.runs.pop();
+    let applied = store
+        .apply_commit(&broken)
+        .await
+        .expect("apply the fixed commit");
+    assert!(applied.first_time, "the failed attempt left no commit row");
+    assert_eq!(run_count(&store).await, 1);
+}
+
+async fn a_tick_that_fails_midway_leaves_nothing(store: Store) {
+    with_nightly(&store).await;
+    let mut broken = fired("nightly", t(200));
+    if let Some(run) = broken.run.as_mut() {
+        run.steps.push("prepare".to_owned());
+    }
+    let failed = store
+        .record_ticks("nightly", &[fired("nightly", t(100)), broken])
+        .await;
+    assert!(matches!(failed, Err(StoreError::Database(_))), "{failed:?}");
+    assert!(store.ticks("nightly", 10).await.expect("ticks").is_empty());
+    assert_eq!(run_count(&store).await, 0);
+    let row = store
+        .schedule("nightly")
+        .await
+        .expect("read")
+        .expect("nightly");
+    assert_eq!(row.last_tick_at, None);
+
+    let recorded = store
+        .record_ticks("nightly", &[fired("nightly", t(100))])
+        .await
+        .expect("record");
+    assert!(recorded[0].new, "the failed attempt left no tick");
+}
+
+async fn views_list_newest_first(store: Store) {
+    with_nightly(&store).await;
+    let mut other = change_run("c1");
+    other.pipeline = "fraud".to_owned();
+    let first = store.create_run(&change_run("c1")).await.expect("create");
+    let second = store.create_run(&other).await.expect("create");
+    let third = store.create_run(&change_run("c1")).await.expect("create");
+    let ids = |runs: Vec<RunRow>| runs.iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_runs(None, 10).await.expect("list")),
+        [third, second, first]
+    );
+    assert_eq!(
+        ids(store.list_runs(Some("churn"), 10).await.expect("list")),
+        [third, first]
+    );
+    assert_eq!(
+        ids(store.list_runs(None, 2).await.expect("list")),
+        [third, second]
+    );
+    assert_eq!(
+        ids(store.unfinished_runs().await.expect("list")),
+        [first, second, third]
+    );
+
+    let ticks: Vec<_> = (1..=3)
+        .map(|i| NewTick {
+            scheduled_at: t(i * 100),
+            outcome: TickOutcome::Missed,
+            reason: Some("down".to_owned()),
+            run: None,
+        })
+        .collect();
+    store.record_ticks("nightly", &ticks).await.expect("record");
+    let listed: Vec<_> = store
+        .ticks("nightly", 2)
+        .await
+        .expect("ticks")
+        .iter()
+        .map(|t| t.scheduled_at)
+        .collect();
+    assert_eq!(listed, [t(300), t(200)]);
+    assert_eq!(store.last_tick("weekly").await.expect("read"), None);
+}
+
+#[tokio::test]
+async fn sqlite_files_use_wal_and_foreign_keys() {
+    on_sqlite(|store: Store| async move {
+        let mut conn = store.pool.acquire().await.expect("a connection");
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("journal mode");
+        assert_eq!(journal, "wal");
+        let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("foreign keys");
+        assert_eq!(foreign_keys, 1);
+        let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("busy timeout");
+        assert_eq!(busy, i64::from(SQLITE_BUSY_TIMEOUT_MS));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_bare_path_names_a_sqlite_file_that_survives_reconnecting() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("my data #1.db");
+    let path_text = path.to_str().expect("a UTF-8 path");
+    let store = Store::connect(path_text).await.expect("connect by path");
+    with_nightly(&store).await;
+    store.close().await;
+    assert!(path.is_file(), "the file is created where the path says");
+
+    let again = Store::connect(path_text).await.expect("reconnect");
+    assert!(
+        again
+            .current_pipeline("churn")
+            .await
+            .expect("read")
+            .is_some()
+    );
+    again.close().await;
+}
+
+#[test]
+fn database_urls_pick_their_backend() {
+    let resolved = |url: &str| resolve_url(url).expect("a supported URL");
+    assert_eq!(resolved("postgres://u@h/db").0, Backend::Postgres);
+    assert_eq!(resolved("postgresql://u@h/db").0, Backend::Postgres);
+    assert_eq!(
+        resolved("sqlite://data/t.db"),
+        (Backend::Sqlite, "sqlite://data/t.db?mode=rwc".to_owned())
+    );
+    assert_eq!(resolved("sqlite:t.db?mode=ro").1, "sqlite:t.db?mode=ro");
+    assert_eq!(
+        resolved("/var/lib/a b.db").1,
+        "sqlite:/var/lib/a%20b.db?mode=rwc"
+    );
+    let refused = resolve_url("mysql://u:secret@h/db");
+    match refused {
+        Err(StoreError::UnsupportedUrl { scheme }) => assert_eq!(scheme, "mysql"),
+        other => panic!("expected an unsupported URL, got {other:?}"),
+    }
+}
