@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
+use croner::{Cron, Direction};
 
 use super::diag::did_you_mean;
 
@@ -108,6 +108,15 @@ impl CronSchedule {
             .iter_after(after.with_timezone(&self.tz))
             .take(n)
             .collect()
+    }
+
+    /// Fire times at or before `until`, newest first.
+    ///
+    /// Walking backwards lets a caller look at the newest ticks after downtime without
+    /// enumerating every older one.
+    pub fn fires_until(&self, until: DateTime<Utc>) -> impl Iterator<Item = DateTime<Tz>> + use<> {
+        self.cron
+            .iter_from(until.with_timezone(&self.tz), Direction::Backward)
     }
 
     /// How many times it fires in `(from, from + window]`, counting at most `cap` fires and
@@ -211,6 +220,24 @@ mod tests {
             .map(|t| t.format("%m-%d %H:%M").to_string())
             .collect();
         assert_eq!(local, ["10-25 02:30", "10-26 02:30"]);
+    }
+
+    #[test]
+    fn fires_until_walks_back_newest_first_including_until() {
+        let s = CronSchedule::new("0 * * * *", Tz::UTC).expect("valid");
+        let fires: Vec<DateTime<Utc>> = s
+            .fires_until(utc(2026, 1, 1, 12, 0))
+            .take(3)
+            .map(|t| t.with_timezone(&Utc))
+            .collect();
+        assert_eq!(
+            fires,
+            [
+                utc(2026, 1, 1, 12, 0),
+                utc(2026, 1, 1, 11, 0),
+                utc(2026, 1, 1, 10, 0)
+            ]
+        );
     }
 
     #[test]

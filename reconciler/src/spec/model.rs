@@ -263,9 +263,22 @@ pub struct Gate {
     /// The metric must be at most this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<f64>,
-    /// The metric must not be worse than the version behind this alias (higher is better).
+    /// The metric must not be worse than the version behind this alias.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_worse_than: Option<String>,
+    /// Whether a higher value is better, for not_worse_than; false for losses.
+    // Left out of the serialized form at its default so that the content version of every
+    // pipeline written before this field existed stays the same.
+    #[serde(default = "higher_is_better", skip_serializing_if = "is_true")]
+    pub greater_is_better: bool,
+}
+
+fn higher_is_better() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// When and how a pipeline is started on a clock.
@@ -525,6 +538,27 @@ mod tests {
         let loc = err.location().expect("has a location");
         assert_eq!((loc.line(), loc.column()), (5, 3));
         assert!(err.to_string().contains("stepz"), "{err}");
+    }
+
+    #[test]
+    fn a_gate_reads_higher_is_better_by_default_and_serializes_as_before() {
+        let gate: Gate =
+            serde_saphyr::from_str("{metric: auc, not_worse_than: champion}").expect("parses");
+        assert!(gate.greater_is_better);
+        assert_eq!(
+            serde_json::to_string(&gate).expect("serializes"),
+            r#"{"metric":"auc","not_worse_than":"champion"}"#
+        );
+        let loss: Gate = serde_saphyr::from_str(
+            "{metric: loss, not_worse_than: champion, greater_is_better: false}",
+        )
+        .expect("parses");
+        assert!(!loss.greater_is_better);
+        assert!(
+            serde_json::to_string(&loss)
+                .expect("serializes")
+                .contains(r#""greater_is_better":false"#)
+        );
     }
 
     #[test]

@@ -1,0 +1,410 @@
+//! Results reported back where a change was made: commit statuses and one sticky comment per
+//! pull request, through a [`Forge`]. The embedded default forge writes Git notes ([`notes`]).
+//!
+//! Reports travel through the store's outbox as JSON ([`Report`]); the delivery loop hands
+//! each to [`deliver`], retries [`ForgeError::Transient`] after [`backoff`] and records
+//! [`ForgeError::Permanent`].
+
+pub mod notes;
+#[cfg(test)]
+pub(crate) mod suite;
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Longest status description GitHub keeps, in characters.
+pub const DESCRIPTION_CHARS: usize = 140;
+/// Longest comment body GitHub accepts, in characters.
+pub const COMMENT_CHARS: usize = 65_536;
+/// Longest wait between two delivery attempts, unless the forge asks for longer.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The state of a commit status; GitHub's four.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusState {
+    /// Work has started or is queued.
+    Pending,
+    /// It passed.
+    Success,
+    /// It failed because of the change (a failed run, a gate that did not pass).
+    Failure,
+    /// It could not be decided (Trainyard or its infrastructure failed).
+    Error,
+}
+
+impl StatusState {
+    /// Every state, in GitHub's order.
+    pub const ALL: [StatusState; 4] = [
+        StatusState::Pending,
+        StatusState::Success,
+        StatusState::Failure,
+        StatusState::Error,
+    ];
+
+    /// The state as GitHub spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusState::Pending => "pending",
+            StatusState::Success => "success",
+            StatusState::Failure => "failure",
+            StatusState::Error => "error",
+        }
+    }
+}
+
+/// A commit status: one state per context per commit, the latest one wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The full commit id.
+    pub commit: String,
+    /// What the status is about, such as `trainyard/run/churn`; see [`context`].
+    pub context: String,
+    /// Its state.
+    pub state: StatusState,
+    /// One line for people; forges cut it to [`DESCRIPTION_CHARS`].
+    pub description: String,
+    /// Where to read more, such as the run's page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
+}
+
+/// One report waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Report {
+    /// Set a commit status.
+    Status(Status),
+    /// Create or edit the comment marked `key` on the pull request of `commit`.
+    Comment {
+        /// The commit whose pull request gets the comment.
+        commit: String,
+        /// Which comment: one per key per pull request.
+        key: String,
+        /// Markdown.
+        body: String,
+    },
+}
+
+/// Why a forge did not take a report.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ForgeError {
+    /// Try again later: rate limits, timeouts, a busy repository.
+    #[error("{message}")]
+    Transient {
+        /// What went wrong.
+        message: String,
+        /// How long the forge asked to wait, when it said.
+        retry_after: Option<Duration>,
+    },
+    /// Trying again cannot help: an unknown commit, no permission, a refused request.
+    #[error("{message}")]
+    Permanent {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Where reports go: a code host or the repository itself.
+///
+/// Every implementation keeps one status per (commit, context), writes nothing for a status
+/// identical to the one it holds, cuts descriptions to [`DESCRIPTION_CHARS`], and answers an
+/// unknown commit with [`ForgeError::Permanent`]; `suite` holds the tests that check it.
+pub trait Forge: Send + Sync + 'static {
+    /// Sets the status of `status.context` on `status.commit`, replacing an earlier one.
+    fn set_status(&self, status: &Status) -> impl Future<Output = Result<(), ForgeError>> + Send;
+
+    /// Creates the comment marked `key` on pull request `pr`, or edits it if it is there.
+    fn upsert_comment(
+        &self,
+        pr: u64,
+        key: &str,
+        body: &str,
+    ) -> impl Future<Output = Result<(), ForgeError>> + Send;
+
+    /// The open pull request whose head is `commit`, if any.
+    fn pull_request_of(
+        &self,
+        commit: &str,
+    ) -> impl Future<Output = Result<Option<u64>, ForgeError>> + Send;
+}
+
+/// What became of a delivered report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The forge holds it.
+    Delivered,
+    /// A comment whose commit has no pull request; there is nowhere to put it.
+    NoPullRequest,
+}
+
+/// Hands one report to a forge: a status as it is, a comment to the pull request of its
+/// commit, cut to what the forge accepts.
+pub async fn deliver<F: Forge>(forge: &F, report: &Report) -> Result<Delivery, ForgeError> {
+    match report {
+        Report::Status(status) => {
+            forge.set_status(status).await?;
+            Ok(Delivery::Delivered)
+        }
+        Report::Comment { commit, key, body } => match forge.pull_request_of(commit).await? {
+            None => Ok(Delivery::NoPullRequest),
+            Some(pr) => {
+                forge.upsert_comment(pr, key, &fit_comment(body)).await?;
+                Ok(Delivery::Delivered)
+            }
+        },
+    }
+}
+
+/// The status context for `kind` (`validate`, `plan`, `run`, `model`) and the pipeline or
+/// model `name`: `trainyard/run/churn`, or `trainyard/<instance>/run/churn` when several
+/// Trainyard instances report on one repository.
+pub fn context(instance: Option<&str>, kind: &str, name: Option<&str>) -> String {
+    let mut out = String::from("trainyard");
+    for part in [instance, Some(kind), name].into_iter().flatten() {
+        out.push('/');
+        out.push_str(part);
+    }
+    out
+}
+
+/// One line of at most [`DESCRIPTION_CHARS`] characters: line breaks and runs of blanks
+/// become one space, and a longer text is cut with `…`.
+pub fn fit_description(text: &str) -> String {
+    let line = text
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if line.chars().count() <= DESCRIPTION_CHARS {
+        return line;
+    }
+    let mut cut: String = line.chars().take(DESCRIPTION_CHARS - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// A comment body within [`COMMENT_CHARS`] characters; a longer one is cut and ends with a
+/// note saying so (closing a code block left open by the cut, so the note renders as text).
+pub fn fit_comment(body: &str) -> String {
+    let total = body.chars().count();
+    if total <= COMMENT_CHARS {
+        return body.to_owned();
+    }
+    let note = format!(
+        "\n\n---\n*Trainyard cut this comment: it was {total} characters long and the forge \
+         keeps at most {COMMENT_CHARS}.*\n"
+    );
+    let fence = "\n```";
+    let room = COMMENT_CHARS - note.chars().count() - fence.len();
+    let mut kept: String = body.chars().take(room).collect();
+    let open_fences = kept
+        .lines()
+        .filter(|line| line.trim_start().starts_with("```"))
+        .count();
+    if !open_fences.is_multiple_of(2) {
+        kept.push_str(fence);
+    }
+    kept.push_str(&note);
+    kept
+}
+
+/// The hidden marker that identifies the comment `key` among a pull request's comments.
+pub fn marker(key: &str) -> String {
+    format!("<!-- trainyard:{key} -->")
+}
+
+/// Whether a comment body carries the marker of `key`.
+pub fn has_marker(body: &str, key: &str) -> bool {
+    body.contains(&marker(key))
+}
+
+/// How long to wait before delivery attempt `attempt + 1`: 1 s doubling per attempt up to
+/// [`MAX_BACKOFF`], and never less than what the forge asked for.
+pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let doubling = 1u64.checked_shl(attempt).unwrap_or(u64::MAX);
+    let wait = Duration::from_secs(doubling).min(MAX_BACKOFF);
+    retry_after.map_or(wait, |asked| wait.max(asked))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::notes::NotesForge;
+    use super::*;
+
+    #[test]
+    fn contexts_name_the_kind_and_the_pipeline_or_model() {
+        assert_eq!(context(None, "validate", None), "trainyard/validate");
+        assert_eq!(context(None, "plan", None), "trainyard/plan");
+        assert_eq!(context(None, "run", Some("iris")), "trainyard/run/iris");
+        assert_eq!(
+            context(None, "model", Some("iris-classifier")),
+            "trainyard/model/iris-classifier"
+        );
+        assert_eq!(
+            context(Some("gpu-east"), "run", Some("iris")),
+            "trainyard/gpu-east/run/iris"
+        );
+    }
+
+    #[test]
+    fn a_short_description_is_kept_on_one_line() {
+        assert_eq!(
+            fit_description("run 12 succeeded\nin 4.1s  "),
+            "run 12 succeeded in 4.1s"
+        );
+        assert_eq!(fit_description(&"a".repeat(140)), "a".repeat(140));
+    }
+
+    #[test]
+    fn a_long_description_is_cut_to_140_characters_on_a_char_boundary() {
+        let text = "é".repeat(200);
+        let fitted = fit_description(&text);
+        assert_eq!(fitted.chars().count(), 140);
+        assert_eq!(fitted, format!("{}…", "é".repeat(139)));
+    }
+
+    #[test]
+    fn a_comment_within_the_limit_is_kept_as_is() {
+        let body = format!("{}\nplan\n", marker("plan"));
+        assert_eq!(fit_comment(&body), body);
+    }
+
+    #[test]
+    fn a_long_comment_is_cut_to_the_limit_with_a_closing_note() {
+        let body = format!("{}\n{}", marker("plan"), "ü".repeat(70_000));
+        let fitted = fit_comment(&body);
+        assert!(fitted.chars().count() <= COMMENT_CHARS);
+        assert!(fitted.starts_with(&marker("plan")));
+        let note = format!(
+            "*Trainyard cut this comment: it was {} characters long and the forge keeps at \
+             most 65536.*\n",
+            body.chars().count()
+        );
+        assert!(fitted.ends_with(&note), "{fitted:.200}");
+    }
+
+    #[test]
+    fn a_cut_inside_a_code_block_closes_it_before_the_note() {
+        let body = format!("# Plan\n```diff\n{}", "+ line\n".repeat(20_000));
+        let fitted = fit_comment(&body);
+        assert!(fitted.chars().count() <= COMMENT_CHARS);
+        let fences = fitted.lines().filter(|l| l.starts_with("```")).count();
+        assert_eq!(fences, 2, "the block is closed");
+        assert!(fitted.contains("```\n\n---\n*Trainyard cut this comment"));
+    }
+
+    #[test]
+    fn markers_are_hidden_comments_found_by_exact_key() {
+        assert_eq!(marker("plan"), "<!-- trainyard:plan -->");
+        let body = format!("{}\n## Plan", marker("plan"));
+        assert!(has_marker(&body, "plan"));
+        assert!(!has_marker(&body, "pla"));
+        assert!(!has_marker(&body, "run"));
+    }
+
+    #[test]
+    fn backoff_doubles_from_one_second_up_to_five_minutes() {
+        let waits: Vec<u64> = (0..10).map(|a| backoff(a, None).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
+        assert_eq!(backoff(200, None), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn backoff_waits_at_least_what_the_forge_asked() {
+        let asked = Duration::from_secs(3600);
+        assert_eq!(backoff(0, Some(asked)), asked);
+        assert_eq!(
+            backoff(3, Some(Duration::from_secs(2))),
+            Duration::from_secs(8)
+        );
+    }
+
+    #[test]
+    fn reports_round_trip_through_json() {
+        let reports = [
+            Report::Status(Status {
+                commit: "a".repeat(40),
+                context: "trainyard/run/iris".to_owned(),
+                state: StatusState::Success,
+                description: "run 12 succeeded".to_owned(),
+                target_url: Some("http://localhost:8080/runs/12".to_owned()),
+            }),
+            Report::Comment {
+                commit: "b".repeat(40),
+                key: "plan".to_owned(),
+                body: "## Plan".to_owned(),
+            },
+        ];
+        for report in reports {
+            let json = serde_json::to_value(&report).expect("serializes");
+            let back: Report = serde_json::from_value(json.clone()).expect("deserializes");
+            assert_eq!(back, report, "{json}");
+        }
+        let json = serde_json::json!({
+            "kind": "status", "commit": "c", "context": "trainyard/validate",
+            "state": "failure", "description": "1 error"
+        });
+        let read: Report = serde_json::from_value(json).expect("the outbox's form reads");
+        assert!(matches!(
+            read,
+            Report::Status(Status {
+                state: StatusState::Failure,
+                target_url: None,
+                ..
+            })
+        ));
+    }
+
+    fn repository_with_a_commit(dir: &Path) -> String {
+        let repo = git2::Repository::init(dir).expect("init");
+        let sig = git2::Signature::now("Test", "test@example.com").expect("signature");
+        let tree = repo
+            .treebuilder(None)
+            .and_then(|b| b.write())
+            .expect("empty tree");
+        let tree = repo.find_tree(tree).expect("tree");
+        repo.commit(Some("HEAD"), &sig, &sig, "first", &tree, &[])
+            .expect("commit")
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn deliver_sets_a_status_and_finds_no_pull_request_for_a_comment_in_notes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let commit = repository_with_a_commit(dir.path());
+        let forge = NotesForge::new(dir.path().to_path_buf());
+        let status = Report::Status(Status {
+            commit: commit.clone(),
+            context: "trainyard/validate".to_owned(),
+            state: StatusState::Success,
+            description: "2 pipelines, 2 schedules".to_owned(),
+            target_url: None,
+        });
+        assert_eq!(
+            deliver(&forge, &status).await.expect("delivered"),
+            Delivery::Delivered
+        );
+        let note = notes::read_note(dir.path(), &commit)
+            .expect("readable")
+            .expect("a note");
+        assert_eq!(
+            note,
+            "trainyard/validate: success — 2 pipelines, 2 schedules\n"
+        );
+        let comment = Report::Comment {
+            commit,
+            key: "plan".to_owned(),
+            body: "## Plan".to_owned(),
+        };
+        assert_eq!(
+            deliver(&forge, &comment).await.expect("handled"),
+            Delivery::NoPullRequest
+        );
+    }
+}
