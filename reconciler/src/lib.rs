@@ -1,8 +1,14 @@
 //! Trainyard: a GitOps reconciler for ML training. This crate holds the service's modules;
 //! `main.rs` wires them into the `trainyard` binary.
 
+pub mod artifacts;
 pub mod definitions;
+pub mod execute;
 pub mod plan;
 pub mod policy;
+pub mod registry;
+pub mod report;
+pub mod schedule;
 pub mod source;
 pub mod spec;
+pub mod store;
