@@ -233,7 +233,7 @@ impl Planner {
             };
             changes.extend(change);
         }
-        changes.sort_by_key(|c| (c.action == Action::Removed, c.kind, c.name.clone()));
+        changes.sort_by_key(|c| (c.kind, c.action == Action::Removed, c.name.clone()));
         self.finish(
             from,
             to,
@@ -433,6 +433,7 @@ fn diff_one<T: Serialize>(
 }
 
 /// Walks both sorted maps together, so unchanged documents cost one comparison each.
+/// Removals come after the other changes of their kind.
 fn diff_kind<T: Serialize>(
     old: &BTreeMap<Arc<str>, Entry<T>>,
     new: &BTreeMap<Arc<str>, Entry<T>>,
@@ -440,48 +441,29 @@ fn diff_kind<T: Serialize>(
     kind: Kind,
     out: &mut Vec<Change>,
 ) {
-    let change = |name: &str, action, file: &str, fields| Change {
-        kind,
-        name: name.to_owned(),
-        action,
-        file: file.to_owned(),
-        fields,
-        next_fires: Vec::new(),
-        gpu_hours: None,
-    };
-    let to_json = |e: &Entry<T>| serde_json::to_value(e.value.as_ref()).unwrap_or(Value::Null);
     let mut removed = Vec::new();
     let (mut olds, mut news) = (old.iter().peekable(), new.iter().peekable());
     loop {
-        let order = match (olds.peek(), news.peek()) {
+        let (before, after) = match (olds.peek(), news.peek()) {
             (None, None) => break,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some((a, _)), Some((b, _))) => a.cmp(b),
+            (Some((a, _)), Some((b, _))) if a == b => (olds.next(), news.next()),
+            (Some((a, _)), Some((b, _))) if a > b => (None, news.next()),
+            (Some(_), _) => (olds.next(), None),
+            (None, Some(_)) => (None, news.next()),
         };
-        match order {
-            std::cmp::Ordering::Less => {
-                if let Some((name, entry)) = olds.next() {
-                    // A document whose file now fails keeps its last good version: not a removal.
-                    if !new_catalog.failed_files.contains(entry.file.as_ref()) {
-                        removed.push(change(name, Action::Removed, &entry.file, Vec::new()));
-                    }
-                }
-            }
-            std::cmp::Ordering::Greater => {
-                if let Some((name, entry)) = news.next() {
-                    out.push(change(name, Action::Added, &entry.file, Vec::new()));
-                }
-            }
-            std::cmp::Ordering::Equal => {
-                if let (Some((name, before)), Some((_, entry))) = (olds.next(), news.next())
-                    && before.version != entry.version
-                {
-                    let mut fields = Vec::new();
-                    diff_values("", &to_json(before), &to_json(entry), &mut fields);
-                    out.push(change(name, Action::Changed, &entry.file, fields));
-                }
-            }
+        let Some(name) = before.or(after).map(|(name, _)| name) else {
+            break;
+        };
+        match diff_one(
+            name,
+            before.map(|(_, e)| e),
+            after.map(|(_, e)| e),
+            new_catalog,
+            kind,
+        ) {
+            Some(change) if change.action == Action::Removed => removed.push(change),
+            Some(change) => out.push(change),
+            None => {}
         }
     }
     out.append(&mut removed);
