@@ -1,6 +1,7 @@
 //! Trainyard: a GitOps reconciler for ML training. This crate holds the service's modules;
 //! `main.rs` wires them into the `trainyard` binary.
 
+pub mod apply;
 pub mod artifacts;
 pub mod definitions;
 pub mod execute;
