@@ -121,6 +121,23 @@ impl Store {
         .transpose()
     }
 
+    /// Every pipeline the followed branch declares now, by name: what a restarted service
+    /// rebuilds its declared state from.
+    pub async fn current_pipelines(&self) -> Result<Vec<PipelineRow>> {
+        sqlx::query(
+            "SELECT v.pipeline, v.version, v.commit_sha, v.file, v.definition, v.created_at
+             FROM pipelines p
+             JOIN pipeline_versions v ON v.pipeline = p.name AND v.version = p.version
+             WHERE p.retired_at IS NULL
+             ORDER BY p.name",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(pipeline_row)
+        .collect()
+    }
+
     /// Any version of a pipeline ever applied, current or not.
     pub async fn pipeline_version(&self, name: &str, version: &str) -> Result<Option<PipelineRow>> {
         sqlx::query(

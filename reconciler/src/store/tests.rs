@@ -349,6 +349,15 @@ async fn pipeline_versions_are_kept_and_the_current_one_follows_the_branch(store
     );
     assert_eq!(current.definition["version"], "v2");
     assert_eq!(current.created_at, t(10));
+    let all = store.current_pipelines().await.expect("read");
+    let listed: Vec<(&str, &str)> = all
+        .iter()
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
+    assert!(
+        listed.contains(&("churn", "v2")) && !listed.contains(&("churn", "v1")),
+        "{listed:?}"
+    );
     let first = store
         .pipeline_version("churn", "v1")
         .await
