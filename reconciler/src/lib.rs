@@ -9,6 +9,7 @@ pub mod plan;
 pub mod policy;
 pub mod registry;
 pub mod report;
+pub mod runtime;
 pub mod schedule;
 pub mod source;
 pub mod spec;

@@ -15,6 +15,8 @@ use trainyard::spec::Catalog;
 use trainyard::spec::schema;
 use trainyard_policies::PolicyConfig;
 
+mod serve;
+
 /// Exit status for invalid definitions or policy denials.
 pub const EXIT_INVALID: u8 = 1;
 /// Exit status for usage and I/O errors.
@@ -64,12 +66,63 @@ enum Command {
         #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
         format: PlanFormat,
     },
+    /// Run the service: follow a branch, apply its commits, fire schedules, run pipelines,
+    /// register models and write results back as Git notes.
+    Serve(ServeArgs),
     /// Print the JSON Schema of documents or of trainyard.yaml, for editors.
     Schema {
         /// Which schema.
         #[arg(value_enum, default_value_t = SchemaKind::Document)]
         kind: SchemaKind,
     },
+}
+
+/// Where the service reads from and keeps its state.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The repository to follow (a work tree); default: the one the current directory is in.
+    #[arg(long)]
+    repo: Option<PathBuf>,
+    /// Branch to follow; default: the branch HEAD points at.
+    #[arg(long)]
+    branch: Option<String>,
+    /// Directory of definitions inside the repository.
+    #[arg(long, default_value = "")]
+    path: String,
+    /// State directory (database, artifacts, checkouts); default: `.trainyard` at the
+    /// repository root.
+    #[arg(long, env = "TRAINYARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database URL (`sqlite://…` or `postgres://…`); default: SQLite in the data directory.
+    #[arg(long, env = "TRAINYARD_DATABASE_URL")]
+    database: Option<String>,
+    /// Artifact store (a directory or URL); default: `artifacts` in the data directory.
+    #[arg(long, env = "TRAINYARD_ARTIFACTS")]
+    artifacts: Option<String>,
+    /// Apply the branch head, run what it starts to completion, deliver the reports, exit
+    /// (0 when every run succeeded).
+    #[arg(long)]
+    once: bool,
+    /// Steps running at once.
+    #[arg(long, default_value_t = 4)]
+    max_parallel_steps: usize,
+    /// How often the branch is checked for new commits, in seconds.
+    #[arg(long, default_value_t = 5)]
+    poll_seconds: u64,
+    /// Prefix of status contexts when several services follow one repository.
+    #[arg(long)]
+    instance: Option<String>,
+    /// Log lines as JSON (with run id and step on every line of a run).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Options shared by the commands that check definitions.
@@ -130,6 +183,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             &common,
             format,
         ),
+        Command::Serve(args) => serve::run(args),
         Command::Schema { kind } => {
             let value = match kind {
                 SchemaKind::Document => schema::documents(),

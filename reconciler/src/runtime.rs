@@ -1,0 +1,1018 @@
+//! The running service: one reconcile loop that applies the followed branch's head, fires
+//! due ticks, drives runs step by step through an `Executor`, registers models behind their
+//! gates, and delivers reports through a `Forge`.
+//!
+//! Every pass reads its work from the store and writes each outcome back in one
+//! transaction, so a crash at any point loses nothing and repeats nothing: on restart the
+//! loop picks up where the store says it was. Attempts that were running when the service
+//! died are failed as interrupted and retried per the step's `retries`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use git2::Repository;
+use serde_json::Value;
+use thiserror::Error;
+use tokio::sync::mpsc::UnboundedReceiver;
+use trainyard_policies::PolicyConfig;
+
+use crate::apply;
+use crate::artifacts::{self, ArtifactStore};
+use crate::definitions::{Definitions, DefinitionsError};
+use crate::execute::{
+    ExecError, Executor, JobEvent, JobState, StepInput, StepJob, StepOutput, job_name,
+};
+use crate::registry;
+use crate::report::{self, Forge, ForgeError, Report, Status, StatusState};
+use crate::schedule::{self, ActiveRuns, TickAction};
+use crate::source::{Snapshot, SourceError};
+use crate::spec::catalog::Entry;
+use crate::spec::check::resolve_params;
+use crate::spec::cron::{CronSchedule, parse_timezone};
+use crate::spec::template::{self, Reference};
+use crate::spec::units::parse_duration;
+use crate::spec::{Catalog, Pipeline, Schedule};
+use crate::store::{
+    AttemptOutcome, AttemptState, FOLLOWED_CURSOR, ModelState, NewArtifact, NewModelVersion,
+    NewReport, NewRun, NewTick, ReportKind, RunRow, RunState, StepRow, StepState, Store,
+    StoreError, TickOutcome, Trigger,
+};
+
+/// Longest wait before a failed attempt is retried.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+/// Reports delivered per pass.
+const REPORTS_PER_PASS: u32 = 50;
+
+/// Errors that stop a pass of the loop.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The repository could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Definitions could not be evaluated.
+    #[error(transparent)]
+    Definitions(#[from] DefinitionsError),
+    /// The executor failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// The artifact store failed.
+    #[error(transparent)]
+    Artifacts(#[from] artifacts::Error),
+    /// Git failed (resolving the branch, exporting a commit).
+    #[error("git: {0}")]
+    Git(#[from] git2::Error),
+    /// A file or directory of the data directory could not be written.
+    #[error("cannot write {path}")]
+    Io {
+        /// What was being written.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A stored definition no longer reads as a document of this version.
+    #[error("stored definition of {what} is unreadable: {reason}")]
+    Stored {
+        /// Which document.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where the service reads, what it follows, and how much it runs at once.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Work tree root of the followed repository.
+    pub repo: PathBuf,
+    /// Branch to follow; `None` follows the branch HEAD points at.
+    pub branch: Option<String>,
+    /// Tracked directory relative to the repository root (`""` for the root).
+    pub subdir: String,
+    /// Where checkouts of run commits are kept.
+    pub data_dir: PathBuf,
+    /// Prefix of status contexts, when several services follow one repository.
+    pub instance: Option<String>,
+    /// Steps running at once, across runs.
+    pub max_parallel_steps: usize,
+    /// Platform policy settings.
+    pub policy: PolicyConfig,
+}
+
+/// The service: its state lives in the store; this holds what a pass needs at hand.
+pub struct Service<E: Executor, F: Forge> {
+    config: Config,
+    store: Store,
+    executor: E,
+    events: UnboundedReceiver<JobEvent>,
+    forge: F,
+    artifacts: ArtifactStore,
+    definitions: Definitions,
+    /// The declared state: the last applied commit's documents, with the last good version
+    /// of failing files.
+    declared: Catalog,
+    snapshot: Option<Snapshot>,
+    /// Jobs this process submitted, by name: (run, step, attempt).
+    jobs: HashMap<String, (i64, String, u32)>,
+    /// Pipeline definitions by (name, version), as runs pin them, with their file.
+    pipelines: HashMap<(String, String), (Arc<Pipeline>, String)>,
+}
+
+/// What a `run_once` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnceOutcome {
+    /// The commit applied.
+    pub commit: String,
+    /// Runs it started, with their final state.
+    pub runs: Vec<(i64, RunState)>,
+}
+
+impl<E: Executor, F: Forge> Service<E, F> {
+    /// A service over its parts; the declared state is read back from the store.
+    pub async fn new(
+        config: Config,
+        store: Store,
+        executor: E,
+        events: UnboundedReceiver<JobEvent>,
+        forge: F,
+        artifacts: ArtifactStore,
+    ) -> Result<Self, RuntimeError> {
+        let definitions = Definitions::new(config.policy.clone())?;
+        let declared = declared_state(&store).await?;
+        Ok(Service {
+            config,
+            store,
+            executor,
+            events,
+            forge,
+            artifacts,
+            definitions,
+            declared,
+            snapshot: None,
+            jobs: HashMap::new(),
+            pipelines: HashMap::new(),
+        })
+    }
+
+    /// Applies the head, runs what it started to completion, delivers every report, and
+    /// returns the commit and the final state of its runs.
+    pub async fn run_once(&mut self) -> Result<OnceOutcome, RuntimeError> {
+        let (commit, started) = self.apply_head().await?;
+        loop {
+            if self.drive_runs().await? == 0 {
+                break;
+            }
+            if let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_secs(1), self.events.recv()).await
+            {
+                self.on_event(event).await?;
+            }
+            while let Ok(event) = self.events.try_recv() {
+                self.on_event(event).await?;
+            }
+        }
+        self.deliver_all().await?;
+        let mut runs = Vec::new();
+        for id in started {
+            if let Some(run) = self.store.run(id).await? {
+                runs.push((id, run.state));
+            }
+        }
+        Ok(OnceOutcome { commit, runs })
+    }
+
+    /// Follows the branch until `shutdown` completes: applies new commits (checked every
+    /// `poll`), fires ticks, drives runs and delivers reports. A failing pass is logged and
+    /// retried on the next one: an unreachable repository or database changes nothing.
+    pub async fn serve(&mut self, poll: Duration, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut next_poll = tokio::time::Instant::now();
+        loop {
+            if tokio::time::Instant::now() >= next_poll {
+                if let Err(error) = self.apply_head().await {
+                    tracing::error!(%error, "applying the branch head failed");
+                }
+                next_poll = tokio::time::Instant::now() + poll;
+            }
+            let wake = match self.pass().await {
+                Ok(wake) => wake,
+                Err(error) => {
+                    tracing::error!(%error, "reconcile pass failed");
+                    Duration::from_secs(1)
+                }
+            };
+            let until = (tokio::time::Instant::now() + wake).min(next_poll);
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                Some(event) = self.events.recv() => {
+                    if let Err(error) = self.on_event(event).await {
+                        tracing::error!(%error, "recording a step's outcome failed");
+                    }
+                }
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    /// One pass of the loop besides applying commits; returns how long it may sleep.
+    async fn pass(&mut self) -> Result<Duration, RuntimeError> {
+        let now = Utc::now();
+        let next_tick = self.fire_ticks(now).await?;
+        while let Ok(event) = self.events.try_recv() {
+            self.on_event(event).await?;
+        }
+        let unfinished = self.drive_runs().await?;
+        self.deliver_reports(Utc::now()).await?;
+        let mut wake = Duration::from_secs(5);
+        if unfinished > 0 {
+            wake = wake.min(Duration::from_millis(500));
+        }
+        if let Some(next) = next_tick {
+            wake = wake.min((next - Utc::now()).to_std().unwrap_or_default());
+        }
+        Ok(wake)
+    }
+
+    /// Applies the followed branch's head (again, harmlessly, if it was applied before) and
+    /// returns it with the runs it started the first time.
+    pub async fn apply_head(&mut self) -> Result<(String, Vec<i64>), RuntimeError> {
+        let repo = Repository::open(&self.config.repo)?;
+        let head = match &self.config.branch {
+            Some(branch) => repo
+                .find_branch(branch, git2::BranchType::Local)?
+                .get()
+                .peel_to_commit()?,
+            None => repo.head()?.peel_to_commit()?,
+        };
+        let sha = head.id().to_string();
+        drop(head);
+        let seen = self
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.commit)
+            .map(|c| c.to_string());
+        if seen.as_deref() == Some(sha.as_str()) {
+            return Ok((sha, Vec::new()));
+        }
+        let now = Utc::now();
+        let snapshot = match self.snapshot.take() {
+            Some(previous) => previous.advance(&sha, &self.config.subdir)?,
+            None => Snapshot::at_revision(repo, &sha, &self.config.subdir)?,
+        };
+        let evaluation = tokio::task::block_in_place(|| self.definitions.evaluate(&snapshot, now))?;
+        self.snapshot = Some(snapshot);
+        let decision = apply::decide(
+            &sha,
+            now,
+            &self.declared,
+            &evaluation,
+            self.config.instance.as_deref(),
+        );
+        let applied = self.store.apply_commit(&decision.apply).await?;
+        self.declared = decision.declared;
+        tracing::info!(commit = %sha, outcome = %decision.apply.outcome, runs = applied.run_ids.len(), "applied {}", decision.apply.summary);
+        Ok((
+            sha,
+            if applied.first_time {
+                applied.run_ids
+            } else {
+                Vec::new()
+            },
+        ))
+    }
+
+    /// Records due ticks of every active schedule; returns the next time one is due.
+    async fn fire_ticks(
+        &mut self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, RuntimeError> {
+        let head = self.store.cursor(FOLLOWED_CURSOR).await?;
+        let mut next: Option<DateTime<Utc>> = None;
+        for row in self.store.active_schedules().await? {
+            let schedule: Schedule =
+                serde_json::from_value(row.definition.clone()).map_err(|e| {
+                    RuntimeError::Stored {
+                        what: format!("schedule {}", row.name),
+                        reason: e.to_string(),
+                    }
+                })?;
+            if schedule.spec.suspend {
+                continue;
+            }
+            let Some(cron) = parse_timezone(&schedule.spec.timezone)
+                .ok()
+                .and_then(|tz| CronSchedule::new(&schedule.spec.cron, tz).ok())
+            else {
+                continue;
+            };
+            let since = row
+                .last_tick_at
+                .map_or(row.active_since, |t| t.max(row.active_since));
+            let active = self.store.active_runs_of_schedule(&row.name).await?;
+            let decisions = schedule::decide(
+                &schedule.spec,
+                &cron,
+                since,
+                now,
+                ActiveRuns {
+                    count: active.len(),
+                },
+                row.paused_at.is_some(),
+            )
+            .map_err(|e| RuntimeError::Stored {
+                what: format!("schedule {}", row.name),
+                reason: e.to_string(),
+            })?;
+            if let Some(at) = schedule::next_fire_after(&cron, now, now) {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+            if decisions.is_empty() {
+                continue;
+            }
+            let pipeline = self.store.current_pipeline(&schedule.spec.pipeline).await?;
+            let mut ticks = Vec::with_capacity(decisions.len());
+            for decision in decisions {
+                let (outcome, reason, fire) = match decision.action {
+                    TickAction::Fire => (TickOutcome::Fired, None, true),
+                    TickAction::FireReplacing => {
+                        for id in &active {
+                            self.store.request_cancel(*id).await?;
+                        }
+                        (
+                            TickOutcome::Fired,
+                            Some("replaced the active run".to_owned()),
+                            true,
+                        )
+                    }
+                    TickAction::Skip(reason) => (TickOutcome::Skipped, Some(reason), false),
+                    TickAction::Miss(reason) => (TickOutcome::Missed, Some(reason), false),
+                };
+                let run = match (&pipeline, fire, &head) {
+                    (Some(target), true, Some(head)) => {
+                        let definition: Pipeline =
+                            serde_json::from_value(target.definition.clone()).map_err(|e| {
+                                RuntimeError::Stored {
+                                    what: format!("pipeline {}", target.name),
+                                    reason: e.to_string(),
+                                }
+                            })?;
+                        resolve_params(&definition, &schedule.spec.params)
+                            .ok()
+                            .map(|params| NewRun {
+                                pipeline: target.name.clone(),
+                                pipeline_version: target.version.clone(),
+                                commit_sha: head.clone(),
+                                trigger: Trigger::Schedule,
+                                schedule: Some(row.name.clone()),
+                                scheduled_at: Some(decision.at),
+                                params: serde_json::to_value(params).unwrap_or(Value::Null),
+                                steps: definition
+                                    .spec
+                                    .steps
+                                    .iter()
+                                    .map(|s| s.name.clone())
+                                    .collect(),
+                            })
+                    }
+                    _ => None,
+                };
+                let (outcome, reason) = match (&run, fire) {
+                    (None, true) => (
+                        TickOutcome::Skipped,
+                        Some(format!(
+                            "pipeline {} is not declared",
+                            schedule.spec.pipeline
+                        )),
+                    ),
+                    _ => (outcome, reason),
+                };
+                ticks.push(NewTick {
+                    scheduled_at: decision.at,
+                    outcome,
+                    reason,
+                    run,
+                });
+            }
+            self.store.record_ticks(&row.name, &ticks).await?;
+        }
+        Ok(next)
+    }
+
+    /// Moves every unfinished run forward; returns how many are unfinished.
+    async fn drive_runs(&mut self) -> Result<usize, RuntimeError> {
+        let runs = self.store.unfinished_runs().await?;
+        let mut steps_by_run = Vec::with_capacity(runs.len());
+        let mut running = 0;
+        for run in &runs {
+            let steps = self.store.steps(run.id).await?;
+            running += steps
+                .iter()
+                .filter(|s| s.state == StepState::Running)
+                .count();
+            steps_by_run.push(steps);
+        }
+        let mut budget = self.config.max_parallel_steps.saturating_sub(running);
+        for (run, steps) in runs.iter().zip(steps_by_run) {
+            self.drive(run, &steps, &mut budget).await?;
+        }
+        Ok(self.store.unfinished_runs().await?.len())
+    }
+
+    async fn drive(
+        &mut self,
+        run: &RunRow,
+        steps: &[StepRow],
+        budget: &mut usize,
+    ) -> Result<(), RuntimeError> {
+        let now = Utc::now();
+        let pipeline = self.pipeline(&run.pipeline, &run.pipeline_version).await?;
+        for step in steps.iter().filter(|s| s.state == StepState::Running) {
+            let Some(job) = &step.job else { continue };
+            if !self.jobs.contains_key(job) && self.executor.observe(job).await?.is_none() {
+                let reason = "interrupted: the service stopped while it ran".to_owned();
+                self.finish_attempt(
+                    run.id,
+                    &pipeline,
+                    &step.name,
+                    step.attempt,
+                    JobState::Failed {
+                        exit_code: None,
+                        reason,
+                    },
+                )
+                .await?;
+            }
+            if run.cancel_requested {
+                self.executor.cancel(job).await?;
+            }
+        }
+        let steps = self.store.steps(run.id).await?;
+        let any_running = steps.iter().any(|s| s.state == StepState::Running);
+        let failed = steps.iter().find(|s| s.state == StepState::Failed);
+        if run.cancel_requested || failed.is_some() {
+            let waiting: Vec<String> = steps
+                .iter()
+                .filter(|s| s.state == StepState::Waiting)
+                .map(|s| s.name.clone())
+                .collect();
+            if !waiting.is_empty() {
+                let why = if run.cancel_requested {
+                    "the run was cancelled"
+                } else {
+                    "an earlier step failed"
+                };
+                self.store.skip_steps(run.id, &waiting, why).await?;
+            }
+            if !any_running {
+                let (state, message) = match failed {
+                    Some(step) if !run.cancel_requested => (
+                        RunState::Failed,
+                        format!(
+                            "step {} failed: {}",
+                            step.name,
+                            step.message.as_deref().unwrap_or("no reason given")
+                        ),
+                    ),
+                    _ => (RunState::Cancelled, "cancelled".to_owned()),
+                };
+                self.finish_run(run, state, &message).await?;
+            }
+            return Ok(());
+        }
+        if steps.iter().all(|s| s.state == StepState::Succeeded) {
+            return self.complete(run, &pipeline).await;
+        }
+        let succeeded: Vec<&str> = steps
+            .iter()
+            .filter(|s| s.state == StepState::Succeeded)
+            .map(|s| s.name.as_str())
+            .collect();
+        for step in steps.iter().filter(|s| s.state == StepState::Waiting) {
+            if *budget == 0 {
+                break;
+            }
+            let Some(definition) = pipeline.spec.steps.iter().find(|d| d.name == step.name) else {
+                continue;
+            };
+            let ready = definition
+                .needs
+                .iter()
+                .all(|n| succeeded.contains(&n.as_str()));
+            if !ready || step.retry_at.is_some_and(|at| at > now) {
+                continue;
+            }
+            self.launch(run, &pipeline, &step.name, step.attempt + 1)
+                .await?;
+            *budget -= 1;
+        }
+        Ok(())
+    }
+
+    /// Starts one attempt of a step: recorded first, then submitted, so a crash between
+    /// the two leaves an attempt the next pass finds interrupted and retries.
+    async fn launch(
+        &mut self,
+        run: &RunRow,
+        pipeline: &Pipeline,
+        step: &str,
+        attempt: u32,
+    ) -> Result<(), RuntimeError> {
+        let name = job_name(run.id, step, attempt);
+        if !self
+            .store
+            .start_attempt(run.id, step, attempt, &name, Utc::now())
+            .await?
+        {
+            return Ok(());
+        }
+        let (_, file) = self.pinned(&run.pipeline, &run.pipeline_version).await?;
+        let job = self.job(run, pipeline, &file, step, attempt, &name)?;
+        if job.resources.as_ref().is_some_and(|r| r.gpu > 0) {
+            tracing::warn!(
+                run = run.id,
+                step,
+                "GPU request not honoured: the local executor runs steps on this machine"
+            );
+        }
+        self.jobs
+            .insert(name.clone(), (run.id, step.to_owned(), attempt));
+        tracing::info!(run = run.id, step, attempt, job = %name, "step started");
+        self.executor.submit(job).await?;
+        Ok(())
+    }
+
+    /// The job of one attempt: argv and env rendered, inputs and outputs placed.
+    fn job(
+        &self,
+        run: &RunRow,
+        pipeline: &Pipeline,
+        file: &str,
+        step: &str,
+        attempt: u32,
+        name: &str,
+    ) -> Result<StepJob, RuntimeError> {
+        let definition = pipeline
+            .spec
+            .steps
+            .iter()
+            .find(|d| d.name == step)
+            .ok_or_else(|| RuntimeError::Stored {
+                what: format!("run {}", run.id),
+                reason: format!("no step {step}"),
+            })?;
+        let checkout = self.checkout(&run.commit_sha)?;
+        let workdir = checkout
+            .join(&self.config.subdir)
+            .join(Path::new(file).parent().unwrap_or(Path::new("")));
+        let job_dir = self.config.data_dir.join("work").join(name);
+        let outputs: Vec<StepOutput> = definition
+            .outputs
+            .iter()
+            .map(|o| StepOutput {
+                name: o.clone(),
+                path: job_dir.join("outputs").join(o),
+                key: artifacts::output_key(run.id, step, o),
+            })
+            .collect();
+        let mut inputs: Vec<StepInput> = Vec::new();
+        let scheduled = run.scheduled_at.unwrap_or_else(Utc::now).to_rfc3339();
+        let mut render = |text: &str| -> String {
+            let pieces = template::parse(text)
+                .unwrap_or_else(|_| vec![template::Piece::Text(text.to_owned())]);
+            let rendered: Result<String, ()> = template::render(&pieces, |reference| {
+                Ok(match reference {
+                    Reference::Param(p) => match run.params.get(p) {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(other) => other.to_string(),
+                        None => String::new(),
+                    },
+                    Reference::Output(o) => job_dir.join("outputs").join(o).display().to_string(),
+                    Reference::StepOutput { step: from, output } => {
+                        let path = job_dir.join("inputs").join(from).join(output);
+                        if !inputs.iter().any(|i| i.path == path) {
+                            inputs.push(StepInput {
+                                key: artifacts::output_key(run.id, from, output),
+                                path: path.clone(),
+                            });
+                        }
+                        path.display().to_string()
+                    }
+                    Reference::RunId => run.id.to_string(),
+                    Reference::RunScheduledTime => scheduled.clone(),
+                })
+            });
+            rendered.unwrap_or_default()
+        };
+        let argv: Vec<String> = definition.run.iter().map(|a| render(a)).collect();
+        let env: BTreeMap<String, String> = definition
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), render(v)))
+            .collect();
+        let timeout = definition
+            .timeout
+            .as_deref()
+            .or(self.declared.settings.default_timeout.as_deref())
+            .and_then(|t| parse_duration(t).ok());
+        let image = definition
+            .image
+            .clone()
+            .or_else(|| pipeline.spec.image.clone())
+            .or_else(|| self.declared.settings.image.clone())
+            .unwrap_or_default();
+        let labels = BTreeMap::from([
+            ("trainyard.dev/run".to_owned(), run.id.to_string()),
+            ("trainyard.dev/pipeline".to_owned(), run.pipeline.clone()),
+            ("trainyard.dev/step".to_owned(), step.to_owned()),
+        ]);
+        Ok(StepJob {
+            name: name.to_owned(),
+            run_id: run.id,
+            step: step.to_owned(),
+            attempt,
+            argv,
+            env,
+            image,
+            resources: definition.resources.clone(),
+            timeout,
+            workdir,
+            inputs,
+            outputs,
+            log_key: artifacts::log_key(run.id, step, attempt),
+            labels,
+        })
+    }
+
+    /// The run's commit exported once into the data directory (steps run in it, so a run
+    /// always sees the files of its own commit).
+    fn checkout(&self, commit: &str) -> Result<PathBuf, RuntimeError> {
+        let target = self.config.data_dir.join("checkouts").join(commit);
+        if target.is_dir() {
+            return Ok(target);
+        }
+        let partial = self
+            .config
+            .data_dir
+            .join("checkouts")
+            .join(format!("{commit}.partial"));
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| RuntimeError::Io { path, source }
+        };
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+        }
+        std::fs::create_dir_all(&partial).map_err(io(&partial))?;
+        let repo = Repository::open(&self.config.repo)?;
+        let tree = repo.find_commit(git2::Oid::from_str(commit)?)?.tree()?;
+        let mut options = git2::build::CheckoutBuilder::new();
+        options.target_dir(&partial).force().recreate_missing(true);
+        repo.checkout_tree(tree.as_object(), Some(&mut options))?;
+        std::fs::rename(&partial, &target).map_err(io(&target))?;
+        Ok(target)
+    }
+
+    /// Records the outcome of a job this process submitted.
+    async fn on_event(&mut self, event: JobEvent) -> Result<(), RuntimeError> {
+        if !event.state.is_terminal() {
+            return Ok(());
+        }
+        let Some((run_id, step, attempt)) = self.jobs.remove(&event.name) else {
+            return Ok(());
+        };
+        let Some(run) = self.store.run(run_id).await? else {
+            return Ok(());
+        };
+        let pipeline = self.pipeline(&run.pipeline, &run.pipeline_version).await?;
+        tracing::info!(run = run_id, step = %step, attempt, state = ?event.state, "step finished");
+        self.finish_attempt(run_id, &pipeline, &step, attempt, event.state)
+            .await
+    }
+
+    async fn finish_attempt(
+        &mut self,
+        run_id: i64,
+        pipeline: &Pipeline,
+        step: &str,
+        attempt: u32,
+        state: JobState,
+    ) -> Result<(), RuntimeError> {
+        let now = Utc::now();
+        let retries = pipeline
+            .spec
+            .steps
+            .iter()
+            .find(|d| d.name == step)
+            .map_or(0, |d| d.retries);
+        let outcome = match state {
+            JobState::Succeeded { artifacts } => AttemptOutcome {
+                state: AttemptState::Succeeded,
+                at: now,
+                exit_code: Some(0),
+                message: None,
+                retry_at: None,
+                artifacts: artifacts
+                    .into_iter()
+                    .map(|a| NewArtifact {
+                        output: a.output,
+                        uri: a.uri,
+                        sha256: a.sha256,
+                        size: a.size,
+                    })
+                    .collect(),
+            },
+            JobState::Failed { exit_code, reason } => {
+                let retry_at = (attempt <= retries).then(|| {
+                    let delay =
+                        Duration::from_secs(2u64.saturating_pow(attempt)).min(MAX_RETRY_DELAY);
+                    now + chrono::Duration::from_std(delay).unwrap_or_default()
+                });
+                AttemptOutcome {
+                    state: AttemptState::Failed,
+                    at: now,
+                    exit_code,
+                    message: Some(reason),
+                    retry_at,
+                    artifacts: Vec::new(),
+                }
+            }
+            JobState::Cancelled | JobState::Pending | JobState::Running => AttemptOutcome {
+                state: AttemptState::Cancelled,
+                at: now,
+                exit_code: None,
+                message: Some("cancelled".to_owned()),
+                retry_at: None,
+                artifacts: Vec::new(),
+            },
+        };
+        self.store
+            .finish_attempt(run_id, step, attempt, &outcome)
+            .await?;
+        Ok(())
+    }
+
+    /// Registers the model (when the pipeline has one) and finishes the run as succeeded.
+    async fn complete(&mut self, run: &RunRow, pipeline: &Pipeline) -> Result<(), RuntimeError> {
+        let mut message = format!("run {} succeeded", run.id);
+        if let Some(model) = &pipeline.spec.model
+            && run.trigger != Trigger::Preview
+        {
+            let stored = self.store.artifacts(run.id).await?;
+            let find = |reference: &str| {
+                let parts: Vec<&str> = reference.split('.').collect();
+                match parts.as_slice() {
+                    ["steps", step, "outputs", output] => stored
+                        .iter()
+                        .find(|a| a.step == *step && a.output == *output),
+                    _ => None,
+                }
+            };
+            let artifact = find(&model.artifact);
+            let metrics_bytes = match model.metrics.as_deref().and_then(find) {
+                Some(a) => self
+                    .artifacts
+                    .get_bytes(&artifacts::output_key(run.id, &a.step, &a.output))
+                    .await?
+                    .unwrap_or_default(),
+                None => b"{}".to_vec(),
+            };
+            let mut baselines = BTreeMap::new();
+            for alias in model.gate.iter().filter_map(|g| g.not_worse_than.as_ref()) {
+                if let Some(version) = self.store.alias(&model.name, alias).await? {
+                    baselines.insert(alias.clone(), version.metrics);
+                }
+            }
+            let gates = registry::evaluate_metrics_file(model, &metrics_bytes, &baselines);
+            let metrics = registry::parse_metrics(&metrics_bytes)
+                .map(|m| serde_json::to_value(m).unwrap_or(Value::Null))
+                .unwrap_or(Value::Null);
+            let summary = registry::describe(&gates);
+            let (state, description) = if gates.passed {
+                let promoted = model
+                    .promote
+                    .as_ref()
+                    .map(|a| format!(", now {a}"))
+                    .unwrap_or_default();
+                (
+                    StatusState::Success,
+                    format!("accepted{promoted}: {summary}"),
+                )
+            } else {
+                (StatusState::Failure, format!("rejected: {summary}"))
+            };
+            message.push_str(&format!("; model {} {description}", model.name));
+            let context =
+                report::context(self.config.instance.as_deref(), "model", Some(&model.name));
+            let registration = NewModelVersion {
+                model: model.name.clone(),
+                run_id: run.id,
+                state: if gates.passed {
+                    ModelState::Accepted
+                } else {
+                    ModelState::Rejected
+                },
+                metrics,
+                gates: serde_json::to_value(&gates.checks).unwrap_or(Value::Null),
+                reasons: gates
+                    .checks
+                    .iter()
+                    .filter(|c| !c.passed)
+                    .map(|c| c.detail.clone())
+                    .collect(),
+                artifact_uri: artifact.map(|a| a.uri.clone()).unwrap_or_default(),
+                artifact_sha256: artifact.map(|a| a.sha256.clone()).unwrap_or_default(),
+                promote: model.promote.clone().filter(|_| gates.passed),
+                at: Utc::now(),
+                reports: vec![status_report(
+                    &run.commit_sha,
+                    &context,
+                    state,
+                    &description,
+                )],
+            };
+            self.store.register_model(&registration).await?;
+        }
+        self.finish_run(run, RunState::Succeeded, &message).await
+    }
+
+    /// Finishes a run with its status report; a schedule's failures count toward pausing it.
+    async fn finish_run(
+        &mut self,
+        run: &RunRow,
+        state: RunState,
+        message: &str,
+    ) -> Result<(), RuntimeError> {
+        let context = report::context(self.config.instance.as_deref(), "run", Some(&run.pipeline));
+        let status = if state == RunState::Succeeded {
+            StatusState::Success
+        } else {
+            StatusState::Failure
+        };
+        let reports = [status_report(&run.commit_sha, &context, status, message)];
+        let pause_after = match &run.schedule {
+            Some(name) => self
+                .store
+                .schedule(name)
+                .await?
+                .and_then(|row| serde_json::from_value::<Schedule>(row.definition).ok())
+                .and_then(|s| s.spec.pause_after_failures),
+            None => None,
+        };
+        if self
+            .store
+            .finish_run(
+                run.id,
+                state,
+                Some(message),
+                Utc::now(),
+                &reports,
+                pause_after,
+            )
+            .await?
+        {
+            tracing::info!(run = run.id, pipeline = %run.pipeline, state = %state, "{message}");
+        }
+        Ok(())
+    }
+
+    /// The definition a run is pinned to, and the file it was declared in.
+    async fn pinned(
+        &mut self,
+        name: &str,
+        version: &str,
+    ) -> Result<(Arc<Pipeline>, String), RuntimeError> {
+        let key = (name.to_owned(), version.to_owned());
+        if let Some(found) = self.pipelines.get(&key) {
+            return Ok(found.clone());
+        }
+        let row = self
+            .store
+            .pipeline_version(name, version)
+            .await?
+            .ok_or_else(|| RuntimeError::Stored {
+                what: format!("pipeline {name}"),
+                reason: format!("version {version} is not stored"),
+            })?;
+        let pipeline: Pipeline =
+            serde_json::from_value(row.definition).map_err(|e| RuntimeError::Stored {
+                what: format!("pipeline {name}"),
+                reason: e.to_string(),
+            })?;
+        let found = (Arc::new(pipeline), row.file);
+        self.pipelines.insert(key, found.clone());
+        Ok(found)
+    }
+
+    async fn pipeline(&mut self, name: &str, version: &str) -> Result<Arc<Pipeline>, RuntimeError> {
+        Ok(self.pinned(name, version).await?.0)
+    }
+
+    /// Delivers due reports once; failures are rescheduled (transient) or recorded
+    /// (permanent). Returns how many were attempted.
+    async fn deliver_reports(&mut self, now: DateTime<Utc>) -> Result<usize, RuntimeError> {
+        let due = self.store.due_reports(now, REPORTS_PER_PASS).await?;
+        for row in &due {
+            let parsed: Result<Report, _> = serde_json::from_value(row.payload.clone());
+            let outcome = match parsed {
+                Ok(report) => report::deliver(&self.forge, &report).await.map(|_| ()),
+                Err(e) => Err(ForgeError::Permanent {
+                    message: format!("unreadable report: {e}"),
+                }),
+            };
+            match outcome {
+                Ok(()) => {
+                    self.store.mark_delivered(row.id, Utc::now()).await?;
+                }
+                Err(ForgeError::Transient {
+                    message,
+                    retry_after,
+                }) => {
+                    let delay = report::backoff(row.attempts, retry_after);
+                    let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                    self.store.mark_retry(row.id, at, &message).await?;
+                }
+                Err(ForgeError::Permanent { message }) => {
+                    tracing::warn!(report = row.id, %message, "report cannot be delivered");
+                    self.store.mark_failed(row.id, &message).await?;
+                }
+            }
+        }
+        Ok(due.len())
+    }
+
+    /// Delivers until nothing is due (a transient failure waits for its retry time).
+    async fn deliver_all(&mut self) -> Result<(), RuntimeError> {
+        for _ in 0..20 {
+            if self.deliver_reports(Utc::now()).await? == 0
+                && self
+                    .store
+                    .due_reports(Utc::now() + chrono::Duration::minutes(10), 1)
+                    .await?
+                    .is_empty()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(())
+    }
+}
+
+fn status_report(commit: &str, context: &str, state: StatusState, description: &str) -> NewReport {
+    let status = Report::Status(Status {
+        commit: commit.to_owned(),
+        context: context.to_owned(),
+        state,
+        description: report::fit_description(description),
+        target_url: None,
+    });
+    NewReport {
+        commit_sha: commit.to_owned(),
+        kind: ReportKind::Status,
+        key: context.to_owned(),
+        payload: serde_json::to_value(status).unwrap_or(Value::Null),
+    }
+}
+
+/// The declared state as the store has it, for a restarted service.
+async fn declared_state(store: &Store) -> Result<Catalog, RuntimeError> {
+    let mut catalog = Catalog::default();
+    for row in store.current_pipelines().await? {
+        let value: Pipeline =
+            serde_json::from_value(row.definition).map_err(|e| RuntimeError::Stored {
+                what: format!("pipeline {}", row.name),
+                reason: e.to_string(),
+            })?;
+        let entry = Entry {
+            file: Arc::from(row.file.as_str()),
+            line: 0,
+            version: Arc::from(row.version.as_str()),
+            value: Arc::new(value),
+        };
+        catalog
+            .pipelines
+            .insert(Arc::from(row.name.as_str()), entry);
+    }
+    for row in store.active_schedules().await? {
+        let value: Schedule =
+            serde_json::from_value(row.definition).map_err(|e| RuntimeError::Stored {
+                what: format!("schedule {}", row.name),
+                reason: e.to_string(),
+            })?;
+        let entry = Entry {
+            file: Arc::from(row.file.as_str()),
+            line: 0,
+            version: Arc::from(row.version.as_str()),
+            value: Arc::new(value),
+        };
+        catalog
+            .schedules
+            .insert(Arc::from(row.name.as_str()), entry);
+    }
+    Ok(catalog)
+}

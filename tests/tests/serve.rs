@@ -1,0 +1,167 @@
+//! End-to-end tests of `trainyard serve --once`: a commit of the sample repository is
+//! applied, its pipeline really trains, the model is registered behind its gates, and the
+//! results are written back as a Git note on the commit.
+
+use trainyard_tests::{Repo, Result, TestResult, trainyard};
+
+/// The Trainyard note of `commit`, or an empty string.
+fn note(repo: &Repo, commit: git2::Oid) -> Result<String> {
+    let git = git2::Repository::open(repo.path())?;
+    let note = match git.find_note(Some("refs/notes/trainyard"), commit) {
+        Ok(note) => note.message().unwrap_or_default().to_owned(),
+        Err(_) => String::new(),
+    };
+    Ok(note)
+}
+
+fn line<'a>(note: &'a str, context: &str) -> &'a str {
+    note.lines()
+        .find(|l| l.starts_with(&format!("{context}:")))
+        .unwrap_or("")
+}
+
+fn once(repo: &Repo) -> Result<trainyard_tests::Run> {
+    trainyard(repo.path(), &["serve", "--once"])
+}
+
+#[test]
+fn serve_once_trains_registers_and_notes_the_sample_model() -> TestResult {
+    let repo = Repo::from_examples()?;
+    let commit = repo.commit("sample")?;
+    let run = once(&repo)?;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains("run 1 succeeded"), "{run}");
+    let note = note(&repo, commit)?;
+    assert!(
+        line(&note, "trainyard/validate").contains("success — 2 pipelines, 2 schedules"),
+        "{note}"
+    );
+    assert!(
+        line(&note, "trainyard/run/iris").contains("success — run 1 succeeded"),
+        "{note}"
+    );
+    let model = line(&note, "trainyard/model/iris-classifier");
+    assert!(
+        model.contains("success — accepted, now champion: accuracy 0.9"),
+        "{note}"
+    );
+    let stored = repo.path().join(".trainyard/artifacts/runs/1/train/model");
+    let weights = std::fs::read_to_string(&stored)?;
+    assert!(
+        weights.contains("setosa"),
+        "the model artifact holds the trained classes: {weights}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_second_pass_over_the_same_commit_starts_nothing() -> TestResult {
+    let repo = Repo::from_examples()?;
+    let commit = repo.commit("sample")?;
+    assert_eq!(once(&repo)?.code, Some(0));
+    let first = note(&repo, commit)?;
+    let again = once(&repo)?;
+    assert_eq!(again.code, Some(0), "{again}");
+    assert!(again.stdout.contains("no run to start"), "{again}");
+    assert_eq!(note(&repo, commit)?, first);
+    Ok(())
+}
+
+#[test]
+fn a_worse_model_is_rejected_and_the_champion_stays() -> TestResult {
+    let repo = Repo::from_examples()?;
+    repo.commit("sample")?;
+    assert_eq!(once(&repo)?.code, Some(0));
+    repo.edit(
+        "pipelines/iris/pipeline.yaml",
+        "epochs: {type: int, default: 200}",
+        "epochs: {type: int, default: 1}",
+    )?;
+    repo.edit(
+        "pipelines/iris/pipeline.yaml",
+        "lr: {type: float, default: 0.1}",
+        "lr: {type: float, default: 0.0001}",
+    )?;
+    let second = repo.commit("undertrain")?;
+    let run = once(&repo)?;
+    assert_eq!(run.code, Some(0), "the run itself succeeds: {run}");
+    assert!(run.stdout.contains("run 2 succeeded"), "{run}");
+    let note = note(&repo, second)?;
+    let model = line(&note, "trainyard/model/iris-classifier");
+    assert!(model.contains("failure — rejected"), "{note}");
+    assert!(model.contains("✗"), "the failed gate is named: {note}");
+    Ok(())
+}
+
+#[test]
+fn a_broken_file_keeps_its_last_good_version_and_fails_validation() -> TestResult {
+    let repo = Repo::from_examples()?;
+    repo.commit("sample")?;
+    assert_eq!(once(&repo)?.code, Some(0));
+    repo.edit(
+        "pipelines/iris/pipeline.yaml",
+        "needs: [prepare]",
+        "needs: [prepped]",
+    )?;
+    let broken = repo.commit("typo")?;
+    let run = once(&repo)?;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(
+        run.stdout.contains("no run to start"),
+        "nothing runs from a broken file: {run}"
+    );
+    let note = note(&repo, broken)?;
+    let validate = line(&note, "trainyard/validate");
+    assert!(
+        validate.contains("failure — 2 errors; 1 file kept at their last good version"),
+        "{note}"
+    );
+    assert!(
+        validate.contains("pipelines/iris/pipeline.yaml:"),
+        "the error names its place: {note}"
+    );
+
+    repo.edit(
+        "pipelines/iris/pipeline.yaml",
+        "needs: [prepped]",
+        "needs: [prepare]",
+    )?;
+    repo.edit(
+        "pipelines/iris/pipeline.yaml",
+        "seed: {type: int, default: 42}",
+        "seed: {type: int, default: 7}",
+    )?;
+    repo.commit("repaired")?;
+    let repaired = once(&repo)?;
+    assert!(
+        repaired.stdout.contains("run 2 succeeded"),
+        "the repaired version runs: {repaired}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_failing_step_is_retried_then_fails_the_run() -> TestResult {
+    let pipeline = "apiVersion: trainyard.dev/v1\nkind: Pipeline\nmetadata: {name: flaky, owner: team-a}\n\
+        spec:\n  image: reg.example.com/x@sha256:4f3c9d2e8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e\n  \
+        triggers: {on_change: true}\n  steps:\n    - name: s\n      retries: 1\n      \
+        run: [python3, -c, \"import sys; print('trying'); sys.exit(3)\"]\n";
+    let repo = Repo::with_files(&[("flaky.yaml", pipeline)])?;
+    let head = git2::Repository::open(repo.path())?
+        .head()?
+        .peel_to_commit()?
+        .id();
+    let run = once(&repo)?;
+    assert_eq!(run.code, Some(1), "a failed run fails the pass: {run}");
+    assert!(run.stdout.contains("run 1 failed"), "{run}");
+    assert!(
+        run.stderr.contains("ty-1-s-2"),
+        "the step was attempted a second time: {run}"
+    );
+    let note = note(&repo, head)?;
+    assert!(
+        line(&note, "trainyard/run/flaky").contains("failure — step s failed: exited with code 3"),
+        "{note}"
+    );
+    Ok(())
+}
