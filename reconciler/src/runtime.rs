@@ -128,7 +128,7 @@ pub struct Service<E: Executor, F: Forge> {
 pub struct OnceOutcome {
     /// The commit applied.
     pub commit: String,
-    /// Runs it started, with their final state.
+    /// Runs it drove, with their final state.
     pub runs: Vec<(i64, RunState)>,
 }
 
@@ -159,10 +159,17 @@ impl<E: Executor, F: Forge> Service<E, F> {
         })
     }
 
-    /// Applies the head, runs what it started to completion, delivers every report, and
-    /// returns the commit and the final state of its runs.
+    /// Applies the head, runs what it started (and any run already waiting, such as a
+    /// queued manual run) to completion, delivers every report, and returns the commit and
+    /// the final state of those runs.
     pub async fn run_once(&mut self) -> Result<OnceOutcome, RuntimeError> {
-        let (commit, started) = self.apply_head().await?;
+        let (commit, mut started) = self.apply_head().await?;
+        for run in self.store.unfinished_runs().await? {
+            if !started.contains(&run.id) {
+                started.push(run.id);
+            }
+        }
+        started.sort_unstable();
         loop {
             if self.drive_runs().await? == 0 {
                 break;

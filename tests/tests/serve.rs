@@ -165,3 +165,51 @@ fn a_failing_step_is_retried_then_fails_the_run() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_queued_manual_run_is_driven_with_its_params() -> TestResult {
+    let repo = Repo::from_examples()?;
+    repo.commit("sample")?;
+    assert_eq!(once(&repo)?.code, Some(0));
+    let queued = trainyard(
+        repo.path(),
+        &["run", "iris", "--param", "epochs=300", "--param", "lr=0.05"],
+    )?;
+    assert_eq!(queued.code, Some(0), "{queued}");
+    assert!(queued.stdout.contains("run 2 of iris queued"), "{queued}");
+    let run = once(&repo)?;
+    assert!(run.stdout.contains("run 2 succeeded"), "{run}");
+    let args = std::fs::read_to_string(
+        repo.path()
+            .join(".trainyard/artifacts/runs/2/train/attempt-1.log"),
+    )?;
+    assert!(
+        args.contains("epoch 300") || args.contains("300"),
+        "the step saw epochs=300: {args}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_manual_run_with_a_bad_param_or_pipeline_is_refused() -> TestResult {
+    let repo = Repo::from_examples()?;
+    repo.commit("sample")?;
+    assert_eq!(once(&repo)?.code, Some(0));
+    let wrong_type = trainyard(repo.path(), &["run", "iris", "--param", "epochs=many"])?;
+    assert_eq!(wrong_type.code, Some(1), "{wrong_type}");
+    assert!(
+        wrong_type
+            .stderr
+            .contains("param \"epochs\" of pipeline \"iris\" is int"),
+        "{wrong_type}"
+    );
+    let unknown = trainyard(repo.path(), &["run", "irsi"])?;
+    assert_eq!(unknown.code, Some(1), "{unknown}");
+    assert!(
+        unknown.stderr.contains("pipeline \"irsi\" is not declared"),
+        "{unknown}"
+    );
+    let typo = trainyard(repo.path(), &["run", "iris", "--param", "epoch=3"])?;
+    assert!(typo.stderr.contains("did you mean `epochs`?"), "{typo}");
+    Ok(())
+}

@@ -69,6 +69,8 @@ enum Command {
     /// Run the service: follow a branch, apply its commits, fire schedules, run pipelines,
     /// register models and write results back as Git notes.
     Serve(ServeArgs),
+    /// Queue a run of a declared pipeline; the service starts it (`serve`, or `serve --once`).
+    Run(RunArgs),
     /// Print the JSON Schema of documents or of trainyard.yaml, for editors.
     Schema {
         /// Which schema.
@@ -117,6 +119,25 @@ pub struct ServeArgs {
     log_format: LogFormat,
     #[command(flatten)]
     common: Common,
+}
+
+/// A manual run.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The pipeline, as declared on the followed branch.
+    pipeline: String,
+    /// A parameter value, `NAME=VALUE`, read as the parameter's declared type (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
+    /// The repository the service follows; default: the one the current directory is in.
+    #[arg(long)]
+    repo: Option<PathBuf>,
+    /// State directory; default: `.trainyard` at the repository root.
+    #[arg(long, env = "TRAINYARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database URL; default: SQLite in the data directory.
+    #[arg(long, env = "TRAINYARD_DATABASE_URL")]
+    database: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -184,6 +205,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             format,
         ),
         Command::Serve(args) => serve::run(args),
+        Command::Run(args) => serve::queue(args),
         Command::Schema { kind } => {
             let value = match kind {
                 SchemaKind::Document => schema::documents(),

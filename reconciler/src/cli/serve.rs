@@ -1,7 +1,8 @@
 //! `trainyard serve`: the embedded service (local executor, Git-notes reports) over SQLite
 //! or PostgreSQL.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,9 +12,12 @@ use trainyard::execute::LocalExecutor;
 use trainyard::report::notes::NotesForge;
 use trainyard::runtime::{Config, Service};
 use trainyard::source::discover;
-use trainyard::store::{RunState, Store};
+use trainyard::spec::Pipeline;
+use trainyard::spec::check::resolve_params;
+use trainyard::spec::model::ParamType;
+use trainyard::store::{FOLLOWED_CURSOR, NewRun, RunState, Store, Trigger};
 
-use super::{EXIT_INVALID, LogFormat, ServeArgs, policy_config};
+use super::{EXIT_INVALID, LogFormat, RunArgs, ServeArgs, policy_config};
 
 /// Runs the service until interrupted, or once with `--once`.
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
@@ -37,24 +41,33 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<ExitCode> {
-    let start = args.repo.clone().unwrap_or_else(|| ".".into());
-    let (repo, _) = discover(&start)?;
-    let root = repo
+/// Where the service of a repository keeps its state: (work tree root, data dir, database).
+fn state(
+    repo: Option<&Path>,
+    data_dir: Option<&Path>,
+    database: Option<&str>,
+) -> Result<(PathBuf, PathBuf, String)> {
+    let (found, _) = discover(repo.unwrap_or(Path::new(".")))?;
+    let root = found
         .workdir()
         .map(Path::to_path_buf)
         .context("the followed repository must have a work tree")?;
-    drop(repo);
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| root.join(".trainyard"));
+    let data_dir = data_dir.map_or_else(|| root.join(".trainyard"), Path::to_path_buf);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let database = args
-        .database
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("trainyard.db").display()));
+    let database = database.map_or_else(
+        || format!("sqlite://{}", data_dir.join("trainyard.db").display()),
+        str::to_owned,
+    );
+    Ok((root, data_dir, database))
+}
+
+async fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let (root, data_dir, database) = state(
+        args.repo.as_deref(),
+        args.data_dir.as_deref(),
+        args.database.as_deref(),
+    )?;
     let artifacts_at = args
         .artifacts
         .clone()
@@ -108,5 +121,61 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_INVALID)
+    })
+}
+
+/// `trainyard run`: writes a pending manual run to the store, pinned to the pipeline's
+/// current version and the followed commit; the service drives it like any other run.
+pub fn queue(args: RunArgs) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let (_, _, database) = state(args.repo.as_deref(), args.data_dir.as_deref(), args.database.as_deref())?;
+        let store = Store::connect(&database).await.with_context(|| format!("cannot open the database {database}"))?;
+        let Some(row) = store.current_pipeline(&args.pipeline).await? else {
+            eprintln!("trainyard: pipeline {:?} is not declared on the followed branch (the service applies commits: trainyard serve)", args.pipeline);
+            return Ok(ExitCode::from(EXIT_INVALID));
+        };
+        let pipeline: Pipeline = serde_json::from_value(row.definition.clone()).context("stored pipeline definition is unreadable")?;
+        let mut given = BTreeMap::new();
+        for param in &args.params {
+            let Some((name, text)) = param.split_once('=') else {
+                anyhow::bail!("--param {param:?} is not NAME=VALUE");
+            };
+            let value = match pipeline.spec.params.get(name).map(|p| p.ty) {
+                Some(ParamType::Int) => text.parse::<i64>().map(serde_json::Value::from).ok(),
+                Some(ParamType::Float) => text.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(serde_json::Value::Number),
+                Some(ParamType::Bool) => text.parse::<bool>().map(serde_json::Value::from).ok(),
+                _ => Some(serde_json::Value::from(text)),
+            };
+            given.insert(name.to_owned(), value.unwrap_or_else(|| serde_json::Value::from(text)));
+        }
+        let params = match resolve_params(&pipeline, &given) {
+            Ok(params) => params,
+            Err(problems) => {
+                for problem in problems {
+                    let hint = problem.hint.map(|h| format!(" ({h})")).unwrap_or_default();
+                    eprintln!("trainyard: {}{hint}", problem.message);
+                }
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+        };
+        let commit = store.cursor(FOLLOWED_CURSOR).await?.context("no commit has been applied yet")?;
+        let id = store
+            .create_run(&NewRun {
+                pipeline: row.name.clone(),
+                pipeline_version: row.version.clone(),
+                commit_sha: commit,
+                trigger: Trigger::Manual,
+                schedule: None,
+                scheduled_at: None,
+                params: serde_json::to_value(params)?,
+                steps: pipeline.spec.steps.iter().map(|s| s.name.clone()).collect(),
+            })
+            .await?;
+        println!("run {id} of {} queued; the service starts it (trainyard serve, or serve --once)", row.name);
+        Ok(ExitCode::SUCCESS)
     })
 }
