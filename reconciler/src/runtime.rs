@@ -75,6 +75,9 @@ pub enum RuntimeError {
         /// Why it failed.
         source: std::io::Error,
     },
+    /// The repository could not be watched for new commits.
+    #[error("cannot watch the repository: {0}")]
+    Watch(String),
     /// A stored definition no longer reads as a document of this version.
     #[error("stored definition of {what} is unreadable: {reason}")]
     Stored {
@@ -196,7 +199,13 @@ impl<E: Executor, F: Forge> Service<E, F> {
     /// Follows the branch until `shutdown` completes: applies new commits (checked every
     /// `poll`), fires ticks, drives runs and delivers reports. A failing pass is logged and
     /// retried on the next one: an unreachable repository or database changes nothing.
-    pub async fn serve(&mut self, poll: Duration, shutdown: impl std::future::Future<Output = ()>) {
+    /// `watch`, when given, wakes the loop to apply a commit as soon as the branch moves.
+    pub async fn serve(
+        &mut self,
+        poll: Duration,
+        mut watch: Option<BranchWatcher>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         let mut next_poll = tokio::time::Instant::now();
         loop {
@@ -214,8 +223,15 @@ impl<E: Executor, F: Forge> Service<E, F> {
                 }
             };
             let until = (tokio::time::Instant::now() + wake).min(next_poll);
+            let moved = async {
+                match watch.as_mut() {
+                    Some(watcher) => watcher.changes.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = tokio::time::sleep_until(until) => {}
+                Some(()) = moved => next_poll = tokio::time::Instant::now(),
                 Some(event) = self.events.recv() => {
                     if let Err(error) = self.on_event(event).await {
                         tracing::error!(%error, "recording a step's outcome failed");
@@ -967,6 +983,52 @@ impl<E: Executor, F: Forge> Service<E, F> {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         Ok(())
+    }
+}
+
+/// Wakes the service when a local repository's branches move, so a commit is applied at
+/// once rather than at the next poll.
+pub struct BranchWatcher {
+    _watcher: notify::RecommendedWatcher,
+    changes: tokio::sync::mpsc::Receiver<()>,
+}
+
+impl BranchWatcher {
+    /// Watches the references of the repository whose work tree is `repo`: `HEAD`,
+    /// `packed-refs` and everything under `refs/heads`. Object writes are ignored.
+    pub fn new(repo: &Path) -> Result<Self, RuntimeError> {
+        use notify::Watcher as _;
+        let git_dir = Repository::open(repo)?.path().to_path_buf();
+        let (tx, changes) = tokio::sync::mpsc::channel(1);
+        let heads = git_dir.join("refs").join("heads");
+        let watched_heads = heads.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                let relevant = event.paths.iter().any(|p| {
+                    p.starts_with(&watched_heads)
+                        || p.file_name()
+                            .is_some_and(|n| n == "HEAD" || n == "packed-refs")
+                });
+                if relevant {
+                    // A full channel already holds a wake-up; one is enough.
+                    let _ = tx.try_send(());
+                }
+            })
+            .map_err(|e| RuntimeError::Watch(e.to_string()))?;
+        let mut watch = |path: &Path, mode| {
+            watcher
+                .watch(path, mode)
+                .map_err(|e| RuntimeError::Watch(e.to_string()))
+        };
+        watch(&git_dir, notify::RecursiveMode::NonRecursive)?;
+        if heads.is_dir() {
+            watch(&heads, notify::RecursiveMode::Recursive)?;
+        }
+        Ok(BranchWatcher {
+            _watcher: watcher,
+            changes,
+        })
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use trainyard::artifacts::ArtifactStore;
 use trainyard::execute::LocalExecutor;
 use trainyard::report::notes::NotesForge;
-use trainyard::runtime::{Config, Service};
+use trainyard::runtime::{BranchWatcher, Config, Service};
 use trainyard::source::discover;
 use trainyard::spec::Pipeline;
 use trainyard::spec::check::resolve_params;
@@ -96,8 +96,20 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
                 std::future::pending::<()>().await;
             }
         };
+        // Without file events (some network file systems), polling alone follows the branch.
+        let watch = match BranchWatcher::new(&root) {
+            Ok(watch) => Some(watch),
+            Err(error) => {
+                tracing::warn!(%error, "watching the repository failed; polling only");
+                None
+            }
+        };
         service
-            .serve(Duration::from_secs(args.poll_seconds.max(1)), shutdown)
+            .serve(
+                Duration::from_secs(args.poll_seconds.max(1)),
+                watch,
+                shutdown,
+            )
             .await;
         return Ok(ExitCode::SUCCESS);
     }
