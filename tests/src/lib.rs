@@ -196,14 +196,17 @@ impl Diagnostic {
 
 /// Runs `trainyard` with `args` in `dir` and waits for it, at most [`RUN_LIMIT`].
 ///
-/// The policy configuration variable is cleared so that the caller's environment does not
-/// change the verdicts.
+/// The configuration variables are cleared so that the caller's environment neither changes
+/// the verdicts nor points the binary at another store.
 pub fn trainyard<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S]) -> Result<Run> {
     let mut command = Command::new(trainyard_bin()?);
     command
         .current_dir(dir)
         .args(args)
         .env_remove("TRAINYARD_POLICY_CONFIG")
+        .env_remove("TRAINYARD_DATABASE_URL")
+        .env_remove("TRAINYARD_ARTIFACTS")
+        .env_remove("TRAINYARD_DATA_DIR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

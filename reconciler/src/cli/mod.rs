@@ -1,5 +1,9 @@
-//! Command-line interface: `validate`, `plan` and `schema`. Exit status 0 when valid,
-//! 1 for invalid definitions or policy denials, 2 for usage and I/O errors.
+//! Command-line interface: `validate`, `plan`, `schema`, the service (`serve`, `run`) and
+//! views of its state (`runs`, `logs`, `schedules`, `models`). Exit status 0 on success, 1
+//! for invalid definitions, policy denials, failed runs and unknown ids, 2 for usage and I/O
+//! errors.
+
+mod views;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -77,6 +81,37 @@ enum Command {
         #[arg(value_enum, default_value_t = SchemaKind::Document)]
         kind: SchemaKind,
     },
+    /// List recent runs, or show one run with its steps and artifacts.
+    Runs(views::RunsArgs),
+    /// Print the stored log of a step's attempt.
+    Logs(views::LogsArgs),
+    /// List schedules with their next fire time and last tick.
+    Schedules(views::SchedulesArgs),
+    /// List registered model versions, rejected ones and aliases.
+    Models(views::ModelsArgs),
+}
+
+/// Where the service keeps its state: the database and the artifact store.
+///
+/// The options are global so that a command with subcommands (`runs show`) takes them on
+/// either side of the subcommand.
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// Data directory [default: .trainyard at the root of the Git repository that holds the
+    /// current directory].
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://… [default: sqlite://DATA_DIR/trainyard.db].
+    #[arg(
+        long,
+        env = "TRAINYARD_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    database: Option<String>,
+    /// Artifact store: a directory or file:// URL [default: DATA_DIR/artifacts].
+    #[arg(long, env = "TRAINYARD_ARTIFACTS", global = true)]
+    artifacts: Option<String>,
 }
 
 /// Where the service reads from and keeps its state.
@@ -214,6 +249,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             print(&(serde_json::to_string_pretty(&value)? + "\n"))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Runs(args) => views::runs(args),
+        Command::Logs(args) => views::logs(args),
+        Command::Schedules(args) => views::schedules(args),
+        Command::Models(args) => views::models(args),
     }
 }
 
