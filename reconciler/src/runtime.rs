@@ -426,8 +426,9 @@ impl<E: Executor, F: Forge> Service<E, F> {
         Ok(next)
     }
 
-    /// Moves every unfinished run forward; returns how many are unfinished.
-    async fn drive_runs(&mut self) -> Result<usize, RuntimeError> {
+    /// Moves every unfinished run forward once (starting the steps that are ready) and
+    /// returns how many runs are unfinished.
+    pub async fn drive_runs(&mut self) -> Result<usize, RuntimeError> {
         let runs = self.store.unfinished_runs().await?;
         let mut steps_by_run = Vec::with_capacity(runs.len());
         let mut running = 0;
