@@ -1,17 +1,19 @@
 //! Support for the end-to-end tests of the `trainyard` binary: finding (and building) the
-//! binary, running it with a time limit, reading its JSON output, and creating the
-//! directories and Git repositories it reads.
+//! binary, running it with a time limit, reading its JSON output, creating the directories
+//! and Git repositories it reads, and running `trainyard serve` as a long-lived child that a
+//! test can stop gracefully or kill outright while it reads the service's store.
 //!
 //! Every fallible helper returns [`Result`], so tests can return [`TestResult`] and use `?`.
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
+use trainyard::store::Store;
 
 /// Any error a helper can return.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -416,5 +418,178 @@ impl Repo {
             &tree,
             &parents,
         )?)
+    }
+}
+
+/// How long a service may take to stop after SIGINT before the test fails.
+pub const STOP_LIMIT: Duration = Duration::from_secs(15);
+
+/// The state directory of `trainyard serve` (database, artifacts, checkouts, and the
+/// service's output), removed when dropped.
+///
+/// Dropping it prints what every service started on it wrote: the test harness shows a
+/// test's output only when the test fails, which is when that output explains the failure.
+pub struct DataDir {
+    dir: TempDir,
+}
+
+impl DataDir {
+    /// A fresh, empty data directory.
+    pub fn new() -> Result<DataDir> {
+        Ok(DataDir { dir: temp_dir()? })
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The store of the services started on this directory.
+    ///
+    /// Opening it creates the database and its schema when no service has yet, so a test
+    /// may open it first and read it while services start and die: a service then finds the
+    /// schema in place instead of racing the test to create it.
+    pub async fn store(&self) -> Result<Store> {
+        let url = format!("sqlite://{}/trainyard.db", self.path().display());
+        Ok(Store::connect(&url).await?)
+    }
+
+    /// Standard output and standard error of every service started on this directory, in
+    /// the order they were started.
+    pub fn service_output(&self) -> String {
+        let read = |name: &str| {
+            std::fs::read_to_string(self.path().join(name))
+                .unwrap_or_else(|e| format!("({name} unreadable: {e})\n"))
+        };
+        format!(
+            "--- service stdout\n{}--- service stderr\n{}",
+            read(SERVICE_STDOUT),
+            read(SERVICE_STDERR)
+        )
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        eprintln!(
+            "data directory {}\n{}",
+            self.path().display(),
+            self.service_output()
+        );
+    }
+}
+
+/// File of the data directory that collects the services' standard output.
+const SERVICE_STDOUT: &str = "serve.stdout";
+/// File of the data directory that collects the services' standard error (their log).
+const SERVICE_STDERR: &str = "serve.stderr";
+
+/// A running `trainyard serve --repo R --data-dir D`. Its output is appended to files of the
+/// data directory (see [`DataDir::service_output`]). Dropping it kills it, so a failing
+/// test leaves no service behind.
+pub struct Service {
+    child: Child,
+}
+
+impl Service {
+    /// Starts the service following the repository at `repo` with its state in `data`, with
+    /// `args` added to the command line (such as `--poll-seconds 1`).
+    ///
+    /// The configuration variables are cleared so that the caller's environment does not
+    /// point the service at other state or policies.
+    pub fn start(repo: &Path, data: &DataDir, args: &[&str]) -> Result<Service> {
+        let append = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(data.path().join(name))
+        };
+        let stdout = append(SERVICE_STDOUT)?;
+        let mut stderr = append(SERVICE_STDERR)?;
+        writeln!(
+            stderr,
+            "=== trainyard serve {} started at {}",
+            args.join(" "),
+            chrono::Utc::now().to_rfc3339()
+        )?;
+        let child = Command::new(trainyard_bin()?)
+            .current_dir(repo)
+            .arg("serve")
+            .arg("--repo")
+            .arg(repo)
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(args)
+            .env_remove("TRAINYARD_POLICY_CONFIG")
+            .env_remove("TRAINYARD_DATA_DIR")
+            .env_remove("TRAINYARD_DATABASE_URL")
+            .env_remove("TRAINYARD_ARTIFACTS")
+            .env("RUST_LOG", "info")
+            // The log goes to a file that people read when a test fails.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()?;
+        Ok(Service { child })
+    }
+
+    /// Kills the service with SIGKILL, as a crash or an OOM kill would, and reaps it.
+    pub fn kill_hard(mut self) -> Result<()> {
+        // On Unix `Child::kill` sends SIGKILL: no handler runs and nothing is flushed.
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Interrupts the service with SIGINT, as ctrl-c does, and waits for it to exit, at most
+    /// [`STOP_LIMIT`]; returns its exit code (`None` when a signal ended it).
+    pub fn stop(mut self) -> Result<Option<i32>> {
+        let pid = libc::pid_t::try_from(self.child.id())?;
+        // SAFETY: kill only sends a signal. The child has not been waited for, so its pid
+        // still names it and cannot have been reused by another process.
+        if unsafe { libc::kill(pid, libc::SIGINT) } == -1 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if started.elapsed() > STOP_LIMIT {
+                return Err(
+                    format!("the service did not stop within {STOP_LIMIT:?} of SIGINT").into(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // After kill_hard or stop the child is reaped and these do nothing; otherwise a test
+        // failed while the service ran, and that failure is the one worth reporting.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 50 ms until it answers true; an error naming `what` if it has not
+/// within `limit`, or as soon as it fails.
+pub async fn wait_for(
+    limit: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Result<bool>,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            return Err(format!("{what}: not within {limit:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
