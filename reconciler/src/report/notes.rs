@@ -25,6 +25,9 @@ const STAGING_PREFIX: &str = "refs/trainyard/staging/";
 
 /// How many times a write re-reads and retries when another writer moved the notes ref first.
 const MAX_ATTEMPTS: usize = 32;
+/// A lock on the notes ref older than this was left by a writer that died (a ref update
+/// holds it for milliseconds) and is removed, or no report would be written again.
+const STALE_LOCK: Duration = Duration::from_secs(60);
 
 const URL_LINE: &str = "  url: ";
 
@@ -227,6 +230,9 @@ fn write_status(repo_path: &Path, status: &Status) -> Result<(), ForgeError> {
         match write_once(&repo, &staging, commit, status, &entry, &signature) {
             Ok(()) => break Ok(()),
             Err(e) if contended(&e) && attempt < MAX_ATTEMPTS => {
+                if e.code() == ErrorCode::Locked {
+                    remove_stale_lock(&repo);
+                }
                 std::thread::sleep(Duration::from_millis(1 + attempt as u64 % 8));
                 attempt += 1;
             }
@@ -246,6 +252,25 @@ fn write_status(repo_path: &Path, status: &Status) -> Result<(), ForgeError> {
         tracing::warn!(reference = %staging, error = %e, "could not remove a staging ref");
     }
     outcome
+}
+
+/// Removes the notes ref's lock file when it is older than [`STALE_LOCK`].
+fn remove_stale_lock(repo: &Repository) {
+    let lock = repo.path().join(format!("{NOTES_REF}.lock"));
+    let age = std::fs::metadata(&lock)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|modified| modified.elapsed().ok());
+    if age.is_some_and(|age| age > STALE_LOCK) {
+        match std::fs::remove_file(&lock) {
+            Ok(()) => {
+                tracing::warn!(lock = %lock.display(), "removed a stale lock left by a writer that died")
+            }
+            Err(e) => {
+                tracing::warn!(lock = %lock.display(), error = %e, "could not remove a stale lock")
+            }
+        }
+    }
 }
 
 /// One read-merge-write of the note of `commit`.
