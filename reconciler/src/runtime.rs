@@ -107,6 +107,9 @@ pub struct Config {
     pub policy: PolicyConfig,
 }
 
+/// A stored schedule read back, with its cron (`None` if it no longer parses).
+type ParsedSchedule = (Schedule, Option<CronSchedule>);
+
 /// The service: its state lives in the store; this holds what a pass needs at hand.
 pub struct Service<E: Executor, F: Forge> {
     config: Config,
@@ -124,6 +127,8 @@ pub struct Service<E: Executor, F: Forge> {
     jobs: HashMap<String, (i64, String, u32)>,
     /// Pipeline definitions by (name, version), as runs pin them, with their file.
     pipelines: HashMap<(String, String), (Arc<Pipeline>, String)>,
+    /// Schedules by (name, version), parsed with their cron once.
+    schedules: HashMap<(String, String), Arc<ParsedSchedule>>,
 }
 
 /// What a `run_once` did.
@@ -159,6 +164,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
             snapshot: None,
             jobs: HashMap::new(),
             pipelines: HashMap::new(),
+            schedules: HashMap::new(),
         })
     }
 
@@ -309,41 +315,57 @@ impl<E: Executor, F: Forge> Service<E, F> {
         ))
     }
 
-    /// Records due ticks of every active schedule; returns the next time one is due.
+    /// Records due ticks of every active schedule, all in one transaction; returns the next
+    /// time one is due.
     async fn fire_ticks(
         &mut self,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, RuntimeError> {
         let head = self.store.cursor(FOLLOWED_CURSOR).await?;
-        let mut next: Option<DateTime<Utc>> = None;
-        for row in self.store.active_schedules().await? {
-            let schedule: Schedule =
-                serde_json::from_value(row.definition.clone()).map_err(|e| {
-                    RuntimeError::Stored {
-                        what: format!("schedule {}", row.name),
-                        reason: e.to_string(),
-                    }
-                })?;
-            if schedule.spec.suspend {
-                continue;
+        let mut active: HashMap<String, Vec<i64>> = HashMap::new();
+        for run in self.store.unfinished_runs().await? {
+            if let Some(schedule) = run.schedule {
+                active.entry(schedule).or_default().push(run.id);
             }
-            let Some(cron) = parse_timezone(&schedule.spec.timezone)
-                .ok()
-                .and_then(|tz| CronSchedule::new(&schedule.spec.cron, tz).ok())
-            else {
+        }
+        let mut targets: HashMap<String, Option<(crate::store::PipelineRow, Pipeline)>> =
+            HashMap::new();
+        let mut next: Option<DateTime<Utc>> = None;
+        let mut batch = Vec::new();
+        for row in self.store.active_schedules().await? {
+            let key = (row.name.clone(), row.version.clone());
+            if !self.schedules.contains_key(&key) {
+                let schedule: Schedule =
+                    serde_json::from_value(row.definition.clone()).map_err(|e| {
+                        RuntimeError::Stored {
+                            what: format!("schedule {}", row.name),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                let cron = parse_timezone(&schedule.spec.timezone)
+                    .ok()
+                    .and_then(|tz| CronSchedule::new(&schedule.spec.cron, tz).ok());
+                self.schedules
+                    .insert(key.clone(), Arc::new((schedule, cron)));
+            }
+            let Some(parsed) = self.schedules.get(&key).cloned() else {
+                continue;
+            };
+            let (schedule, cron) = parsed.as_ref();
+            let Some(cron) = cron.as_ref().filter(|_| !schedule.spec.suspend) else {
                 continue;
             };
             let since = row
                 .last_tick_at
                 .map_or(row.active_since, |t| t.max(row.active_since));
-            let active = self.store.active_runs_of_schedule(&row.name).await?;
+            let running = active.get(&row.name).cloned().unwrap_or_default();
             let decisions = schedule::decide(
                 &schedule.spec,
-                &cron,
+                cron,
                 since,
                 now,
                 ActiveRuns {
-                    count: active.len(),
+                    count: running.len(),
                 },
                 row.paused_at.is_some(),
             )
@@ -351,19 +373,37 @@ impl<E: Executor, F: Forge> Service<E, F> {
                 what: format!("schedule {}", row.name),
                 reason: e.to_string(),
             })?;
-            if let Some(at) = schedule::next_fire_after(&cron, now, now) {
+            if let Some(at) = schedule::next_fire_after(cron, now, now) {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
             if decisions.is_empty() {
                 continue;
             }
-            let pipeline = self.store.current_pipeline(&schedule.spec.pipeline).await?;
+            if !targets.contains_key(&schedule.spec.pipeline) {
+                let target = match self.store.current_pipeline(&schedule.spec.pipeline).await? {
+                    Some(target) => {
+                        let definition: Pipeline =
+                            serde_json::from_value(target.definition.clone()).map_err(|e| {
+                                RuntimeError::Stored {
+                                    what: format!("pipeline {}", target.name),
+                                    reason: e.to_string(),
+                                }
+                            })?;
+                        Some((target, definition))
+                    }
+                    None => None,
+                };
+                targets.insert(schedule.spec.pipeline.clone(), target);
+            }
+            let target = targets
+                .get(&schedule.spec.pipeline)
+                .and_then(Option::as_ref);
             let mut ticks = Vec::with_capacity(decisions.len());
             for decision in decisions {
                 let (outcome, reason, fire) = match decision.action {
                     TickAction::Fire => (TickOutcome::Fired, None, true),
                     TickAction::FireReplacing => {
-                        for id in &active {
+                        for id in &running {
                             self.store.request_cancel(*id).await?;
                         }
                         (
@@ -375,20 +415,13 @@ impl<E: Executor, F: Forge> Service<E, F> {
                     TickAction::Skip(reason) => (TickOutcome::Skipped, Some(reason), false),
                     TickAction::Miss(reason) => (TickOutcome::Missed, Some(reason), false),
                 };
-                let run = match (&pipeline, fire, &head) {
-                    (Some(target), true, Some(head)) => {
-                        let definition: Pipeline =
-                            serde_json::from_value(target.definition.clone()).map_err(|e| {
-                                RuntimeError::Stored {
-                                    what: format!("pipeline {}", target.name),
-                                    reason: e.to_string(),
-                                }
-                            })?;
-                        resolve_params(&definition, &schedule.spec.params)
+                let run = match (target, fire, &head) {
+                    (Some((row_of, definition)), true, Some(head)) => {
+                        resolve_params(definition, &schedule.spec.params)
                             .ok()
                             .map(|params| NewRun {
-                                pipeline: target.name.clone(),
-                                pipeline_version: target.version.clone(),
+                                pipeline: row_of.name.clone(),
+                                pipeline_version: row_of.version.clone(),
                                 commit_sha: head.clone(),
                                 trigger: Trigger::Schedule,
                                 schedule: Some(row.name.clone()),
@@ -421,7 +454,10 @@ impl<E: Executor, F: Forge> Service<E, F> {
                     run,
                 });
             }
-            self.store.record_ticks(&row.name, &ticks).await?;
+            batch.push((row.name.clone(), ticks));
+        }
+        if !batch.is_empty() {
+            self.store.record_ticks_batch(&batch).await?;
         }
         Ok(next)
     }

@@ -2,8 +2,8 @@
 //! each tick with the run it starts.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
 
 use super::runs::insert_run;
 use super::{
@@ -66,69 +66,41 @@ impl Store {
         for tick in ticks {
             check_tick(schedule, tick)?;
         }
-        let Some(newest) = ticks.iter().map(|tick| tick.scheduled_at).max() else {
+        if ticks.is_empty() {
             return Ok(Vec::new());
-        };
+        }
+        let mut tx = self.write().await?;
+        let recorded = record_in(&mut tx, schedule, ticks, Utc::now())
+            .await?
+            .ok_or_else(|| StoreError::ScheduleNotActive(schedule.to_owned()))?;
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    /// [`Store::record_ticks`] for several schedules in one transaction, so a second in
+    /// which many schedules are due costs one commit. A schedule retired meanwhile records
+    /// nothing and gets `None`.
+    pub async fn record_ticks_batch(
+        &self,
+        batch: &[(String, Vec<NewTick>)],
+    ) -> Result<Vec<Option<Vec<RecordedTick>>>> {
+        for (schedule, ticks) in batch {
+            for tick in ticks {
+                check_tick(schedule, tick)?;
+            }
+        }
         let now = Utc::now();
         let mut tx = self.write().await?;
-        // Writing the schedule's row first locks it, so a retirement committed concurrently
-        // either comes first (and nothing is recorded) or waits for this transaction.
-        let active = sqlx::query(
-            "UPDATE schedules SET last_tick_at = CASE
-                 WHEN last_tick_at IS NULL OR last_tick_at < $2 THEN $2 ELSE last_tick_at END
-             WHERE name = $1 AND retired_at IS NULL",
-        )
-        .bind(schedule)
-        .bind(millis(newest))
-        .execute(&mut *tx)
-        .await?;
-        if active.rows_affected() == 0 {
-            return Err(StoreError::ScheduleNotActive(schedule.to_owned()));
-        }
-        let mut recorded = Vec::with_capacity(ticks.len());
-        for tick in ticks {
-            let inserted: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO ticks (schedule, scheduled_at, recorded_at, outcome, reason, run_id)
-                 VALUES ($1, $2, $3, $4, $5, NULL)
-                 ON CONFLICT (schedule, scheduled_at) DO NOTHING RETURNING id",
-            )
-            .bind(schedule)
-            .bind(millis(tick.scheduled_at))
-            .bind(millis(now))
-            .bind(tick.outcome.as_str())
-            .bind(tick.reason.as_deref())
-            .fetch_optional(&mut *tx)
-            .await?;
-            let (new, run_id) = match (inserted, &tick.run) {
-                (Some(tick_id), Some(run)) => {
-                    let run_id = insert_run(&mut tx, run, None, now).await?;
-                    sqlx::query("UPDATE ticks SET run_id = $2 WHERE id = $1")
-                        .bind(tick_id)
-                        .bind(run_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    (true, Some(run_id))
-                }
-                (Some(_), None) => (true, None),
-                (None, _) => {
-                    let run_id: Option<i64> = sqlx::query_scalar(
-                        "SELECT run_id FROM ticks WHERE schedule = $1 AND scheduled_at = $2",
-                    )
-                    .bind(schedule)
-                    .bind(millis(tick.scheduled_at))
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    (false, run_id)
-                }
-            };
-            recorded.push(RecordedTick {
-                scheduled_at: tick.scheduled_at,
-                new,
-                run_id,
+        let mut out = Vec::with_capacity(batch.len());
+        for (schedule, ticks) in batch {
+            out.push(if ticks.is_empty() {
+                Some(Vec::new())
+            } else {
+                record_in(&mut tx, schedule, ticks, now).await?
             });
         }
         tx.commit().await?;
-        Ok(recorded)
+        Ok(out)
     }
 
     /// Ids of the schedule's runs that are pending or running, oldest first.
@@ -248,4 +220,73 @@ fn tick_row(row: &AnyRow) -> Result<TickRow> {
         reason: row.try_get("reason")?,
         run_id: row.try_get("run_id")?,
     })
+}
+
+/// Records `ticks` of one schedule inside `tx`; `None` when the schedule is not active.
+async fn record_in(
+    tx: &mut Transaction<'static, Any>,
+    schedule: &str,
+    ticks: &[NewTick],
+    now: DateTime<Utc>,
+) -> Result<Option<Vec<RecordedTick>>> {
+    let Some(newest) = ticks.iter().map(|tick| tick.scheduled_at).max() else {
+        return Ok(Some(Vec::new()));
+    };
+    // Writing the schedule's row first locks it, so a retirement committed concurrently
+    // either comes first (and nothing is recorded) or waits for this transaction.
+    let active = sqlx::query(
+        "UPDATE schedules SET last_tick_at = CASE
+                 WHEN last_tick_at IS NULL OR last_tick_at < $2 THEN $2 ELSE last_tick_at END
+             WHERE name = $1 AND retired_at IS NULL",
+    )
+    .bind(schedule)
+    .bind(millis(newest))
+    .execute(&mut **tx)
+    .await?;
+    if active.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let mut recorded = Vec::with_capacity(ticks.len());
+    for tick in ticks {
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO ticks (schedule, scheduled_at, recorded_at, outcome, reason, run_id)
+                 VALUES ($1, $2, $3, $4, $5, NULL)
+                 ON CONFLICT (schedule, scheduled_at) DO NOTHING RETURNING id",
+        )
+        .bind(schedule)
+        .bind(millis(tick.scheduled_at))
+        .bind(millis(now))
+        .bind(tick.outcome.as_str())
+        .bind(tick.reason.as_deref())
+        .fetch_optional(&mut **tx)
+        .await?;
+        let (new, run_id) = match (inserted, &tick.run) {
+            (Some(tick_id), Some(run)) => {
+                let run_id = insert_run(tx, run, None, now).await?;
+                sqlx::query("UPDATE ticks SET run_id = $2 WHERE id = $1")
+                    .bind(tick_id)
+                    .bind(run_id)
+                    .execute(&mut **tx)
+                    .await?;
+                (true, Some(run_id))
+            }
+            (Some(_), None) => (true, None),
+            (None, _) => {
+                let run_id: Option<i64> = sqlx::query_scalar(
+                    "SELECT run_id FROM ticks WHERE schedule = $1 AND scheduled_at = $2",
+                )
+                .bind(schedule)
+                .bind(millis(tick.scheduled_at))
+                .fetch_one(&mut **tx)
+                .await?;
+                (false, run_id)
+            }
+        };
+        recorded.push(RecordedTick {
+            scheduled_at: tick.scheduled_at,
+            new,
+            run_id,
+        });
+    }
+    Ok(Some(recorded))
 }

@@ -97,6 +97,7 @@ on_both_backends!(
     pipeline_versions_are_kept_and_the_current_one_follows_the_branch,
     schedules_follow_their_declarations,
     a_tick_is_recorded_once,
+    a_batch_records_each_schedule_once_and_skips_retired_ones,
     concurrent_recorders_of_one_tick_create_one_run,
     ticks_refuse_runs_that_do_not_belong_to_them,
     attempts_start_and_finish_once,
@@ -520,6 +521,42 @@ async fn schedules_follow_their_declarations(store: Store) {
     assert_eq!((row.retired_at, row.active_since), (None, t(800)));
     let active = store.active_schedules().await.expect("list");
     assert_eq!(active.len(), 1);
+}
+
+async fn a_batch_records_each_schedule_once_and_skips_retired_ones(store: Store) {
+    let mut first = commit("c1", t(0));
+    first.pipelines.push(pipeline("churn", "v1"));
+    for name in ["a", "b", "gone"] {
+        first.schedules.push(schedule(name, "s1", false));
+    }
+    store.apply_commit(&first).await.expect("apply c1");
+    let mut second = commit("c2", t(10));
+    second.retire_schedules.push("gone".to_owned());
+    store.apply_commit(&second).await.expect("apply c2");
+    let batch = vec![
+        ("a".to_owned(), vec![fired("a", t(100))]),
+        ("gone".to_owned(), vec![fired("gone", t(100))]),
+        ("b".to_owned(), vec![fired("b", t(100)), fired("b", t(101))]),
+    ];
+    let first = store
+        .record_ticks_batch(&batch)
+        .await
+        .expect("record batch");
+    assert_eq!(first.len(), 3);
+    assert!(first[1].is_none(), "a retired schedule records nothing");
+    let b = first[2].as_ref().expect("b is active");
+    assert!(b.iter().all(|tick| tick.new && tick.run_id.is_some()));
+    assert_eq!(run_count(&store).await, 3);
+    let again = store
+        .record_ticks_batch(&batch)
+        .await
+        .expect("record again");
+    assert!(again[0].as_ref().expect("a").iter().all(|tick| !tick.new));
+    assert_eq!(
+        run_count(&store).await,
+        3,
+        "recording the same ticks again creates no run"
+    );
 }
 
 async fn a_tick_is_recorded_once(store: Store) {
