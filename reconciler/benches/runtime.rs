@@ -54,6 +54,7 @@ async fn service(repo: &Path, data: &Path) -> Service<LocalExecutor, NotesForge>
     let executor = LocalExecutor::new(artifacts.clone(), data.join("work"), tx);
     let config = Config {
         repo: repo.to_owned(),
+        remote: None,
         branch: None,
         subdir: String::new(),
         data_dir: data.to_owned(),

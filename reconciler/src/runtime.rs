@@ -91,8 +91,10 @@ pub enum RuntimeError {
 /// Where the service reads, what it follows, and how much it runs at once.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Work tree root of the followed repository.
+    /// The followed repository: a work tree, or the bare cache of `remote`.
     pub repo: PathBuf,
+    /// URL the bare cache at `repo` is fetched from before each look at the branch.
+    pub remote: Option<String>,
     /// Branch to follow; `None` follows the branch HEAD points at.
     pub branch: Option<String>,
     /// Tracked directory relative to the repository root (`""` for the root).
@@ -270,6 +272,9 @@ impl<E: Executor, F: Forge> Service<E, F> {
     /// Applies the followed branch's head (again, harmlessly, if it was applied before) and
     /// returns it with the runs it started the first time.
     pub async fn apply_head(&mut self) -> Result<(String, Vec<i64>), RuntimeError> {
+        if let Some(url) = &self.config.remote {
+            tokio::task::block_in_place(|| fetch(&self.config.repo, url))?;
+        }
         let repo = Repository::open(&self.config.repo)?;
         let head = match &self.config.branch {
             Some(branch) => repo
@@ -1021,6 +1026,25 @@ impl<E: Executor, F: Forge> Service<E, F> {
         }
         Ok(())
     }
+}
+
+/// Makes `cache` a bare clone of `url` if it is not one yet.
+pub fn clone_cache(url: &str, cache: &Path) -> Result<(), RuntimeError> {
+    if Repository::open_bare(cache).is_ok() {
+        return Ok(());
+    }
+    git2::build::RepoBuilder::new()
+        .bare(true)
+        .clone(url, cache)?;
+    Ok(())
+}
+
+/// Brings every branch of the bare cache up to date with `url`.
+fn fetch(cache: &Path, url: &str) -> Result<(), RuntimeError> {
+    let repo = Repository::open_bare(cache)?;
+    let mut remote = repo.remote_anonymous(url)?;
+    remote.fetch(&["+refs/heads/*:refs/heads/*"], None, None)?;
+    Ok(())
 }
 
 /// Wakes the service when a local repository's branches move, so a commit is applied at

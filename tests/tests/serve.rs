@@ -213,3 +213,50 @@ fn a_manual_run_with_a_bad_param_or_pipeline_is_refused() -> TestResult {
     assert!(typo.stderr.contains("did you mean `epochs`?"), "{typo}");
     Ok(())
 }
+
+#[test]
+fn a_repository_given_by_url_is_fetched_into_a_cache_and_followed() -> TestResult {
+    let source = Repo::from_examples()?;
+    source.commit("sample")?;
+    let data = trainyard_tests::temp_dir()?;
+    let url = format!("file://{}", source.path().display());
+    let data_dir = data.path().join("state");
+    let data_arg = data_dir.display().to_string();
+    let args = [
+        "serve",
+        "--repo",
+        url.as_str(),
+        "--data-dir",
+        data_arg.as_str(),
+        "--once",
+    ];
+    let first = trainyard(data.path(), &args)?;
+    assert_eq!(first.code, Some(0), "{first}");
+    assert!(first.stdout.contains("run 1 succeeded"), "{first}");
+    assert!(
+        first.stdout.contains("--git-dir"),
+        "the note is in the cache: {first}"
+    );
+
+    source.edit(
+        "pipelines/iris/pipeline.yaml",
+        "seed: {type: int, default: 42}",
+        "seed: {type: int, default: 7}",
+    )?;
+    let second_commit = source.commit("new seed")?;
+    let second = trainyard(data.path(), &args)?;
+    assert!(
+        second.stdout.contains("run 2 succeeded"),
+        "the new commit was fetched: {second}"
+    );
+    let cache = git2::Repository::open_bare(data_dir.join("repo.git"))?;
+    let note = cache.find_note(Some("refs/notes/trainyard"), second_commit)?;
+    assert!(
+        note.message()
+            .unwrap_or_default()
+            .contains("trainyard/run/iris: success"),
+        "{:?}",
+        note.message()
+    );
+    Ok(())
+}

@@ -117,9 +117,10 @@ struct StoreArgs {
 /// Where the service reads from and keeps its state.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// The repository to follow (a work tree); default: the one the current directory is in.
+    /// The repository to follow: a work tree, or a URL (fetched into a bare cache in the
+    /// data directory); default: the work tree the current directory is in.
     #[arg(long)]
-    repo: Option<PathBuf>,
+    repo: Option<String>,
     /// Branch to follow; default: the branch HEAD points at.
     #[arg(long)]
     branch: Option<String>,

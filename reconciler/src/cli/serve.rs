@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use trainyard::artifacts::ArtifactStore;
 use trainyard::execute::LocalExecutor;
 use trainyard::report::notes::NotesForge;
-use trainyard::runtime::{BranchWatcher, Config, Service};
+use trainyard::runtime::{BranchWatcher, Config, Service, clone_cache};
 use trainyard::source::discover;
 use trainyard::spec::Pipeline;
 use trainyard::spec::check::resolve_params;
@@ -62,12 +62,38 @@ fn state(
     Ok((root, data_dir, database))
 }
 
+/// Whether `repo` names a remote repository rather than a directory.
+fn is_url(repo: &str) -> bool {
+    repo.contains("://") || repo.starts_with("git@")
+}
+
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
-    let (root, data_dir, database) = state(
-        args.repo.as_deref(),
-        args.data_dir.as_deref(),
-        args.database.as_deref(),
-    )?;
+    let remote = args.repo.clone().filter(|r| is_url(r));
+    let (root, data_dir, database) = match &remote {
+        None => state(
+            args.repo.as_deref().map(Path::new),
+            args.data_dir.as_deref(),
+            args.database.as_deref(),
+        )?,
+        Some(url) => {
+            let data_dir = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(".trainyard"));
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("cannot create {}", data_dir.display()))?;
+            let data_dir = data_dir
+                .canonicalize()
+                .with_context(|| format!("cannot read {}", data_dir.display()))?;
+            let cache = data_dir.join("repo.git");
+            clone_cache(url, &cache).with_context(|| format!("cannot clone {url}"))?;
+            let database = args
+                .database
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("trainyard.db").display()));
+            (cache, data_dir, database)
+        }
+    };
     let artifacts_at = args
         .artifacts
         .clone()
@@ -81,6 +107,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let forge = NotesForge::new(root.clone());
     let config = Config {
         repo: root.clone(),
+        remote: remote.clone(),
         branch: args.branch.clone(),
         subdir: args.path.trim_matches('/').to_owned(),
         data_dir: data_dir.clone(),
@@ -96,13 +123,17 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
                 std::future::pending::<()>().await;
             }
         };
-        // Without file events (some network file systems), polling alone follows the branch.
-        let watch = match BranchWatcher::new(&root) {
-            Ok(watch) => Some(watch),
-            Err(error) => {
-                tracing::warn!(%error, "watching the repository failed; polling only");
-                None
-            }
+        // Without file events (some network file systems), polling alone follows the branch;
+        // a remote repository is always polled.
+        let watch = match remote {
+            Some(_) => None,
+            None => match BranchWatcher::new(&root) {
+                Ok(watch) => Some(watch),
+                Err(error) => {
+                    tracing::warn!(%error, "watching the repository failed; polling only");
+                    None
+                }
+            },
         };
         service
             .serve(
@@ -121,8 +152,12 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     for (id, state) in &outcome.runs {
         println!("{short}: run {id} {state}");
     }
+    let git = match &remote {
+        Some(_) => format!("git --git-dir {} ", root.display()),
+        None => "git ".to_owned(),
+    };
     println!(
-        "See: git log --notes=trainyard -1 {short}    trainyard runs    trainyard models    (state in {})",
+        "See: {git}log --notes=trainyard -1 {short}    trainyard runs    trainyard models    (state in {})",
         data_dir.display()
     );
     let all_succeeded = outcome
