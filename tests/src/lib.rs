@@ -431,12 +431,49 @@ pub const STOP_LIMIT: Duration = Duration::from_secs(15);
 /// test's output only when the test fails, which is when that output explains the failure.
 pub struct DataDir {
     dir: TempDir,
+    /// A PostgreSQL schema of its own, when the store is PostgreSQL rather than SQLite.
+    postgres: Option<String>,
 }
 
+/// The PostgreSQL server the tests use (trust authentication, database `test`).
+pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+
 impl DataDir {
-    /// A fresh, empty data directory.
+    /// A fresh, empty data directory; the store is SQLite inside it.
     pub fn new() -> Result<DataDir> {
-        Ok(DataDir { dir: temp_dir()? })
+        Ok(DataDir {
+            dir: temp_dir()?,
+            postgres: None,
+        })
+    }
+
+    /// A fresh, empty data directory whose store is a new schema of the PostgreSQL test
+    /// database, dropped when the directory is.
+    pub async fn postgres() -> Result<DataDir> {
+        use sqlx::Connection as _;
+        let schema = format!(
+            "e2e_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+        );
+        let mut connection = sqlx::PgConnection::connect(POSTGRES).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&mut connection)
+            .await?;
+        Ok(DataDir {
+            dir: temp_dir()?,
+            postgres: Some(schema),
+        })
+    }
+
+    /// The database URL the services of this directory use.
+    pub fn database(&self) -> String {
+        match &self.postgres {
+            Some(schema) => format!("{POSTGRES}?options=-c%20search_path%3D{schema}"),
+            None => format!("sqlite://{}/trainyard.db", self.path().display()),
+        }
     }
 
     /// Where it is.
@@ -450,8 +487,7 @@ impl DataDir {
     /// may open it first and read it while services start and die: a service then finds the
     /// schema in place instead of racing the test to create it.
     pub async fn store(&self) -> Result<Store> {
-        let url = format!("sqlite://{}/trainyard.db", self.path().display());
-        Ok(Store::connect(&url).await?)
+        Ok(Store::connect(&self.database()).await?)
     }
 
     /// Standard output and standard error of every service started on this directory, in
@@ -476,6 +512,25 @@ impl Drop for DataDir {
             self.path().display(),
             self.service_output()
         );
+        if let Some(schema) = self.postgres.take() {
+            // Drop runs inside the test's runtime, which cannot be blocked on: a thread of
+            // its own removes the schema. A failure only leaves a schema behind.
+            let dropped = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                runtime.block_on(async {
+                    use sqlx::Connection as _;
+                    let mut connection = sqlx::PgConnection::connect(POSTGRES).await.ok()?;
+                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                        .execute(&mut connection)
+                        .await
+                        .ok()
+                })
+            });
+            let _ = dropped.join();
+        }
     }
 }
 
@@ -519,6 +574,8 @@ impl Service {
             .arg(repo)
             .arg("--data-dir")
             .arg(data.path())
+            .arg("--database")
+            .arg(data.database())
             .args(args)
             .env_remove("TRAINYARD_POLICY_CONFIG")
             .env_remove("TRAINYARD_DATA_DIR")

@@ -179,15 +179,13 @@ fn check_attempts(run: &RunRow, step: &str, attempts: &[AttemptRow]) -> Result<u
         .count())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn killing_the_service_at_random_moments_neither_repeats_nor_loses_ticks() -> TestResult {
+async fn random_kills(data: DataDir) -> TestResult {
     let seed = seed()?;
     eprintln!("seed {seed} (set {SEED_VARIABLE}={seed} to kill at the same moments again)");
     let mut random = Prng::new(seed);
     let repo = Repo::new()?;
     repo.write("tick.yaml", ticking_pipeline())?;
     let commit = repo.commit("tick every second")?.to_string();
-    let data = DataDir::new()?;
     let store = data.store().await?;
 
     let crashing = Instant::now();
@@ -342,10 +340,8 @@ async fn killing_the_service_at_random_moments_neither_repeats_nor_loses_ticks()
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_step_killed_with_the_service_is_retried_and_finished_ones_are_not_rerun() -> TestResult {
+async fn killed_step(data: DataDir) -> TestResult {
     let repo = Repo::with_files(&[("two-steps.yaml", two_steps())])?;
-    let data = DataDir::new()?;
     let store = data.store().await?;
 
     let service = Service::start(repo.path(), &data, &[])?;
@@ -441,4 +437,28 @@ async fn a_lock_left_on_the_notes_ref_by_a_killed_service_does_not_hold_back_rep
         "{note}\n{run}"
     );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_service_at_random_moments_neither_repeats_nor_loses_ticks_on_sqlite()
+-> TestResult {
+    random_kills(DataDir::new()?).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_service_at_random_moments_neither_repeats_nor_loses_ticks_on_postgres()
+-> TestResult {
+    random_kills(DataDir::postgres().await?).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_killed_with_the_service_is_retried_and_finished_ones_are_not_rerun_on_sqlite()
+-> TestResult {
+    killed_step(DataDir::new()?).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_killed_with_the_service_is_retried_and_finished_ones_are_not_rerun_on_postgres()
+-> TestResult {
+    killed_step(DataDir::postgres().await?).await
 }
