@@ -48,17 +48,9 @@ pub fn decide(
             }
         })
         .collect();
-    let validate = |state, description: String| NewReport {
-        commit_sha: commit.to_owned(),
-        kind: ReportKind::Status,
-        key: report::context(instance, "validate", None),
-        payload: status_payload(
-            commit,
-            &report::context(instance, "validate", None),
-            state,
-            &description,
-        ),
-    };
+    let context = report::context(instance, "validate", None);
+    let validate =
+        |state, description: String| status_report(commit, &context, state, &description);
     let empties_schedules = !previous.schedules.is_empty()
         && declared.schedules.is_empty()
         && !declared.settings.allow_empty;
@@ -202,7 +194,13 @@ fn plural(n: usize, what: &str) -> String {
     }
 }
 
-fn status_payload(commit: &str, context: &str, state: StatusState, description: &str) -> Value {
+/// A commit status report for the outbox, its description cut to what forges accept.
+pub fn status_report(
+    commit: &str,
+    context: &str,
+    state: StatusState,
+    description: &str,
+) -> NewReport {
     let status = Report::Status(Status {
         commit: commit.to_owned(),
         context: context.to_owned(),
@@ -210,7 +208,12 @@ fn status_payload(commit: &str, context: &str, state: StatusState, description: 
         description: report::fit_description(description),
         target_url: None,
     });
-    serde_json::to_value(status).unwrap_or(Value::Null)
+    NewReport {
+        commit_sha: commit.to_owned(),
+        kind: ReportKind::Status,
+        key: context.to_owned(),
+        payload: serde_json::to_value(status).unwrap_or(Value::Null),
+    }
 }
 
 #[cfg(test)]

@@ -19,14 +19,14 @@ use thiserror::Error;
 use tokio::sync::mpsc::UnboundedReceiver;
 use trainyard_policies::PolicyConfig;
 
-use crate::apply;
+use crate::apply::{self, status_report};
 use crate::artifacts::{self, ArtifactStore};
 use crate::definitions::{Definitions, DefinitionsError};
 use crate::execute::{
     ExecError, Executor, JobEvent, JobState, StepInput, StepJob, StepOutput, job_name,
 };
 use crate::registry;
-use crate::report::{self, Forge, ForgeError, Report, Status, StatusState};
+use crate::report::{self, Forge, ForgeError, Report, StatusState};
 use crate::schedule::{self, ActiveRuns, TickAction};
 use crate::source::{Snapshot, SourceError};
 use crate::spec::catalog::Entry;
@@ -37,8 +37,7 @@ use crate::spec::units::parse_duration;
 use crate::spec::{Catalog, Pipeline, Schedule};
 use crate::store::{
     AttemptOutcome, AttemptState, FOLLOWED_CURSOR, ModelState, NewArtifact, NewModelVersion,
-    NewReport, NewRun, NewTick, ReportKind, RunRow, RunState, StepRow, StepState, Store,
-    StoreError, TickOutcome, Trigger,
+    NewRun, NewTick, RunRow, RunState, StepRow, StepState, Store, StoreError, TickOutcome, Trigger,
 };
 
 /// Longest wait before a failed attempt is retried.
@@ -1093,56 +1092,52 @@ impl BranchWatcher {
     }
 }
 
-fn status_report(commit: &str, context: &str, state: StatusState, description: &str) -> NewReport {
-    let status = Report::Status(Status {
-        commit: commit.to_owned(),
-        context: context.to_owned(),
-        state,
-        description: report::fit_description(description),
-        target_url: None,
-    });
-    NewReport {
-        commit_sha: commit.to_owned(),
-        kind: ReportKind::Status,
-        key: context.to_owned(),
-        payload: serde_json::to_value(status).unwrap_or(Value::Null),
-    }
-}
-
 /// The declared state as the store has it, for a restarted service.
 async fn declared_state(store: &Store) -> Result<Catalog, RuntimeError> {
     let mut catalog = Catalog::default();
     for row in store.current_pipelines().await? {
-        let value: Pipeline =
-            serde_json::from_value(row.definition).map_err(|e| RuntimeError::Stored {
-                what: format!("pipeline {}", row.name),
-                reason: e.to_string(),
-            })?;
-        let entry = Entry {
-            file: Arc::from(row.file.as_str()),
-            line: 0,
-            version: Arc::from(row.version.as_str()),
-            value: Arc::new(value),
-        };
+        let entry = stored_entry(
+            "pipeline",
+            &row.name,
+            &row.file,
+            &row.version,
+            row.definition,
+        )?;
         catalog
             .pipelines
             .insert(Arc::from(row.name.as_str()), entry);
     }
     for row in store.active_schedules().await? {
-        let value: Schedule =
-            serde_json::from_value(row.definition).map_err(|e| RuntimeError::Stored {
-                what: format!("schedule {}", row.name),
-                reason: e.to_string(),
-            })?;
-        let entry = Entry {
-            file: Arc::from(row.file.as_str()),
-            line: 0,
-            version: Arc::from(row.version.as_str()),
-            value: Arc::new(value),
-        };
+        let entry = stored_entry(
+            "schedule",
+            &row.name,
+            &row.file,
+            &row.version,
+            row.definition,
+        )?;
         catalog
             .schedules
             .insert(Arc::from(row.name.as_str()), entry);
     }
     Ok(catalog)
+}
+
+/// A catalog entry read back from a stored definition.
+fn stored_entry<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    name: &str,
+    file: &str,
+    version: &str,
+    definition: Value,
+) -> Result<Entry<T>, RuntimeError> {
+    let value = serde_json::from_value(definition).map_err(|e| RuntimeError::Stored {
+        what: format!("{kind} {name}"),
+        reason: e.to_string(),
+    })?;
+    Ok(Entry {
+        file: Arc::from(file),
+        line: 0,
+        version: Arc::from(version),
+        value: Arc::new(value),
+    })
 }
