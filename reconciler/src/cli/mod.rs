@@ -99,7 +99,7 @@ enum Command {
 struct StoreArgs {
     /// Data directory [default: .trainyard at the root of the Git repository that holds the
     /// current directory].
-    #[arg(long, global = true)]
+    #[arg(long, env = "TRAINYARD_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
     /// Database URL: sqlite://PATH or postgres://… [default: sqlite://DATA_DIR/trainyard.db].
     #[arg(
@@ -127,16 +127,9 @@ pub struct ServeArgs {
     /// Directory of definitions inside the repository.
     #[arg(long, default_value = "")]
     path: String,
-    /// State directory (database, artifacts, checkouts); default: `.trainyard` at the
-    /// repository root.
-    #[arg(long, env = "TRAINYARD_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Database URL (`sqlite://…` or `postgres://…`); default: SQLite in the data directory.
-    #[arg(long, env = "TRAINYARD_DATABASE_URL")]
-    database: Option<String>,
-    /// Artifact store (a directory or URL); default: `artifacts` in the data directory.
-    #[arg(long, env = "TRAINYARD_ARTIFACTS")]
-    artifacts: Option<String>,
+    /// Where the state is kept (database, artifacts, checkouts).
+    #[command(flatten)]
+    store: StoreArgs,
     /// Apply the branch head, run what it starts to completion, deliver the reports, exit
     /// (0 when every run succeeded).
     #[arg(long)]
@@ -165,15 +158,9 @@ pub struct RunArgs {
     /// A parameter value, `NAME=VALUE`, read as the parameter's declared type (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE")]
     params: Vec<String>,
-    /// The repository the service follows; default: the one the current directory is in.
-    #[arg(long)]
-    repo: Option<PathBuf>,
-    /// State directory; default: `.trainyard` at the repository root.
-    #[arg(long, env = "TRAINYARD_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Database URL; default: SQLite in the data directory.
-    #[arg(long, env = "TRAINYARD_DATABASE_URL")]
-    database: Option<String>,
+    /// Where the service keeps its state.
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

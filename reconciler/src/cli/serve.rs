@@ -17,6 +17,7 @@ use trainyard::spec::check::resolve_params;
 use trainyard::spec::model::ParamType;
 use trainyard::store::{FOLLOWED_CURSOR, NewRun, RunState, Store, Trigger};
 
+use super::views::DATA_DIR;
 use super::{EXIT_INVALID, LogFormat, RunArgs, ServeArgs, policy_config};
 
 /// Runs the service until interrupted, or once with `--once`.
@@ -41,27 +42,6 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Where the service of a repository keeps its state: (work tree root, data dir, database).
-fn state(
-    repo: Option<&Path>,
-    data_dir: Option<&Path>,
-    database: Option<&str>,
-) -> Result<(PathBuf, PathBuf, String)> {
-    let (found, _) = discover(repo.unwrap_or(Path::new(".")))?;
-    let root = found
-        .workdir()
-        .map(Path::to_path_buf)
-        .context("the followed repository must have a work tree")?;
-    let data_dir = data_dir.map_or_else(|| root.join(".trainyard"), Path::to_path_buf);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let database = database.map_or_else(
-        || format!("sqlite://{}", data_dir.join("trainyard.db").display()),
-        str::to_owned,
-    );
-    Ok((root, data_dir, database))
-}
-
 /// Whether `repo` names a remote repository rather than a directory.
 fn is_url(repo: &str) -> bool {
     repo.contains("://") || repo.starts_with("git@")
@@ -69,35 +49,41 @@ fn is_url(repo: &str) -> bool {
 
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let remote = args.repo.clone().filter(|r| is_url(r));
-    let (root, data_dir, database) = match &remote {
-        None => state(
-            args.repo.as_deref().map(Path::new),
-            args.data_dir.as_deref(),
-            args.database.as_deref(),
-        )?,
-        Some(url) => {
+    // The followed repository (a work tree, or the bare cache of a remote) and the data
+    // directory: by default `.trainyard` at the work tree's root, or in the current
+    // directory for a remote.
+    let (work_tree, data_dir) = match &remote {
+        None => {
+            let start = PathBuf::from(args.repo.as_deref().unwrap_or("."));
+            let (found, _) = discover(&start)?;
+            let root = found
+                .workdir()
+                .map(Path::to_path_buf)
+                .context("the followed repository must have a work tree")?;
+            let data_dir = args.store.data_dir_from(&root)?;
+            (Some(root), data_dir)
+        }
+        Some(_) => {
             let data_dir = args
+                .store
                 .data_dir
                 .clone()
-                .unwrap_or_else(|| PathBuf::from(".trainyard"));
-            std::fs::create_dir_all(&data_dir)
-                .with_context(|| format!("cannot create {}", data_dir.display()))?;
-            let data_dir = data_dir
-                .canonicalize()
-                .with_context(|| format!("cannot read {}", data_dir.display()))?;
-            let cache = data_dir.join("repo.git");
-            clone_cache(url, &cache).with_context(|| format!("cannot clone {url}"))?;
-            let database = args
-                .database
-                .clone()
-                .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("trainyard.db").display()));
-            (cache, data_dir, database)
+                .unwrap_or_else(|| PathBuf::from(DATA_DIR));
+            (None, data_dir)
         }
     };
-    let artifacts_at = args
-        .artifacts
-        .clone()
-        .unwrap_or_else(|| data_dir.join("artifacts").display().to_string());
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    // Steps run in their checkout but get paths under the data directory: make it absolute.
+    let data_dir = data_dir
+        .canonicalize()
+        .with_context(|| format!("cannot read {}", data_dir.display()))?;
+    let root = work_tree.unwrap_or_else(|| data_dir.join("repo.git"));
+    if let Some(url) = &remote {
+        clone_cache(url, &root).with_context(|| format!("cannot clone {url}"))?;
+    }
+    let database = args.store.database_in(&data_dir)?;
+    let artifacts_at = args.store.artifacts_in(&data_dir)?;
     let store = Store::connect(&database)
         .await
         .with_context(|| format!("cannot open the database {database}"))?;
@@ -179,7 +165,7 @@ pub fn queue(args: RunArgs) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let (_, _, database) = state(args.repo.as_deref(), args.data_dir.as_deref(), args.database.as_deref())?;
+        let database = args.store.database()?;
         let store = Store::connect(&database).await.with_context(|| format!("cannot open the database {database}"))?;
         let Some(row) = store.current_pipeline(&args.pipeline).await? else {
             eprintln!("trainyard: pipeline {:?} is not declared on the followed branch (the service applies commits: trainyard serve)", args.pipeline);

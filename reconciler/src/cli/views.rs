@@ -27,7 +27,7 @@ use super::{Format, StoreArgs, print};
 const EXIT_NOT_FOUND: u8 = 1;
 
 /// The data directory's name at the root of the repository, when `--data-dir` is not given.
-const DATA_DIR: &str = ".trainyard";
+pub(super) const DATA_DIR: &str = ".trainyard";
 
 /// What the views say when the service has not created its database yet.
 const NO_RUNS_YET: &str = "no runs yet: start the service with `trainyard serve`";
@@ -167,11 +167,16 @@ fn block_on(view: impl Future<Output = Result<()>>) -> Result<ExitCode> {
 impl StoreArgs {
     /// `--data-dir`, or `.trainyard` at the root of the Git repository that holds the current
     /// directory.
-    fn data_dir(&self) -> Result<PathBuf> {
+    pub(super) fn data_dir(&self) -> Result<PathBuf> {
+        self.data_dir_from(Path::new("."))
+    }
+
+    /// `--data-dir`, or `.trainyard` at the root of the Git repository that holds `start`.
+    pub(super) fn data_dir_from(&self, start: &Path) -> Result<PathBuf> {
         if let Some(dir) = &self.data_dir {
             return Ok(dir.clone());
         }
-        let (repo, _) = discover(Path::new(".")).context(
+        let (repo, _) = discover(start).context(
             "no --data-dir given and the current directory is not in a Git repository; \
              run in the repository the service watches, or pass --data-dir",
         )?;
@@ -183,18 +188,28 @@ impl StoreArgs {
 
     /// `--database`, or the SQLite file `trainyard.db` in the data directory (given as a path,
     /// which the store escapes into a URL itself).
-    fn database(&self) -> Result<String> {
+    pub(super) fn database(&self) -> Result<String> {
+        self.database_in(&self.data_dir()?)
+    }
+
+    /// `--database`, or the SQLite file `trainyard.db` in `data_dir`.
+    pub(super) fn database_in(&self, data_dir: &Path) -> Result<String> {
         match &self.database {
             Some(url) => Ok(url.clone()),
-            None => utf8(self.data_dir()?.join("trainyard.db")),
+            None => utf8(data_dir.join("trainyard.db")),
         }
     }
 
     /// `--artifacts`, or the directory `artifacts` in the data directory.
-    fn artifacts(&self) -> Result<String> {
+    pub(super) fn artifacts(&self) -> Result<String> {
+        self.artifacts_in(&self.data_dir()?)
+    }
+
+    /// `--artifacts`, or the directory `artifacts` in `data_dir`.
+    pub(super) fn artifacts_in(&self, data_dir: &Path) -> Result<String> {
         match &self.artifacts {
             Some(location) => Ok(location.clone()),
-            None => utf8(self.data_dir()?.join("artifacts")),
+            None => utf8(data_dir.join("artifacts")),
         }
     }
 }
