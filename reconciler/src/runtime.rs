@@ -495,9 +495,11 @@ impl<E: Executor, F: Forge> Service<E, F> {
     ) -> Result<(), RuntimeError> {
         let now = Utc::now();
         let pipeline = self.pipeline(&run.pipeline, &run.pipeline_version).await?;
+        let mut interrupted = false;
         for step in steps.iter().filter(|s| s.state == StepState::Running) {
             let Some(job) = &step.job else { continue };
             if !self.jobs.contains_key(job) && self.executor.observe(job).await?.is_none() {
+                interrupted = true;
                 let reason = "interrupted: the service stopped while it ran".to_owned();
                 self.finish_attempt(
                     run.id,
@@ -515,7 +517,14 @@ impl<E: Executor, F: Forge> Service<E, F> {
                 self.executor.cancel(job).await?;
             }
         }
-        let steps = self.store.steps(run.id).await?;
+        // Only failing an interrupted attempt changed the steps since they were read.
+        let reread;
+        let steps = if interrupted {
+            reread = self.store.steps(run.id).await?;
+            &reread
+        } else {
+            steps
+        };
         let any_running = steps.iter().any(|s| s.state == StepState::Running);
         let failed = steps.iter().find(|s| s.state == StepState::Failed);
         if run.cancel_requested || failed.is_some() {
