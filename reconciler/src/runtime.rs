@@ -5,7 +5,8 @@
 //! Every pass reads its work from the store and writes each outcome back in one
 //! transaction, so a crash at any point loses nothing and repeats nothing: on restart the
 //! loop picks up where the store says it was. Attempts that were running when the service
-//! died are failed as interrupted and retried per the step's `retries`.
+//! stopped are followed again if the executor still has them (Jobs on a cluster outlive the
+//! service), and otherwise failed as interrupted and retried per the step's `retries`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -495,31 +496,38 @@ impl<E: Executor, F: Forge> Service<E, F> {
     ) -> Result<(), RuntimeError> {
         let now = Utc::now();
         let pipeline = self.pipeline(&run.pipeline, &run.pipeline_version).await?;
-        let mut interrupted = false;
+        let mut finished_earlier = false;
         for step in steps.iter().filter(|s| s.state == StepState::Running) {
             let Some(job) = &step.job else { continue };
-            if !self.jobs.contains_key(job) && self.executor.observe(job).await?.is_none() {
-                interrupted = true;
-                let reason = "interrupted: the service stopped while it ran".to_owned();
-                self.finish_attempt(
-                    run.id,
-                    &pipeline,
-                    &step.name,
-                    step.attempt,
-                    JobState::Failed {
+            if !self.jobs.contains_key(job) {
+                // Started by an earlier process (or another replica): follow it if the
+                // executor still has it, fail it as interrupted if not.
+                let outcome = match self.executor.observe(job).await? {
+                    None => Some(JobState::Failed {
                         exit_code: None,
-                        reason,
-                    },
-                )
-                .await?;
+                        reason: "interrupted: the service stopped while it ran".to_owned(),
+                    }),
+                    Some(state) if state.is_terminal() => Some(state),
+                    Some(_) => {
+                        tracing::info!(run = run.id, step = %step.name, %job, "following a step started earlier");
+                        self.jobs
+                            .insert(job.clone(), (run.id, step.name.clone(), step.attempt));
+                        None
+                    }
+                };
+                if let Some(state) = outcome {
+                    finished_earlier = true;
+                    self.finish_attempt(run.id, &pipeline, &step.name, step.attempt, state)
+                        .await?;
+                }
             }
             if run.cancel_requested {
                 self.executor.cancel(job).await?;
             }
         }
-        // Only failing an interrupted attempt changed the steps since they were read.
+        // Only finishing an attempt started earlier changed the steps since they were read.
         let reread;
-        let steps = if interrupted {
+        let steps = if finished_earlier {
             reread = self.store.steps(run.id).await?;
             &reread
         } else {
@@ -642,7 +650,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
         let workdir = checkout
             .join(&self.config.subdir)
             .join(Path::new(file).parent().unwrap_or(Path::new("")));
-        let job_dir = self.config.data_dir.join("work").join(name);
+        let job_dir = self.executor.job_dir(name);
         let outputs: Vec<StepOutput> = definition
             .outputs
             .iter()

@@ -77,12 +77,6 @@ impl LocalExecutor {
         self.stop_grace = grace;
         self
     }
-
-    /// The work directory of job `name`, holding `inputs/`, `outputs/` and the log. It is
-    /// emptied when the job starts and removed once its log is stored.
-    pub fn job_dir(&self, name: &str) -> PathBuf {
-        self.inner.work_root.join(name)
-    }
 }
 
 impl Inner {
@@ -173,6 +167,16 @@ impl Executor for LocalExecutor {
                 .unwrap_or_default()),
             None => Ok(String::new()),
         }
+    }
+
+    /// The work directory of job `name`, holding `inputs/`, `outputs/` and the log. It is
+    /// emptied when the job starts and removed once its log is stored.
+    fn job_dir(&self, name: &str) -> PathBuf {
+        self.inner.work_root.join(name)
+    }
+
+    fn runs_here(&self) -> bool {
+        true
     }
 }
 

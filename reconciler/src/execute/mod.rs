@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::artifacts;
 use crate::spec::model::Resources;
 
+pub mod launcher;
 pub mod local;
 #[cfg(test)]
 pub(crate) mod suite;
@@ -179,6 +180,14 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Combined stdout/stderr so far (live while running, stored after).
     fn logs(&self, name: &str) -> impl Future<Output = Result<String, ExecError>> + Send;
+
+    /// The directory where job `name` keeps its inputs and outputs, as the step's program
+    /// sees it (a path on this machine locally, a path inside the pod on a cluster).
+    fn job_dir(&self, name: &str) -> PathBuf;
+
+    /// Whether steps run on this machine and so can read the service's checkout of the run's
+    /// commit; when false, the step's source travels through the artifact store.
+    fn runs_here(&self) -> bool;
 }
 
 /// The name of attempt `attempt` of `step` in run `run_id`, such as `ty-42-train-1`.

@@ -15,18 +15,6 @@ use crate::artifacts::{self, ArtifactStore};
 /// How long any single step in the suite may take before the test gives up.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// What the suite needs from a backend beyond the [`Executor`] trait.
-pub(crate) trait SuiteBackend: Executor {
-    /// A directory where job `name` may keep its inputs and outputs.
-    fn job_dir(&self, name: &str) -> PathBuf;
-}
-
-impl SuiteBackend for LocalExecutor {
-    fn job_dir(&self, name: &str) -> PathBuf {
-        LocalExecutor::job_dir(self, name)
-    }
-}
-
 /// An executor under test with its event stream, its artifact store and a scratch directory
 /// that both the test and the steps can see.
 pub(crate) struct Harness<E> {
@@ -37,7 +25,7 @@ pub(crate) struct Harness<E> {
     next_run: i64,
 }
 
-impl<E: SuiteBackend> Harness<E> {
+impl<E: Executor> Harness<E> {
     /// A job for a fresh run with the given argv, running in the scratch directory.
     pub(crate) fn job(&mut self, step: &str, argv: &[&str]) -> StepJob {
         self.next_run += 1;
@@ -171,7 +159,7 @@ pub(crate) async fn assert_process_ends(pid: i32) {
 /// sleep's pid to its first argument, and waits.
 const TREE: &str = r#"(sleep 300 & echo $! > "$1"; wait) & wait"#;
 
-pub(crate) async fn a_step_that_succeeds_stores_its_output<E: SuiteBackend>(h: &mut Harness<E>) {
+pub(crate) async fn a_step_that_succeeds_stores_its_output<E: Executor>(h: &mut Harness<E>) {
     let content = "weights: 0.25 0.5 0.75\n";
     let mut job = h.job("train", &[]);
     let model = h.add_output(&mut job, "model");
@@ -207,7 +195,7 @@ pub(crate) async fn a_step_that_succeeds_stores_its_output<E: SuiteBackend>(h: &
     );
 }
 
-pub(crate) async fn a_failing_step_reports_its_exit_code_and_keeps_its_log<E: SuiteBackend>(
+pub(crate) async fn a_failing_step_reports_its_exit_code_and_keeps_its_log<E: Executor>(
     h: &mut Harness<E>,
 ) {
     let job = h.job(
@@ -239,9 +227,7 @@ pub(crate) async fn a_failing_step_reports_its_exit_code_and_keeps_its_log<E: Su
     );
 }
 
-pub(crate) async fn a_step_that_does_not_write_an_output_fails<E: SuiteBackend>(
-    h: &mut Harness<E>,
-) {
+pub(crate) async fn a_step_that_does_not_write_an_output_fails<E: Executor>(h: &mut Harness<E>) {
     let mut job = h.job("train", &["true"]);
     h.add_output(&mut job, "model");
     h.submit(&job).await;
@@ -257,7 +243,7 @@ pub(crate) async fn a_step_that_does_not_write_an_output_fails<E: SuiteBackend>(
     assert_eq!(h.artifacts.get_bytes(&key).await.expect("read"), None);
 }
 
-pub(crate) async fn inputs_arrive_at_their_paths_before_the_step_starts<E: SuiteBackend>(
+pub(crate) async fn inputs_arrive_at_their_paths_before_the_step_starts<E: Executor>(
     h: &mut Harness<E>,
 ) {
     let dataset = b"id,label\n1,0\n2,1\n".to_vec();
@@ -283,7 +269,7 @@ pub(crate) async fn inputs_arrive_at_their_paths_before_the_step_starts<E: Suite
     );
 }
 
-pub(crate) async fn a_missing_input_fails_the_step_before_it_starts<E: SuiteBackend>(
+pub(crate) async fn a_missing_input_fails_the_step_before_it_starts<E: Executor>(
     h: &mut Harness<E>,
 ) {
     let marker = h.scratch_file("started");
@@ -305,7 +291,7 @@ pub(crate) async fn a_missing_input_fails_the_step_before_it_starts<E: SuiteBack
     assert!(!Path::new(&marker).exists(), "the program never started");
 }
 
-pub(crate) async fn a_timeout_kills_the_whole_process_tree<E: SuiteBackend>(h: &mut Harness<E>) {
+pub(crate) async fn a_timeout_kills_the_whole_process_tree<E: Executor>(h: &mut Harness<E>) {
     let pid_file = h.scratch_file("timeout-grandchild.pid");
     let mut job = h.job("train", &["sh", "-c", TREE, "sh", &pid_file]);
     job.timeout = Some(Duration::from_secs(1));
@@ -322,9 +308,7 @@ pub(crate) async fn a_timeout_kills_the_whole_process_tree<E: SuiteBackend>(h: &
     assert_process_ends(grandchild).await;
 }
 
-pub(crate) async fn cancelling_a_running_step_kills_its_tree_and_reports_cancelled<
-    E: SuiteBackend,
->(
+pub(crate) async fn cancelling_a_running_step_kills_its_tree_and_reports_cancelled<E: Executor>(
     h: &mut Harness<E>,
 ) {
     let pid_file = h.scratch_file("cancel-grandchild.pid");
@@ -354,7 +338,7 @@ pub(crate) async fn cancelling_a_running_step_kills_its_tree_and_reports_cancell
     h.assert_no_more_events();
 }
 
-pub(crate) async fn submitting_the_same_name_twice_runs_the_command_once<E: SuiteBackend>(
+pub(crate) async fn submitting_the_same_name_twice_runs_the_command_once<E: Executor>(
     h: &mut Harness<E>,
 ) {
     let counter = h.scratch_file("counter");
@@ -376,7 +360,7 @@ pub(crate) async fn submitting_the_same_name_twice_runs_the_command_once<E: Suit
     h.assert_no_more_events();
 }
 
-pub(crate) async fn logs_are_readable_while_running_and_after<E: SuiteBackend>(h: &mut Harness<E>) {
+pub(crate) async fn logs_are_readable_while_running_and_after<E: Executor>(h: &mut Harness<E>) {
     let release = h.scratch_file("release");
     let job = h.job(
         "train",
@@ -420,9 +404,7 @@ pub(crate) async fn logs_are_readable_while_running_and_after<E: SuiteBackend>(h
     );
 }
 
-pub(crate) async fn an_unknown_name_is_not_observed_and_cancelling_it_is_harmless<
-    E: SuiteBackend,
->(
+pub(crate) async fn an_unknown_name_is_not_observed_and_cancelling_it_is_harmless<E: Executor>(
     h: &mut Harness<E>,
 ) {
     let name = super::job_name(404, "nothing", 1);
@@ -435,7 +417,7 @@ pub(crate) async fn an_unknown_name_is_not_observed_and_cancelling_it_is_harmles
     h.assert_no_more_events();
 }
 
-pub(crate) async fn argv_reaches_the_program_unchanged_without_a_shell<E: SuiteBackend>(
+pub(crate) async fn argv_reaches_the_program_unchanged_without_a_shell<E: Executor>(
     h: &mut Harness<E>,
 ) {
     let tricky = [
@@ -476,9 +458,7 @@ pub(crate) async fn argv_reaches_the_program_unchanged_without_a_shell<E: SuiteB
     assert_eq!(received, tricky);
 }
 
-pub(crate) async fn the_job_environment_is_added_to_the_services<E: SuiteBackend>(
-    h: &mut Harness<E>,
-) {
+pub(crate) async fn the_job_environment_is_added_to_the_services<E: Executor>(h: &mut Harness<E>) {
     let mut job = h.job("train", &[]);
     let out = h.add_output(&mut job, "env");
     job.env.insert(

@@ -1,0 +1,2 @@
+//! Stand-ins for the outside services Trainyard talks to, faithful enough that the real
+//! clients (kube, object_store) run against them unchanged.
