@@ -8,7 +8,7 @@
 //! stopped are followed again if the executor still has them (Jobs on a cluster outlive the
 //! service), and otherwise failed as interrupted and retried per the step's `retries`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +23,9 @@ use trainyard_policies::PolicyConfig;
 use crate::apply::{self, status_report};
 use crate::artifacts::{self, ArtifactStore};
 use crate::definitions::{Definitions, DefinitionsError};
+use crate::execute::launcher::SourceMarker;
 use crate::execute::{
-    ExecError, Executor, JobEvent, JobState, StepInput, StepJob, StepOutput, job_name,
+    ExecError, Executor, JobEvent, JobState, StepInput, StepJob, StepOutput, StepSource, job_name,
 };
 use crate::registry;
 use crate::report::{self, Forge, ForgeError, Report, StatusState};
@@ -131,6 +132,8 @@ pub struct Service<E: Executor, F: Forge> {
     pipelines: HashMap<(String, String), (Arc<Pipeline>, String)>,
     /// Schedules by (name, version), parsed with their cron once.
     schedules: HashMap<(String, String), Arc<ParsedSchedule>>,
+    /// Source trees known to be completely in the artifact store, by tree id.
+    uploaded_sources: HashSet<String>,
 }
 
 /// What a `run_once` did.
@@ -167,6 +170,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
             jobs: HashMap::new(),
             pipelines: HashMap::new(),
             schedules: HashMap::new(),
+            uploaded_sources: HashSet::new(),
         })
     }
 
@@ -612,8 +616,20 @@ impl<E: Executor, F: Forge> Service<E, F> {
             return Ok(());
         }
         let (_, file) = self.pinned(&run.pipeline, &run.pipeline_version).await?;
-        let job = self.job(run, pipeline, &file, step, attempt, &name)?;
-        if job.resources.as_ref().is_some_and(|r| r.gpu > 0) {
+        let source = if self.executor.runs_here() {
+            None
+        } else {
+            let prefix = self.upload_source(&run.commit_sha).await?;
+            Some(StepSource {
+                prefix,
+                dir: Path::new(&file)
+                    .parent()
+                    .unwrap_or(Path::new(""))
+                    .to_owned(),
+            })
+        };
+        let job = self.job(run, pipeline, &file, step, attempt, &name, source)?;
+        if self.executor.runs_here() && job.resources.as_ref().is_some_and(|r| r.gpu > 0) {
             tracing::warn!(
                 run = run.id,
                 step,
@@ -627,7 +643,9 @@ impl<E: Executor, F: Forge> Service<E, F> {
         Ok(())
     }
 
-    /// The job of one attempt: argv and env rendered, inputs and outputs placed.
+    /// The job of one attempt: argv and env rendered, inputs and outputs placed. With a
+    /// `source` the step runs in its folder of that upload, otherwise in the run's checkout.
+    #[allow(clippy::too_many_arguments)]
     fn job(
         &self,
         run: &RunRow,
@@ -636,6 +654,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
         step: &str,
         attempt: u32,
         name: &str,
+        source: Option<StepSource>,
     ) -> Result<StepJob, RuntimeError> {
         let definition = pipeline
             .spec
@@ -646,11 +665,14 @@ impl<E: Executor, F: Forge> Service<E, F> {
                 what: format!("run {}", run.id),
                 reason: format!("no step {step}"),
             })?;
-        let checkout = self.checkout(&run.commit_sha)?;
-        let workdir = checkout
-            .join(&self.config.subdir)
-            .join(Path::new(file).parent().unwrap_or(Path::new("")));
         let job_dir = self.executor.job_dir(name);
+        let workdir = match &source {
+            Some(source) => job_dir.join("src").join(&source.dir),
+            None => self
+                .checkout(&run.commit_sha)?
+                .join(&self.config.subdir)
+                .join(Path::new(file).parent().unwrap_or(Path::new(""))),
+        };
         let outputs: Vec<StepOutput> = definition
             .outputs
             .iter()
@@ -722,12 +744,62 @@ impl<E: Executor, F: Forge> Service<E, F> {
             resources: definition.resources.clone(),
             timeout,
             workdir,
-            source: None,
+            source,
             inputs,
             outputs,
             log_key: artifacts::log_key(run.id, step, attempt),
             labels,
         })
+    }
+
+    /// Uploads the followed directory's tree at `commit` for steps that run elsewhere, once:
+    /// keys are addressed by the tree's id, and a marker written after the last file makes
+    /// every later run and step of the same tree reuse the upload. Returns the key prefix.
+    ///
+    /// Every blob is stored with its Git path; executables are listed in the marker (object
+    /// stores keep no file modes). Symbolic links and submodules are skipped: a link may
+    /// point anywhere on the service's machine, which the pod cannot see.
+    async fn upload_source(&mut self, commit: &str) -> Result<String, RuntimeError> {
+        let repo = Repository::open(&self.config.repo)?;
+        let (tree_id, files) = {
+            let root = repo.find_commit(git2::Oid::from_str(commit)?)?.tree()?;
+            let tree = if self.config.subdir.is_empty() {
+                root
+            } else {
+                root.get_path(Path::new(&self.config.subdir))?
+                    .to_object(&repo)?
+                    .peel_to_tree()?
+            };
+            (tree.id().to_string(), source_files(&tree)?)
+        };
+        let prefix = artifacts::source_prefix(&tree_id);
+        if self.uploaded_sources.contains(&tree_id) {
+            return Ok(prefix);
+        }
+        let marker_key = artifacts::source_marker_key(&prefix);
+        if self.artifacts.exists(&marker_key).await? {
+            self.uploaded_sources.insert(tree_id);
+            return Ok(prefix);
+        }
+        let mut marker = SourceMarker::default();
+        for file in &files {
+            let key = artifacts::source_key(&prefix, &file.path);
+            // libgit2 holds a packed blob whole in memory anyway; the copy ends its borrow of
+            // the repository before the upload awaits.
+            let content = repo.find_blob(file.blob)?.content().to_vec();
+            self.artifacts.put_bytes(&key, content).await?;
+            if file.executable {
+                marker.executables.push(key);
+            }
+        }
+        let marker = serde_json::to_vec(&marker).map_err(|e| RuntimeError::Stored {
+            what: format!("source marker {marker_key}"),
+            reason: e.to_string(),
+        })?;
+        self.artifacts.put_bytes(&marker_key, marker).await?;
+        tracing::info!(tree = %tree_id, files = files.len(), "uploaded the step source");
+        self.uploaded_sources.insert(tree_id);
+        Ok(prefix)
     }
 
     /// The run's commit exported once into the data directory (steps run in it, so a run
@@ -1045,6 +1117,41 @@ impl<E: Executor, F: Forge> Service<E, F> {
     }
 }
 
+/// A file of a source tree to upload.
+struct SourceFile {
+    /// Its path from the tree's root, `/`-separated, as Git stores it.
+    path: Vec<u8>,
+    blob: git2::Oid,
+    executable: bool,
+}
+
+/// Every regular file under `tree`; links and submodules are left out (and logged).
+fn source_files(tree: &git2::Tree<'_>) -> Result<Vec<SourceFile>, RuntimeError> {
+    let mut files = Vec::new();
+    tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+        let mode = entry.filemode();
+        if entry.kind() != Some(git2::ObjectType::Blob) {
+            if entry.kind() == Some(git2::ObjectType::Commit) {
+                tracing::warn!(path = %format!("{root}{}", String::from_utf8_lossy(entry.name_bytes())), "submodule not uploaded with the step source");
+            }
+            return git2::TreeWalkResult::Ok;
+        }
+        let mut path = root.as_bytes().to_vec();
+        path.extend_from_slice(entry.name_bytes());
+        if mode == i32::from(git2::FileMode::Link) {
+            tracing::warn!(path = %String::from_utf8_lossy(&path), "symbolic link not uploaded with the step source");
+            return git2::TreeWalkResult::Ok;
+        }
+        files.push(SourceFile {
+            path,
+            blob: entry.id(),
+            executable: mode == i32::from(git2::FileMode::BlobExecutable),
+        });
+        git2::TreeWalkResult::Ok
+    })?;
+    Ok(files)
+}
+
 /// Makes `cache` a bare clone of `url` if it is not one yet.
 pub fn clone_cache(url: &str, cache: &Path) -> Result<(), RuntimeError> {
     if Repository::open_bare(cache).is_ok() {
@@ -1158,4 +1265,219 @@ fn stored_entry<T: serde::de::DeserializeOwned>(
         version: Arc::from(version),
         value: Arc::new(value),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use git2::Signature;
+    use trainyard_policies::PolicyConfig;
+
+    use super::*;
+    use crate::report::notes::NotesForge;
+
+    const IMAGE: &str = "reg.example.com/ml@sha256:4f3c9d2e8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e";
+
+    /// An executor whose steps run elsewhere: it records what it is given and never finishes
+    /// anything, which is all a test of what the runtime uploads needs.
+    #[derive(Clone, Default)]
+    struct Remote {
+        submitted: Arc<Mutex<Vec<StepJob>>>,
+    }
+
+    impl Executor for Remote {
+        async fn submit(&self, job: StepJob) -> Result<(), ExecError> {
+            self.submitted.lock().expect("lock").push(job);
+            Ok(())
+        }
+        async fn observe(&self, name: &str) -> Result<Option<JobState>, ExecError> {
+            let known = self
+                .submitted
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|j| j.name == name);
+            Ok(known.then_some(JobState::Running))
+        }
+        async fn cancel(&self, _name: &str) -> Result<(), ExecError> {
+            Ok(())
+        }
+        async fn logs(&self, _name: &str) -> Result<String, ExecError> {
+            Ok(String::new())
+        }
+        fn job_dir(&self, name: &str) -> PathBuf {
+            Path::new("/trainyard/work").join(name)
+        }
+        fn runs_here(&self) -> bool {
+            false
+        }
+    }
+
+    fn commit_all(repo: &Repository, message: &str) {
+        let mut index = repo.index().expect("index");
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .expect("add");
+        index.write().expect("write index");
+        let tree = repo
+            .find_tree(index.write_tree().expect("tree"))
+            .expect("tree");
+        let sig = Signature::now("test", "test@example.com").expect("signature");
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+            .expect("commit");
+    }
+
+    async fn service(
+        repo: &Path,
+        data: &Path,
+        artifacts: &ArtifactStore,
+        executor: Remote,
+    ) -> Service<Remote, NotesForge> {
+        std::fs::create_dir_all(data).expect("data dir");
+        let store = Store::connect(&format!("sqlite://{}", data.join("db").display()))
+            .await
+            .expect("store");
+        let (_tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let config = Config {
+            repo: repo.to_owned(),
+            remote: None,
+            branch: None,
+            subdir: "ml".to_owned(),
+            data_dir: data.to_owned(),
+            instance: None,
+            max_parallel_steps: 8,
+            policy: PolicyConfig::default(),
+        };
+        Service::new(
+            config,
+            store,
+            executor,
+            events,
+            NotesForge::new(repo.to_owned()),
+            artifacts.clone(),
+        )
+        .await
+        .expect("service")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn steps_that_run_elsewhere_get_the_followed_tree_uploaded_once_by_its_id() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo_dir = dir.path().join("repo");
+        let repo = Repository::init(&repo_dir).expect("init");
+        std::fs::create_dir_all(repo_dir.join("ml/churn")).expect("dirs");
+        std::fs::write(
+            repo_dir.join("ml/churn/pipeline.yaml"),
+            format!(
+                "apiVersion: trainyard.dev/v1\nkind: Pipeline\nmetadata: {{name: churn, owner: team-a}}\n\
+                 spec:\n  image: {IMAGE}\n  triggers: {{on_change: true}}\n  steps:\n    \
+                 - {{name: a, run: [./train.sh]}}\n    - {{name: b, run: [./train.sh]}}\n"
+            ),
+        )
+        .expect("write pipeline");
+        let script = repo_dir.join("ml/churn/train.sh");
+        std::fs::write(&script, "#!/bin/sh\necho hi\n").expect("write script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::write(repo_dir.join("ml/my data_1.csv"), "x,y\n").expect("write data");
+        std::fs::write(repo_dir.join("outside.txt"), "not followed").expect("write outside");
+        commit_all(&repo, "first");
+        let artifacts =
+            ArtifactStore::open(dir.path().join("store").to_str().expect("utf-8")).expect("store");
+
+        let first = Remote::default();
+        let mut service1 = service(
+            &repo_dir,
+            &dir.path().join("data1"),
+            &artifacts,
+            first.clone(),
+        )
+        .await;
+        service1.apply_head().await.expect("apply");
+        service1.drive_runs().await.expect("drive");
+
+        let jobs = first.submitted.lock().expect("lock").clone();
+        assert_eq!(jobs.len(), 2, "both steps start: {jobs:?}");
+        let head = repo.head().expect("head").peel_to_commit().expect("commit");
+        let tree_id = head
+            .tree()
+            .expect("tree")
+            .get_path(Path::new("ml"))
+            .expect("ml")
+            .id()
+            .to_string();
+        let prefix = artifacts::source_prefix(&tree_id);
+        for job in &jobs {
+            assert_eq!(
+                job.source,
+                Some(StepSource {
+                    prefix: prefix.clone(),
+                    dir: PathBuf::from("churn")
+                })
+            );
+            assert_eq!(
+                job.workdir,
+                Path::new("/trainyard/work")
+                    .join(&job.name)
+                    .join("src/churn")
+            );
+        }
+        let mut keys = artifacts.list(&prefix).await.expect("list");
+        keys.sort();
+        let script_key = artifacts::source_key(&prefix, b"churn/train.sh");
+        assert_eq!(
+            keys,
+            vec![
+                artifacts::source_key(&prefix, b"churn/pipeline.yaml"),
+                script_key.clone(),
+                artifacts::source_key(&prefix, b"my data_1.csv"),
+            ]
+        );
+        let marker = artifacts
+            .get_bytes(&artifacts::source_marker_key(&prefix))
+            .await
+            .expect("get")
+            .expect("the marker is written");
+        let marker: SourceMarker = serde_json::from_slice(&marker).expect("marker");
+        assert_eq!(marker.executables, vec![script_key.clone()]);
+
+        // A change outside the followed directory makes a new commit with the same tree: a
+        // second service (nothing remembered in memory) reuses the upload instead of
+        // repeating it, which removing one of its files shows.
+        std::fs::write(repo_dir.join("outside.txt"), "changed").expect("write outside");
+        commit_all(&repo, "second");
+        let removed = artifacts::source_key(&prefix, b"my data_1.csv");
+        let bytes_before = artifacts.get_bytes(&removed).await.expect("get");
+        assert_eq!(bytes_before.as_deref(), Some(&b"x,y\n"[..]));
+        std::fs::remove_file(dir.path().join("store").join(&removed))
+            .expect("remove one uploaded file");
+        let second = Remote::default();
+        let mut service2 = service(
+            &repo_dir,
+            &dir.path().join("data2"),
+            &artifacts,
+            second.clone(),
+        )
+        .await;
+        let (applied, runs) = service2.apply_head().await.expect("apply");
+        assert_ne!(applied, head.id().to_string(), "a new commit");
+        assert_eq!(runs.len(), 1, "the pipeline is new to this service's store");
+        service2.drive_runs().await.expect("drive");
+        let jobs = second.submitted.lock().expect("lock").clone();
+        assert!(!jobs.is_empty());
+        for job in &jobs {
+            assert_eq!(
+                job.source.as_ref().map(|s| s.prefix.as_str()),
+                Some(prefix.as_str())
+            );
+        }
+        assert_eq!(
+            artifacts.get_bytes(&removed).await.expect("get"),
+            None,
+            "not uploaded again"
+        );
+    }
 }
