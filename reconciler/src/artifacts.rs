@@ -626,7 +626,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn sha256_hex(bytes: &[u8]) -> String {
@@ -640,11 +640,9 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn a_stored_file_comes_back_with_the_same_bytes_hash_and_size() {
+    /// Put a large file, read it back to a file and as bytes: same content, hash and size.
+    async fn a_stored_file_comes_back_intact(store: &ArtifactStore) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = ArtifactStore::open(dir.path().join("store").to_str().expect("utf-8"))
-            .expect("open store");
         let content = large_content();
         let source = dir.path().join("model.bin");
         std::fs::write(&source, &content).expect("write source");
@@ -663,6 +661,15 @@ mod tests {
             store.get_bytes(&key).await.expect("get bytes"),
             Some(content)
         );
+        assert!(store.exists(&key).await.expect("exists"));
+    }
+
+    #[tokio::test]
+    async fn a_stored_file_comes_back_with_the_same_bytes_hash_and_size() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = ArtifactStore::open(dir.path().join("store").to_str().expect("utf-8"))
+            .expect("open store");
+        a_stored_file_comes_back_intact(&store).await;
     }
 
     #[tokio::test]
@@ -706,11 +713,10 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_missing_key_reads_as_none_and_cannot_be_fetched_to_a_file() {
+    async fn a_missing_key_reads_as_none(store: &ArtifactStore) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = ArtifactStore::open(dir.path().to_str().expect("utf-8")).expect("open");
         assert_eq!(store.get_bytes("runs/1/a/b").await.expect("get"), None);
+        assert!(!store.exists("runs/1/a/b").await.expect("exists"));
         let target = dir.path().join("x");
         let error = store
             .get_to_file("runs/1/a/b", &target)
@@ -721,6 +727,109 @@ mod tests {
             "{error}"
         );
         assert!(!target.exists());
+    }
+
+    #[tokio::test]
+    async fn a_missing_key_reads_as_none_and_cannot_be_fetched_to_a_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = ArtifactStore::open(dir.path().to_str().expect("utf-8")).expect("open");
+        a_missing_key_reads_as_none(&store).await;
+    }
+
+    /// Listing finds every key under a prefix, by whole path components, and nothing else.
+    async fn listing_finds_whole_components_under_the_prefix(store: &ArtifactStore) {
+        for key in [
+            "sources/abc/a.py",
+            "sources/abc/sub/b.py",
+            "sources/abc.complete",
+            "sources/abcd/c.py",
+            "runs/1/s/out",
+        ] {
+            store.put_bytes(key, b"x".to_vec()).await.expect("put");
+        }
+        assert_eq!(
+            store.list("sources/abc").await.expect("list"),
+            vec!["sources/abc/a.py", "sources/abc/sub/b.py"]
+        );
+        assert_eq!(
+            store.list("nothing/here").await.expect("list"),
+            Vec::<String>::new()
+        );
+        let error = store.list("../x").await.expect_err("invalid prefix");
+        assert!(matches!(error, Error::InvalidKey { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn listing_a_directory_store_finds_whole_components_under_the_prefix() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = ArtifactStore::open(dir.path().to_str().expect("utf-8")).expect("open");
+        listing_finds_whole_components_under_the_prefix(&store).await;
+    }
+
+    pub(crate) mod s3 {
+        use trainyard_testkit::s3::S3Server;
+
+        use super::*;
+
+        pub(crate) fn open(server: &S3Server, url: &str) -> ArtifactStore {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            ArtifactStore::open_with_env(url, server.env()).expect("open S3 store")
+        }
+
+        #[tokio::test]
+        async fn an_s3_store_keeps_files_intact_and_reports_missing_keys() {
+            let server = S3Server::start().expect("S3 server");
+            let store = open(&server, &format!("{}/artifacts", server.url()));
+            a_stored_file_comes_back_intact(&store).await;
+            a_missing_key_reads_as_none(&store).await;
+            listing_finds_whole_components_under_the_prefix(&store).await;
+        }
+
+        #[tokio::test]
+        async fn an_s3_uri_names_bucket_prefix_and_key_and_the_store_keeps_its_url() {
+            let server = S3Server::start().expect("S3 server");
+            let url = format!("{}/team-a/artifacts/", server.url());
+            let store = open(&server, &url);
+            let stored = store
+                .put_bytes("runs/1/s/out", b"hello".to_vec())
+                .await
+                .expect("put");
+            assert_eq!(
+                stored.uri,
+                format!("{}/team-a/artifacts/runs/1/s/out", server.url())
+            );
+            assert_eq!(stored.sha256, sha256_hex(b"hello"));
+            assert_eq!(store.location(), url);
+            let whole_bucket = open(&server, &server.url());
+            assert_eq!(
+                whole_bucket
+                    .get_bytes("team-a/artifacts/runs/1/s/out")
+                    .await
+                    .expect("get"),
+                Some(b"hello".to_vec()),
+                "the prefix is applied to every key"
+            );
+        }
+
+        #[tokio::test]
+        async fn stores_under_different_prefixes_do_not_see_each_others_keys() {
+            let server = S3Server::start().expect("S3 server");
+            let a = open(&server, &format!("{}/a", server.url()));
+            let b = open(&server, &format!("{}/b", server.url()));
+            a.put_bytes("runs/1/s/out", b"from a".to_vec())
+                .await
+                .expect("put");
+            assert_eq!(b.get_bytes("runs/1/s/out").await.expect("get"), None);
+            assert_eq!(b.list("runs").await.expect("list"), Vec::<String>::new());
+            assert_eq!(a.list("runs").await.expect("list"), vec!["runs/1/s/out"]);
+        }
+
+        #[test]
+        fn an_s3_url_without_a_bucket_is_refused() {
+            let error = ArtifactStore::open_with_env("s3:///x", [("AWS_REGION", "us-east-1")])
+                .expect_err("no bucket");
+            assert!(matches!(error, Error::InvalidLocation { .. }), "{error}");
+        }
     }
 
     #[tokio::test]

@@ -938,7 +938,7 @@ mod tests {
 
     /// The whole in-pod path against `store`: the source and input arrive, the program runs
     /// in its folder, its output, log and manifest are stored.
-    pub(crate) async fn a_launch_fetches_runs_and_stores_everything(store: &ArtifactStore) {
+    async fn a_launch_fetches_runs_and_stores_everything(store: &ArtifactStore) {
         let scratch = tempfile::tempdir().expect("temp dir");
         let job = running_script(job(&scratch.path().join("job")), &[]);
         stage(store, &job).await;
@@ -979,7 +979,7 @@ mod tests {
         a_launch_fetches_runs_and_stores_everything(&store(dir.path())).await;
     }
 
-    pub(crate) async fn a_missing_input_fails_before_the_program_runs(store: &ArtifactStore) {
+    async fn a_missing_input_fails_before_the_program_runs(store: &ArtifactStore) {
         let scratch = tempfile::tempdir().expect("temp dir");
         let job = running_script(job(&scratch.path().join("job")), &[]);
         stage(store, &job).await;
@@ -1098,5 +1098,38 @@ mod tests {
         assert_eq!(message, "stopped by SIGTERM");
         assert_eq!(ended.exit_code, 143);
         assert_eq!(outcome(&store, &job).await.expect("outcome"), None);
+    }
+
+    #[tokio::test]
+    async fn a_launch_against_s3_fetches_runs_and_stores_everything_or_reports_a_missing_input() {
+        let server = trainyard_testkit::s3::S3Server::start().expect("S3 server");
+        let open = |prefix: &str| {
+            crate::artifacts::tests::s3::open(&server, &format!("{}/{prefix}", server.url()))
+        };
+        a_launch_fetches_runs_and_stores_everything(&open("one")).await;
+        a_missing_input_fails_before_the_program_runs(&open("two")).await;
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_source_upload_fails_the_launch() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store(dir.path());
+        let job = running_script(job(&dir.path().join("job")), &[]);
+        stage(&store, &job).await;
+        let prefix = &job.source.as_ref().expect("source").prefix;
+        std::fs::remove_file(
+            dir.path()
+                .join("store")
+                .join(artifacts::source_marker_key(prefix)),
+        )
+        .expect("remove marker");
+
+        let (ended, message) = run(&job, &store, dir.path()).await;
+
+        assert_eq!(
+            message,
+            r#"source "sources/0123abcd" is not (completely) in the artifact store"#
+        );
+        assert_eq!(ended.exit_code, 1);
     }
 }
