@@ -8,7 +8,7 @@
 //! stopped are followed again if the executor still has them (Jobs on a cluster outlive the
 //! service), and otherwise failed as interrupted and retried per the step's `retries`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,8 +132,9 @@ pub struct Service<E: Executor, F: Forge> {
     pipelines: HashMap<(String, String), (Arc<Pipeline>, String)>,
     /// Schedules by (name, version), parsed with their cron once.
     schedules: HashMap<(String, String), Arc<ParsedSchedule>>,
-    /// Source trees known to be completely in the artifact store, by tree id.
-    uploaded_sources: HashSet<String>,
+    /// Key prefixes of source trees known to be completely in the artifact store, by the
+    /// commit they were read from.
+    uploaded_sources: HashMap<String, String>,
 }
 
 /// What a `run_once` did.
@@ -170,7 +171,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
             jobs: HashMap::new(),
             pipelines: HashMap::new(),
             schedules: HashMap::new(),
-            uploaded_sources: HashSet::new(),
+            uploaded_sources: HashMap::new(),
         })
     }
 
@@ -760,6 +761,9 @@ impl<E: Executor, F: Forge> Service<E, F> {
     /// stores keep no file modes). Symbolic links and submodules are skipped: a link may
     /// point anywhere on the service's machine, which the pod cannot see.
     async fn upload_source(&mut self, commit: &str) -> Result<String, RuntimeError> {
+        if let Some(prefix) = self.uploaded_sources.get(commit) {
+            return Ok(prefix.clone());
+        }
         let repo = Repository::open(&self.config.repo)?;
         let (tree_id, files) = {
             let root = repo.find_commit(git2::Oid::from_str(commit)?)?.tree()?;
@@ -773,12 +777,9 @@ impl<E: Executor, F: Forge> Service<E, F> {
             (tree.id().to_string(), source_files(&tree)?)
         };
         let prefix = artifacts::source_prefix(&tree_id);
-        if self.uploaded_sources.contains(&tree_id) {
-            return Ok(prefix);
-        }
         let marker_key = artifacts::source_marker_key(&prefix);
         if self.artifacts.exists(&marker_key).await? {
-            self.uploaded_sources.insert(tree_id);
+            self.uploaded_sources.insert(commit.to_owned(), prefix.clone());
             return Ok(prefix);
         }
         let mut marker = SourceMarker::default();
@@ -798,7 +799,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
         })?;
         self.artifacts.put_bytes(&marker_key, marker).await?;
         tracing::info!(tree = %tree_id, files = files.len(), "uploaded the step source");
-        self.uploaded_sources.insert(tree_id);
+        self.uploaded_sources.insert(commit.to_owned(), prefix.clone());
         Ok(prefix)
     }
 
