@@ -45,6 +45,8 @@ impl<E: Executor> Harness<E> {
             outputs: Vec::new(),
             log_key: artifacts::log_key(run_id, step, 1),
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            secrets: Vec::new(),
         }
     }
 
