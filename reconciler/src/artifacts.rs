@@ -1,13 +1,17 @@
-//! The artifact store: step outputs, inputs and logs kept under run-scoped keys in an object
-//! store (a local directory by default), each stored file measured and hashed on the way in.
+//! The artifact store: step outputs, inputs, logs, launch manifests and uploaded step sources
+//! kept under keys in an object store (a local directory by default, or S3), each stored file
+//! measured and hashed on the way in.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures::TryStreamExt as _;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::buffered::{BufReader, BufWriter};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,7 +26,7 @@ const DOWNLOAD_BUFFER: usize = 8 * 1024 * 1024;
 /// Schemes `object_store` knows, none of which this build compiles in; naming them gives a
 /// better error than "unknown scheme".
 const KNOWN_REMOTE_SCHEMES: &[&str] = &[
-    "s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "http", "https", "memory",
+    "gs", "az", "adl", "azure", "abfs", "abfss", "http", "https", "memory",
 ];
 
 /// What can go wrong storing or fetching artifacts.
@@ -68,6 +72,15 @@ pub enum Error {
         /// The underlying error.
         source: io::Error,
     },
+    /// An object holds something other than what its key promises (a manifest that does
+    /// not parse or does not match its job).
+    #[error("artifact {key:?} is corrupt: {reason}")]
+    Corrupt {
+        /// The object's key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The object store failed.
     #[error("artifact {key:?}: {source}")]
     Store {
@@ -102,6 +115,87 @@ pub fn log_key(run: i64, step: &str, attempt: u32) -> String {
     format!("runs/{run}/{step}/attempt-{attempt}.log")
 }
 
+/// The key of the manifest `trainyard launch` writes, last, after storing a successful
+/// attempt's outputs: `runs/<run>/<step>/attempt-<n>.manifest.json`.
+pub fn manifest_key(run: i64, step: &str, attempt: u32) -> String {
+    format!("runs/{run}/{step}/attempt-{attempt}.manifest.json")
+}
+
+/// The key prefix of a source tree uploaded for steps that run away from the service:
+/// `sources/<git tree oid>`. Content-addressed, so every run of the same tree shares it.
+pub fn source_prefix(tree: &str) -> String {
+    format!("sources/{tree}")
+}
+
+/// The key of the object written after every file under `prefix` is stored, so that a
+/// half-finished upload is never taken for a whole one: `<prefix>.complete`.
+pub fn source_marker_key(prefix: &str) -> String {
+    format!("{prefix}.complete")
+}
+
+/// The key of the file at `path` (relative, `/`-separated bytes as Git stores them) in the
+/// source tree under `prefix`.
+///
+/// Keys may hold only a few characters, while file names may hold any byte but `/` and NUL.
+/// Every byte outside `[A-Za-z0-9.-]` is therefore written as `_` and two hex digits (`_`
+/// itself as `_5F`), which [`source_path`] reverses exactly.
+pub fn source_key(prefix: &str, path: &[u8]) -> String {
+    let mut key = String::with_capacity(prefix.len() + 1 + path.len());
+    key.push_str(prefix);
+    key.push('/');
+    for &byte in path {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'-' | b'/') {
+            key.push(char::from(byte));
+        } else {
+            key.push_str(&format!("_{byte:02X}"));
+        }
+    }
+    key
+}
+
+/// The relative file path a key under `prefix` stands for (the reverse of [`source_key`]).
+///
+/// Refuses keys outside `prefix` and any that would leave the directory the tree is
+/// written into: empty, `.` or `..` components, or an escaped `/` or NUL.
+pub fn source_path(prefix: &str, key: &str) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStringExt as _;
+    let invalid = |reason| Error::InvalidKey {
+        key: key.to_owned(),
+        reason,
+    };
+    let relative = key
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .ok_or_else(|| invalid("it is not under the source prefix"))?;
+    let mut path = PathBuf::new();
+    for segment in relative.split('/') {
+        let mut bytes = Vec::with_capacity(segment.len());
+        let mut rest = segment.as_bytes();
+        while let Some((&byte, tail)) = rest.split_first() {
+            if byte == b'_' {
+                let escaped = tail
+                    .get(..2)
+                    .and_then(|pair| std::str::from_utf8(pair).ok())
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                    .ok_or_else(|| invalid("a '_' is not followed by two hex digits"))?;
+                if matches!(escaped, b'/' | 0) {
+                    return Err(invalid("it escapes a path separator or NUL"));
+                }
+                bytes.push(escaped);
+                rest = &tail[2..];
+            } else {
+                bytes.push(byte);
+                rest = tail;
+            }
+        }
+        if bytes.is_empty() || bytes == b"." || bytes == b".." {
+            return Err(invalid("it has an empty or relative path component"));
+        }
+        path.push(std::ffi::OsString::from_vec(bytes));
+    }
+    Ok(path)
+}
+
 /// Checks that `key` is acceptable as an artifact key, so that callers can refuse bad keys
 /// before work starts rather than when its results are stored.
 pub fn check_key(key: &str) -> Result<()> {
@@ -114,17 +208,40 @@ pub struct ArtifactStore {
     store: Arc<dyn ObjectStore>,
     /// URI of the store's root, without a trailing slash.
     base_uri: String,
+    /// The path or URL the store was opened with.
+    location: String,
 }
 
 impl ArtifactStore {
-    /// Opens the store at a directory path or `file:///` URL, creating the directory.
+    /// Opens the store at a directory path, a `file:///` URL (creating the directory) or an
+    /// `s3://bucket/prefix` URL configured from the `AWS_*` environment variables, as the AWS
+    /// tools read them: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+    /// `AWS_ENDPOINT_URL` for an S3-compatible server, `AWS_ALLOW_HTTP=true` for a plain
+    /// HTTP one.
     ///
-    /// Other URL schemes are refused with [`Error::UnsupportedScheme`]: only the local
-    /// filesystem backend is compiled in.
+    /// Other object store schemes are refused with [`Error::UnsupportedScheme`].
     pub fn open(url_or_path: &str) -> Result<Self> {
+        Self::open_with_env(url_or_path, std::env::vars())
+    }
+
+    /// Like [`ArtifactStore::open`], with the `AWS_*` settings read from `vars` instead of
+    /// this process's environment; variables without the `AWS_` prefix are ignored.
+    pub fn open_with_env<K, V>(
+        url_or_path: &str,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self>
+    where
+        K: AsRef<str>,
+        V: Into<String>,
+    {
         let directory = match url_or_path.split_once("://") {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("file") => {
                 file_url_path(url_or_path, rest)?
+            }
+            Some((scheme, rest))
+                if scheme.eq_ignore_ascii_case("s3") || scheme.eq_ignore_ascii_case("s3a") =>
+            {
+                return open_s3(url_or_path, rest, vars);
             }
             Some((scheme, _)) if is_scheme(scheme) => {
                 let scheme = scheme.to_ascii_lowercase();
@@ -170,12 +287,44 @@ impl ArtifactStore {
                 "file://{}",
                 percent_encode_path(root_text.trim_end_matches('/'))
             ),
+            location: url_or_path.to_owned(),
         })
+    }
+
+    /// The path or URL this store was opened with, for handing to another process (such as
+    /// `trainyard launch` in a pod) that opens the same store.
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
     /// The address an object under `key` has (or would have) in this store.
     pub fn uri(&self, key: &str) -> String {
         format!("{}/{key}", self.base_uri)
+    }
+
+    /// The keys of every object under the key prefix `prefix` (whole path components only:
+    /// `sources/a` holds `sources/a/x`, not `sources/ab`), sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let location = object_path(prefix)?;
+        let mut keys: Vec<String> = self
+            .store
+            .list(Some(&location))
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .map_err(|source| store_error(prefix, source))?;
+        keys.sort_unstable();
+        Ok(keys)
+    }
+
+    /// Whether an object is stored under `key`.
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        let location = object_path(key)?;
+        match self.store.head(&location).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(store_error(key, source)),
+        }
     }
 
     /// Stores the file at `path` under `key`, streaming it in chunks so that files larger than
@@ -299,6 +448,62 @@ impl ArtifactStore {
             .await
             .map_err(io_error(path))
     }
+}
+
+/// An S3 bucket (and optional key prefix) from `s3://bucket/prefix`, configured from the
+/// `AWS_*` variables in `vars` the way `AmazonS3Builder::from_env` reads the environment.
+fn open_s3<K, V>(
+    location: &str,
+    after_scheme: &str,
+    vars: impl IntoIterator<Item = (K, V)>,
+) -> Result<ArtifactStore>
+where
+    K: AsRef<str>,
+    V: Into<String>,
+{
+    let invalid = |reason: String| Error::InvalidLocation {
+        location: location.to_owned(),
+        reason,
+    };
+    let (bucket, prefix) = after_scheme.split_once('/').unwrap_or((after_scheme, ""));
+    let prefix = prefix.trim_end_matches('/');
+    if bucket.is_empty() {
+        return Err(invalid(
+            "an S3 URL needs a bucket, such as s3://bucket/prefix".to_owned(),
+        ));
+    }
+    let mut builder = AmazonS3Builder::new();
+    for (key, value) in vars {
+        let key = key.as_ref();
+        if !key.starts_with("AWS_") {
+            continue;
+        }
+        // Variables object_store does not know (AWS_PROFILE, ...) are for other tools.
+        if let Ok(config) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+            builder = builder.with_config(config, value);
+        }
+    }
+    let s3 = builder
+        .with_bucket_name(bucket)
+        .build()
+        .map_err(|error| invalid(error.to_string()))?;
+    let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+        Arc::new(s3)
+    } else {
+        let prefix = object_path(prefix)
+            .map_err(|error| invalid(format!("the key prefix is not usable: {error}")))?;
+        Arc::new(PrefixStore::new(s3, prefix))
+    };
+    let base_uri = if prefix.is_empty() {
+        format!("s3://{bucket}")
+    } else {
+        format!("s3://{bucket}/{prefix}")
+    };
+    Ok(ArtifactStore {
+        store,
+        base_uri,
+        location: location.to_owned(),
+    })
 }
 
 /// BufWriter reports store failures as `io::Error`; this keeps them attributed to the key.
@@ -547,12 +752,12 @@ mod tests {
 
     #[test]
     fn a_backend_that_is_not_compiled_in_is_named_in_the_error() {
-        let error = ArtifactStore::open("s3://bucket/prefix").expect_err("s3 is not compiled in");
+        let error = ArtifactStore::open("gs://bucket/prefix").expect_err("gs is not compiled in");
         assert!(
-            matches!(&error, Error::UnsupportedScheme { scheme, .. } if scheme == "s3"),
+            matches!(&error, Error::UnsupportedScheme { scheme, .. } if scheme == "gs"),
             "{error}"
         );
-        assert!(error.to_string().contains("`s3` backend"), "{error}");
+        assert!(error.to_string().contains("`gs` backend"), "{error}");
         let error = ArtifactStore::open("ftp://host/x").expect_err("unknown scheme");
         assert!(matches!(error, Error::InvalidLocation { .. }), "{error}");
         let error = ArtifactStore::open("file://host/x").expect_err("remote file host");
@@ -565,6 +770,49 @@ mod tests {
         let root = dir.path().join("a/b/c");
         ArtifactStore::open(root.to_str().expect("utf-8")).expect("open");
         assert!(root.is_dir());
+    }
+
+    #[test]
+    fn source_keys_hold_any_file_name_and_read_back_as_the_same_path() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let prefix = source_prefix("abc123");
+        for path in [
+            &b"train.py"[..],
+            b"pipelines/churn/train_model.py",
+            b"with space/and (parens)/\xc3\xbc.txt",
+            b"odd/_5F/%41",
+            b".hidden/..dots",
+            b"\xff\xfe",
+        ] {
+            let key = source_key(&prefix, path);
+            check_key(&key).unwrap_or_else(|e| panic!("{key}: {e}"));
+            let back = source_path(&prefix, &key).expect("decodes");
+            assert_eq!(back.as_os_str().as_bytes(), path, "{key}");
+        }
+        assert_eq!(
+            source_key(&prefix, b"a b/c_d.py"),
+            "sources/abc123/a_20b/c_5Fd.py"
+        );
+    }
+
+    #[test]
+    fn source_keys_that_would_leave_the_source_directory_are_refused() {
+        let prefix = source_prefix("abc123");
+        for key in [
+            "sources/abc123/../x",
+            "sources/abc123/a/./b",
+            "sources/abc123/a//b",
+            "sources/abc123/",
+            "sources/abc123/_2E_2E/etc",
+            "sources/abc123/a_2Fb",
+            "sources/abc123/nul_00",
+            "sources/abc123/bad_zz",
+            "sources/other/x",
+            "sources/abc1234/x",
+        ] {
+            let error = source_path(&prefix, key).expect_err(key);
+            assert!(matches!(error, Error::InvalidKey { .. }), "{key}: {error}");
+        }
     }
 
     #[test]

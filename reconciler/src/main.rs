@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // The one TLS crypto provider compiled in; every TLS client (S3, Kubernetes, GitHub)
+    // needs it installed before it is built. An error means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,

@@ -732,6 +732,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
             resources: definition.resources.clone(),
             timeout,
             workdir,
+            source: None,
             inputs,
             outputs,
             log_key: artifacts::log_key(run.id, step, attempt),

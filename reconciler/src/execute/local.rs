@@ -22,7 +22,7 @@ use crate::artifacts::{self, ArtifactStore};
 use crate::spec::units::format_duration;
 
 /// The combined stdout and stderr of an attempt, inside its work directory.
-const LOG_FILE: &str = "step.log";
+pub(super) const LOG_FILE: &str = "step.log";
 
 /// How long a stopped step may take to exit after SIGTERM before its group gets SIGKILL;
 /// Kubernetes' default termination grace, so a step sees the same grace on either backend.
@@ -249,7 +249,7 @@ fn log_note(state: &JobState) -> Option<String> {
     }
 }
 
-async fn append_to_log(path: &Path, note: &str) {
+pub(super) async fn append_to_log(path: &Path, note: &str) {
     let written = async {
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
@@ -569,20 +569,20 @@ mod spawner {
 
 /// The process group a step's program leads. Dropped while still armed (the supervising
 /// task was dropped, for example when the runtime shuts down), it kills the whole group.
-struct ProcessGroup {
+pub(super) struct ProcessGroup {
     id: libc::pid_t,
     armed: bool,
 }
 
 impl ProcessGroup {
     /// The group led by process `pid`, which was started with `process_group(0)`.
-    fn led_by(pid: u32) -> Option<Self> {
+    pub(super) fn led_by(pid: u32) -> Option<Self> {
         libc::pid_t::try_from(pid)
             .ok()
             .map(|id| Self { id, armed: true })
     }
 
-    fn signal(&self, signal: libc::c_int) {
+    pub(super) fn signal(&self, signal: libc::c_int) {
         // SAFETY: killpg touches no memory of this process. The group id stays reserved
         // while any member lives; it is signalled right after its leader is reaped at the
         // latest, long before pid numbers wrap around to reuse it.
@@ -597,7 +597,7 @@ impl ProcessGroup {
     }
 
     /// Kills what is left of the group after its leader exited.
-    fn kill_rest(mut self) {
+    pub(super) fn kill_rest(mut self) {
         self.signal(libc::SIGKILL);
         self.armed = false;
     }
@@ -624,7 +624,7 @@ impl Drop for ProcessGroup {
 }
 
 /// The failed state for a non-zero exit or a death by signal; None for exit code 0.
-fn exit_failure(status: ExitStatus) -> Option<JobState> {
+pub(super) fn exit_failure(status: ExitStatus) -> Option<JobState> {
     if let Some(code) = status.code() {
         return (code != 0).then(|| JobState::Failed {
             exit_code: Some(code),
@@ -644,7 +644,7 @@ fn exit_failure(status: ExitStatus) -> Option<JobState> {
     })
 }
 
-fn signal_name(signal: libc::c_int) -> Option<&'static str> {
+pub(super) fn signal_name(signal: libc::c_int) -> Option<&'static str> {
     Some(match signal {
         libc::SIGHUP => "SIGHUP",
         libc::SIGINT => "SIGINT",
@@ -669,7 +669,7 @@ fn signal_name(signal: libc::c_int) -> Option<&'static str> {
 }
 
 /// Stores every declared output after a successful exit; a missing one fails the attempt.
-async fn store_outputs(artifacts: &ArtifactStore, outputs: &[StepOutput]) -> JobState {
+pub(super) async fn store_outputs(artifacts: &ArtifactStore, outputs: &[StepOutput]) -> JobState {
     let failed = |reason: String| JobState::Failed {
         exit_code: Some(0),
         reason,

@@ -46,8 +46,11 @@ pub struct StepJob {
     /// Wall-clock limit of the attempt, from fetching inputs to the program's exit.
     pub timeout: Option<Duration>,
     /// The program's working directory (locally: the pipeline file's folder in the run's
-    /// checkout).
+    /// checkout; on a cluster: that folder inside the downloaded [`StepSource`]).
     pub workdir: PathBuf,
+    /// Where the step's files come from when it does not run beside the service's checkout
+    /// (see [`Executor::runs_here`]); None when it runs in the checkout.
+    pub source: Option<StepSource>,
     /// Artifacts fetched from the store before the program starts.
     pub inputs: Vec<StepInput>,
     /// Files the program must write; stored after it exits with code 0.
@@ -62,6 +65,18 @@ pub struct StepJob {
     /// Names of secrets whose keys become environment variables (the step's
     /// `env_from_secrets`); only a cluster resolves them, the values never pass through here.
     pub secrets: Vec<String>,
+}
+
+/// The files of the run's commit, as uploaded to the artifact store for steps that run
+/// elsewhere: the launcher downloads them into `<job dir>/src` before the program starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepSource {
+    /// Key prefix of the uploaded files in the artifact store, such as
+    /// `sources/<git tree oid>`; see [`artifacts::source_key`].
+    pub prefix: String,
+    /// The folder, relative to the uploaded root, where the step runs (the pipeline file's
+    /// folder).
+    pub dir: PathBuf,
 }
 
 /// An artifact a step reads.

@@ -41,6 +41,7 @@ impl<E: Executor> Harness<E> {
             resources: None,
             timeout: None,
             workdir: self.scratch.clone(),
+            source: None,
             inputs: Vec::new(),
             outputs: Vec::new(),
             log_key: artifacts::log_key(run_id, step, 1),
