@@ -354,6 +354,7 @@ pub fn step_job_of(job: &Job) -> Option<StepJob> {
         resources: None,
         timeout: None,
         workdir: dir,
+        source: None,
         inputs: Vec::new(),
         outputs,
         log_key,
@@ -399,6 +400,7 @@ mod tests {
             resources: None,
             timeout: Some(Duration::from_secs(4 * 3600)),
             workdir: job_dir("ty-42-train-2"),
+            source: None,
             inputs: Vec::new(),
             outputs: vec![StepOutput {
                 name: "model".to_owned(),

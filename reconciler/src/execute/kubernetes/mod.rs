@@ -40,8 +40,9 @@ pub const REQUIRED_RULES: &[(&str, &str, &[&str])] = &[
     ("", "pods/log", &["get"]),
 ];
 
-/// What `trainyard launch` writes to the pod's termination log when a step ends without
-/// success, so that the service reports the same exit code and words as on a local run.
+/// Why a step ended without success, as the pod's termination message may carry it in
+/// JSON. `trainyard launch` writes the reason as one plain line, from which the exit code is
+/// recovered; this form also carries the exit code explicitly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TerminationReport {
     /// The program's exit code; none when it never ran or was killed.

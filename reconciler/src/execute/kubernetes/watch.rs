@@ -217,9 +217,33 @@ pub(super) fn pod_info(pod: &Pod, before: Option<&PodInfo>, now: Instant) -> Pod
     }
 }
 
-/// Reads a termination message written by `trainyard launch`, if that is what it is.
+/// Reads a termination message written by `trainyard launch`: one line in the words the
+/// local backend uses (`exited with code 3`, `output `model` was not written`), or a
+/// [`TerminationReport`] as JSON. A message of several lines is not launch's: it is the tail
+/// of the log Kubernetes falls back to when the container wrote no message.
 pub(super) fn launch_report(message: &str) -> Option<TerminationReport> {
-    serde_json::from_str(message.trim()).ok()
+    let message = message.trim();
+    if let Ok(report) = serde_json::from_str::<TerminationReport>(message) {
+        return Some(report);
+    }
+    if message.is_empty() || message.contains('\n') {
+        return None;
+    }
+    let exit_code = if let Some(rest) = message.strip_prefix("exited with code ") {
+        rest.split(|c: char| !c.is_ascii_digit() && c != '-')
+            .next()
+            .and_then(|code| code.parse().ok())
+    } else if message.starts_with("output `") {
+        // Outputs are checked only after the program exited with 0.
+        Some(0)
+    } else {
+        // Launch's own failures (inputs, source, start-up) and signals: no exit of its own.
+        None
+    };
+    Some(TerminationReport {
+        exit_code,
+        reason: message.to_owned(),
+    })
 }
 
 /// At most the last `limit` bytes of `text`, on a character boundary.
@@ -703,15 +727,30 @@ mod tests {
 
     #[test]
     fn a_report_from_launch_is_taken_as_written() {
-        let report = r#"{"exit_code":null,"reason":"input \"runs/9/prepare/data\" is not in the artifact store"}"#;
-        let pod = info(terminated(1, "Error", report));
+        let failure = |message: &str, code: i32| {
+            let pod = info(terminated(code, "Error", message));
+            failed_state(&job(json!({})), "BackoffLimitExceeded", "", Some(&pod))
+        };
+        let failed = |exit_code: Option<i32>, reason: &str| JobState::Failed {
+            exit_code,
+            reason: reason.to_owned(),
+        };
+        let missing = r#"input "runs/9/prepare/data" is not in the artifact store"#;
+        assert_eq!(failure(missing, 1), failed(None, missing));
         assert_eq!(
-            failed_state(&job(json!({})), "BackoffLimitExceeded", "", Some(&pod)),
-            JobState::Failed {
-                exit_code: None,
-                reason: r#"input "runs/9/prepare/data" is not in the artifact store"#.to_owned()
-            }
+            failure("exited with code 3\n", 3),
+            failed(Some(3), "exited with code 3")
         );
+        assert_eq!(
+            failure("output `model` was not written", 1),
+            failed(Some(0), "output `model` was not written")
+        );
+        assert_eq!(
+            failure("stopped by SIGTERM", 143),
+            failed(None, "stopped by SIGTERM")
+        );
+        let json = r#"{"exit_code": 2, "reason": "exited with code 2"}"#;
+        assert_eq!(failure(json, 2), failed(Some(2), "exited with code 2"));
     }
 
     #[test]
