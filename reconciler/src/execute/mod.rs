@@ -14,8 +14,9 @@ use crate::spec::model::Resources;
 pub mod kubernetes;
 pub mod launcher;
 pub mod local;
-#[cfg(test)]
-pub(crate) mod suite;
+#[cfg(any(test, feature = "executor-suite"))]
+#[doc(hidden)]
+pub mod suite;
 
 pub use kubernetes::KubernetesExecutor;
 pub use local::LocalExecutor;
