@@ -24,6 +24,8 @@ use crate::artifacts::ArtifactStore;
 mod api;
 pub mod manifest;
 pub mod settings;
+#[cfg(test)]
+mod tests;
 mod watch;
 
 pub use settings::{ClusterSettings, GpuType};
