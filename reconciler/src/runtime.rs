@@ -734,6 +734,16 @@ impl<E: Executor, F: Forge> Service<E, F> {
             ("trainyard.dev/pipeline".to_owned(), run.pipeline.clone()),
             ("trainyard.dev/step".to_owned(), step.to_owned()),
         ]);
+        let mut annotations = BTreeMap::from([
+            ("trainyard.dev/commit".to_owned(), run.commit_sha.clone()),
+            (
+                "trainyard.dev/version".to_owned(),
+                run.pipeline_version.clone(),
+            ),
+        ]);
+        if let Some(schedule) = &run.schedule {
+            annotations.insert("trainyard.dev/schedule".to_owned(), schedule.clone());
+        }
         Ok(StepJob {
             name: name.to_owned(),
             run_id: run.id,
@@ -750,6 +760,8 @@ impl<E: Executor, F: Forge> Service<E, F> {
             outputs,
             log_key: artifacts::log_key(run.id, step, attempt),
             labels,
+            annotations,
+            secrets: definition.env_from_secrets.clone(),
         })
     }
 

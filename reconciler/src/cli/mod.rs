@@ -150,8 +150,30 @@ pub struct ServeArgs {
     /// Log lines as JSON (with run id and step on every line of a run).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Where steps run: processes on this machine, or Jobs on a Kubernetes cluster.
+    #[arg(long, value_enum, default_value_t = ExecutorKind::Local)]
+    executor: ExecutorKind,
+    /// Cluster settings (YAML: namespace, image, gpu_types, queue…) for `--executor
+    /// kubernetes`. The cluster is found as kubectl finds it: KUBECONFIG, ~/.kube/config, or
+    /// the service account of the pod the service runs in.
+    #[arg(
+        long,
+        env = "TRAINYARD_CLUSTER_CONFIG",
+        value_name = "FILE",
+        required_if_eq("executor", "kubernetes")
+    )]
+    cluster_config: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
+}
+
+/// Where steps run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExecutorKind {
+    /// Processes on this machine.
+    Local,
+    /// batch/v1 Jobs on a Kubernetes cluster.
+    Kubernetes,
 }
 
 /// A manual run.

@@ -1,5 +1,5 @@
-//! `trainyard serve`: the embedded service (local executor, Git-notes reports) over SQLite
-//! or PostgreSQL.
+//! `trainyard serve`: the service (steps as local processes or Kubernetes Jobs, Git-notes
+//! reports) over SQLite or PostgreSQL.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use trainyard::artifacts::ArtifactStore;
-use trainyard::execute::LocalExecutor;
+use trainyard::execute::kubernetes::ClusterSettings;
+use trainyard::execute::{Executor, JobEvent, KubernetesExecutor, LocalExecutor};
 use trainyard::report::notes::NotesForge;
 use trainyard::runtime::{BranchWatcher, Config, Service, clone_cache};
 use trainyard::source::discover;
@@ -18,7 +19,7 @@ use trainyard::spec::model::ParamType;
 use trainyard::store::{FOLLOWED_CURSOR, NewRun, RunState, Store, Trigger};
 
 use super::views::DATA_DIR;
-use super::{EXIT_INVALID, LogFormat, RunArgs, ServeArgs, policy_config};
+use super::{EXIT_INVALID, ExecutorKind, LogFormat, RunArgs, ServeArgs, policy_config};
 
 /// Runs the service until interrupted, or once with `--once`.
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
@@ -89,7 +90,65 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot open the database {database}"))?;
     let artifacts = ArtifactStore::open(&artifacts_at)?;
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let executor = LocalExecutor::new(artifacts.clone(), data_dir.join("work"), events_tx);
+    let setting = |artifacts: ArtifactStore| Setting {
+        store,
+        artifacts,
+        root,
+        remote,
+        data_dir: data_dir.clone(),
+    };
+    match args.executor {
+        ExecutorKind::Local => {
+            let executor = LocalExecutor::new(artifacts.clone(), data_dir.join("work"), events_tx);
+            drive(args, executor, events, setting(artifacts)).await
+        }
+        ExecutorKind::Kubernetes => {
+            let path = args
+                .cluster_config
+                .clone()
+                .context("--executor kubernetes needs --cluster-config FILE")?;
+            let settings = ClusterSettings::load(&path)?;
+            let config = kube::Config::infer().await.context(
+                "cannot find a Kubernetes cluster (KUBECONFIG, ~/.kube/config or in-cluster)",
+            )?;
+            let client = kube::Client::try_from(config)
+                .context("cannot build a client for the Kubernetes cluster")?;
+            let executor = KubernetesExecutor::new(
+                client,
+                settings,
+                artifacts.clone(),
+                artifacts_at.clone(),
+                events_tx,
+            )?;
+            drive(args, executor, events, setting(artifacts)).await
+        }
+    }
+}
+
+/// What the service runs over, whichever executor runs its steps.
+struct Setting {
+    store: Store,
+    artifacts: ArtifactStore,
+    /// The followed repository (a work tree, or the bare cache of a remote).
+    root: PathBuf,
+    remote: Option<String>,
+    data_dir: PathBuf,
+}
+
+/// Runs the service with `executor` until interrupted, or once with `--once`.
+async fn drive<E: Executor>(
+    args: ServeArgs,
+    executor: E,
+    events: tokio::sync::mpsc::UnboundedReceiver<JobEvent>,
+    setting: Setting,
+) -> Result<ExitCode> {
+    let Setting {
+        store,
+        artifacts,
+        root,
+        remote,
+        data_dir,
+    } = setting;
     let forge = NotesForge::new(root.clone());
     let config = Config {
         repo: root.clone(),

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::sqlite::SqliteConnectOptions;
 use trainyard::artifacts::{ArtifactStore, log_key};
+use trainyard::execute::kubernetes::{self, ClusterSettings};
 use trainyard::source::discover;
 use trainyard::spec::cron::{CronSchedule, parse_timezone};
 use trainyard::store::{
@@ -86,6 +87,10 @@ pub(super) struct LogsArgs {
     /// Which attempt [default: the latest].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     attempt: Option<u32>,
+    /// Cluster settings of a service that runs steps on Kubernetes: the log is read from
+    /// the step's pod while it exists, and from the store after.
+    #[arg(long, env = "TRAINYARD_CLUSTER_CONFIG", value_name = "FILE")]
+    cluster_config: Option<PathBuf>,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -459,6 +464,11 @@ async fn print_log(args: LogsArgs) -> Result<()> {
             _ => format!("no log stored for {which}"),
         })
     };
+    if let Some(path) = &args.cluster_config
+        && let Some(log) = pod_log(path, &attempt.job).await?
+    {
+        return write_stdout(log.as_bytes());
+    }
     let location = args.store.artifacts()?;
     // Opening a local store creates its directory; a view leaves none behind.
     if !location.contains("://") && !Path::new(&location).exists() {
@@ -468,6 +478,17 @@ async fn print_log(args: LogsArgs) -> Result<()> {
     let key = log_key(run, step, attempt.attempt);
     let log = artifacts.get_bytes(&key).await?.ok_or_else(missing)?;
     write_stdout(&log)
+}
+
+/// The live log of job `job` from its pod on the cluster; None once no pod of it is left.
+async fn pod_log(cluster_config: &Path, job: &str) -> Result<Option<String>> {
+    let settings = ClusterSettings::load(cluster_config)?;
+    let config = kube::Config::infer()
+        .await
+        .context("cannot find a Kubernetes cluster (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+    let client = kube::Client::try_from(config)
+        .context("cannot build a client for the Kubernetes cluster")?;
+    Ok(kubernetes::pod_log(client, &settings.namespace, job).await?)
 }
 
 /// The attempt asked for (the latest by default), or [`NotFound`] saying what is missing.

@@ -718,6 +718,8 @@ mod tests {
             }],
             log_key: artifacts::log_key(run, step, 2),
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            secrets: Vec::new(),
         }
     }
 

@@ -11,11 +11,14 @@ use sha2::{Digest, Sha256};
 use crate::artifacts;
 use crate::spec::model::Resources;
 
+pub mod kubernetes;
 pub mod launcher;
 pub mod local;
-#[cfg(test)]
-pub(crate) mod suite;
+#[cfg(any(test, feature = "executor-suite"))]
+#[doc(hidden)]
+pub mod suite;
 
+pub use kubernetes::KubernetesExecutor;
 pub use local::LocalExecutor;
 
 /// Kubernetes object names (and so job names) are DNS-1123 labels of at most 63 characters.
@@ -57,6 +60,12 @@ pub struct StepJob {
     pub log_key: String,
     /// Labels copied onto whatever the backend creates (Kubernetes Job labels).
     pub labels: BTreeMap<String, String>,
+    /// Facts for people looking at what the backend creates (Kubernetes Job annotations):
+    /// the run's commit, pipeline version and schedule.
+    pub annotations: BTreeMap<String, String>,
+    /// Names of secrets whose keys become environment variables (the step's
+    /// `env_from_secrets`); only a cluster resolves them, the values never pass through here.
+    pub secrets: Vec<String>,
 }
 
 /// The files of the run's commit, as uploaded to the artifact store for steps that run
@@ -171,6 +180,14 @@ pub enum ExecError {
     /// The artifact store failed.
     #[error(transparent)]
     Artifacts(#[from] artifacts::Error),
+    /// The cluster's API refused or failed a request after the retries it deserves.
+    #[error("{what}: {reason}")]
+    Cluster {
+        /// What was being done (`creating job "ty-1-train-1"`).
+        what: String,
+        /// What the API or the connection said.
+        reason: String,
+    },
 }
 
 /// Runs step attempts somewhere: processes on this machine, Jobs on a cluster.

@@ -1,6 +1,6 @@
 //! The executor suite: what every backend must do, as generic async functions over any
-//! [`Executor`], instantiated here for [`LocalExecutor`]. Later backends add one
-//! instantiation each.
+//! [`Executor`], instantiated here for [`LocalExecutor`]; backends tested from other crates
+//! (with the `executor-suite` feature) build a [`Harness`] and call the same functions.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,17 +17,34 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 /// An executor under test with its event stream, its artifact store and a scratch directory
 /// that both the test and the steps can see.
-pub(crate) struct Harness<E> {
-    pub(crate) executor: E,
+pub struct Harness<E> {
+    pub executor: E,
     events: UnboundedReceiver<JobEvent>,
-    pub(crate) artifacts: ArtifactStore,
-    pub(crate) scratch: PathBuf,
+    pub artifacts: ArtifactStore,
+    pub scratch: PathBuf,
     next_run: i64,
 }
 
 impl<E: Executor> Harness<E> {
+    /// A harness over `executor`, which pushes its terminal states to `events` and stores
+    /// through `artifacts`; `scratch` is a directory both the test and the steps can see.
+    pub fn new(
+        executor: E,
+        events: UnboundedReceiver<JobEvent>,
+        artifacts: ArtifactStore,
+        scratch: PathBuf,
+    ) -> Self {
+        Harness {
+            executor,
+            events,
+            artifacts,
+            scratch,
+            next_run: 0,
+        }
+    }
+
     /// A job for a fresh run with the given argv, running in the scratch directory.
-    pub(crate) fn job(&mut self, step: &str, argv: &[&str]) -> StepJob {
+    pub fn job(&mut self, step: &str, argv: &[&str]) -> StepJob {
         self.next_run += 1;
         let run_id = self.next_run;
         StepJob {
@@ -46,11 +63,13 @@ impl<E: Executor> Harness<E> {
             outputs: Vec::new(),
             log_key: artifacts::log_key(run_id, step, 1),
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            secrets: Vec::new(),
         }
     }
 
     /// Declares output `name` on `job` and returns the path the step must write.
-    pub(crate) fn add_output(&self, job: &mut StepJob, name: &str) -> String {
+    pub fn add_output(&self, job: &mut StepJob, name: &str) -> String {
         let path = self.executor.job_dir(&job.name).join("outputs").join(name);
         job.outputs.push(StepOutput {
             name: name.to_owned(),
@@ -61,7 +80,7 @@ impl<E: Executor> Harness<E> {
     }
 
     /// Declares an input fetched from `key` and returns the path the step reads.
-    pub(crate) fn add_input(&self, job: &mut StepJob, key: &str, file: &str) -> String {
+    pub fn add_input(&self, job: &mut StepJob, key: &str, file: &str) -> String {
         let path = self.executor.job_dir(&job.name).join("inputs").join(file);
         job.inputs.push(StepInput {
             key: key.to_owned(),
@@ -71,12 +90,12 @@ impl<E: Executor> Harness<E> {
     }
 
     /// A path in the scratch directory, as a step argument.
-    pub(crate) fn scratch_file(&self, name: &str) -> String {
+    pub fn scratch_file(&self, name: &str) -> String {
         path_text(&self.scratch.join(name))
     }
 
     /// Waits for the terminal event of job `name`.
-    pub(crate) async fn wait(&mut self, name: &str) -> JobState {
+    pub async fn wait(&mut self, name: &str) -> JobState {
         let event = tokio::time::timeout(PATIENCE, self.events.recv())
             .await
             .unwrap_or_else(|_| panic!("no event for {name} within {PATIENCE:?}"))
@@ -90,7 +109,7 @@ impl<E: Executor> Harness<E> {
     }
 
     /// Asserts that no event is waiting.
-    pub(crate) fn assert_no_more_events(&mut self) {
+    pub fn assert_no_more_events(&mut self) {
         if let Ok(event) = self.events.try_recv() {
             panic!("unexpected event {event:?}");
         }
@@ -116,7 +135,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Polls until `file` holds a process id written by a step.
-pub(crate) async fn read_pid(file: &str) -> i32 {
+pub async fn read_pid(file: &str) -> i32 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         if let Ok(text) = std::fs::read_to_string(file)
@@ -145,7 +164,7 @@ fn process_is_gone(pid: i32) -> bool {
 }
 
 /// Polls until process `pid` has ended, failing the test if it outlives a few seconds.
-pub(crate) async fn assert_process_ends(pid: i32) {
+pub async fn assert_process_ends(pid: i32) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !process_is_gone(pid) {
         assert!(
@@ -160,7 +179,7 @@ pub(crate) async fn assert_process_ends(pid: i32) {
 /// sleep's pid to its first argument, and waits.
 const TREE: &str = r#"(sleep 300 & echo $! > "$1"; wait) & wait"#;
 
-pub(crate) async fn a_step_that_succeeds_stores_its_output<E: Executor>(h: &mut Harness<E>) {
+pub async fn a_step_that_succeeds_stores_its_output<E: Executor>(h: &mut Harness<E>) {
     let content = "weights: 0.25 0.5 0.75\n";
     let mut job = h.job("train", &[]);
     let model = h.add_output(&mut job, "model");
@@ -196,7 +215,7 @@ pub(crate) async fn a_step_that_succeeds_stores_its_output<E: Executor>(h: &mut 
     );
 }
 
-pub(crate) async fn a_failing_step_reports_its_exit_code_and_keeps_its_log<E: Executor>(
+pub async fn a_failing_step_reports_its_exit_code_and_keeps_its_log<E: Executor>(
     h: &mut Harness<E>,
 ) {
     let job = h.job(
@@ -228,7 +247,7 @@ pub(crate) async fn a_failing_step_reports_its_exit_code_and_keeps_its_log<E: Ex
     );
 }
 
-pub(crate) async fn a_step_that_does_not_write_an_output_fails<E: Executor>(h: &mut Harness<E>) {
+pub async fn a_step_that_does_not_write_an_output_fails<E: Executor>(h: &mut Harness<E>) {
     let mut job = h.job("train", &["true"]);
     h.add_output(&mut job, "model");
     h.submit(&job).await;
@@ -244,9 +263,7 @@ pub(crate) async fn a_step_that_does_not_write_an_output_fails<E: Executor>(h: &
     assert_eq!(h.artifacts.get_bytes(&key).await.expect("read"), None);
 }
 
-pub(crate) async fn inputs_arrive_at_their_paths_before_the_step_starts<E: Executor>(
-    h: &mut Harness<E>,
-) {
+pub async fn inputs_arrive_at_their_paths_before_the_step_starts<E: Executor>(h: &mut Harness<E>) {
     let dataset = b"id,label\n1,0\n2,1\n".to_vec();
     let mut job = h.job("train", &[]);
     let key = artifacts::output_key(job.run_id, "prepare", "dataset");
@@ -270,9 +287,7 @@ pub(crate) async fn inputs_arrive_at_their_paths_before_the_step_starts<E: Execu
     );
 }
 
-pub(crate) async fn a_missing_input_fails_the_step_before_it_starts<E: Executor>(
-    h: &mut Harness<E>,
-) {
+pub async fn a_missing_input_fails_the_step_before_it_starts<E: Executor>(h: &mut Harness<E>) {
     let marker = h.scratch_file("started");
     let mut job = h.job("train", &[]);
     let input = h.add_input(&mut job, "runs/999/prepare/dataset", "dataset");
@@ -292,7 +307,7 @@ pub(crate) async fn a_missing_input_fails_the_step_before_it_starts<E: Executor>
     assert!(!Path::new(&marker).exists(), "the program never started");
 }
 
-pub(crate) async fn a_timeout_kills_the_whole_process_tree<E: Executor>(h: &mut Harness<E>) {
+pub async fn a_timeout_kills_the_whole_process_tree<E: Executor>(h: &mut Harness<E>) {
     let pid_file = h.scratch_file("timeout-grandchild.pid");
     let mut job = h.job("train", &["sh", "-c", TREE, "sh", &pid_file]);
     job.timeout = Some(Duration::from_secs(1));
@@ -309,7 +324,7 @@ pub(crate) async fn a_timeout_kills_the_whole_process_tree<E: Executor>(h: &mut 
     assert_process_ends(grandchild).await;
 }
 
-pub(crate) async fn cancelling_a_running_step_kills_its_tree_and_reports_cancelled<E: Executor>(
+pub async fn cancelling_a_running_step_kills_its_tree_and_reports_cancelled<E: Executor>(
     h: &mut Harness<E>,
 ) {
     let pid_file = h.scratch_file("cancel-grandchild.pid");
@@ -339,9 +354,7 @@ pub(crate) async fn cancelling_a_running_step_kills_its_tree_and_reports_cancell
     h.assert_no_more_events();
 }
 
-pub(crate) async fn submitting_the_same_name_twice_runs_the_command_once<E: Executor>(
-    h: &mut Harness<E>,
-) {
+pub async fn submitting_the_same_name_twice_runs_the_command_once<E: Executor>(h: &mut Harness<E>) {
     let counter = h.scratch_file("counter");
     let job = h.job(
         "train",
@@ -361,7 +374,7 @@ pub(crate) async fn submitting_the_same_name_twice_runs_the_command_once<E: Exec
     h.assert_no_more_events();
 }
 
-pub(crate) async fn logs_are_readable_while_running_and_after<E: Executor>(h: &mut Harness<E>) {
+pub async fn logs_are_readable_while_running_and_after<E: Executor>(h: &mut Harness<E>) {
     let release = h.scratch_file("release");
     let job = h.job(
         "train",
@@ -405,7 +418,7 @@ pub(crate) async fn logs_are_readable_while_running_and_after<E: Executor>(h: &m
     );
 }
 
-pub(crate) async fn an_unknown_name_is_not_observed_and_cancelling_it_is_harmless<E: Executor>(
+pub async fn an_unknown_name_is_not_observed_and_cancelling_it_is_harmless<E: Executor>(
     h: &mut Harness<E>,
 ) {
     let name = super::job_name(404, "nothing", 1);
@@ -418,9 +431,7 @@ pub(crate) async fn an_unknown_name_is_not_observed_and_cancelling_it_is_harmles
     h.assert_no_more_events();
 }
 
-pub(crate) async fn argv_reaches_the_program_unchanged_without_a_shell<E: Executor>(
-    h: &mut Harness<E>,
-) {
+pub async fn argv_reaches_the_program_unchanged_without_a_shell<E: Executor>(h: &mut Harness<E>) {
     let tricky = [
         "two words",
         r#"it's "quoted""#,
@@ -459,7 +470,7 @@ pub(crate) async fn argv_reaches_the_program_unchanged_without_a_shell<E: Execut
     assert_eq!(received, tricky);
 }
 
-pub(crate) async fn the_job_environment_is_added_to_the_services<E: Executor>(h: &mut Harness<E>) {
+pub async fn the_job_environment_is_added_to_the_services<E: Executor>(h: &mut Harness<E>) {
     let mut job = h.job("train", &[]);
     let out = h.add_output(&mut job, "env");
     job.env.insert(
@@ -495,7 +506,7 @@ pub(crate) async fn the_job_environment_is_added_to_the_services<E: Executor>(h:
 
 /// A local executor over a fresh temporary directory; the directory lives as long as the
 /// returned guard.
-pub(crate) fn local_harness() -> (Harness<LocalExecutor>, tempfile::TempDir) {
+pub fn local_harness() -> (Harness<LocalExecutor>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let artifacts = ArtifactStore::open(&path_text(&dir.path().join("artifacts")))
         .expect("open artifact store");
@@ -513,6 +524,7 @@ pub(crate) fn local_harness() -> (Harness<LocalExecutor>, tempfile::TempDir) {
     (harness, dir)
 }
 
+#[cfg(test)]
 mod local_backend {
     macro_rules! local_suite {
         ($($test:ident),* $(,)?) => {$(
