@@ -754,6 +754,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
             image,
             resources: definition.resources.clone(),
             timeout,
+            job_dir,
             workdir,
             source,
             inputs,
@@ -791,7 +792,8 @@ impl<E: Executor, F: Forge> Service<E, F> {
         let prefix = artifacts::source_prefix(&tree_id);
         let marker_key = artifacts::source_marker_key(&prefix);
         if self.artifacts.exists(&marker_key).await? {
-            self.uploaded_sources.insert(commit.to_owned(), prefix.clone());
+            self.uploaded_sources
+                .insert(commit.to_owned(), prefix.clone());
             return Ok(prefix);
         }
         let mut marker = SourceMarker::default();
@@ -811,7 +813,8 @@ impl<E: Executor, F: Forge> Service<E, F> {
         })?;
         self.artifacts.put_bytes(&marker_key, marker).await?;
         tracing::info!(tree = %tree_id, files = files.len(), "uploaded the step source");
-        self.uploaded_sources.insert(commit.to_owned(), prefix.clone());
+        self.uploaded_sources
+            .insert(commit.to_owned(), prefix.clone());
         Ok(prefix)
     }
 

@@ -70,6 +70,7 @@ impl Pod {
             image: "busybox".to_owned(),
             resources: None,
             timeout: None,
+            job_dir: job_dir.clone(),
             workdir: job_dir.join("src/churn"),
             source: Some(StepSource {
                 prefix,
@@ -86,6 +87,8 @@ impl Pod {
             }],
             log_key: artifacts::log_key(run, step, 1),
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            secrets: Vec::new(),
         };
         Ok(Pod {
             _server: server,

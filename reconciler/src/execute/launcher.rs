@@ -86,7 +86,7 @@ impl LaunchArgs {
             step: job.step.clone(),
             attempt: job.attempt,
             artifacts: artifacts_url.to_owned(),
-            job_dir: job_dir_of(job),
+            job_dir: job.job_dir.clone(),
             workdir: job.workdir.clone(),
             source: job.source.as_ref().map(|source| source.prefix.clone()),
             source_dir: job.source.as_ref().map(|source| source.dir.clone()),
@@ -140,34 +140,6 @@ impl LaunchArgs {
         args.extend(self.argv.iter().cloned());
         args
     }
-}
-
-/// The job directory a job's paths were laid out in: the launcher needs it as a directory of
-/// its own, and the executor put every input and output under it.
-fn job_dir_of(job: &StepJob) -> PathBuf {
-    let from_workdir = job.source.as_ref().and_then(|source| {
-        let mut dir = job.workdir.as_path();
-        for _ in source.dir.components() {
-            dir = dir.parent()?;
-        }
-        // `<job dir>/src/<source dir>`, as the runtime builds it.
-        dir.parent().filter(|_| dir.ends_with("src"))
-    });
-    let from_files = || {
-        job.outputs
-            .iter()
-            .map(|output| output.path.as_path())
-            .chain(job.inputs.iter().map(|input| input.path.as_path()))
-            .find_map(|path| {
-                path.ancestors()
-                    .find(|dir| dir.ends_with("outputs") || dir.ends_with("inputs"))
-                    .and_then(Path::parent)
-            })
-    };
-    from_workdir
-        .or_else(from_files)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| job.workdir.clone())
 }
 
 /// The arguments after `trainyard launch` that run `job` in a pod, with artifacts at
@@ -299,8 +271,22 @@ pub struct Ended {
     /// stored, the program's own code when it failed, 128 + signal when a signal ended it,
     /// otherwise 1.
     pub exit_code: u8,
+    /// The program's own exit code, when it ran and exited by itself.
+    pub program_exit: Option<i32>,
     /// Why it failed, for people; None on success.
     pub reason: Option<String>,
+}
+
+/// Why an attempt failed, as launch writes it to the pod's termination log (JSON, at most
+/// 4,096 bytes) for the service to read from the pod's status. The exit code travels
+/// explicitly: launch's own failures also end the container with code 1, and only this
+/// tells them apart from a program that exited with 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminationReport {
+    /// The program's exit code; none when it never ran or was killed.
+    pub exit_code: Option<i32>,
+    /// What happened, for people (`exited with code 3`, `output `model` was not written`).
+    pub reason: String,
 }
 
 /// The contents of the object at a source's marker key: what listing the files cannot say.
@@ -341,6 +327,7 @@ pub async fn launch(
         Ok(artifacts) => match write_manifest(args, store, artifacts).await {
             Ok(()) => Ended {
                 exit_code: 0,
+                program_exit: Some(0),
                 reason: None,
             },
             Err(error) => {
@@ -351,8 +338,8 @@ pub async fn launch(
         },
         Err(ended) => ended,
     };
-    if let (Some(reason), Some(path)) = (&ended.reason, &args.termination_log) {
-        write_termination_log(path, reason);
+    if let (Some(report), Some(path)) = (ended.report(), &args.termination_log) {
+        write_termination_log(path, &report);
     }
     ended
 }
@@ -371,10 +358,10 @@ pub async fn launch_at_location(
                 EXIT_FAILURE,
                 format!("cannot open the artifact store: {error}"),
             );
-            if let Some(reason) = &ended.reason {
-                eprintln!("trainyard: {reason}");
+            if let Some(report) = ended.report() {
+                eprintln!("trainyard: {}", report.reason);
                 if let Some(path) = &args.termination_log {
-                    write_termination_log(path, reason);
+                    write_termination_log(path, &report);
                 }
             }
             ended
@@ -386,8 +373,25 @@ impl Ended {
     fn failed(exit_code: u8, reason: impl Into<String>) -> Self {
         Ended {
             exit_code,
+            program_exit: None,
             reason: Some(reason.into()),
         }
+    }
+
+    /// A failure after the program exited with `program_exit` by itself.
+    fn after_exit(exit_code: u8, program_exit: i32, reason: impl Into<String>) -> Self {
+        Ended {
+            program_exit: Some(program_exit),
+            ..Ended::failed(exit_code, reason)
+        }
+    }
+
+    /// What the termination log says about this end; None on success.
+    pub fn report(&self) -> Option<TerminationReport> {
+        self.reason.as_ref().map(|reason| TerminationReport {
+            exit_code: self.program_exit,
+            reason: reason.clone(),
+        })
     }
 }
 
@@ -485,7 +489,13 @@ async fn attempt(
             exit_code,
             std::os::unix::process::ExitStatusExt::signal(&status),
         ) {
-            (Some(code), _) => u8::try_from(code).unwrap_or(EXIT_FAILURE),
+            (Some(code), _) => {
+                return Err(Ended::after_exit(
+                    u8::try_from(code).unwrap_or(EXIT_FAILURE),
+                    code,
+                    reason,
+                ));
+            }
             (None, Some(signal)) => signal_exit_code(signal),
             (None, None) => EXIT_FAILURE,
         };
@@ -493,7 +503,7 @@ async fn attempt(
     }
     match store_outputs(store, &args.outputs).await {
         JobState::Succeeded { artifacts } => Ok(artifacts),
-        JobState::Failed { reason, .. } => Err(Ended::failed(EXIT_FAILURE, reason)),
+        JobState::Failed { reason, .. } => Err(Ended::after_exit(EXIT_FAILURE, 0, reason)),
         other => Err(Ended::failed(
             EXIT_FAILURE,
             format!("unexpected state {other:?}"),
@@ -583,16 +593,14 @@ async fn prepare(
         }
         Err(error) => return Err(format!("working directory {}", shown(&args.workdir, error))),
     }
-    let run_prefix = format!("runs/{}/", args.run);
     for input in &args.inputs {
         store
             .get_to_file(&input.key, &input.path)
             .await
             .map_err(|error| match error {
-                artifacts::Error::NotFound { key } => format!(
-                    "input {:?} is missing",
-                    key.strip_prefix(&run_prefix).unwrap_or(&key)
-                ),
+                artifacts::Error::NotFound { key } => {
+                    format!("input {key:?} is not in the artifact store")
+                }
                 error => format!("could not fetch input {:?}: {error}", input.key),
             })?;
     }
@@ -652,12 +660,22 @@ async fn download_source(store: &ArtifactStore, prefix: &str, into: &Path) -> Re
 }
 
 /// Best effort: a termination log that cannot be written leaves the reason in the log.
-fn write_termination_log(path: &Path, reason: &str) {
-    let mut end = reason.len().min(MAX_TERMINATION_MESSAGE);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
+fn write_termination_log(path: &Path, report: &TerminationReport) {
+    let mut report = report.clone();
+    // Kubernetes keeps at most 4,096 bytes; shorten the reason so the JSON stays whole.
+    let mut text = serde_json::to_string(&report).unwrap_or_default();
+    while text.len() > MAX_TERMINATION_MESSAGE && !report.reason.is_empty() {
+        let mut end = report
+            .reason
+            .len()
+            .saturating_sub(text.len() - MAX_TERMINATION_MESSAGE);
+        while !report.reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        report.reason.truncate(end);
+        text = serde_json::to_string(&report).unwrap_or_default();
     }
-    if let Err(error) = std::fs::write(path, &reason[..end]) {
+    if let Err(error) = std::fs::write(path, text) {
         eprintln!(
             "trainyard: could not write the termination log {}: {error}",
             path.display()
@@ -702,6 +720,7 @@ mod tests {
             image: "busybox".to_owned(),
             resources: None,
             timeout: None,
+            job_dir: job_dir.to_owned(),
             workdir: job_dir.join("src/pipelines/churn"),
             source: Some(StepSource {
                 prefix: artifacts::source_prefix("0123abcd"),
@@ -763,7 +782,7 @@ mod tests {
         let parsed = parse(&args(&job, "file:///store"));
         assert_eq!(parsed.source, None);
         assert_eq!(parsed.source_dir, None);
-        assert_eq!(parsed.job_dir, job.workdir);
+        assert_eq!(parsed.job_dir, job.job_dir);
         assert!(!args(&job, "file:///store").contains(&"--source".to_owned()));
     }
 
@@ -929,7 +948,15 @@ mod tests {
         let mut args = parse(&args(job, store.location()));
         args.termination_log = Some(termination.clone());
         let ended = launch(&args, store, signals).await;
-        let message = std::fs::read_to_string(&termination).unwrap_or_default();
+        let message = match std::fs::read_to_string(&termination) {
+            Ok(text) => {
+                let report: TerminationReport =
+                    serde_json::from_str(&text).expect("the termination log is a report");
+                assert_eq!(Some(report.clone()), ended.report());
+                report.reason
+            }
+            Err(_) => String::new(),
+        };
         (ended, message)
     }
 
@@ -951,6 +978,7 @@ mod tests {
             ended,
             Ended {
                 exit_code: 0,
+                program_exit: Some(0),
                 reason: None
             }
         );
@@ -990,11 +1018,14 @@ mod tests {
 
         let (ended, message) = run(&job, store, scratch.path()).await;
 
-        assert_eq!(message, r#"input "prepare/data" is missing"#);
+        assert_eq!(
+            message,
+            r#"input "runs/7/prepare/data" is not in the artifact store"#
+        );
         assert_eq!(ended, Ended::failed(1, message.clone()));
         assert_eq!(
             stored_log(store, &job).await,
-            "trainyard: input \"prepare/data\" is missing\n",
+            "trainyard: input \"runs/7/prepare/data\" is not in the artifact store\n",
             "the program never ran"
         );
         assert_eq!(outcome(store, &job).await.expect("outcome"), None);
@@ -1017,7 +1048,7 @@ mod tests {
         let (ended, message) = run(&job, &store, dir.path()).await;
 
         assert_eq!(message, "output `model` was not written");
-        assert_eq!(ended, Ended::failed(1, message.clone()));
+        assert_eq!(ended, Ended::after_exit(1, 0, message.clone()));
         assert_eq!(outcome(&store, &job).await.expect("outcome"), None);
         let log = stored_log(&store, &job).await;
         assert!(
@@ -1036,7 +1067,7 @@ mod tests {
         let (ended, message) = run(&job, &store, dir.path()).await;
 
         assert_eq!(message, "exited with code 3");
-        assert_eq!(ended, Ended::failed(3, "exited with code 3"));
+        assert_eq!(ended, Ended::after_exit(3, 3, "exited with code 3"));
         assert_eq!(outcome(&store, &job).await.expect("outcome"), None);
         assert_eq!(
             store.get_bytes(&job.outputs[0].key).await.expect("get"),

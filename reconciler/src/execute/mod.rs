@@ -46,6 +46,9 @@ pub struct StepJob {
     pub resources: Option<Resources>,
     /// Wall-clock limit of the attempt, from fetching inputs to the program's exit.
     pub timeout: Option<Duration>,
+    /// Where the attempt keeps its inputs, outputs and log, as the program sees it: the
+    /// executor's [`Executor::job_dir`] for this name.
+    pub job_dir: PathBuf,
     /// The program's working directory (locally: the pipeline file's folder in the run's
     /// checkout; on a cluster: that folder inside the downloaded [`StepSource`]).
     pub workdir: PathBuf,

@@ -47,8 +47,10 @@ impl<E: Executor> Harness<E> {
     pub fn job(&mut self, step: &str, argv: &[&str]) -> StepJob {
         self.next_run += 1;
         let run_id = self.next_run;
+        let name = super::job_name(run_id, step, 1);
         StepJob {
-            name: super::job_name(run_id, step, 1),
+            job_dir: self.executor.job_dir(&name),
+            name,
             run_id,
             step: step.to_owned(),
             attempt: 1,

@@ -12,7 +12,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
@@ -20,6 +19,7 @@ use tokio::time::Instant;
 
 use super::{ExecError, Executor, JobEvent, JobState, StepJob, launcher};
 use crate::artifacts::ArtifactStore;
+pub use launcher::TerminationReport;
 
 mod api;
 pub mod manifest;
@@ -41,17 +41,6 @@ pub const REQUIRED_RULES: &[(&str, &str, &[&str])] = &[
     ("", "pods", &["list", "watch"]),
     ("", "pods/log", &["get"]),
 ];
-
-/// Why a step ended without success, as the pod's termination message may carry it in
-/// JSON. `trainyard launch` writes the reason as one plain line, from which the exit code is
-/// recovered; this form also carries the exit code explicitly.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TerminationReport {
-    /// The program's exit code; none when it never ran or was killed.
-    pub exit_code: Option<i32>,
-    /// What happened, for people (`exited with code 3`, `output `model` was not written`).
-    pub reason: String,
-}
 
 /// How many times the outcome of a completed Job is looked up in the artifact store before
 /// the attempt is failed for it.

@@ -75,6 +75,7 @@ fn step(run_id: i64) -> StepJob {
         image: "ghcr.io/acme/train:1".to_owned(),
         resources: None,
         timeout: None,
+        job_dir: dir.clone(),
         workdir: dir.clone(),
         source: None,
         inputs: Vec::new(),

@@ -217,33 +217,11 @@ pub(super) fn pod_info(pod: &Pod, before: Option<&PodInfo>, now: Instant) -> Pod
     }
 }
 
-/// Reads a termination message written by `trainyard launch`: one line in the words the
-/// local backend uses (`exited with code 3`, `output `model` was not written`), or a
-/// [`TerminationReport`] as JSON. A message of several lines is not launch's: it is the tail
-/// of the log Kubernetes falls back to when the container wrote no message.
+/// Reads the [`TerminationReport`] `trainyard launch` writes as the termination message.
+/// Anything else is not launch's: the tail of the log Kubernetes falls back to when the
+/// container wrote no message, or a message from a container that never ran launch.
 pub(super) fn launch_report(message: &str) -> Option<TerminationReport> {
-    let message = message.trim();
-    if let Ok(report) = serde_json::from_str::<TerminationReport>(message) {
-        return Some(report);
-    }
-    if message.is_empty() || message.contains('\n') {
-        return None;
-    }
-    let exit_code = if let Some(rest) = message.strip_prefix("exited with code ") {
-        rest.split(|c: char| !c.is_ascii_digit() && c != '-')
-            .next()
-            .and_then(|code| code.parse().ok())
-    } else if message.starts_with("output `") {
-        // Outputs are checked only after the program exited with 0.
-        Some(0)
-    } else {
-        // Launch's own failures (inputs, source, start-up) and signals: no exit of its own.
-        None
-    };
-    Some(TerminationReport {
-        exit_code,
-        reason: message.to_owned(),
-    })
+    serde_json::from_str(message.trim()).ok()
 }
 
 /// At most the last `limit` bytes of `text`, on a character boundary.
@@ -736,21 +714,34 @@ mod tests {
             reason: reason.to_owned(),
         };
         let missing = r#"input "runs/9/prepare/data" is not in the artifact store"#;
-        assert_eq!(failure(missing, 1), failed(None, missing));
+        let report = |code: Option<i32>, reason: &str| {
+            serde_json::to_string(&TerminationReport {
+                exit_code: code,
+                reason: reason.to_owned(),
+            })
+            .expect("a report serializes")
+        };
+        assert_eq!(failure(&report(None, missing), 1), failed(None, missing));
+        let unwritten = "output `model` was not written";
         assert_eq!(
-            failure("exited with code 3\n", 3),
-            failed(Some(3), "exited with code 3")
+            failure(&report(Some(0), unwritten), 1),
+            failed(Some(0), unwritten),
+            "the program succeeded; launch failed after it"
         );
         assert_eq!(
-            failure("output `model` was not written", 1),
-            failed(Some(0), "output `model` was not written")
+            failure(&report(Some(1), "exited with code 1"), 1),
+            failed(Some(1), "exited with code 1"),
+            "only the report tells a program's 1 from launch's own"
         );
         assert_eq!(
-            failure("stopped by SIGTERM", 143),
+            failure(&report(None, "stopped by SIGTERM"), 143),
             failed(None, "stopped by SIGTERM")
         );
-        let json = r#"{"exit_code": 2, "reason": "exited with code 2"}"#;
-        assert_eq!(failure(json, 2), failed(Some(2), "exited with code 2"));
+        assert_eq!(
+            failure("a line of the log", 2),
+            failed(Some(2), "exited with code 2: a line of the log"),
+            "a message that is not a report is the log's tail"
+        );
     }
 
     #[test]
