@@ -1,5 +1,5 @@
 //! `trainyard serve`: the embedded service (local executor, Git-notes reports) over SQLite
-//! or PostgreSQL.
+//! or PostgreSQL, optionally with health endpoints and leader election among replicas.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,8 +9,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use trainyard::artifacts::ArtifactStore;
 use trainyard::execute::LocalExecutor;
+use trainyard::leader::{Election, Leadership};
 use trainyard::report::notes::NotesForge;
 use trainyard::runtime::{BranchWatcher, Config, Service, clone_cache};
+use trainyard::server::{self, AppState};
 use trainyard::source::discover;
 use trainyard::spec::Pipeline;
 use trainyard::spec::check::resolve_params;
@@ -18,7 +20,7 @@ use trainyard::spec::model::ParamType;
 use trainyard::store::{FOLLOWED_CURSOR, NewRun, RunState, Store, Trigger};
 
 use super::views::DATA_DIR;
-use super::{EXIT_INVALID, LogFormat, RunArgs, ServeArgs, policy_config};
+use super::{EXIT_INVALID, ElectionArgs, LogFormat, RunArgs, ServeArgs, policy_config};
 
 /// Runs the service until interrupted, or once with `--once`.
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
@@ -101,13 +103,29 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         max_parallel_steps: args.max_parallel_steps.max(1),
         policy: policy_config(&args.common)?,
     };
-    let mut service = Service::new(config, store, executor, events, forge, artifacts).await?;
+    let mut service =
+        Service::new(config, store.clone(), executor, events, forge, artifacts).await?;
     if !args.once {
-        let shutdown = async {
-            // A failing signal handler means we cannot be interrupted gracefully; run on.
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
+        let (stopping, stop) = tokio::sync::watch::channel(false);
+        // Health first: a replica waiting for the API server or the Lease is alive.
+        let http = match args.listen {
+            Some(address) => {
+                let listener = tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address}"))?;
+                tracing::info!(address = %listener.local_addr()?, "serving /healthz and /readyz");
+                let routes = server::router(AppState::new(service.heartbeat(), store));
+                let mut stop = stop.clone();
+                let stopped = async move {
+                    let _ = stop.wait_for(|stopping| *stopping).await;
+                };
+                Some(tokio::spawn(server::serve(listener, routes, stopped)))
             }
+            None => None,
+        };
+        let leadership = match args.election.leader_election {
+            true => Some(join_election(&args.election).await?),
+            false => None,
         };
         // Without file events (some network file systems), polling alone follows the branch;
         // a remote repository is always polled.
@@ -125,9 +143,18 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
             .serve(
                 Duration::from_secs(args.poll_seconds.max(1)),
                 watch,
-                shutdown,
+                leadership.as_ref().map(Leadership::subscribe),
+                shutdown_signal(),
             )
             .await;
+        // The loop has stopped acting: only now may another replica take over.
+        if let Some(leadership) = leadership {
+            leadership.step_down().await;
+        }
+        let _ = stopping.send(true);
+        if let Some(http) = http {
+            http.await.context("the HTTP server failed")??;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let outcome = service.run_once().await?;
@@ -155,6 +182,67 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_INVALID)
     })
+}
+
+/// Completes on SIGINT (ctrl-c) or SIGTERM (how Kubernetes stops a pod).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    // A signal that cannot be handled cannot stop us gracefully: wait for the others.
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = terminate => tracing::info!("SIGTERM: stopping"),
+        () = interrupt => tracing::info!("interrupted: stopping"),
+    }
+}
+
+/// Joins the election on the Lease with the client kube infers (KUBECONFIG, ~/.kube/config
+/// or the pod's service account).
+async fn join_election(args: &ElectionArgs) -> Result<Leadership> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube::Client::try_default()
+        .await
+        .context("leader election needs a Kubernetes client (kubeconfig or in-cluster)")?;
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let identity = match &args.leader_identity {
+        Some(identity) => identity.clone(),
+        None => format!("{}-{}", hostname()?, std::process::id()),
+    };
+    tracing::info!(lease = %args.lease_name, %namespace, %identity, "joining leader election");
+    let election = Election {
+        lease: args.lease_name.clone(),
+        namespace,
+        identity,
+        duration: Duration::from_secs(args.lease_duration_seconds),
+        grace: Duration::from_secs(args.lease_grace_seconds),
+    };
+    Ok(Leadership::join(client, election).await?)
+}
+
+/// This machine's host name (a pod's name inside Kubernetes).
+fn hostname() -> Result<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer it is given.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot read the host name");
+    }
+    let end = buffer.iter().position(|b| *b == 0).unwrap_or(buffer.len());
+    Ok(String::from_utf8_lossy(&buffer[..end]).into_owned())
 }
 
 /// `trainyard run`: writes a pending manual run to the store, pinned to the pipeline's
