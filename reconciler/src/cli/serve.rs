@@ -50,6 +50,9 @@ fn is_url(repo: &str) -> bool {
 }
 
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
+    // Handled from the start, so that stopping a service that is still starting is graceful
+    // too; `--once` keeps the default (ctrl-c ends it at once).
+    let shutdown = (!args.once).then(shutdown_signal).transpose()?;
     let remote = args.repo.clone().filter(|r| is_url(r));
     // The followed repository (a work tree, or the bare cache of a remote) and the data
     // directory: by default `.trainyard` at the work tree's root, or in the current
@@ -105,7 +108,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     };
     let mut service =
         Service::new(config, store.clone(), executor, events, forge, artifacts).await?;
-    if !args.once {
+    if let Some(shutdown) = shutdown {
         let (stopping, stop) = tokio::sync::watch::channel(false);
         // Health first: a replica waiting for the API server or the Lease is alive.
         let http = match args.listen {
@@ -144,7 +147,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
                 Duration::from_secs(args.poll_seconds.max(1)),
                 watch,
                 leadership.as_ref().map(Leadership::subscribe),
-                shutdown_signal(),
+                shutdown,
             )
             .await;
         // The loop has stopped acting: only now may another replica take over.
@@ -184,27 +187,19 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     })
 }
 
-/// Completes on SIGINT (ctrl-c) or SIGTERM (how Kubernetes stops a pod).
-async fn shutdown_signal() {
+/// A future that completes on SIGINT (ctrl-c) or SIGTERM (how Kubernetes stops a pod).
+/// The handlers are installed at once: a signal that comes before the future is first
+/// polled (while the service starts) still stops it gracefully instead of killing it.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    // A signal that cannot be handled cannot stop us gracefully: wait for the others.
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = interrupt.recv() => tracing::info!("interrupted: stopping"),
         }
-    };
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        () = terminate => tracing::info!("SIGTERM: stopping"),
-        () = interrupt => tracing::info!("interrupted: stopping"),
-    }
+    })
 }
 
 /// Joins the election on the Lease with the client kube infers (KUBECONFIG, ~/.kube/config
