@@ -19,20 +19,15 @@ use trainyard_tests::{DataDir, Repo, Result, TestResult, free_port, http_get, wo
 
 /// What the Kubernetes executor calls, as (API group, resource, verbs).
 // TODO: use trainyard::execute::kubernetes::REQUIRED_RULES once the executor is merged;
-// this stands in for it until then.
+// this is a copy of it (as the executor's branch has it) until then.
 const EXECUTOR_RULES: &[(&str, &str, &[&str])] = &[
-    (
-        "batch",
-        "jobs",
-        &["create", "get", "list", "watch", "delete"],
-    ),
-    ("", "pods", &["get", "list", "watch"]),
-    ("", "pods/log", &["get", "list", "watch"]),
-    ("", "events", &["create", "patch"]),
+    ("batch", "jobs", &["create", "delete", "list", "watch"]),
+    ("", "pods", &["list", "watch"]),
+    ("", "pods/log", &["get"]),
 ];
 
 /// Where the init container of every step pod copies the binary from.
-// TODO: the executor's constant for its init container, once merged.
+// TODO: trainyard::execute::kubernetes::manifest::IMAGE_BINARY once the executor is merged.
 const INIT_CONTAINER_SOURCE: &str = "/usr/local/bin/trainyard";
 
 /// Flags of the Deployment that the executor adds to `serve`.
