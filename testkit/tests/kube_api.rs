@@ -1,0 +1,635 @@
+//! The stand-in API server driven by the real `kube` client, kube-runtime's watcher and
+//! kube-lease-manager, as the reconciler will drive it.
+
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use trainyard_testkit::kube::{ApiServer, Fault};
+
+async fn client_with_retry(server: &ApiServer, retry: bool) -> kube::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&path).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.default_retry = retry;
+    kube::Client::try_from(config).unwrap()
+}
+
+async fn client(server: &ApiServer) -> kube::Client {
+    client_with_retry(server, true).await
+}
+
+fn job(name: &str, extra: Value) -> Job {
+    let mut value = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "trainyard", "step": name}},
+        "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+                 "containers": [{"name": "main", "image": "busybox:1.36", "command": ["true"]}]}}}
+    });
+    merge(&mut value, &extra);
+    serde_json::from_value(value).unwrap()
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn api_error(err: kube::Error) -> kube::core::Status {
+    match err {
+        kube::Error::Api(status) => *status,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_job_is_created_read_back_refused_twice_and_validated() {
+    let server = ApiServer::builder().token("t0ken").start().await.unwrap();
+    let jobs: Api<Job> = Api::namespaced(client(&server).await, "default");
+
+    let created = jobs
+        .create(&PostParams::default(), &job("train-a", json!({})))
+        .await
+        .unwrap();
+    let meta = &created.metadata;
+    assert!(meta.uid.is_some() && meta.creation_timestamp.is_some());
+    assert_eq!(meta.generation, Some(1));
+    let spec = created.spec.as_ref().unwrap();
+    assert_eq!(spec.completions, Some(1));
+    assert_eq!(spec.suspend, Some(false));
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
+    assert_eq!(labels["batch.kubernetes.io/job-name"], "train-a");
+
+    let fetched = jobs.get("train-a").await.unwrap();
+    assert_eq!(fetched.metadata.uid, meta.uid);
+
+    let again = api_error(
+        jobs.create(&PostParams::default(), &job("train-a", json!({})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((again.code, again.reason.as_str()), (409, "AlreadyExists"));
+    assert_eq!(again.message, "jobs.batch \"train-a\" already exists");
+
+    let gpu = json!({"spec": {"template": {"spec": {"containers": [{"name": "main", "image": "img:1",
+        "resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "2"}}}]}}}});
+    let invalid = api_error(
+        jobs.create(&PostParams::default(), &job("gpu", gpu))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((invalid.code, invalid.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        invalid.message,
+        "Job.batch \"gpu\" is invalid: spec.template.spec.containers[0].resources.requests[nvidia.com/gpu]: Invalid value: \"1\": must be equal to nvidia.com/gpu limit of 2"
+    );
+    let missing = api_error(jobs.get("nope").await.unwrap_err());
+    assert_eq!(
+        (missing.code, missing.message.as_str()),
+        (404, "jobs.batch \"nope\" not found")
+    );
+
+    let other_ns: Api<Job> = Api::namespaced(client(&server).await, "elsewhere");
+    let no_ns = api_error(
+        other_ns
+            .create(&PostParams::default(), &job("x", json!({})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (no_ns.code, no_ns.message.as_str()),
+        (404, "namespaces \"elsewhere\" not found")
+    );
+}
+
+#[tokio::test]
+async fn a_request_without_the_token_is_unauthorized() {
+    let server = ApiServer::builder().token("right").start().await.unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = kube::Config::new(server.url().parse().unwrap());
+    config.auth_info.token = Some("wrong".to_string().into());
+    let jobs: Api<Job> = Api::namespaced(kube::Client::try_from(config).unwrap(), "default");
+    let err = api_error(jobs.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!(err.code, 401);
+}
+
+#[tokio::test]
+async fn lists_select_by_label_and_page_with_continue_tokens_until_compacted() {
+    let server = ApiServer::start().await.unwrap();
+    let jobs: Api<Job> = Api::namespaced(client(&server).await, "default");
+    for i in 0..5 {
+        let extra =
+            json!({"metadata": {"labels": {"tier": if i % 2 == 0 { "gpu" } else { "cpu" }}}});
+        jobs.create(&PostParams::default(), &job(&format!("j{i}"), extra))
+            .await
+            .unwrap();
+    }
+    let names = |list: &kube::core::ObjectList<Job>| -> Vec<String> {
+        list.items
+            .iter()
+            .map(|j| j.metadata.name.clone().unwrap())
+            .collect()
+    };
+    let gpu = jobs
+        .list(&ListParams::default().labels("tier=gpu"))
+        .await
+        .unwrap();
+    assert_eq!(names(&gpu), ["j0", "j2", "j4"]);
+    let not_in = jobs
+        .list(&ListParams::default().labels("tier notin (gpu),step"))
+        .await
+        .unwrap();
+    assert_eq!(names(&not_in), ["j1", "j3"]);
+    let by_name = jobs
+        .list(&ListParams::default().fields("metadata.name=j3"))
+        .await
+        .unwrap();
+    assert_eq!(names(&by_name), ["j3"]);
+
+    let first = jobs.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(names(&first), ["j0", "j1"]);
+    let token = first.metadata.continue_.clone().unwrap();
+    let second = jobs
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(names(&second), ["j2", "j3"]);
+    let third = jobs
+        .list(
+            &ListParams::default()
+                .limit(2)
+                .continue_token(second.metadata.continue_.as_ref().unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&third), ["j4"]);
+    assert!(third.metadata.continue_.as_deref().unwrap_or("").is_empty());
+
+    jobs.create(&PostParams::default(), &job("later", json!({})))
+        .await
+        .unwrap();
+    server.compact();
+    let gone = api_error(
+        jobs.list(&ListParams::default().limit(2).continue_token(&token))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((gone.code, gone.reason.as_str()), (410, "Expired"));
+}
+
+#[tokio::test]
+async fn a_watch_sees_a_job_added_then_modified_when_the_test_completes_it() {
+    let server = ApiServer::start().await.unwrap();
+    let jobs: Api<Job> = Api::namespaced(client(&server).await, "default");
+    let list = jobs.list(&ListParams::default()).await.unwrap();
+    let rv = list.metadata.resource_version.clone().unwrap();
+    let mut stream = jobs
+        .watch(
+            &WatchParams::default().labels("app.kubernetes.io/managed-by=trainyard"),
+            &rv,
+        )
+        .await
+        .unwrap()
+        .boxed();
+    jobs.create(&PostParams::default(), &job("w", json!({})))
+        .await
+        .unwrap();
+
+    let mut seen = Vec::new();
+    let mut completed = false;
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(5), stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        match event {
+            WatchEvent::Added(j) => {
+                seen.push("ADDED");
+                assert_eq!(j.metadata.name.as_deref(), Some("w"));
+            }
+            WatchEvent::Modified(j) => {
+                seen.push("MODIFIED");
+                let status = j.status.unwrap_or_default();
+                if status.active == Some(1) && !completed {
+                    completed = true;
+                    server.complete_job("default", "w").unwrap();
+                }
+                let conditions = status.conditions.unwrap_or_default();
+                if conditions
+                    .iter()
+                    .any(|c| c.type_ == "Complete" && c.status == "True")
+                {
+                    assert_eq!(status.succeeded, Some(1));
+                    assert!(status.completion_time.is_some());
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen[0], "ADDED");
+    assert!(seen.len() >= 3, "{seen:?}");
+}
+
+#[tokio::test]
+async fn the_watcher_recovers_from_a_compacted_version_by_listing_again() {
+    let server = ApiServer::start().await.unwrap();
+    let jobs: Api<Job> = Api::namespaced(client(&server).await, "default");
+    jobs.create(&PostParams::default(), &job("before", json!({})))
+        .await
+        .unwrap();
+
+    // A raw watch from a compacted version gets the ERROR event with a 410 Status.
+    let old = server.resource_version();
+    jobs.create(&PostParams::default(), &job("between", json!({})))
+        .await
+        .unwrap();
+    server.compact();
+    let mut raw = jobs
+        .watch(&WatchParams::default(), &old.to_string())
+        .await
+        .unwrap()
+        .boxed();
+    match raw.try_next().await.unwrap() {
+        Some(WatchEvent::Error(status)) => {
+            assert_eq!(status.code, 410);
+            assert!(
+                status
+                    .message
+                    .starts_with(&format!("too old resource version: {old} (")),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+
+    let mut events = watcher(jobs.clone(), watcher::Config::default()).boxed();
+    let mut phase = 0;
+    let mut errors = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let next = tokio::time::timeout_at(deadline.into(), events.next())
+            .await
+            .expect("watcher stalled")
+            .unwrap();
+        match next {
+            Ok(watcher::Event::InitDone) if phase == 0 => {
+                jobs.create(&PostParams::default(), &job("mid", json!({})))
+                    .await
+                    .unwrap();
+            }
+            // The watch is open once it delivers "mid"; compacting now cuts it off.
+            Ok(watcher::Event::Apply(j))
+                if phase == 0 && j.metadata.name.as_deref() == Some("mid") =>
+            {
+                phase = 1;
+                server.compact();
+                jobs.create(&PostParams::default(), &job("after", json!({})))
+                    .await
+                    .unwrap();
+            }
+            Ok(watcher::Event::InitApply(j))
+                if phase == 1 && j.metadata.name.as_deref() == Some("after") =>
+            {
+                phase = 2
+            }
+            Ok(watcher::Event::InitDone) if phase == 2 => break,
+            Ok(_) => {}
+            Err(_) => errors += 1,
+        }
+    }
+    assert!(errors >= 1, "the 410 reached the watcher");
+    assert!(
+        server.request_count("list", "jobs") >= 2,
+        "the watcher listed again"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_update_from_a_stale_version_conflicts() {
+    let server = ApiServer::start().await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(client(&server).await, "default");
+    let lease: Lease = serde_json::from_value(
+        json!({"metadata": {"name": "leader"}, "spec": {"holderIdentity": "a"}}),
+    )
+    .unwrap();
+    let created = leases.create(&PostParams::default(), &lease).await.unwrap();
+    let mut first = created.clone();
+    first.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    leases
+        .replace("leader", &PostParams::default(), &first)
+        .await
+        .unwrap();
+    let mut stale = created;
+    stale.spec.as_mut().unwrap().holder_identity = Some("c".into());
+    let err = api_error(
+        leases
+            .replace("leader", &PostParams::default(), &stale)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    assert!(
+        err.message
+            .starts_with("Operation cannot be fulfilled on leases.coordination.k8s.io \"leader\"")
+    );
+
+    let stale_patch =
+        json!({"metadata": {"resourceVersion": "1"}, "spec": {"holderIdentity": "d"}});
+    let err = api_error(
+        leases
+            .patch(
+                "leader",
+                &PatchParams::default(),
+                &Patch::Merge(&stale_patch),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 409);
+}
+
+#[tokio::test]
+async fn one_of_two_lease_managers_leads_and_the_other_takes_over_after_release() {
+    let server = ApiServer::start().await.unwrap();
+    let build = |identity: &'static str| {
+        let server = &server;
+        async move {
+            kube_lease_manager::LeaseManagerBuilder::new(client(server).await, "trainyard-leader")
+                .with_identity(identity)
+                .with_duration(2)
+                .with_grace(1)
+                .build()
+                .await
+                .unwrap()
+        }
+    };
+    let a = build("replica-a").await;
+    let b = build("replica-b").await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), a.changed())
+            .await
+            .unwrap()
+            .unwrap()
+    );
+    // b cannot lock while a holds and renews; it keeps trying in the background.
+    let b_task = tokio::spawn(async move {
+        let became = b.changed().await.unwrap();
+        (became, b)
+    });
+    let renew = tokio::time::timeout(Duration::from_secs(3), a.changed()).await;
+    assert!(renew.is_err(), "a stays leader while it renews");
+    assert_eq!(
+        server.get("leases", "default", "trainyard-leader").unwrap()["spec"]["holderIdentity"],
+        "replica-a"
+    );
+    a.release().await.unwrap();
+    let (became, _b) = tokio::time::timeout(Duration::from_secs(10), b_task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(became);
+    assert_eq!(
+        server.get("leases", "default", "trainyard-leader").unwrap()["spec"]["holderIdentity"],
+        "replica-b"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_job_orphans_its_pods_by_default_and_removes_them_in_background() {
+    let server = ApiServer::start().await.unwrap();
+    let c = client(&server).await;
+    let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c, "default");
+    for name in ["orphaned", "background"] {
+        jobs.create(&PostParams::default(), &job(name, json!({})))
+            .await
+            .unwrap();
+    }
+    let pods_of = |job: &str| format!("job-name={job}");
+    assert_eq!(
+        pods.list(&ListParams::default().labels(&pods_of("orphaned")))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+
+    jobs.delete("orphaned", &DeleteParams::default())
+        .await
+        .unwrap();
+    let left = pods
+        .list(&ListParams::default().labels(&pods_of("orphaned")))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(left.len(), 1, "the default for jobs is Orphan");
+    assert!(
+        left[0]
+            .metadata
+            .owner_references
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty()
+    );
+
+    let answer = jobs
+        .delete("background", &DeleteParams::background())
+        .await
+        .unwrap();
+    assert!(
+        answer.is_right(),
+        "an immediate delete answers with a Status"
+    );
+    assert!(
+        pods.list(&ListParams::default().labels(&pods_of("background")))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(server.get("jobs", "default", "background").is_none());
+}
+
+#[tokio::test]
+async fn too_many_requests_carries_retry_after_and_the_client_waits_it_out() {
+    let server = ApiServer::start().await.unwrap();
+    let no_retry: Api<Job> = Api::namespaced(client_with_retry(&server, false).await, "default");
+    server.fail_next(1, 429, Some(1));
+    let err = api_error(no_retry.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (429, "TooManyRequests"));
+
+    let jobs: Api<Job> = Api::namespaced(client(&server).await, "default");
+    server.fail_next_matching(Fault {
+        remaining: 1,
+        code: 429,
+        retry_after: Some(1),
+        verb: Some("create".into()),
+        resource: Some("jobs".into()),
+    });
+    let started = Instant::now();
+    jobs.create(&PostParams::default(), &job("patient", json!({})))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the client honoured Retry-After"
+    );
+    let creates: Vec<u16> = server
+        .requests()
+        .iter()
+        .filter(|r| r.verb == "create")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(creates, [429, 201]);
+}
+
+#[tokio::test]
+async fn rbac_forbids_what_the_role_does_not_grant() {
+    let server = ApiServer::builder()
+        .user("system:serviceaccount:trainyard:trainyard")
+        .start()
+        .await
+        .unwrap();
+    server.enforce_rbac(json!([
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]}
+    ]));
+    let jobs: Api<Job> = Api::namespaced(client(&server).await, "default");
+    jobs.list(&ListParams::default()).await.unwrap();
+    let err = api_error(
+        jobs.create(&PostParams::default(), &job("x", json!({})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        err.message,
+        "jobs.batch is forbidden: User \"system:serviceaccount:trainyard:trainyard\" cannot create resource \"jobs\" in API group \"batch\" in the namespace \"default\""
+    );
+    let leases: Api<Lease> = Api::namespaced(client(&server).await, "default");
+    assert_eq!(api_error(leases.get("l").await.unwrap_err()).code, 403);
+}
+
+#[tokio::test]
+async fn pod_failure_reasons_set_by_the_test_reach_the_client() {
+    let server = ApiServer::start().await.unwrap();
+    let c = client(&server).await;
+    let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c, "default");
+    for name in ["pull", "nogpu", "oom", "queued"] {
+        let extra = if name == "queued" {
+            json!({"spec": {"suspend": true}})
+        } else {
+            json!({})
+        };
+        jobs.create(&PostParams::default(), &job(name, extra))
+            .await
+            .unwrap();
+    }
+    server
+        .pod_waiting(
+            "default",
+            "pull",
+            "ImagePullBackOff",
+            "Back-off pulling image \"busybox:1.36\"",
+        )
+        .unwrap();
+    server
+        .pod_unschedulable(
+            "default",
+            "nogpu",
+            "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+        )
+        .unwrap();
+    server.oom_kill("default", "oom").unwrap();
+    assert!(server.job_pod("default", "queued").is_none());
+    server.admit("default", "queued").unwrap();
+    assert!(server.job_pod("default", "queued").is_some());
+
+    let pod = |job: &str| {
+        let pods = pods.clone();
+        let job = job.to_string();
+        async move {
+            pods.list(&ListParams::default().labels(&format!("job-name={job}")))
+                .await
+                .unwrap()
+                .items
+                .remove(0)
+        }
+    };
+    let pull = pod("pull").await;
+    let waiting = pull.status.unwrap().container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap();
+    assert_eq!(waiting.reason.as_deref(), Some("ImagePullBackOff"));
+    let log_err = api_error(
+        pods.logs(pull.metadata.name.as_deref().unwrap(), &Default::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(log_err.code, 400);
+    assert!(
+        log_err
+            .message
+            .ends_with("is waiting to start: trying and failing to pull image"),
+        "{}",
+        log_err.message
+    );
+
+    let nogpu = pod("nogpu").await.status.unwrap().conditions.unwrap();
+    assert_eq!(nogpu[0].reason.as_deref(), Some("Unschedulable"));
+    let oom = pod("oom").await.status.unwrap().container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(
+        (oom.reason.as_deref(), oom.exit_code),
+        (Some("OOMKilled"), 137)
+    );
+    let failed = jobs
+        .get("oom")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions
+        .unwrap();
+    assert!(
+        failed
+            .iter()
+            .any(|c| c.type_ == "Failed" && c.reason.as_deref() == Some("BackoffLimitExceeded"))
+    );
+}
