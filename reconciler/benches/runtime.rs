@@ -117,7 +117,12 @@ async fn tick_lag() -> Vec<f64> {
     service.apply_head().await.expect("apply");
     let wait = (due - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(4);
     service
-        .serve(Duration::from_secs(60), None, tokio::time::sleep(wait))
+        .serve(
+            Duration::from_secs(60),
+            None,
+            None,
+            tokio::time::sleep(wait),
+        )
         .await;
     let store = Store::connect(&data.join("trainyard.db").display().to_string())
         .await

@@ -30,6 +30,7 @@ use crate::execute::{
 use crate::registry;
 use crate::report::{self, Forge, ForgeError, Report, StatusState};
 use crate::schedule::{self, ActiveRuns, TickAction};
+use crate::server::Heartbeat;
 use crate::source::{Snapshot, SourceError};
 use crate::spec::catalog::Entry;
 use crate::spec::check::resolve_params;
@@ -46,6 +47,8 @@ use crate::store::{
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 /// Reports delivered per pass.
 const REPORTS_PER_PASS: u32 = 50;
+/// How often a standby replica beats while it waits to lead.
+const STANDBY_BEAT: Duration = Duration::from_secs(5);
 
 /// Errors that stop a pass of the loop.
 #[derive(Debug, Error)]
@@ -135,6 +138,10 @@ pub struct Service<E: Executor, F: Forge> {
     /// Key prefixes of source trees known to be completely in the artifact store, by the
     /// commit they were read from.
     uploaded_sources: HashMap<String, String>,
+    /// When the leader next looks at the branch head.
+    next_poll: tokio::time::Instant,
+    /// Beats while the loop turns (the health endpoint reads it).
+    heartbeat: Heartbeat,
 }
 
 /// What a `run_once` did.
@@ -172,6 +179,8 @@ impl<E: Executor, F: Forge> Service<E, F> {
             pipelines: HashMap::new(),
             schedules: HashMap::new(),
             uploaded_sources: HashMap::new(),
+            next_poll: tokio::time::Instant::now(),
+            heartbeat: Heartbeat::default(),
         })
     }
 
@@ -213,29 +222,51 @@ impl<E: Executor, F: Forge> Service<E, F> {
     /// `poll`), fires ticks, drives runs and delivers reports. A failing pass is logged and
     /// retried on the next one: an unreachable repository or database changes nothing.
     /// `watch`, when given, wakes the loop to apply a commit as soon as the branch moves.
+    ///
+    /// With `leadership` (`None`: always the leader) the loop acts only while it says
+    /// `true`. Losing it stops the loop at once, even mid-pass: every step of a pass is
+    /// written so that stopping anywhere is as harmless as a crash. Gaining it starts from
+    /// what the store says, since another replica has acted meanwhile.
     pub async fn serve(
         &mut self,
         poll: Duration,
         mut watch: Option<BranchWatcher>,
+        mut leadership: Option<tokio::sync::watch::Receiver<bool>>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut next_poll = tokio::time::Instant::now();
+        let mut leading = leadership.is_none();
         loop {
-            if tokio::time::Instant::now() >= next_poll {
-                if let Err(error) = self.apply_head().await {
-                    tracing::error!(%error, "applying the branch head failed");
+            self.heartbeat.beat();
+            if !leading {
+                tokio::select! {
+                    () = gained(&mut leadership) => match self.reload().await {
+                        Ok(()) => leading = true,
+                        Err(error) => {
+                            tracing::error!(%error, "reading the store to take over failed");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    },
+                    // Outcomes of jobs started while leading: the leader reads them from
+                    // the store and the executor.
+                    Some(_) = self.events.recv() => {}
+                    () = tokio::time::sleep(STANDBY_BEAT) => {}
+                    () = &mut shutdown => return,
                 }
-                next_poll = tokio::time::Instant::now() + poll;
+                continue;
             }
-            let wake = match self.pass().await {
-                Ok(wake) => wake,
-                Err(error) => {
-                    tracing::error!(%error, "reconcile pass failed");
-                    Duration::from_secs(1)
-                }
+            // A shutdown waits for the pass to end; a lost lease does not.
+            let wake = tokio::select! {
+                biased;
+                () = lost(&mut leadership) => None,
+                wake = self.turn(poll) => Some(wake),
             };
-            let until = (tokio::time::Instant::now() + wake).min(next_poll);
+            let Some(wake) = wake else {
+                leading = false;
+                self.stand_by();
+                continue;
+            };
+            let until = (tokio::time::Instant::now() + wake).min(self.next_poll);
             let moved = async {
                 match watch.as_mut() {
                     Some(watcher) => watcher.changes.recv().await,
@@ -244,15 +275,60 @@ impl<E: Executor, F: Forge> Service<E, F> {
             };
             tokio::select! {
                 () = tokio::time::sleep_until(until) => {}
-                Some(()) = moved => next_poll = tokio::time::Instant::now(),
+                Some(()) = moved => self.next_poll = tokio::time::Instant::now(),
                 Some(event) = self.events.recv() => {
                     if let Err(error) = self.on_event(event).await {
                         tracing::error!(%error, "recording a step's outcome failed");
                     }
                 }
+                () = lost(&mut leadership) => {
+                    leading = false;
+                    self.stand_by();
+                }
                 () = &mut shutdown => return,
             }
         }
+    }
+
+    /// Applies the head when `poll` is due and runs a pass; returns how long the loop may
+    /// sleep.
+    async fn turn(&mut self, poll: Duration) -> Duration {
+        if tokio::time::Instant::now() >= self.next_poll {
+            if let Err(error) = self.apply_head().await {
+                tracing::error!(%error, "applying the branch head failed");
+            }
+            self.next_poll = tokio::time::Instant::now() + poll;
+        }
+        match self.pass().await {
+            Ok(wake) => wake,
+            Err(error) => {
+                tracing::error!(%error, "reconcile pass failed");
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    /// Stops following this process's jobs on losing the lease: the next leader follows
+    /// them through the store.
+    fn stand_by(&mut self) {
+        tracing::info!(jobs = self.jobs.len(), "standing by: no longer acting");
+        self.jobs.clear();
+    }
+
+    /// Forgets what this process knew from acting earlier, for a replica taking over: the
+    /// declared state as the store has it now, the head to be applied again, and no jobs
+    /// of its own (those running are followed through the store).
+    async fn reload(&mut self) -> Result<(), RuntimeError> {
+        self.declared = declared_state(&self.store).await?;
+        self.snapshot = None;
+        self.jobs.clear();
+        self.next_poll = tokio::time::Instant::now();
+        Ok(())
+    }
+
+    /// The loop's heartbeat: beats while the loop turns, leading or standing by.
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
     }
 
     /// One pass of the loop besides applying commits; returns how long it may sleep.
@@ -1166,6 +1242,29 @@ fn source_files(tree: &git2::Tree<'_>) -> Result<Vec<SourceFile>, RuntimeError> 
         git2::TreeWalkResult::Ok
     })?;
     Ok(files)
+}
+
+/// Completes when `leadership` says this replica leads (at once without an election); never
+/// if the election stopped (stand by for good).
+async fn gained(leadership: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    let Some(receiver) = leadership else {
+        return;
+    };
+    if receiver.wait_for(|leads| *leads).await.is_err() {
+        tracing::error!("leader election stopped; standing by");
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Completes when `leadership` says this replica no longer leads, or the election stopped;
+/// never without leadership (always the leader).
+async fn lost(leadership: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match leadership {
+        Some(receiver) => {
+            let _ = receiver.wait_for(|leads| !*leads).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Makes `cache` a bare clone of `url` if it is not one yet.

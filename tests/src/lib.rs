@@ -431,8 +431,10 @@ pub const STOP_LIMIT: Duration = Duration::from_secs(15);
 /// test's output only when the test fails, which is when that output explains the failure.
 pub struct DataDir {
     dir: TempDir,
-    /// A PostgreSQL schema of its own, when the store is PostgreSQL rather than SQLite.
+    /// A PostgreSQL schema, when the store is PostgreSQL rather than SQLite.
     postgres: Option<String>,
+    /// Whether the schema is this directory's own, dropped with it.
+    owns_schema: bool,
 }
 
 /// The PostgreSQL server the tests use (trust authentication, database `test`).
@@ -444,6 +446,7 @@ impl DataDir {
         Ok(DataDir {
             dir: temp_dir()?,
             postgres: None,
+            owns_schema: false,
         })
     }
 
@@ -465,6 +468,17 @@ impl DataDir {
         Ok(DataDir {
             dir: temp_dir()?,
             postgres: Some(schema),
+            owns_schema: true,
+        })
+    }
+
+    /// Another fresh data directory on the same database, as a second replica of a service
+    /// has: its own files and output, the same store. The schema stays this one's.
+    pub fn sharing_database(&self) -> Result<DataDir> {
+        Ok(DataDir {
+            dir: temp_dir()?,
+            postgres: self.postgres.clone(),
+            owns_schema: false,
         })
     }
 
@@ -512,7 +526,7 @@ impl Drop for DataDir {
             self.path().display(),
             self.service_output()
         );
-        if let Some(schema) = self.postgres.take() {
+        if let Some(schema) = self.postgres.take().filter(|_| self.owns_schema) {
             // Drop runs inside the test's runtime, which cannot be blocked on: a thread of
             // its own removes the schema. A failure only leaves a schema behind.
             let dropped = std::thread::spawn(move || {
@@ -553,6 +567,17 @@ impl Service {
     /// The configuration variables are cleared so that the caller's environment does not
     /// point the service at other state or policies.
     pub fn start(repo: &Path, data: &DataDir, args: &[&str]) -> Result<Service> {
+        Service::start_with_env(repo, data, args, &[])
+    }
+
+    /// [`Service::start`] with variables added to the service's environment (such as
+    /// `KUBECONFIG`, or `POD_NAME` as the downward API sets it).
+    pub fn start_with_env(
+        repo: &Path,
+        data: &DataDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Service> {
         let append = |name: &str| {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -584,6 +609,7 @@ impl Service {
             .env("RUST_LOG", "info")
             // The log goes to a file that people read when a test fails.
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -649,4 +675,31 @@ pub async fn wait_for(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a service's `--listen`.
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// `GET path` over plain HTTP/1.1 at 127.0.0.1:`port`; the status code and the body.
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }

@@ -73,7 +73,7 @@ enum Command {
     },
     /// Run the service: follow a branch, apply its commits, fire schedules, run pipelines,
     /// register models and write results back as Git notes.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Queue a run of a declared pipeline; the service starts it (`serve`, or `serve --once`).
     Run(RunArgs),
     /// Print the JSON Schema of documents or of trainyard.yaml, for editors.
@@ -163,6 +163,12 @@ pub struct ServeArgs {
         required_if_eq("executor", "kubernetes")
     )]
     cluster_config: Option<PathBuf>,
+    /// Serve health (/healthz) and readiness (/readyz) over HTTP on this address, such as
+    /// 0.0.0.0:8080.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    election: ElectionArgs,
     #[command(flatten)]
     common: Common,
 }
@@ -174,6 +180,31 @@ enum ExecutorKind {
     Local,
     /// batch/v1 Jobs on a Kubernetes cluster.
     Kubernetes,
+}
+
+/// Leader election among replicas on a Kubernetes Lease (kubeconfig or in-cluster config).
+#[derive(Debug, clap::Args)]
+struct ElectionArgs {
+    /// Act only while holding the Lease, so that of several replicas exactly one acts; the
+    /// others serve health and reads and take over when it goes.
+    #[arg(long)]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "trainyard")]
+    lease_name: String,
+    /// Namespace of the Lease [default: the client's namespace].
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// This replica's identity in the election [default: HOSTNAME-PID].
+    #[arg(long, env = "POD_NAME")]
+    leader_identity: Option<String>,
+    /// How long the Lease stays valid after its holder last renewed it, in seconds.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// How long before expiry the holder renews, in seconds; also the clock skew tolerated
+    /// between nodes (a holder stops acting half of it before its Lease expires).
+    #[arg(long, default_value_t = 5)]
+    lease_grace_seconds: u64,
 }
 
 /// A manual run.
@@ -253,7 +284,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             &common,
             format,
         ),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Run(args) => serve::queue(args),
         Command::Schema { kind } => {
             let value = match kind {

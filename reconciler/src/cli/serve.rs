@@ -1,5 +1,6 @@
 //! `trainyard serve`: the service (steps as local processes or Kubernetes Jobs, Git-notes
-//! reports) over SQLite or PostgreSQL.
+//! reports) over SQLite or PostgreSQL, optionally with health endpoints and leader election
+//! among replicas.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,8 +11,10 @@ use anyhow::{Context as _, Result};
 use trainyard::artifacts::ArtifactStore;
 use trainyard::execute::kubernetes::ClusterSettings;
 use trainyard::execute::{Executor, JobEvent, KubernetesExecutor, LocalExecutor};
+use trainyard::leader::{Election, Leadership};
 use trainyard::report::notes::NotesForge;
 use trainyard::runtime::{BranchWatcher, Config, Service, clone_cache};
+use trainyard::server::{self, AppState};
 use trainyard::source::discover;
 use trainyard::spec::Pipeline;
 use trainyard::spec::check::resolve_params;
@@ -19,7 +22,9 @@ use trainyard::spec::model::ParamType;
 use trainyard::store::{FOLLOWED_CURSOR, NewRun, RunState, Store, Trigger};
 
 use super::views::DATA_DIR;
-use super::{EXIT_INVALID, ExecutorKind, LogFormat, RunArgs, ServeArgs, policy_config};
+use super::{
+    EXIT_INVALID, ElectionArgs, ExecutorKind, LogFormat, RunArgs, ServeArgs, policy_config,
+};
 
 /// Runs the service until interrupted, or once with `--once`.
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
@@ -49,6 +54,9 @@ fn is_url(repo: &str) -> bool {
 }
 
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
+    // Handled from the start, so that stopping a service that is still starting is graceful
+    // too; `--once` keeps the default (ctrl-c ends it at once).
+    let shutdown = (!args.once).then(shutdown_signal).transpose()?;
     let remote = args.repo.clone().filter(|r| is_url(r));
     // The followed repository (a work tree, or the bare cache of a remote) and the data
     // directory: by default `.trainyard` at the work tree's root, or in the current
@@ -100,7 +108,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     match args.executor {
         ExecutorKind::Local => {
             let executor = LocalExecutor::new(artifacts.clone(), data_dir.join("work"), events_tx);
-            drive(args, executor, events, setting(artifacts)).await
+            drive(args, executor, events, setting(artifacts), shutdown).await
         }
         ExecutorKind::Kubernetes => {
             let path = args
@@ -120,7 +128,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
                 artifacts_at.clone(),
                 events_tx,
             )?;
-            drive(args, executor, events, setting(artifacts)).await
+            drive(args, executor, events, setting(artifacts), shutdown).await
         }
     }
 }
@@ -135,12 +143,13 @@ struct Setting {
     data_dir: PathBuf,
 }
 
-/// Runs the service with `executor` until interrupted, or once with `--once`.
+/// Runs the service with `executor` until `shutdown` completes, or once without one.
 async fn drive<E: Executor>(
     args: ServeArgs,
     executor: E,
     events: tokio::sync::mpsc::UnboundedReceiver<JobEvent>,
     setting: Setting,
+    shutdown: Option<impl std::future::Future<Output = ()>>,
 ) -> Result<ExitCode> {
     let Setting {
         store,
@@ -160,13 +169,29 @@ async fn drive<E: Executor>(
         max_parallel_steps: args.max_parallel_steps.max(1),
         policy: policy_config(&args.common)?,
     };
-    let mut service = Service::new(config, store, executor, events, forge, artifacts).await?;
-    if !args.once {
-        let shutdown = async {
-            // A failing signal handler means we cannot be interrupted gracefully; run on.
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
+    let mut service =
+        Service::new(config, store.clone(), executor, events, forge, artifacts).await?;
+    if let Some(shutdown) = shutdown {
+        let (stopping, stop) = tokio::sync::watch::channel(false);
+        // Health first: a replica waiting for the API server or the Lease is alive.
+        let http = match args.listen {
+            Some(address) => {
+                let listener = tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address}"))?;
+                tracing::info!(address = %listener.local_addr()?, "serving /healthz and /readyz");
+                let routes = server::router(AppState::new(service.heartbeat(), store));
+                let mut stop = stop.clone();
+                let stopped = async move {
+                    let _ = stop.wait_for(|stopping| *stopping).await;
+                };
+                Some(tokio::spawn(server::serve(listener, routes, stopped)))
             }
+            None => None,
+        };
+        let leadership = match args.election.leader_election {
+            true => Some(join_election(&args.election).await?),
+            false => None,
         };
         // Without file events (some network file systems), polling alone follows the branch;
         // a remote repository is always polled.
@@ -184,9 +209,18 @@ async fn drive<E: Executor>(
             .serve(
                 Duration::from_secs(args.poll_seconds.max(1)),
                 watch,
+                leadership.as_ref().map(Leadership::subscribe),
                 shutdown,
             )
             .await;
+        // The loop has stopped acting: only now may another replica take over.
+        if let Some(leadership) = leadership {
+            leadership.step_down().await;
+        }
+        let _ = stopping.send(true);
+        if let Some(http) = http {
+            http.await.context("the HTTP server failed")??;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let outcome = service.run_once().await?;
@@ -214,6 +248,54 @@ async fn drive<E: Executor>(
     } else {
         ExitCode::from(EXIT_INVALID)
     })
+}
+
+/// A future that completes on SIGINT (ctrl-c) or SIGTERM (how Kubernetes stops a pod).
+/// The handlers are installed at once: a signal that comes before the future is first
+/// polled (while the service starts) still stops it gracefully instead of killing it.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = interrupt.recv() => tracing::info!("interrupted: stopping"),
+        }
+    })
+}
+
+/// Joins the election on the Lease with the client kube infers (KUBECONFIG, ~/.kube/config
+/// or the pod's service account).
+async fn join_election(args: &ElectionArgs) -> Result<Leadership> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube::Client::try_default()
+        .await
+        .context("leader election needs a Kubernetes client (kubeconfig or in-cluster)")?;
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let identity = match &args.leader_identity {
+        Some(identity) => identity.clone(),
+        None => format!("{}-{}", hostname()?, std::process::id()),
+    };
+    tracing::info!(lease = %args.lease_name, %namespace, %identity, "joining leader election");
+    let election = Election {
+        lease: args.lease_name.clone(),
+        namespace,
+        identity,
+        duration: Duration::from_secs(args.lease_duration_seconds),
+        grace: Duration::from_secs(args.lease_grace_seconds),
+    };
+    Ok(Leadership::join(client, election).await?)
+}
+
+/// This machine's host name (a pod's name inside Kubernetes).
+fn hostname() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("cannot read the host name")?;
+    Ok(name.trim().to_owned())
 }
 
 /// `trainyard run`: writes a pending manual run to the store, pinned to the pipeline's

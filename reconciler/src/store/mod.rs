@@ -135,6 +135,12 @@ impl Store {
         self.backend
     }
 
+    /// Runs a trivial query: whether the database answers at all (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
         self.pool.close().await;
