@@ -378,7 +378,7 @@ pub fn job_pod(store: &Store, namespace: &str, job: &str) -> Option<Value> {
     live.or_else(|| pods.pop())
 }
 
-fn container_names(pod: &Value, list: &str) -> Vec<String> {
+pub(crate) fn container_names(pod: &Value, list: &str) -> Vec<String> {
     pod.pointer(&format!("/spec/{list}"))
         .and_then(Value::as_array)
         .map(|cs| {
@@ -389,7 +389,7 @@ fn container_names(pod: &Value, list: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn container_status(pod: &Value, name: &str, state: Value, ready: bool) -> Value {
+pub(crate) fn container_status(pod: &Value, name: &str, state: Value, ready: bool) -> Value {
     let image = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)

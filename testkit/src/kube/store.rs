@@ -505,8 +505,11 @@ impl Store {
                     labels.insert("kubernetes.io/metadata.name".into(), json!(name));
                 }
             }
-            "Secret" if object.get("type").is_none() => {
-                object["type"] = json!("Opaque");
+            "Secret" => {
+                if object.get("type").is_none() {
+                    object["type"] = json!("Opaque");
+                }
+                fold_string_data(&mut object);
             }
             _ => {}
         }
@@ -641,6 +644,9 @@ impl Store {
         let causes = validate::metadata(resource, &new);
         if !causes.is_empty() {
             return Err(ApiError::invalid(resource, name, &causes));
+        }
+        if resource.kind == "Secret" {
+            fold_string_data(&mut new);
         }
         if resource.kind == "Job" {
             let causes = validate::job_update(&old, &new);
@@ -1035,6 +1041,40 @@ impl Store {
     }
 }
 
+/// `stringData` is write-only: the server folds it into `data`, base64-encoded.
+fn fold_string_data(secret: &mut Value) {
+    let Some(Value::Object(strings)) = secret.as_object_mut().and_then(|m| m.remove("stringData"))
+    else {
+        return;
+    };
+    if !secret.get("data").is_some_and(Value::is_object) {
+        secret["data"] = json!({});
+    }
+    for (k, v) in strings {
+        secret["data"][k] = json!(encode_base64(v.as_str().unwrap_or("").as_bytes()));
+    }
+}
+
+/// Standard base64 with padding.
+pub fn encode_base64(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Guaranteed, Burstable or BestEffort, from the containers' requests and limits.
 fn qos_class(pod: &Value) -> &'static str {
     let containers = pod
@@ -1098,6 +1138,19 @@ mod tests {
             .update(leases, "default", "a", changed, None, None, "m")
             .unwrap_err();
         assert_eq!(stale.code, 409);
+    }
+
+    #[test]
+    fn secret_string_data_is_folded_into_base64_data() {
+        let mut store = Store::new(1000);
+        let secret =
+            json!({"metadata": {"name": "s"}, "stringData": {"token": "hello", "k": "hi"}});
+        let created = store
+            .create(resources::secrets(), "default", secret, "m")
+            .unwrap();
+        assert_eq!(created["data"], json!({"token": "aGVsbG8=", "k": "aGk="}));
+        assert!(created.get("stringData").is_none());
+        assert_eq!(encode_base64(b"abc"), "YWJj");
     }
 
     #[test]
