@@ -633,3 +633,96 @@ async fn pod_failure_reasons_set_by_the_test_reach_the_client() {
             .any(|c| c.type_ == "Failed" && c.reason.as_deref() == Some("BackoffLimitExceeded"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_jobs_created_at_once_each_reach_a_shared_watch_once() {
+    let server = ApiServer::start().await.unwrap();
+    let c = client(&server).await;
+    let jobs: Api<Job> = Api::namespaced(c, "default");
+    let watch_config = watcher::Config::default().labels("app.kubernetes.io/managed-by=trainyard");
+    let mut events = watcher(jobs.clone(), watch_config).boxed();
+    loop {
+        if let Ok(watcher::Event::InitDone) = events.next().await.unwrap() {
+            break;
+        }
+    }
+    let started = Instant::now();
+    let creates = (0..1000).map(|i| {
+        let jobs = jobs.clone();
+        async move {
+            jobs.create(
+                &PostParams::default(),
+                &job(&format!("bench-{i}"), json!({})),
+            )
+            .await
+        }
+    });
+    let results = futures::future::join_all(creates).await;
+    let created_in = started.elapsed();
+    assert!(results.iter().all(Result::is_ok));
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 1000 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let watcher::Event::Apply(j) = event {
+            seen.insert(j.metadata.name.unwrap());
+        }
+    }
+    let delivered_in = started.elapsed();
+    eprintln!("1000 creates in {created_in:?}, all seen by the watch in {delivered_in:?}");
+    assert_eq!(server.request_count("create", "jobs"), 1000);
+    assert_eq!(server.request_count("watch", "jobs"), 1);
+    assert_eq!(
+        server.list("pods", Some("default")).len(),
+        1000,
+        "one pod per job"
+    );
+}
+
+#[tokio::test]
+async fn a_streaming_list_watcher_gets_the_initial_objects_then_changes() {
+    let server = ApiServer::start().await.unwrap();
+    let jobs: Api<Job> = Api::namespaced(client(&server).await, "default");
+    jobs.create(&PostParams::default(), &job("existing", json!({})))
+        .await
+        .unwrap();
+    let mut events = watcher(jobs.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut initial = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            watcher::Event::InitApply(j) => initial.push(j.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(initial, ["existing"]);
+    assert_eq!(
+        server.request_count("list", "jobs"),
+        0,
+        "no list request with streaming lists"
+    );
+    jobs.create(&PostParams::default(), &job("new", json!({})))
+        .await
+        .unwrap();
+    loop {
+        if let watcher::Event::Apply(j) =
+            tokio::time::timeout(Duration::from_secs(5), events.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+        {
+            if j.metadata.name.as_deref() == Some("new") {
+                break;
+            }
+        }
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures::{AsyncBufReadExt, TryStreamExt};
+use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, LogParams, PostParams};
@@ -336,5 +336,80 @@ async fn an_oom_kill_really_kills_the_container_and_is_reported_as_such() {
             terminated["exitCode"].as_i64()
         ),
         (Some("OOMKilled"), Some(137))
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_running_job_in_background_stops_its_process_within_the_grace_period() {
+    let root = tempfile::tempdir().unwrap();
+    let server = ApiServer::builder()
+        .kubelet(root.path())
+        .start()
+        .await
+        .unwrap();
+    let jobs: Api<Job> = Api::default_namespaced(client(&server).await);
+    let script =
+        "trap 'echo stopping; exit 143' TERM; echo started; while true; do sleep 0.05; done";
+    jobs.create(
+        &PostParams::default(),
+        &job("cancel-me", shell(script), json!({})),
+    )
+    .await
+    .unwrap();
+    let pod_name = until("the pod to run", || {
+        let pod = server.job_pod("default", "cancel-me")?;
+        (pod["status"]["phase"] == "Running")
+            .then(|| pod["metadata"]["name"].as_str().unwrap().to_string())
+    })
+    .await;
+    let pods: Api<Pod> = Api::default_namespaced(client(&server).await);
+    until("the script to print", || {
+        let pod = server.job_pod("default", "cancel-me")?;
+        let log_started = pod["status"]["containerStatuses"][0]["state"]["running"].is_object();
+        log_started.then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let from = server.resource_version().to_string();
+    let params = kube::api::WatchParams::default().fields(&format!("metadata.name={pod_name}"));
+    let mut watch = pods.watch(&params, &from).await.unwrap().boxed();
+    let started = Instant::now();
+    jobs.delete("cancel-me", &kube::api::DeleteParams::background())
+        .await
+        .unwrap();
+    assert!(server.get("jobs", "default", "cancel-me").is_none());
+    let mut exit_code = None;
+    let mut graceful = false;
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), watch.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match event {
+            kube::api::WatchEvent::Modified(pod) => {
+                graceful |= pod.metadata.deletion_timestamp.is_some();
+                let state = pod
+                    .status
+                    .and_then(|s| s.container_statuses)
+                    .and_then(|c| c[0].state.clone());
+                if let Some(t) = state.and_then(|s| s.terminated) {
+                    exit_code = Some(t.exit_code);
+                }
+            }
+            kube::api::WatchEvent::Deleted(_) => break,
+            _ => {}
+        }
+    }
+    assert!(graceful, "the pod is deleted gracefully first");
+    assert_eq!(exit_code, Some(143), "SIGTERM reached the trap");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let err = pods
+        .logs(&pod_name, &LogParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404),
+        "{err:?}"
     );
 }
