@@ -719,10 +719,9 @@ async fn a_streaming_list_watcher_gets_the_initial_objects_then_changes() {
                 .unwrap()
                 .unwrap()
                 .unwrap()
+            && j.metadata.name.as_deref() == Some("new")
         {
-            if j.metadata.name.as_deref() == Some("new") {
-                break;
-            }
+            break;
         }
     }
 }
