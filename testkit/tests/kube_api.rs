@@ -725,3 +725,94 @@ async fn a_streaming_list_watcher_gets_the_initial_objects_then_changes() {
         }
     }
 }
+
+#[tokio::test]
+async fn server_side_apply_conflicts_with_another_managers_field_unless_forced() {
+    let server = ApiServer::start().await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(client(&server).await, "default");
+    let apply = |holder: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"},
+               "spec": {"holderIdentity": holder}})
+    };
+    leases
+        .patch(
+            "l",
+            &PatchParams::apply("manager-a"),
+            &Patch::Apply(apply("a")),
+        )
+        .await
+        .unwrap();
+    let err = api_error(
+        leases
+            .patch(
+                "l",
+                &PatchParams::apply("manager-b"),
+                &Patch::Apply(apply("b")),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        err.message,
+        "Apply failed with 1 conflict: conflict with \"manager-a\": .spec.holderIdentity"
+    );
+    let forced = leases
+        .patch(
+            "l",
+            &PatchParams::apply("manager-b").force(),
+            &Patch::Apply(apply("b")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.spec.unwrap().holder_identity.as_deref(), Some("b"));
+    let no_manager = leases
+        .patch("l", &PatchParams::default(), &Patch::Apply(apply("c")))
+        .await;
+    assert!(no_manager.is_err(), "apply needs a field manager");
+}
+
+#[tokio::test]
+async fn a_watcher_resumes_without_listing_again_after_its_stream_is_closed() {
+    let server = ApiServer::start().await.unwrap();
+    let jobs: Api<Job> = Api::namespaced(client(&server).await, "default");
+    let mut events = watcher(jobs.clone(), watcher::Config::default()).boxed();
+    loop {
+        if let watcher::Event::InitDone = events.next().await.unwrap().unwrap() {
+            break;
+        }
+    }
+    jobs.create(&PostParams::default(), &job("first", json!({})))
+        .await
+        .unwrap();
+    next_named(&mut events, "first").await;
+    server.close_watches();
+    jobs.create(&PostParams::default(), &job("second", json!({})))
+        .await
+        .unwrap();
+    next_named(&mut events, "second").await;
+    assert_eq!(
+        server.request_count("list", "jobs"),
+        1,
+        "resumed from its resourceVersion"
+    );
+    assert_eq!(server.request_count("watch", "jobs"), 2);
+}
+
+async fn next_named<S>(events: &mut S, name: &str)
+where
+    S: futures::Stream<Item = Result<watcher::Event<Job>, watcher::Error>> + Unpin,
+{
+    let found = async {
+        loop {
+            if let Ok(watcher::Event::Apply(j)) = events.next().await.unwrap()
+                && j.metadata.name.as_deref() == Some(name)
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), found)
+        .await
+        .expect("the watcher delivered the job");
+}

@@ -637,6 +637,9 @@ async fn dispatch(
                             ));
                         }
                         let config = parse_yaml_or_json(body)?;
+                        if !config.is_object() {
+                            return Err(ApiError::bad_request("an apply patch must be an object"));
+                        }
                         let force = params.get("force").is_some_and(|f| f == "true");
                         let existed = store.get(resource, &namespace, &name).is_some();
                         let applied =
