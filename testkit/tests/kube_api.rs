@@ -442,9 +442,18 @@ async fn deleting_a_job_orphans_its_pods_by_default_and_removes_them_in_backgrou
         1
     );
 
-    jobs.delete("orphaned", &DeleteParams::default())
+    let answer = jobs
+        .delete("orphaned", &DeleteParams::default())
         .await
         .unwrap();
+    let marked = answer
+        .left()
+        .expect("an orphaning delete answers with the object");
+    assert_eq!(
+        marked.metadata.finalizers.as_deref(),
+        Some(&["orphan".to_string()][..])
+    );
+    assert!(marked.metadata.deletion_timestamp.is_some());
     let left = pods
         .list(&ListParams::default().labels(&pods_of("orphaned")))
         .await

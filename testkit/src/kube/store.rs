@@ -844,7 +844,7 @@ impl Store {
         let uid = str_at(&object, "/metadata/uid").unwrap_or("").to_string();
         let dependents = self.dependents_of(&uid);
         match policy {
-            Propagation::Orphan if !dependents.is_empty() => {
+            Propagation::Orphan => {
                 let marked = self.mark_deleting(resource, namespace, name, "orphan");
                 for (ns, pod) in dependents {
                     self.drop_owner_ref(&ns, &pod, &uid);
@@ -852,7 +852,7 @@ impl Store {
                 self.remove(resource, namespace, name);
                 Ok(Deleted::Object(marked))
             }
-            Propagation::Foreground if !dependents.is_empty() => {
+            Propagation::Foreground => {
                 let marked = self.mark_deleting(resource, namespace, name, "foregroundDeletion");
                 for (ns, pod) in dependents {
                     self.delete_pod(&ns, &pod, &json!({}));
@@ -860,7 +860,7 @@ impl Store {
                 self.finish_foreground(resource, namespace, name);
                 Ok(Deleted::Object(marked))
             }
-            _ => {
+            Propagation::Background => {
                 self.remove(resource, namespace, name);
                 for (ns, pod) in dependents {
                     self.delete_pod(&ns, &pod, &json!({}));
@@ -961,6 +961,17 @@ impl Store {
             .unwrap_or(30);
         let kubelet = self.kubelet.clone();
         match kubelet {
+            Some(kubelet) if on_node && grace == 0 && !matches!(phase, "Succeeded" | "Failed") => {
+                // A forced delete removes the object now; the kubelet kills what is left.
+                let _ = kubelet.send(KubeletWork::Stop {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    grace_seconds: 0,
+                });
+                let removed = self.remove(pods, namespace, name).unwrap_or(Value::Null);
+                self.after_pod_removed(&removed);
+                removed
+            }
             Some(kubelet) if on_node && !matches!(phase, "Succeeded" | "Failed") => {
                 let key = (namespace.to_string(), name.to_string());
                 let rv = self.next_rv();
