@@ -145,7 +145,8 @@ impl ApiServerBuilder {
         self
     }
 
-    /// How many events watches can resume from before older ones are compacted (default 500,000).
+    /// How many events watches can resume from before older ones are compacted (default
+    /// 100,000; the real watch cache keeps far fewer, so resuming clients must handle 410).
     pub fn history(mut self, events: usize) -> Self {
         self.history = Some(events);
         self
@@ -164,7 +165,7 @@ impl ApiServerBuilder {
             .await
             .map_err(Error::Bind)?;
         let addr = listener.local_addr().map_err(Error::Bind)?;
-        let mut store = Store::new(self.history.unwrap_or(500_000));
+        let mut store = Store::new(self.history.unwrap_or(100_000));
         let mut tasks = Vec::new();
         let kubelet = self
             .kubelet_root

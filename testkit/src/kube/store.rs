@@ -48,7 +48,8 @@ pub struct Event {
     pub rv: u64,
     /// Index of the resource type.
     pub resource: usize,
-    /// The object after the change (before it, for DELETED, with the deletion's version).
+    /// What selectors look at: kind, namespace, name, labels, and for pods status.phase
+    /// and spec.nodeName. The full object is only in `line`, so history stays small.
     pub object: Value,
     /// `{"type":..,"object":..}\n`, serialized once for every watch.
     pub line: Bytes,
@@ -322,10 +323,17 @@ impl Store {
             }
             Err(_) => return,
         };
+        let meta = &object["metadata"];
+        let skeleton = json!({
+            "kind": object.get("kind"),
+            "metadata": {"namespace": meta.get("namespace"), "name": meta.get("name"), "labels": meta.get("labels")},
+            "status": {"phase": object.pointer("/status/phase")},
+            "spec": {"nodeName": object.pointer("/spec/nodeName")},
+        });
         let event = Arc::new(Event {
             rv,
             resource: resource.index,
-            object,
+            object: skeleton,
             line,
         });
         self.history.push_back(event.clone());
