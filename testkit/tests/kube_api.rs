@@ -825,3 +825,41 @@ where
         .await
         .expect("the watcher delivered the job");
 }
+
+#[tokio::test]
+async fn pod_logs_honour_tail_lines_and_limit_bytes() {
+    let server = ApiServer::start().await.unwrap();
+    let c = client(&server).await;
+    let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c, "default");
+    jobs.create(&PostParams::default(), &job("talks", json!({})))
+        .await
+        .unwrap();
+    server.run_job("default", "talks").unwrap();
+    server.append_log("default", "talks", "a\nb\nc\n").unwrap();
+    let pod = server.job_pod("default", "talks").unwrap();
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    assert_eq!(
+        pods.logs(name, &Default::default()).await.unwrap(),
+        "a\nb\nc\n"
+    );
+    let tail = kube::api::LogParams {
+        tail_lines: Some(2),
+        ..Default::default()
+    };
+    assert_eq!(pods.logs(name, &tail).await.unwrap(), "b\nc\n");
+    let limited = kube::api::LogParams {
+        limit_bytes: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(pods.logs(name, &limited).await.unwrap(), "a");
+    let wrong = kube::api::LogParams {
+        container: Some("sidecar".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        api_error(pods.logs(name, &wrong).await.unwrap_err()).code,
+        400
+    );
+    assert_eq!(server.request_count("get", "pods/log"), 4);
+}
