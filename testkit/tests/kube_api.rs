@@ -778,7 +778,14 @@ async fn server_side_apply_conflicts_with_another_managers_field_unless_forced()
     let no_manager = leases
         .patch("l", &PatchParams::default(), &Patch::Apply(apply("c")))
         .await;
-    assert!(no_manager.is_err(), "apply needs a field manager");
+    let no_manager = api_error(no_manager.unwrap_err());
+    assert_eq!(
+        (no_manager.code, no_manager.message.as_str()),
+        (
+            422,
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
+        )
+    );
 }
 
 #[tokio::test]

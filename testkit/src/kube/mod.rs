@@ -241,10 +241,6 @@ impl Drop for ApiServer {
     }
 }
 
-fn resource(name: &str) -> Result<&'static resources::ResourceType, Error> {
-    resources::by_name(name).ok_or_else(|| Error::UnknownResource(name.to_string()))
-}
-
 impl ApiServer {
     /// Starts a server with no token, no RBAC and no kubelet.
     pub async fn start() -> Result<Self, Error> {
@@ -592,10 +588,5 @@ impl ApiServer {
     /// The host directory the kubelet keeps a pod's volumes and termination files in.
     pub fn pod_dir(&self, pod: &str) -> Option<PathBuf> {
         self.kubelet.as_ref().map(|k| k.pod_dir(pod))
-    }
-
-    /// Checks that a resource name is served (for callers that build names dynamically).
-    pub fn serves(&self, resource_name: &str) -> Result<(), Error> {
-        resource(resource_name).map(|_| ())
     }
 }

@@ -627,9 +627,8 @@ async fn dispatch(
                     let mut store = shared.store();
                     let result = if kind == PatchType::Apply {
                         if !params.contains_key("fieldManager") {
-                            return Err(ApiError::invalid(
-                                resources::find("", "v1", "pods").unwrap_or(&ALL[1]),
-                                "",
+                            return Err(ApiError::invalid_options(
+                                "PatchOptions",
                                 &[super::status::Cause::required(
                                     "fieldManager",
                                     "is required for apply patch",
