@@ -141,6 +141,13 @@ pub async fn run(
                     .insert((namespace.clone(), name.clone()), RunningPod::default());
                 tokio::spawn(run_pod(shared.clone(), kubelet.clone(), namespace, name));
             }
+            KubeletWork::Forget { namespace, name } => {
+                let mut pods = lock(&kubelet.pods);
+                let key = (namespace, name);
+                if pods.get(&key).is_some_and(|p| p.finished) {
+                    pods.remove(&key);
+                }
+            }
             KubeletWork::Stop {
                 namespace,
                 name,
@@ -161,7 +168,12 @@ pub async fn run(
                     continue;
                 }
                 if let Some(pgid) = pgid {
-                    signal_group(pgid, libc::SIGTERM);
+                    let signal = if grace_seconds == 0 {
+                        libc::SIGKILL
+                    } else {
+                        libc::SIGTERM
+                    };
+                    signal_group(pgid, signal);
                 }
                 let kubelet = kubelet.clone();
                 tokio::spawn(async move {

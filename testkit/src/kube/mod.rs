@@ -175,9 +175,11 @@ impl ApiServerBuilder {
             store.kubelet = Some(work_tx);
             store.node_name = Some("standin-node".to_string());
         }
+        let pod_logs = Arc::new(logs::Logs::default());
+        store.logs = Some(pod_logs.clone());
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
-            logs: logs::Logs::default(),
+            logs: pod_logs,
             token: self.token,
             user: self
                 .user

@@ -58,7 +58,7 @@ pub struct Fault {
 /// State shared by the HTTP handlers, the controllers and the test handle.
 pub struct Shared {
     pub(crate) store: Mutex<Store>,
-    pub(crate) logs: Logs,
+    pub(crate) logs: Arc<Logs>,
     pub(crate) token: Option<String>,
     pub(crate) user: String,
     pub(crate) faults: Mutex<Vec<Fault>>,

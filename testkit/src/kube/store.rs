@@ -14,6 +14,7 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
+use super::logs::Logs;
 use super::patch::{self, Managers};
 use super::resources::{self, ALL, ResourceType};
 use super::status::ApiError;
@@ -71,6 +72,8 @@ pub enum Broadcast {
 pub enum KubeletWork {
     /// A pod bound to the node: start it.
     Start { namespace: String, name: String },
+    /// A pod object is gone: forget what the kubelet kept about it once it has stopped.
+    Forget { namespace: String, name: String },
     /// A pod was deleted gracefully: stop it within the grace period, then remove it.
     Stop {
         namespace: String,
@@ -156,6 +159,8 @@ pub struct Store {
     pub(crate) kubelet: Option<mpsc::UnboundedSender<KubeletWork>>,
     /// Node name pods are bound to when a kubelet runs.
     pub(crate) node_name: Option<String>,
+    /// Container logs, which go with their pod.
+    pub(crate) logs: Option<Arc<Logs>>,
     rng: u64,
 }
 
@@ -214,6 +219,7 @@ impl Store {
             tallies: HashMap::new(),
             kubelet: None,
             node_name: None,
+            logs: None,
             rng: seed,
         };
         for ns in ["default", "kube-system", "kube-public"] {
@@ -769,6 +775,17 @@ impl Store {
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         self.emit(resource, EventType::Deleted, object.clone());
         self.after_change(resource, &key, &object);
+        if resource.kind == "Pod" {
+            if let Some(logs) = &self.logs {
+                logs.forget_pod(namespace, name);
+            }
+            if let Some(kubelet) = &self.kubelet {
+                let _ = kubelet.send(KubeletWork::Forget {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                });
+            }
+        }
         if resource.kind == "Job"
             && let Some(uid) = str_at(&object, "/metadata/uid")
         {
