@@ -416,7 +416,7 @@ fn is_path_char(c: char) -> bool {
 
 /// Rewrites every mapped container path in `value` to its host path: a mapped prefix
 /// counts where it starts a path (at the start, or after a character that cannot be part
-/// of a path, as in `--out=/work/x` or a `sh -c` script) and ends at a path boundary.
+/// of a path, as in `--out=/mnt/x` or a `sh -c` script) and ends at a path boundary.
 fn rewrite(value: &str, mappings: &[(String, PathBuf)]) -> String {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
@@ -888,27 +888,27 @@ mod tests {
     fn mapped_prefixes_rewrite_only_whole_path_components() {
         let mappings = vec![
             (
-                "/work/data".to_string(),
+                "/mnt/data".to_string(),
                 PathBuf::from("/tmp/pod/volumes/data"),
             ),
-            ("/work".to_string(), PathBuf::from("/tmp/pod/volumes/work")),
+            (
+                "/mnt".to_string(),
+                PathBuf::from("/tmp/pod/volumes/scratch"),
+            ),
         ];
+        assert_eq!(rewrite("/mnt/data/x", &mappings), "/tmp/pod/volumes/data/x");
+        assert_eq!(rewrite("/mnt/y", &mappings), "/tmp/pod/volumes/scratch/y");
+        assert_eq!(rewrite("/mnt", &mappings), "/tmp/pod/volumes/scratch");
+        assert_eq!(rewrite("/mntx", &mappings), "/mntx");
         assert_eq!(
-            rewrite("/work/data/x", &mappings),
-            "/tmp/pod/volumes/data/x"
-        );
-        assert_eq!(rewrite("/work/y", &mappings), "/tmp/pod/volumes/work/y");
-        assert_eq!(rewrite("/work", &mappings), "/tmp/pod/volumes/work");
-        assert_eq!(rewrite("/workshop", &mappings), "/workshop");
-        assert_eq!(
-            rewrite("--out=/work", &mappings),
-            "--out=/tmp/pod/volumes/work"
+            rewrite("--out=/mnt", &mappings),
+            "--out=/tmp/pod/volumes/scratch"
         );
         assert_eq!(
-            rewrite("echo 1 > /work/data/f; cat /work/f", &mappings),
-            "echo 1 > /tmp/pod/volumes/data/f; cat /tmp/pod/volumes/work/f"
+            rewrite("echo 1 > /mnt/data/f; cat /mnt/f", &mappings),
+            "echo 1 > /tmp/pod/volumes/data/f; cat /tmp/pod/volumes/scratch/f"
         );
-        assert_eq!(rewrite("/home/work/x", &mappings), "/home/work/x");
+        assert_eq!(rewrite("/home/mnt/x", &mappings), "/home/mnt/x");
     }
 
     #[test]

@@ -34,7 +34,6 @@
 //!   kubelet pods stay Pending until a test moves them ([`ApiServer::complete_job`],
 //!   [`ApiServer::fail_job`], [`ApiServer::oom_kill`], [`ApiServer::pod_waiting`],
 //!   [`ApiServer::pod_unschedulable`], [`ApiServer::run_job`]).
-//!
 //! * With [`ApiServerBuilder::kubelet`] pods run as local processes: emptyDir volumes and
 //!   termination-message files become directories and files under `root/<pod>/`, mapped
 //!   container paths (volume mounts and [`ApiServer::map_path`]) are rewritten in
@@ -48,7 +47,8 @@
 //! the first page's snapshot; lists in strategic merge patches replace instead of merging
 //! by key; field ownership treats lists as single fields; `managedFields` is not served;
 //! Job pods carry no `batch.kubernetes.io/job-tracking` finalizer; a failed init container
-//! fails the pod without the `Init:Error` text, which only kubectl derives.
+//! fails the pod without the `Init:Error` text, which only kubectl derives; `dryRun` is
+//! not supported.
 
 mod controller;
 mod kubelet;
