@@ -442,9 +442,18 @@ async fn deleting_a_job_orphans_its_pods_by_default_and_removes_them_in_backgrou
         1
     );
 
-    jobs.delete("orphaned", &DeleteParams::default())
+    let answer = jobs
+        .delete("orphaned", &DeleteParams::default())
         .await
         .unwrap();
+    let marked = answer
+        .left()
+        .expect("an orphaning delete answers with the object");
+    assert_eq!(
+        marked.metadata.finalizers.as_deref(),
+        Some(&["orphan".to_string()][..])
+    );
+    assert!(marked.metadata.deletion_timestamp.is_some());
     let left = pods
         .list(&ListParams::default().labels(&pods_of("orphaned")))
         .await
@@ -632,4 +641,232 @@ async fn pod_failure_reasons_set_by_the_test_reach_the_client() {
             .iter()
             .any(|c| c.type_ == "Failed" && c.reason.as_deref() == Some("BackoffLimitExceeded"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_jobs_created_at_once_each_reach_a_shared_watch_once() {
+    let server = ApiServer::start().await.unwrap();
+    let c = client(&server).await;
+    let jobs: Api<Job> = Api::namespaced(c, "default");
+    let watch_config = watcher::Config::default().labels("app.kubernetes.io/managed-by=trainyard");
+    let mut events = watcher(jobs.clone(), watch_config).boxed();
+    loop {
+        if let Ok(watcher::Event::InitDone) = events.next().await.unwrap() {
+            break;
+        }
+    }
+    let started = Instant::now();
+    let creates = (0..1000).map(|i| {
+        let jobs = jobs.clone();
+        async move {
+            jobs.create(
+                &PostParams::default(),
+                &job(&format!("bench-{i}"), json!({})),
+            )
+            .await
+        }
+    });
+    let results = futures::future::join_all(creates).await;
+    let created_in = started.elapsed();
+    assert!(results.iter().all(Result::is_ok));
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 1000 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let watcher::Event::Apply(j) = event {
+            seen.insert(j.metadata.name.unwrap());
+        }
+    }
+    let delivered_in = started.elapsed();
+    eprintln!("1000 creates in {created_in:?}, all seen by the watch in {delivered_in:?}");
+    assert_eq!(server.request_count("create", "jobs"), 1000);
+    assert_eq!(server.request_count("watch", "jobs"), 1);
+    assert_eq!(
+        server.list("pods", Some("default")).len(),
+        1000,
+        "one pod per job"
+    );
+}
+
+#[tokio::test]
+async fn a_streaming_list_watcher_gets_the_initial_objects_then_changes() {
+    let server = ApiServer::start().await.unwrap();
+    let jobs: Api<Job> = Api::namespaced(client(&server).await, "default");
+    jobs.create(&PostParams::default(), &job("existing", json!({})))
+        .await
+        .unwrap();
+    let mut events = watcher(jobs.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut initial = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            watcher::Event::InitApply(j) => initial.push(j.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(initial, ["existing"]);
+    assert_eq!(
+        server.request_count("list", "jobs"),
+        0,
+        "no list request with streaming lists"
+    );
+    jobs.create(&PostParams::default(), &job("new", json!({})))
+        .await
+        .unwrap();
+    loop {
+        if let watcher::Event::Apply(j) =
+            tokio::time::timeout(Duration::from_secs(5), events.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+            && j.metadata.name.as_deref() == Some("new")
+        {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn server_side_apply_conflicts_with_another_managers_field_unless_forced() {
+    let server = ApiServer::start().await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(client(&server).await, "default");
+    let apply = |holder: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"},
+               "spec": {"holderIdentity": holder}})
+    };
+    leases
+        .patch(
+            "l",
+            &PatchParams::apply("manager-a"),
+            &Patch::Apply(apply("a")),
+        )
+        .await
+        .unwrap();
+    let err = api_error(
+        leases
+            .patch(
+                "l",
+                &PatchParams::apply("manager-b"),
+                &Patch::Apply(apply("b")),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        err.message,
+        "Apply failed with 1 conflict: conflict with \"manager-a\": .spec.holderIdentity"
+    );
+    let forced = leases
+        .patch(
+            "l",
+            &PatchParams::apply("manager-b").force(),
+            &Patch::Apply(apply("b")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.spec.unwrap().holder_identity.as_deref(), Some("b"));
+    let no_manager = leases
+        .patch("l", &PatchParams::default(), &Patch::Apply(apply("c")))
+        .await;
+    let no_manager = api_error(no_manager.unwrap_err());
+    assert_eq!(
+        (no_manager.code, no_manager.message.as_str()),
+        (
+            422,
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_watcher_resumes_without_listing_again_after_its_stream_is_closed() {
+    let server = ApiServer::start().await.unwrap();
+    let jobs: Api<Job> = Api::namespaced(client(&server).await, "default");
+    let mut events = watcher(jobs.clone(), watcher::Config::default()).boxed();
+    loop {
+        if let watcher::Event::InitDone = events.next().await.unwrap().unwrap() {
+            break;
+        }
+    }
+    jobs.create(&PostParams::default(), &job("first", json!({})))
+        .await
+        .unwrap();
+    next_named(&mut events, "first").await;
+    server.close_watches();
+    jobs.create(&PostParams::default(), &job("second", json!({})))
+        .await
+        .unwrap();
+    next_named(&mut events, "second").await;
+    assert_eq!(
+        server.request_count("list", "jobs"),
+        1,
+        "resumed from its resourceVersion"
+    );
+    assert_eq!(server.request_count("watch", "jobs"), 2);
+}
+
+async fn next_named<S>(events: &mut S, name: &str)
+where
+    S: futures::Stream<Item = Result<watcher::Event<Job>, watcher::Error>> + Unpin,
+{
+    let found = async {
+        loop {
+            if let Ok(watcher::Event::Apply(j)) = events.next().await.unwrap()
+                && j.metadata.name.as_deref() == Some(name)
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), found)
+        .await
+        .expect("the watcher delivered the job");
+}
+
+#[tokio::test]
+async fn pod_logs_honour_tail_lines_and_limit_bytes() {
+    let server = ApiServer::start().await.unwrap();
+    let c = client(&server).await;
+    let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c, "default");
+    jobs.create(&PostParams::default(), &job("talks", json!({})))
+        .await
+        .unwrap();
+    server.run_job("default", "talks").unwrap();
+    server.append_log("default", "talks", "a\nb\nc\n").unwrap();
+    let pod = server.job_pod("default", "talks").unwrap();
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    assert_eq!(
+        pods.logs(name, &Default::default()).await.unwrap(),
+        "a\nb\nc\n"
+    );
+    let tail = kube::api::LogParams {
+        tail_lines: Some(2),
+        ..Default::default()
+    };
+    assert_eq!(pods.logs(name, &tail).await.unwrap(), "b\nc\n");
+    let limited = kube::api::LogParams {
+        limit_bytes: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(pods.logs(name, &limited).await.unwrap(), "a");
+    let wrong = kube::api::LogParams {
+        container: Some("sidecar".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        api_error(pods.logs(name, &wrong).await.unwrap_err()).code,
+        400
+    );
+    assert_eq!(server.request_count("get", "pods/log"), 4);
 }

@@ -378,7 +378,7 @@ pub fn job_pod(store: &Store, namespace: &str, job: &str) -> Option<Value> {
     live.or_else(|| pods.pop())
 }
 
-fn container_names(pod: &Value, list: &str) -> Vec<String> {
+pub(crate) fn container_names(pod: &Value, list: &str) -> Vec<String> {
     pod.pointer(&format!("/spec/{list}"))
         .and_then(Value::as_array)
         .map(|cs| {
@@ -389,7 +389,7 @@ fn container_names(pod: &Value, list: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn container_status(pod: &Value, name: &str, state: Value, ready: bool) -> Value {
+pub(crate) fn container_status(pod: &Value, name: &str, state: Value, ready: bool) -> Value {
     let image = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -640,6 +640,75 @@ mod tests {
         settle(&mut store);
         assert!(job_pod(&store, "default", "queued").is_some());
         assert!(current(&store, "queued")["status"]["startTime"].is_string());
+    }
+
+    #[test]
+    fn a_finished_job_is_deleted_with_its_pods_after_its_ttl() {
+        let mut store = Store::new(10_000);
+        job(
+            &mut store,
+            "short-lived",
+            json!({"ttlSecondsAfterFinished": 1}),
+        );
+        let pod = job_pod(&store, "default", "short-lived").unwrap();
+        let pod_name = pod["metadata"]["name"].as_str().unwrap().to_string();
+        terminate_pod(&mut store, "default", &pod_name, 0, "Completed", None);
+        fire_timers(&mut store, Instant::now());
+        assert!(
+            store
+                .get(resources::jobs(), "default", "short-lived")
+                .is_some(),
+            "not before the TTL"
+        );
+        fire_timers(&mut store, Instant::now() + Duration::from_secs(2));
+        assert!(
+            store
+                .get(resources::jobs(), "default", "short-lived")
+                .is_none()
+        );
+        assert!(
+            store.get(resources::pods(), "default", &pod_name).is_none(),
+            "background propagation"
+        );
+    }
+
+    #[test]
+    fn a_foreground_delete_removes_the_pods_before_the_job() {
+        let mut store = Store::new(10_000);
+        job(&mut store, "fg", json!({}));
+        let pod = job_pod(&store, "default", "fg").unwrap();
+        let mut rx = store.subscribe();
+        let answer = store
+            .delete(
+                resources::jobs(),
+                "default",
+                "fg",
+                &json!({"propagationPolicy": "Foreground"}),
+            )
+            .unwrap();
+        let super::super::store::Deleted::Object(marked) = answer else {
+            panic!("expected the object")
+        };
+        assert_eq!(
+            marked["metadata"]["finalizers"],
+            json!(["foregroundDeletion"])
+        );
+        assert!(marked["metadata"]["deletionTimestamp"].is_string());
+        let mut order = Vec::new();
+        while let Ok(super::super::store::Broadcast::Event(e)) = rx.try_recv() {
+            order.push((
+                e.object["kind"].as_str().unwrap().to_string(),
+                e.object["metadata"]["name"].as_str().unwrap().to_string(),
+            ));
+        }
+        let pod_name = pod["metadata"]["name"].as_str().unwrap().to_string();
+        let pod_gone = order
+            .iter()
+            .rposition(|(k, n)| k == "Pod" && *n == pod_name)
+            .unwrap();
+        let job_gone = order.iter().rposition(|(k, _)| k == "Job").unwrap();
+        assert!(pod_gone < job_gone, "{order:?}");
+        assert!(store.get(resources::jobs(), "default", "fg").is_none());
     }
 
     #[test]

@@ -34,12 +34,24 @@
 //!   kubelet pods stay Pending until a test moves them ([`ApiServer::complete_job`],
 //!   [`ApiServer::fail_job`], [`ApiServer::oom_kill`], [`ApiServer::pod_waiting`],
 //!   [`ApiServer::pod_unschedulable`], [`ApiServer::run_job`]).
+//! * With [`ApiServerBuilder::kubelet`] pods run as local processes: emptyDir volumes and
+//!   termination-message files become directories and files under `root/<pod>/`, mapped
+//!   container paths (volume mounts and [`ApiServer::map_path`]) are rewritten in
+//!   command, args, env values and workingDir, env comes from the test's environment plus
+//!   `env`/`envFrom` (Secrets, ConfigMaps; a missing one holds the pod in
+//!   `CreateContainerConfigError`), output is the container log, and a graceful delete
+//!   sends SIGTERM, then SIGKILL after `terminationGracePeriodSeconds`. The controls above
+//!   then override what the processes would report (and `oom_kill` really kills them).
 //!
 //! Known simplifications: list pages after the first show the current state rather than
 //! the first page's snapshot; lists in strategic merge patches replace instead of merging
-//! by key; field ownership treats lists as single fields; `managedFields` is not served.
+//! by key; field ownership treats lists as single fields; `managedFields` is not served;
+//! Job pods carry no `batch.kubernetes.io/job-tracking` finalizer; a failed init container
+//! fails the pod without the `Init:Error` text, which only kubectl derives; `dryRun` is
+//! not supported.
 
 mod controller;
+mod kubelet;
 mod logs;
 mod patch;
 mod resources;
@@ -111,6 +123,7 @@ pub struct ApiServerBuilder {
     user: Option<String>,
     bookmark_interval: Option<Duration>,
     history: Option<usize>,
+    kubelet_root: Option<PathBuf>,
 }
 
 impl ApiServerBuilder {
@@ -132,9 +145,17 @@ impl ApiServerBuilder {
         self
     }
 
-    /// How many events watches can resume from before older ones are compacted (default 500,000).
+    /// How many events watches can resume from before older ones are compacted (default
+    /// 100,000; the real watch cache keeps far fewer, so resuming clients must handle 410).
     pub fn history(mut self, events: usize) -> Self {
         self.history = Some(events);
+        self
+    }
+
+    /// Runs a stand-in kubelet that executes pods as local processes, keeping each pod's
+    /// volumes and termination-message files under `root/<pod>/`.
+    pub fn kubelet(mut self, root: impl Into<PathBuf>) -> Self {
+        self.kubelet_root = Some(root.into());
         self
     }
 
@@ -144,9 +165,21 @@ impl ApiServerBuilder {
             .await
             .map_err(Error::Bind)?;
         let addr = listener.local_addr().map_err(Error::Bind)?;
+        let mut store = Store::new(self.history.unwrap_or(100_000));
+        let mut tasks = Vec::new();
+        let kubelet = self
+            .kubelet_root
+            .map(|root| Arc::new(kubelet::Kubelet::new(root)));
+        let (work_tx, work_rx) = tokio::sync::mpsc::unbounded_channel();
+        if kubelet.is_some() {
+            store.kubelet = Some(work_tx);
+            store.node_name = Some("standin-node".to_string());
+        }
+        let pod_logs = Arc::new(logs::Logs::default());
+        store.logs = Some(pod_logs.clone());
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store::new(self.history.unwrap_or(500_000))),
-            logs: logs::Logs::default(),
+            store: Mutex::new(store),
+            logs: pod_logs,
             token: self.token,
             user: self
                 .user
@@ -173,10 +206,20 @@ impl ApiServerBuilder {
                 controller::fire_timers(&mut store, Instant::now());
             }
         });
+        tasks.push(serve);
+        tasks.push(timers);
+        if let Some(k) = &kubelet {
+            tasks.push(tokio::spawn(kubelet::run(
+                shared.clone(),
+                k.clone(),
+                work_rx,
+            )));
+        }
         Ok(ApiServer {
             shared,
             addr,
-            tasks: vec![serve, timers],
+            tasks,
+            kubelet,
         })
     }
 }
@@ -186,6 +229,7 @@ pub struct ApiServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    kubelet: Option<Arc<kubelet::Kubelet>>,
 }
 
 impl Drop for ApiServer {
@@ -193,11 +237,10 @@ impl Drop for ApiServer {
         for task in &self.tasks {
             task.abort();
         }
+        if let Some(kubelet) = &self.kubelet {
+            kubelet.kill_all();
+        }
     }
-}
-
-fn resource(name: &str) -> Result<&'static resources::ResourceType, Error> {
-    resources::by_name(name).ok_or_else(|| Error::UnknownResource(name.to_string()))
 }
 
 impl ApiServer {
@@ -335,6 +378,10 @@ impl ApiServer {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
+        // A test setting the outcome replaces whatever the pod's processes would report.
+        if let Some(kubelet) = &self.kubelet {
+            kubelet.take_over(namespace, &name);
+        }
         f(&mut store, &name);
         controller::settle(&mut store);
         Ok(())
@@ -363,6 +410,16 @@ impl ApiServer {
 
     /// Its pod is killed for memory: terminated, reason OOMKilled, exit code 137.
     pub fn oom_kill(&self, namespace: &str, job: &str) -> Result<(), Error> {
+        if let (Some(kubelet), Some(pod)) = (&self.kubelet, self.job_pod(namespace, job)) {
+            let name = pod
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            // A running container is really killed; the kubelet reports it OOMKilled.
+            if kubelet.is_running(namespace, name) && kubelet.oom_kill(namespace, name) {
+                return Ok(());
+            }
+        }
         self.with_job_pod(namespace, job, |s, pod| {
             controller::terminate_pod(s, namespace, pod, 137, "OOMKilled", None)
         })
@@ -522,8 +579,16 @@ impl ApiServer {
         self.shared.store().current_rv()
     }
 
-    /// Checks that a resource name is served (for callers that build names dynamically).
-    pub fn serves(&self, resource_name: &str) -> Result<(), Error> {
-        resource(resource_name).map(|_| ())
+    /// Maps a path inside every container to a host path (kubelet only), e.g.
+    /// `map_path("/usr/local/bin/trainyard", real_binary)`.
+    pub fn map_path(&self, container_path: &str, host_path: impl Into<PathBuf>) {
+        if let Some(kubelet) = &self.kubelet {
+            kubelet.map_path(container_path, host_path.into());
+        }
+    }
+
+    /// The host directory the kubelet keeps a pod's volumes and termination files in.
+    pub fn pod_dir(&self, pod: &str) -> Option<PathBuf> {
+        self.kubelet.as_ref().map(|k| k.pod_dir(pod))
     }
 }

@@ -58,7 +58,7 @@ pub struct Fault {
 /// State shared by the HTTP handlers, the controllers and the test handle.
 pub struct Shared {
     pub(crate) store: Mutex<Store>,
-    pub(crate) logs: Logs,
+    pub(crate) logs: Arc<Logs>,
     pub(crate) token: Option<String>,
     pub(crate) user: String,
     pub(crate) faults: Mutex<Vec<Fault>>,
@@ -627,9 +627,8 @@ async fn dispatch(
                     let mut store = shared.store();
                     let result = if kind == PatchType::Apply {
                         if !params.contains_key("fieldManager") {
-                            return Err(ApiError::invalid(
-                                resources::find("", "v1", "pods").unwrap_or(&ALL[1]),
-                                "",
+                            return Err(ApiError::invalid_options(
+                                "PatchOptions",
                                 &[super::status::Cause::required(
                                     "fieldManager",
                                     "is required for apply patch",
@@ -637,6 +636,9 @@ async fn dispatch(
                             ));
                         }
                         let config = parse_yaml_or_json(body)?;
+                        if !config.is_object() {
+                            return Err(ApiError::bad_request("an apply patch must be an object"));
+                        }
                         let force = params.get("force").is_some_and(|f| f == "true");
                         let existed = store.get(resource, &namespace, &name).is_some();
                         let applied =
@@ -1021,10 +1023,6 @@ fn watch(
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
-    );
-    response.headers_mut().insert(
-        header::TRANSFER_ENCODING,
-        HeaderValue::from_static("chunked"),
     );
     Ok(response)
 }

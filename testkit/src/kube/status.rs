@@ -201,16 +201,37 @@ impl ApiError {
 
     /// 422 with field causes: `Job.batch "x" is invalid: [...]`.
     pub fn invalid(resource: &ResourceType, name: &str, causes: &[Cause]) -> Self {
+        let kind_group = if resource.group.is_empty() {
+            resource.kind.to_string()
+        } else {
+            format!("{}.{}", resource.kind, resource.group)
+        };
+        Self::invalid_kind(&kind_group, resource.group, resource.kind, name, causes)
+    }
+
+    /// 422 for invalid request options, e.g. `PatchOptions.meta.k8s.io "" is invalid: ...`.
+    pub fn invalid_options(options_kind: &str, causes: &[Cause]) -> Self {
+        Self::invalid_kind(
+            &format!("{options_kind}.meta.k8s.io"),
+            "meta.k8s.io",
+            options_kind,
+            "",
+            causes,
+        )
+    }
+
+    fn invalid_kind(
+        kind_group: &str,
+        group: &str,
+        kind: &str,
+        name: &str,
+        causes: &[Cause],
+    ) -> Self {
         let rendered: Vec<String> = causes.iter().map(Cause::rendered).collect();
         let list = if rendered.len() == 1 {
             rendered[0].clone()
         } else {
             format!("[{}]", rendered.join(", "))
-        };
-        let kind_group = if resource.group.is_empty() {
-            resource.kind.to_string()
-        } else {
-            format!("{}.{}", resource.kind, resource.group)
         };
         let causes: Vec<Value> = causes
             .iter()
@@ -220,9 +241,7 @@ impl ApiError {
             422,
             "Invalid",
             format!("{kind_group} \"{name}\" is invalid: {list}"),
-            Some(
-                json!({"name": name, "group": resource.group, "kind": resource.kind, "causes": causes}),
-            ),
+            Some(json!({"name": name, "group": group, "kind": kind, "causes": causes})),
         )
     }
 

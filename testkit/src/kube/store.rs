@@ -14,6 +14,7 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
+use super::logs::Logs;
 use super::patch::{self, Managers};
 use super::resources::{self, ALL, ResourceType};
 use super::status::ApiError;
@@ -48,7 +49,8 @@ pub struct Event {
     pub rv: u64,
     /// Index of the resource type.
     pub resource: usize,
-    /// The object after the change (before it, for DELETED, with the deletion's version).
+    /// What selectors look at: kind, namespace, name, labels, and for pods status.phase
+    /// and spec.nodeName. The full object is only in `line`, so history stays small.
     pub object: Value,
     /// `{"type":..,"object":..}\n`, serialized once for every watch.
     pub line: Bytes,
@@ -70,6 +72,8 @@ pub enum Broadcast {
 pub enum KubeletWork {
     /// A pod bound to the node: start it.
     Start { namespace: String, name: String },
+    /// A pod object is gone: forget what the kubelet kept about it once it has stopped.
+    Forget { namespace: String, name: String },
     /// A pod was deleted gracefully: stop it within the grace period, then remove it.
     Stop {
         namespace: String,
@@ -155,6 +159,8 @@ pub struct Store {
     pub(crate) kubelet: Option<mpsc::UnboundedSender<KubeletWork>>,
     /// Node name pods are bound to when a kubelet runs.
     pub(crate) node_name: Option<String>,
+    /// Container logs, which go with their pod.
+    pub(crate) logs: Option<Arc<Logs>>,
     rng: u64,
 }
 
@@ -213,6 +219,7 @@ impl Store {
             tallies: HashMap::new(),
             kubelet: None,
             node_name: None,
+            logs: None,
             rng: seed,
         };
         for ns in ["default", "kube-system", "kube-public"] {
@@ -322,10 +329,17 @@ impl Store {
             }
             Err(_) => return,
         };
+        let meta = &object["metadata"];
+        let skeleton = json!({
+            "kind": object.get("kind"),
+            "metadata": {"namespace": meta.get("namespace"), "name": meta.get("name"), "labels": meta.get("labels")},
+            "status": {"phase": object.pointer("/status/phase")},
+            "spec": {"nodeName": object.pointer("/spec/nodeName")},
+        });
         let event = Arc::new(Event {
             rv,
             resource: resource.index,
-            object,
+            object: skeleton,
             line,
         });
         self.history.push_back(event.clone());
@@ -505,8 +519,11 @@ impl Store {
                     labels.insert("kubernetes.io/metadata.name".into(), json!(name));
                 }
             }
-            "Secret" if object.get("type").is_none() => {
-                object["type"] = json!("Opaque");
+            "Secret" => {
+                if object.get("type").is_none() {
+                    object["type"] = json!("Opaque");
+                }
+                fold_string_data(&mut object);
             }
             _ => {}
         }
@@ -642,6 +659,9 @@ impl Store {
         if !causes.is_empty() {
             return Err(ApiError::invalid(resource, name, &causes));
         }
+        if resource.kind == "Secret" {
+            fold_string_data(&mut new);
+        }
         if resource.kind == "Job" {
             let causes = validate::job_update(&old, &new);
             if !causes.is_empty() {
@@ -755,6 +775,17 @@ impl Store {
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         self.emit(resource, EventType::Deleted, object.clone());
         self.after_change(resource, &key, &object);
+        if resource.kind == "Pod" {
+            if let Some(logs) = &self.logs {
+                logs.forget_pod(namespace, name);
+            }
+            if let Some(kubelet) = &self.kubelet {
+                let _ = kubelet.send(KubeletWork::Forget {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                });
+            }
+        }
         if resource.kind == "Job"
             && let Some(uid) = str_at(&object, "/metadata/uid")
         {
@@ -838,7 +869,7 @@ impl Store {
         let uid = str_at(&object, "/metadata/uid").unwrap_or("").to_string();
         let dependents = self.dependents_of(&uid);
         match policy {
-            Propagation::Orphan if !dependents.is_empty() => {
+            Propagation::Orphan => {
                 let marked = self.mark_deleting(resource, namespace, name, "orphan");
                 for (ns, pod) in dependents {
                     self.drop_owner_ref(&ns, &pod, &uid);
@@ -846,7 +877,7 @@ impl Store {
                 self.remove(resource, namespace, name);
                 Ok(Deleted::Object(marked))
             }
-            Propagation::Foreground if !dependents.is_empty() => {
+            Propagation::Foreground => {
                 let marked = self.mark_deleting(resource, namespace, name, "foregroundDeletion");
                 for (ns, pod) in dependents {
                     self.delete_pod(&ns, &pod, &json!({}));
@@ -854,7 +885,7 @@ impl Store {
                 self.finish_foreground(resource, namespace, name);
                 Ok(Deleted::Object(marked))
             }
-            _ => {
+            Propagation::Background => {
                 self.remove(resource, namespace, name);
                 for (ns, pod) in dependents {
                     self.delete_pod(&ns, &pod, &json!({}));
@@ -955,6 +986,17 @@ impl Store {
             .unwrap_or(30);
         let kubelet = self.kubelet.clone();
         match kubelet {
+            Some(kubelet) if on_node && grace == 0 && !matches!(phase, "Succeeded" | "Failed") => {
+                // A forced delete removes the object now; the kubelet kills what is left.
+                let _ = kubelet.send(KubeletWork::Stop {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    grace_seconds: 0,
+                });
+                let removed = self.remove(pods, namespace, name).unwrap_or(Value::Null);
+                self.after_pod_removed(&removed);
+                removed
+            }
             Some(kubelet) if on_node && !matches!(phase, "Succeeded" | "Failed") => {
                 let key = (namespace.to_string(), name.to_string());
                 let rv = self.next_rv();
@@ -1035,6 +1077,40 @@ impl Store {
     }
 }
 
+/// `stringData` is write-only: the server folds it into `data`, base64-encoded.
+fn fold_string_data(secret: &mut Value) {
+    let Some(Value::Object(strings)) = secret.as_object_mut().and_then(|m| m.remove("stringData"))
+    else {
+        return;
+    };
+    if !secret.get("data").is_some_and(Value::is_object) {
+        secret["data"] = json!({});
+    }
+    for (k, v) in strings {
+        secret["data"][k] = json!(encode_base64(v.as_str().unwrap_or("").as_bytes()));
+    }
+}
+
+/// Standard base64 with padding.
+pub fn encode_base64(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Guaranteed, Burstable or BestEffort, from the containers' requests and limits.
 fn qos_class(pod: &Value) -> &'static str {
     let containers = pod
@@ -1098,6 +1174,19 @@ mod tests {
             .update(leases, "default", "a", changed, None, None, "m")
             .unwrap_err();
         assert_eq!(stale.code, 409);
+    }
+
+    #[test]
+    fn secret_string_data_is_folded_into_base64_data() {
+        let mut store = Store::new(1000);
+        let secret =
+            json!({"metadata": {"name": "s"}, "stringData": {"token": "hello", "k": "hi"}});
+        let created = store
+            .create(resources::secrets(), "default", secret, "m")
+            .unwrap();
+        assert_eq!(created["data"], json!({"token": "aGVsbG8=", "k": "aGk="}));
+        assert!(created.get("stringData").is_none());
+        assert_eq!(encode_base64(b"abc"), "YWJj");
     }
 
     #[test]
