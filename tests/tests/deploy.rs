@@ -13,26 +13,11 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use serde_json::Value;
+use trainyard::execute::kubernetes::manifest::IMAGE_BINARY as INIT_CONTAINER_SOURCE;
+use trainyard::execute::kubernetes::{ClusterSettings, REQUIRED_RULES as EXECUTOR_RULES};
 use trainyard::leader;
 use trainyard::server::{HEALTHZ, READYZ};
 use trainyard_tests::{DataDir, Repo, Result, TestResult, free_port, http_get, workspace_root};
-
-/// What the Kubernetes executor calls, as (API group, resource, verbs).
-// TODO: use trainyard::execute::kubernetes::REQUIRED_RULES once the executor is merged;
-// this is a copy of it (as the executor's branch has it) until then.
-const EXECUTOR_RULES: &[(&str, &str, &[&str])] = &[
-    ("batch", "jobs", &["create", "delete", "list", "watch"]),
-    ("", "pods", &["list", "watch"]),
-    ("", "pods/log", &["get"]),
-];
-
-/// Where the init container of every step pod copies the binary from.
-// TODO: trainyard::execute::kubernetes::manifest::IMAGE_BINARY once the executor is merged.
-const INIT_CONTAINER_SOURCE: &str = "/usr/local/bin/trainyard";
-
-/// Flags of the Deployment that the executor adds to `serve`.
-// TODO: empty this once the executor is merged.
-const EXECUTOR_FLAGS: &[&str] = &["--executor", "--cluster-config"];
 
 fn deploy_dir() -> PathBuf {
     workspace_root().join("deploy")
@@ -395,9 +380,6 @@ fn the_deployments_flags_are_flags_of_serve() -> TestResult {
         .flatten()
         .filter(|a| a.starts_with("--"))
     {
-        if EXECUTOR_FLAGS.contains(&arg.as_str()) {
-            continue;
-        }
         assert!(
             help.stdout.contains(&format!("{arg} ")) || help.stdout.contains(&format!("{arg}\n")),
             "serve has no {arg}:\n{}",
@@ -472,13 +454,14 @@ fn the_probes_reach_the_endpoints_the_binary_serves() -> TestResult {
 #[test]
 fn the_cluster_settings_name_the_roles_namespace_and_the_overlay_adds_only_the_queue() -> TestResult
 {
-    // TODO: parse with the executor's ClusterSettings once merged; until then the shape.
     let settings = |path: &str| -> Result<Value> {
         let config: ConfigMap = object(path, "ConfigMap")?;
         let text = config
             .data
             .and_then(|d| d.get("cluster.yaml").cloned())
             .ok_or_else(|| format!("{path}: no cluster.yaml"))?;
+        // What the service will load with --cluster-config: unknown fields are errors.
+        ClusterSettings::parse(&text, Path::new(path))?;
         Ok(serde_saphyr::from_str(&text)?)
     };
     let base = settings("base/configmap.yaml")?;

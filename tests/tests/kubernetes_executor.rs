@@ -1,8 +1,6 @@
 //! The shared executor suite against the Kubernetes backend: real `kube` client and
 //! watchers, the stand-in API server, and its kubelet running each pod's init and main
 //! containers as local processes, so the real `trainyard launch` moves inputs and outputs.
-//! Built with the `kubelet-suite` feature, which needs the stand-in kubelet.
-#![cfg(feature = "kubelet-suite")]
 
 use std::time::Duration;
 
