@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use trainyard::artifacts::{self, ArtifactStore};
-use trainyard::execute::launcher::{self, LaunchArgs, SourceMarker};
+use trainyard::execute::launcher::{self, LaunchArgs, SourceMarker, TerminationReport};
 use trainyard::execute::{StepInput, StepJob, StepOutput, StepSource, job_name};
 use trainyard_testkit::s3::S3Server;
 use trainyard_tests::{Result, TestResult, trainyard_bin};
@@ -119,8 +119,12 @@ impl Pod {
         Ok(command)
     }
 
-    fn termination_message(&self) -> String {
-        std::fs::read_to_string(self.termination_log()).unwrap_or_default()
+    /// The report launch left for the pod's status, if any.
+    fn termination_report(&self) -> Result<Option<TerminationReport>> {
+        match std::fs::read_to_string(self.termination_log()) {
+            Ok(text) => Ok(Some(serde_json::from_str(&text)?)),
+            Err(_) => Ok(None),
+        }
     }
 }
 
@@ -135,7 +139,7 @@ async fn a_pod_launch_runs_the_step_and_leaves_outputs_log_and_manifest_in_s3() 
         stdout.contains("training on rows"),
         "the pod log: {stdout:?}"
     );
-    assert_eq!(pod.termination_message(), "");
+    assert_eq!(pod.termination_report()?, None, "no report on success");
     assert_eq!(
         pod.store.get_bytes(&pod.job.outputs[0].key).await?,
         Some(b"rows".to_vec())
@@ -165,7 +169,13 @@ async fn a_failing_step_exits_with_its_code_and_says_why_in_the_termination_log(
     let output = pod.command()?.output()?;
 
     assert_eq!(output.status.code(), Some(3), "{output:?}");
-    assert_eq!(pod.termination_message(), "exited with code 3");
+    assert_eq!(
+        pod.termination_report()?,
+        Some(TerminationReport {
+            exit_code: Some(3),
+            reason: "exited with code 3".to_owned()
+        })
+    );
     assert_eq!(launcher::outcome(&pod.store, &pod.job).await?, None);
     let log = pod
         .store
@@ -204,7 +214,13 @@ async fn sigterm_to_the_pod_reaches_the_step_which_cleans_up_before_the_launch_e
 
     assert_eq!(output.status.code(), Some(143), "{output:?}");
     assert_eq!(std::fs::read_to_string(&cleaned)?, "bye\n");
-    assert_eq!(pod.termination_message(), "stopped by SIGTERM");
+    assert_eq!(
+        pod.termination_report()?,
+        Some(TerminationReport {
+            exit_code: None,
+            reason: "stopped by SIGTERM".to_owned()
+        })
+    );
     assert_eq!(launcher::outcome(&pod.store, &pod.job).await?, None);
     Ok(())
 }

@@ -1,0 +1,282 @@
+//! End-to-end on a cluster: the real binary with `--executor kubernetes` against the
+//! stand-in API server (whose kubelet runs each pod's containers as local processes, so the
+//! real `trainyard launch` moves every input and output), a real S3 server (moto) for
+//! artifacts, PostgreSQL for the store, and the deployed Role enforced on every request.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use trainyard::store::RunState;
+use trainyard_testkit::kube::ApiServer;
+use trainyard_testkit::s3::S3Server;
+use trainyard_tests::{
+    DataDir, Repo, Result, Service, TestResult, trainyard_bin, wait_for, workspace_root,
+};
+
+const NAMESPACE: &str = "trainyard";
+const QUEUE: &str = "team-ml";
+const SECRET: &str = "trainyard-s3";
+
+/// Everything a cluster-mode service runs against, torn down on drop.
+struct Cluster {
+    api: ApiServer,
+    s3: S3Server,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A stand-in cluster that allows only what the deployed Role grants, whose kubelet runs
+    /// the real binary, with the object store's credentials in a Secret (steps get them from
+    /// it, as in the deployment) and a real S3 server.
+    async fn start() -> Result<Cluster> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir()?;
+        let api = ApiServer::builder()
+            .kubelet(dir.path().join("kubelet"))
+            .start()
+            .await?;
+        api.create_namespace(NAMESPACE)?;
+        api.map_path("/usr/local/bin/trainyard", trainyard_bin()?);
+        let text = std::fs::read_to_string(workspace_root().join("deploy/base/role.yaml"))?;
+        let role: Value = serde_saphyr::from_str(&text)?;
+        api.enforce_rbac(role["rules"].clone());
+        let s3 = S3Server::start()?;
+        let credentials: BTreeMap<String, String> = s3.env().into_iter().collect();
+        api.put_object(json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": SECRET, "namespace": NAMESPACE},
+            "stringData": credentials,
+        }))?;
+        api.write_kubeconfig(&dir.path().join("kubeconfig"))?;
+        std::fs::write(
+            dir.path().join("cluster.yaml"),
+            format!(
+                "namespace: {NAMESPACE}
+image: registry.example.com/trainyard:test
+queue: {QUEUE}
+priority_class: training
+env_from_secrets: [{SECRET}]
+gpu_types:
+  h100:
+    node_selector: {{nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}}
+    tolerations:
+      - {{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}}
+shm_size: 1Gi
+ttl_seconds_after_finished: 600
+"
+            ),
+        )?;
+        Ok(Cluster { api, s3, dir })
+    }
+
+    /// The arguments and environment of a service on this cluster.
+    fn service_args(&self) -> Result<(Vec<String>, Vec<(String, String)>)> {
+        let config = self.dir.path().join("cluster.yaml");
+        let args = vec![
+            "--executor".to_owned(),
+            "kubernetes".to_owned(),
+            "--cluster-config".to_owned(),
+            path_text(&config)?,
+            "--artifacts".to_owned(),
+            format!("{}/trainyard", self.s3.url()),
+        ];
+        let mut env = self.s3.env();
+        env.push((
+            "KUBECONFIG".to_owned(),
+            path_text(&self.dir.path().join("kubeconfig"))?,
+        ));
+        Ok((args, env))
+    }
+
+    /// Admits every suspended Job, as Kueue does when the queue has quota.
+    fn admit_all(&self) -> Result<usize> {
+        let mut admitted = 0;
+        for job in self.api.list("jobs", Some(NAMESPACE)) {
+            if job["spec"]["suspend"] == json!(true) {
+                let name = job["metadata"]["name"].as_str().ok_or("a job has no name")?;
+                self.api.admit(NAMESPACE, name)?;
+                admitted += 1;
+            }
+        }
+        Ok(admitted)
+    }
+
+    fn job(&self, name: &str) -> Result<Value> {
+        Ok(self
+            .api
+            .get("jobs", NAMESPACE, name)
+            .ok_or_else(|| format!("no Job {name}"))?)
+    }
+
+    /// Job creates the API server answered, by status (201 created, 409 already exists).
+    /// Creates are POSTs to the collection: the record has no object name.
+    fn job_creates(&self) -> BTreeMap<u16, usize> {
+        let mut by_status = BTreeMap::new();
+        for request in self.api.requests() {
+            if request.verb == "create" && request.resource == "jobs" {
+                *by_status.entry(request.status).or_default() += 1;
+            }
+        }
+        by_status
+    }
+}
+
+fn path_text(path: &Path) -> Result<String> {
+    Ok(path.to_str().ok_or("test paths are UTF-8")?.to_owned())
+}
+
+/// The sample repository with its `train` step asking for one H100.
+fn gpu_sample() -> Result<Repo> {
+    let repo = Repo::from_examples()?;
+    repo.edit(
+        "pipelines/iris/pipeline.yaml",
+        "resources: {cpu: \"1\", memory: 512Mi}",
+        "resources: {cpu: \"1\", memory: 512Mi, gpu: 1, gpu_type: h100}",
+    )?;
+    Ok(repo)
+}
+
+/// Starts a service and admits its Jobs until run `run` is in a final state.
+async fn run_to_the_end(
+    cluster: &Cluster,
+    data: &DataDir,
+    run: i64,
+    limit: Duration,
+) -> Result<RunState> {
+    let store = data.store().await?;
+    let mut last = None;
+    wait_for(limit, &format!("run {run} finished"), async || {
+        cluster.admit_all()?;
+        last = store.run(run).await?.map(|r| r.state);
+        Ok(last.is_some_and(RunState::is_finished))
+    })
+    .await?;
+    last.ok_or_else(|| "no run".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit() -> TestResult {
+    let cluster = Cluster::start().await?;
+    let repo = gpu_sample()?;
+    let commit = repo.commit("sample on the GPU cluster")?;
+    let data = DataDir::postgres().await?;
+    let (mut args, env) = cluster.service_args()?;
+    args.extend(["--poll-seconds".to_owned(), "1".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let service = Service::start_with_env(repo.path(), &data, &args, &env)?;
+
+    let state = run_to_the_end(&cluster, &data, 1, Duration::from_secs(120)).await;
+    let output = data.service_output();
+    assert_eq!(state?, RunState::Succeeded, "{output}");
+
+    // One Job per step, named from run, step and attempt, each created once.
+    for step in ["prepare", "train", "evaluate"] {
+        let name = format!("ty-1-{step}-1");
+        let job = cluster.job(&name)?;
+        assert_eq!(job["spec"]["backoffLimit"], 0, "{job}");
+        assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
+        assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 600);
+        assert_eq!(job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"], QUEUE);
+        assert_eq!(
+            job["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "trainyard"
+        );
+        assert_eq!(job["metadata"]["labels"]["trainyard.dev/run"], "1");
+        assert_eq!(job["metadata"]["labels"]["trainyard.dev/pipeline"], "iris");
+        assert_eq!(job["metadata"]["labels"]["trainyard.dev/step"], step);
+        assert_eq!(
+            job["metadata"]["annotations"]["trainyard.dev/commit"],
+            commit.to_string()
+        );
+        let pod = &job["spec"]["template"]["spec"];
+        assert_eq!(pod["priorityClassName"], "training");
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{pod}");
+        let main = &pod["containers"][0];
+        assert_eq!(main["envFrom"][0]["secretRef"]["name"], SECRET);
+        assert!(
+            job["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Complete" && c["status"] == "True"),
+            "{job}"
+        );
+    }
+    assert_eq!(
+        cluster.job_creates(),
+        BTreeMap::from([(201, 3)]),
+        "one create per step, no retry, no duplicate"
+    );
+    assert_eq!(cluster.api.list("jobs", Some(NAMESPACE)).len(), 3);
+    // The GPU step: its limit, where such GPUs are, an in-memory /dev/shm, its deadline.
+    let train = cluster.job("ty-1-train-1")?;
+    let pod = &train["spec"]["template"]["spec"];
+    let main = &pod["containers"][0];
+    assert_eq!(main["resources"]["limits"]["nvidia.com/gpu"], "1", "{main}");
+    assert_eq!(main["resources"]["limits"]["memory"], "512Mi");
+    assert_eq!(
+        pod["nodeSelector"]["nvidia.com/gpu.product"],
+        "NVIDIA-H100-80GB-HBM3"
+    );
+    assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+    let shm = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["emptyDir"]["medium"] == "Memory")
+        .ok_or("no in-memory volume")?;
+    assert_eq!(shm["emptyDir"]["sizeLimit"], "1Gi");
+    assert!(
+        main["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["mountPath"] == "/dev/shm" && m["name"] == shm["name"]),
+        "{main}"
+    );
+    assert_eq!(train["spec"]["activeDeadlineSeconds"], 600, "timeout: 10m");
+    let prepare = cluster.job("ty-1-prepare-1")?;
+    assert!(
+        prepare["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|v| v["emptyDir"]["medium"] != "Memory"),
+        "only GPU steps get an in-memory /dev/shm"
+    );
+
+    // The model went through S3 and was registered; the commit carries the results.
+    let store = data.store().await?;
+    let versions = store.models(Some("iris-classifier")).await?;
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert!(
+        versions[0].artifact_uri.starts_with("s3://"),
+        "{:?}",
+        versions[0]
+    );
+    let wait_note = wait_for(Duration::from_secs(20), "the note", async || {
+        Ok(note(&repo, commit)?.contains("trainyard/model/iris-classifier: success"))
+    })
+    .await;
+    let note = note(&repo, commit)?;
+    assert!(wait_note.is_ok(), "{note}\n{}", data.service_output());
+    assert!(
+        note.contains("trainyard/run/iris: success — run 1 succeeded"),
+        "{note}"
+    );
+    assert_eq!(service.stop()?, Some(0));
+    Ok(())
+}
+
+/// The Trainyard note of `commit`, or an empty string.
+fn note(repo: &Repo, commit: git2::Oid) -> Result<String> {
+    let git = git2::Repository::open(repo.path())?;
+    Ok(match git.find_note(Some("refs/notes/trainyard"), commit) {
+        Ok(note) => note.message().unwrap_or_default().to_owned(),
+        Err(_) => String::new(),
+    })
+}
