@@ -12,7 +12,8 @@ use trainyard::store::RunState;
 use trainyard_testkit::kube::ApiServer;
 use trainyard_testkit::s3::S3Server;
 use trainyard_tests::{
-    DataDir, Repo, Result, Service, TestResult, trainyard_bin, wait_for, workspace_root,
+    DataDir, PINNED_IMAGE, Repo, Result, Service, TestResult, trainyard_bin, wait_for,
+    workspace_root,
 };
 
 const NAMESPACE: &str = "trainyard";
@@ -30,7 +31,7 @@ impl Cluster {
     /// A stand-in cluster that allows only what the deployed Role grants, whose kubelet runs
     /// the real binary, with the object store's credentials in a Secret (steps get them from
     /// it, as in the deployment) and a real S3 server.
-    async fn start() -> Result<Cluster> {
+    async fn start(queue: Option<&str>) -> Result<Cluster> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir()?;
         let api = ApiServer::builder()
@@ -56,7 +57,7 @@ impl Cluster {
             format!(
                 "namespace: {NAMESPACE}
 image: registry.example.com/trainyard:test
-queue: {QUEUE}
+{queue}
 priority_class: training
 env_from_secrets: [{SECRET}]
 gpu_types:
@@ -66,7 +67,8 @@ gpu_types:
       - {{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}}
 shm_size: 1Gi
 ttl_seconds_after_finished: 600
-"
+",
+                queue = queue.map(|q| format!("queue: {q}")).unwrap_or_default(),
             ),
         )?;
         Ok(Cluster { api, s3, dir })
@@ -159,7 +161,7 @@ async fn run_to_the_end(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit() -> TestResult {
-    let cluster = Cluster::start().await?;
+    let cluster = Cluster::start(Some(QUEUE)).await?;
     let repo = gpu_sample()?;
     let commit = repo.commit("sample on the GPU cluster")?;
     let data = DataDir::postgres().await?;
@@ -279,4 +281,119 @@ fn note(repo: &Repo, commit: git2::Oid) -> Result<String> {
         Ok(note) => note.message().unwrap_or_default().to_owned(),
         Err(_) => String::new(),
     })
+}
+
+/// A replica of the service in cluster mode, electing on a Lease.
+fn replica(cluster: &Cluster, repo: &Repo, data: &DataDir, name: &str) -> Result<Service> {
+    let (mut args, mut env) = cluster.service_args()?;
+    args.extend(
+        [
+            "--poll-seconds",
+            "1",
+            "--leader-election",
+            "--namespace",
+            NAMESPACE,
+            "--lease-duration-seconds",
+            "4",
+            "--lease-grace-seconds",
+            "2",
+        ]
+        .map(str::to_owned),
+    );
+    env.push(("POD_NAME".to_owned(), name.to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Service::start_with_env(repo.path(), data, &args, &env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_mid_run_hands_the_running_job_over_without_a_second_create()
+-> TestResult {
+    let cluster = Cluster::start(None).await?;
+    let repo = Repo::with_files(&[(
+        "pipeline.yaml",
+        format!(
+            "apiVersion: trainyard.dev/v1
+kind: Pipeline
+metadata: {{name: relay, owner: team-a}}
+spec:
+  image: {PINNED_IMAGE}
+  triggers: {{on_change: true}}
+  steps:
+    - {{name: first, run: [sleep, \"1\"]}}
+    - {{name: second, needs: [first], retries: 2, run: [sleep, \"6\"]}}
+    - {{name: third, needs: [second], run: [\"true\"]}}
+"
+        ),
+    )])?;
+    repo.commit("relay")?;
+    let first = DataDir::postgres().await?;
+    let second = first.sharing_database()?;
+    let mut replicas = BTreeMap::from([
+        ("one", replica(&cluster, &repo, &first, "one")?),
+        ("two", replica(&cluster, &repo, &second, "two")?),
+    ]);
+
+    // Wait until the leader has the middle step running on the cluster.
+    wait_for(Duration::from_secs(60), "second step running", async || {
+        Ok(cluster
+            .api
+            .job_pod(NAMESPACE, "ty-1-second-1")
+            .is_some_and(|pod| pod["status"]["phase"] == "Running"))
+    })
+    .await
+    .map_err(|e| format!("{e}\n{}\n{}", first.service_output(), second.service_output()))?;
+    let lease = cluster
+        .api
+        .get("leases", NAMESPACE, "trainyard")
+        .ok_or("no Lease")?;
+    let leader = lease["spec"]["holderIdentity"]
+        .as_str()
+        .ok_or("the Lease has no holder")?
+        .to_owned();
+    replicas
+        .remove(leader.as_str())
+        .ok_or_else(|| format!("unknown leader {leader}"))?
+        .kill_hard()?;
+
+    let store = first.store().await?;
+    let mut state = None;
+    let finished = wait_for(Duration::from_secs(60), "run 1 finished", async || {
+        state = store.run(1).await?.map(|r| r.state);
+        Ok(state.is_some_and(RunState::is_finished))
+    })
+    .await;
+    let output = format!("{}\n{}", first.service_output(), second.service_output());
+    finished.map_err(|e| format!("{e}\n{output}"))?;
+    assert_eq!(state, Some(RunState::Succeeded), "{output}");
+    let holder = cluster
+        .api
+        .get("leases", NAMESPACE, "trainyard")
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned));
+    assert!(
+        holder.as_deref().is_some_and(|h| h != leader),
+        "the other replica took over: {holder:?}"
+    );
+    // The running Job was followed, not failed as interrupted and run again.
+    let mut names: Vec<String> = cluster
+        .api
+        .list("jobs", Some(NAMESPACE))
+        .iter()
+        .filter_map(|j| j["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["ty-1-first-1", "ty-1-second-1", "ty-1-third-1"],
+        "{output}"
+    );
+    assert_eq!(
+        cluster.job_creates().get(&201),
+        Some(&3),
+        "each Job created once: {:?}",
+        cluster.job_creates()
+    );
+    let steps = store.steps(1).await?;
+    assert!(steps.iter().all(|s| s.attempt == 1), "{steps:?}");
+    Ok(())
 }

@@ -89,7 +89,11 @@ impl LaunchArgs {
             job_dir: job.job_dir.clone(),
             workdir: job.workdir.clone(),
             source: job.source.as_ref().map(|source| source.prefix.clone()),
-            source_dir: job.source.as_ref().map(|source| source.dir.clone()),
+            // The root of the source is `.`: an empty argument is no path to clap.
+            source_dir: job.source.as_ref().map(|source| match source.dir.as_os_str() {
+                dir if dir.is_empty() => PathBuf::from("."),
+                _ => source.dir.clone(),
+            }),
             inputs: job.inputs.clone(),
             outputs: job.outputs.clone(),
             log_key: job.log_key.clone(),
@@ -771,6 +775,19 @@ mod tests {
         assert_eq!(parsed.log_key, job.log_key);
         assert_eq!(parsed.termination_log, Some(PathBuf::from(TERMINATION_LOG)));
         assert_eq!(parsed.argv, job.argv);
+    }
+
+    #[test]
+    fn a_pipeline_at_the_root_of_its_source_round_trips() {
+        let job_dir = PathBuf::from("/trainyard/work/ty-7-train-2");
+        let mut job = job(&job_dir);
+        if let Some(source) = job.source.as_mut() {
+            source.dir = PathBuf::new();
+        }
+        job.workdir = job_dir.join("src");
+        let parsed = parse(&args(&job, "s3://bucket/prefix"));
+        assert_eq!(parsed.source_dir, Some(PathBuf::from(".")));
+        assert_eq!(parsed.workdir, job.workdir);
     }
 
     #[test]
