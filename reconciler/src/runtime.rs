@@ -142,6 +142,8 @@ pub struct Service<E: Executor, F: Forge> {
     next_poll: tokio::time::Instant,
     /// Beats while the loop turns (the health endpoint reads it).
     heartbeat: Heartbeat,
+    /// Whether jobs no run of this database owns were looked for since acting began.
+    foreign_jobs_checked: bool,
 }
 
 /// What a `run_once` did.
@@ -181,6 +183,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
             uploaded_sources: HashMap::new(),
             next_poll: tokio::time::Instant::now(),
             heartbeat: Heartbeat::default(),
+            foreign_jobs_checked: false,
         })
     }
 
@@ -293,6 +296,11 @@ impl<E: Executor, F: Forge> Service<E, F> {
     /// Applies the head when `poll` is due and runs a pass; returns how long the loop may
     /// sleep.
     async fn turn(&mut self, poll: Duration) -> Duration {
+        if !self.foreign_jobs_checked
+            && let Err(error) = self.report_foreign_jobs().await
+        {
+            tracing::error!(%error, "listing the executor's jobs failed");
+        }
         if tokio::time::Instant::now() >= self.next_poll {
             if let Err(error) = self.apply_head().await {
                 tracing::error!(%error, "applying the branch head failed");
@@ -323,7 +331,28 @@ impl<E: Executor, F: Forge> Service<E, F> {
         self.snapshot = None;
         self.jobs.clear();
         self.next_poll = tokio::time::Instant::now();
+        self.foreign_jobs_checked = false;
         Ok(())
+    }
+
+    /// Reports the executor's jobs whose run this database does not know (another
+    /// installation's in the same namespace, or left from a database that was replaced) and
+    /// leaves them alone: deleting work nobody here started is not this service's call.
+    /// Returns their names.
+    pub async fn report_foreign_jobs(&mut self) -> Result<Vec<String>, RuntimeError> {
+        let mut foreign = Vec::new();
+        for name in self.executor.known_jobs().await? {
+            let known = match crate::execute::run_of_job(&name) {
+                Some(run) => self.store.run(run).await?.is_some(),
+                None => false,
+            };
+            if !known {
+                tracing::warn!(job = %name, "a job labelled as Trainyard's belongs to no run in this database; left alone");
+                foreign.push(name);
+            }
+        }
+        self.foreign_jobs_checked = true;
+        Ok(foreign)
     }
 
     /// The loop's heartbeat: beats while the loop turns, leading or standing by.
@@ -1426,6 +1455,15 @@ mod tests {
         }
         fn runs_here(&self) -> bool {
             false
+        }
+        async fn known_jobs(&self) -> Result<Vec<String>, ExecError> {
+            Ok(self
+                .submitted
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|j| j.name.clone())
+                .collect())
         }
     }
 

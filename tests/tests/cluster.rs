@@ -165,6 +165,19 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
     let repo = gpu_sample()?;
     let commit = repo.commit("sample on the GPU cluster")?;
     let data = DataDir::postgres().await?;
+    // A Job labelled as Trainyard's that no run of this database started: reported, and
+    // left alone.
+    let stray = "ty-999-stray-1";
+    cluster.api.put_object(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": stray, "namespace": NAMESPACE,
+                     "labels": {"app.kubernetes.io/managed-by": "trainyard"}},
+        "spec": {"template": {
+            "metadata": {"labels": {"app.kubernetes.io/managed-by": "trainyard"}},
+            "spec": {"restartPolicy": "Never",
+                     "containers": [{"name": "main", "image": "busybox", "command": ["true"]}]}}},
+    }))?;
     let (mut args, env) = cluster.service_args()?;
     args.extend(["--poll-seconds".to_owned(), "1".to_owned()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -213,7 +226,15 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
         BTreeMap::from([(201, 3)]),
         "one create per step, no retry, no duplicate"
     );
-    assert_eq!(cluster.api.list("jobs", Some(NAMESPACE)).len(), 3);
+    let jobs = cluster.api.list("jobs", Some(NAMESPACE));
+    assert_eq!(jobs.len(), 4, "three steps and the stray");
+    assert!(cluster.api.get("jobs", NAMESPACE, stray).is_some());
+    assert!(
+        output.contains(&format!(
+            "a job labelled as Trainyard's belongs to no run in this database; left alone job={stray}"
+        )),
+        "{output}"
+    );
     // The GPU step: its limit, where such GPUs are, an in-memory /dev/shm, its deadline.
     let train = cluster.job("ty-1-train-1")?;
     let pod = &train["spec"]["template"]["spec"];

@@ -178,6 +178,10 @@ impl Executor for LocalExecutor {
     fn runs_here(&self) -> bool {
         true
     }
+
+    async fn known_jobs(&self) -> Result<Vec<String>, ExecError> {
+        Ok(self.inner.jobs().keys().cloned().collect())
+    }
 }
 
 fn check_job(job: &StepJob) -> Result<(), ExecError> {

@@ -220,6 +220,10 @@ pub trait Executor: Send + Sync + 'static {
     /// sees it (a path on this machine locally, a path inside the pod on a cluster).
     fn job_dir(&self, name: &str) -> PathBuf;
 
+    /// The names of the jobs this executor has, whoever submitted them (on a cluster: every
+    /// Job labelled as Trainyard's in its namespace, once listed).
+    fn known_jobs(&self) -> impl Future<Output = Result<Vec<String>, ExecError>> + Send;
+
     /// Whether steps run on this machine and so can read the service's checkout of the run's
     /// commit; when false, the step's source travels through the artifact store.
     fn runs_here(&self) -> bool;
@@ -260,6 +264,13 @@ pub fn job_name(run_id: i64, step: &str, attempt: u32) -> String {
         }
     };
     format!("{prefix}{middle}{suffix}")
+}
+
+/// The run a job belongs to, read back from a name [`job_name`] made (`ty-42-train-1` → 42).
+pub fn run_of_job(name: &str) -> Option<i64> {
+    let rest = name.strip_prefix("ty-")?;
+    let (run, _) = rest.split_once('-')?;
+    run.parse().ok()
 }
 
 /// Whether `name` is a DNS-1123 label: what [`job_name`] produces and what backends accept.
@@ -310,6 +321,15 @@ mod tests {
         assert!(is_job_name(&job_name(1, "", 1)));
         assert!(is_job_name(&job_name(1, "---", 1)));
         assert!(is_job_name(&job_name(1, "Ünïcode", 1)));
+    }
+
+    #[test]
+    fn the_run_is_read_back_from_a_job_name() {
+        assert_eq!(run_of_job(&job_name(42, "train", 1)), Some(42));
+        assert_eq!(run_of_job(&job_name(i64::MAX, &"x".repeat(80), 9)), Some(i64::MAX));
+        assert_eq!(run_of_job("ty-x-train-1"), None);
+        assert_eq!(run_of_job("other-42-train-1"), None);
+        assert_eq!(run_of_job("ty-42"), None);
     }
 
     #[test]

@@ -573,4 +573,9 @@ impl Executor for KubernetesExecutor {
     fn runs_here(&self) -> bool {
         false
     }
+
+    async fn known_jobs(&self) -> Result<Vec<String>, ExecError> {
+        self.synced().await;
+        Ok(self.jobs())
+    }
 }
