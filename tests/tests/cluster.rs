@@ -20,6 +20,9 @@ const NAMESPACE: &str = "trainyard";
 const QUEUE: &str = "team-ml";
 const SECRET: &str = "trainyard-s3";
 
+/// Command-line arguments and environment variables of a service.
+type Invocation = (Vec<String>, Vec<(String, String)>);
+
 /// Everything a cluster-mode service runs against, torn down on drop.
 struct Cluster {
     api: ApiServer,
@@ -75,7 +78,7 @@ ttl_seconds_after_finished: 600
     }
 
     /// The arguments and environment of a service on this cluster.
-    fn service_args(&self) -> Result<(Vec<String>, Vec<(String, String)>)> {
+    fn service_args(&self) -> Result<Invocation> {
         let config = self.dir.path().join("cluster.yaml");
         let args = vec![
             "--executor".to_owned(),
@@ -98,7 +101,9 @@ ttl_seconds_after_finished: 600
         let mut admitted = 0;
         for job in self.api.list("jobs", Some(NAMESPACE)) {
             if job["spec"]["suspend"] == json!(true) {
-                let name = job["metadata"]["name"].as_str().ok_or("a job has no name")?;
+                let name = job["metadata"]["name"]
+                    .as_str()
+                    .ok_or("a job has no name")?;
                 self.api.admit(NAMESPACE, name)?;
                 admitted += 1;
             }
@@ -195,7 +200,10 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
         assert_eq!(job["spec"]["backoffLimit"], 0, "{job}");
         assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
         assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 600);
-        assert_eq!(job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"], QUEUE);
+        assert_eq!(
+            job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"],
+            QUEUE
+        );
         assert_eq!(
             job["metadata"]["labels"]["app.kubernetes.io/managed-by"],
             "trainyard"
@@ -363,7 +371,13 @@ spec:
             .is_some_and(|pod| pod["status"]["phase"] == "Running"))
     })
     .await
-    .map_err(|e| format!("{e}\n{}\n{}", first.service_output(), second.service_output()))?;
+    .map_err(|e| {
+        format!(
+            "{e}\n{}\n{}",
+            first.service_output(),
+            second.service_output()
+        )
+    })?;
     let lease = cluster
         .api
         .get("leases", NAMESPACE, "trainyard")
