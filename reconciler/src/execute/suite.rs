@@ -312,7 +312,9 @@ pub async fn a_missing_input_fails_the_step_before_it_starts<E: Executor>(h: &mu
 pub async fn a_timeout_kills_the_whole_process_tree<E: Executor>(h: &mut Harness<E>) {
     let pid_file = h.scratch_file("timeout-grandchild.pid");
     let mut job = h.job("train", &["sh", "-c", TREE, "sh", &pid_file]);
-    job.timeout = Some(Duration::from_secs(1));
+    // Long enough for a cluster to start the pod (the deadline counts from the Job's start)
+    // on a loaded machine, so the tree exists before it is killed.
+    job.timeout = Some(Duration::from_secs(5));
     h.submit(&job).await;
 
     let grandchild = read_pid(&pid_file).await;
@@ -320,7 +322,7 @@ pub async fn a_timeout_kills_the_whole_process_tree<E: Executor>(h: &mut Harness
         h.wait(&job.name).await,
         JobState::Failed {
             exit_code: None,
-            reason: "timed out after 1s".to_owned()
+            reason: "timed out after 5s".to_owned()
         }
     );
     assert_process_ends(grandchild).await;
