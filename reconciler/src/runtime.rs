@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
 use git2::Repository;
 use serde_json::Value;
 use thiserror::Error;
@@ -91,6 +92,10 @@ pub enum RuntimeError {
         reason: String,
     },
 }
+
+/// How many step submissions a pass has in flight at once; more only queue on the
+/// executor's own limits (the cluster client's rate limit).
+const SUBMITS_AT_ONCE: usize = 64;
 
 /// Where the service reads, what it follows, and how much it runs at once.
 #[derive(Debug, Clone)]
@@ -592,10 +597,32 @@ impl<E: Executor, F: Forge> Service<E, F> {
             steps_by_run.push(steps);
         }
         let mut budget = self.config.max_parallel_steps.saturating_sub(running);
+        let mut started = Vec::new();
         for (run, steps) in runs.iter().zip(steps_by_run) {
-            self.drive(run, &steps, &mut budget).await?;
+            self.drive(run, &steps, &mut budget, &mut started).await?;
+            // Submitting in batches as they fill lets the first Jobs of a busy second
+            // start while later attempts are still being recorded.
+            if started.len() >= SUBMITS_AT_ONCE {
+                self.submit_all(std::mem::take(&mut started)).await?;
+            }
         }
+        self.submit_all(started).await?;
         Ok(self.store.unfinished_runs().await?.len())
+    }
+
+    /// Submits the attempts a pass recorded, several at once: one after the other, a
+    /// second in which a thousand schedules fire would wait on a thousand round trips to
+    /// the cluster before its last run's first step exists. Every submission is tried; the
+    /// first failure is returned.
+    async fn submit_all(&self, jobs: Vec<StepJob>) -> Result<(), RuntimeError> {
+        let executor = &self.executor;
+        let results: Vec<Result<(), ExecError>> = futures::stream::iter(jobs)
+            .map(|job| executor.submit(job))
+            .buffer_unordered(SUBMITS_AT_ONCE)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<(), _>>()?;
+        Ok(())
     }
 
     async fn drive(
@@ -603,6 +630,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
         run: &RunRow,
         steps: &[StepRow],
         budget: &mut usize,
+        started: &mut Vec<StepJob>,
     ) -> Result<(), RuntimeError> {
         let now = Utc::now();
         let pipeline = self.pipeline(&run.pipeline, &run.pipeline_version).await?;
@@ -697,14 +725,17 @@ impl<E: Executor, F: Forge> Service<E, F> {
             if !ready || step.retry_at.is_some_and(|at| at > now) {
                 continue;
             }
-            self.launch(run, &pipeline, &step.name, step.attempt + 1)
-                .await?;
+            started.extend(
+                self.launch(run, &pipeline, &step.name, step.attempt + 1)
+                    .await?,
+            );
             *budget -= 1;
         }
         Ok(())
     }
 
-    /// Starts one attempt of a step: recorded first, then submitted, so a crash between
+    /// Starts one attempt of a step: records it and returns the job to submit (none if the
+    /// attempt was recorded before). Recorded first, submitted after, so a crash between
     /// the two leaves an attempt the next pass finds interrupted and retries.
     async fn launch(
         &mut self,
@@ -712,14 +743,14 @@ impl<E: Executor, F: Forge> Service<E, F> {
         pipeline: &Pipeline,
         step: &str,
         attempt: u32,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Option<StepJob>, RuntimeError> {
         let name = job_name(run.id, step, attempt);
         if !self
             .store
             .start_attempt(run.id, step, attempt, &name, Utc::now())
             .await?
         {
-            return Ok(());
+            return Ok(None);
         }
         let (_, file) = self.pinned(&run.pipeline, &run.pipeline_version).await?;
         let source = if self.executor.runs_here() {
@@ -745,8 +776,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
         self.jobs
             .insert(name.clone(), (run.id, step.to_owned(), attempt));
         tracing::info!(run = run.id, step, attempt, job = %name, "step started");
-        self.executor.submit(job).await?;
-        Ok(())
+        Ok(Some(job))
     }
 
     /// The job of one attempt: argv and env rendered, inputs and outputs placed. With a
@@ -1428,11 +1458,16 @@ mod tests {
     #[derive(Clone, Default)]
     struct Remote {
         submitted: Arc<Mutex<Vec<StepJob>>>,
+        /// When set, a submission returns only once this many are in flight together.
+        together: Option<Arc<tokio::sync::Barrier>>,
     }
 
     impl Executor for Remote {
         async fn submit(&self, job: StepJob) -> Result<(), ExecError> {
             self.submitted.lock().expect("lock").push(job);
+            if let Some(barrier) = &self.together {
+                barrier.wait().await;
+            }
             Ok(())
         }
         async fn observe(&self, name: &str) -> Result<Option<JobState>, ExecError> {
@@ -1632,5 +1667,53 @@ mod tests {
             None,
             "not uploaded again"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pass_submits_the_steps_it_starts_at_once_rather_than_one_after_another() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo_dir = dir.path().join("repo");
+        let repo = Repository::init(&repo_dir).expect("init");
+        std::fs::create_dir_all(repo_dir.join("ml")).expect("dirs");
+        std::fs::write(
+            repo_dir.join("ml/pipeline.yaml"),
+            format!(
+                "apiVersion: trainyard.dev/v1\nkind: Pipeline\nmetadata: {{name: wide, owner: team-a}}\n\
+                 spec:\n  image: {IMAGE}\n  triggers: {{on_change: true}}\n  steps:\n    \
+                 - {{name: a, run: [\"true\"]}}\n    - {{name: b, run: [\"true\"]}}\n    \
+                 - {{name: c, run: [\"true\"]}}\n"
+            ),
+        )
+        .expect("write pipeline");
+        commit_all(&repo, "wide");
+        let artifacts =
+            ArtifactStore::open(dir.path().join("store").to_str().expect("utf-8")).expect("store");
+        // Each submission waits for the other two: submitted one after another, the first
+        // would wait forever.
+        let executor = Remote {
+            together: Some(Arc::new(tokio::sync::Barrier::new(3))),
+            ..Remote::default()
+        };
+        let mut service = service(
+            &repo_dir,
+            &dir.path().join("data"),
+            &artifacts,
+            executor.clone(),
+        )
+        .await;
+        service.apply_head().await.expect("apply");
+        tokio::time::timeout(Duration::from_secs(20), service.drive_runs())
+            .await
+            .expect("the three submissions were in flight together")
+            .expect("drive");
+        let mut names: Vec<String> = executor
+            .submitted
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|j| j.step.clone())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "b", "c"]);
     }
 }
