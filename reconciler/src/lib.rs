@@ -8,6 +8,7 @@ pub mod execute;
 pub mod leader;
 pub mod plan;
 pub mod policy;
+pub mod pulls;
 pub mod registry;
 pub mod report;
 pub mod runtime;

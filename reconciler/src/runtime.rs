@@ -27,6 +27,7 @@ use crate::execute::launcher::SourceMarker;
 use crate::execute::{
     ExecError, Executor, JobEvent, JobState, StepInput, StepJob, StepOutput, StepSource, job_name,
 };
+use crate::pulls;
 use crate::registry;
 use crate::report::{self, Forge, ForgeError, Report, StatusState};
 use crate::schedule::{self, ActiveRuns, TickAction};
@@ -1034,9 +1035,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
     /// Registers the model (when the pipeline has one) and finishes the run as succeeded.
     async fn complete(&mut self, run: &RunRow, pipeline: &Pipeline) -> Result<(), RuntimeError> {
         let mut message = format!("run {} succeeded", run.id);
-        if let Some(model) = &pipeline.spec.model
-            && run.trigger != Trigger::Preview
-        {
+        if let Some(model) = &pipeline.spec.model {
             let stored = self.store.artifacts(run.id).await?;
             let find = |reference: &str| {
                 let parts: Vec<&str> = reference.split('.').collect();
@@ -1067,6 +1066,20 @@ impl<E: Executor, F: Forge> Service<E, F> {
                 .map(|m| serde_json::to_value(m).unwrap_or(Value::Null))
                 .unwrap_or(Value::Null);
             let summary = registry::describe(&gates);
+            if run.trigger == Trigger::Preview {
+                // A preview shows how its model would fare against the champion, but never
+                // registers it: no version, no alias moves.
+                let verdict = if gates.passed {
+                    "would be accepted"
+                } else {
+                    "would be rejected"
+                };
+                message.push_str(&format!(
+                    "; model {} {verdict} (preview, not registered): {summary}",
+                    model.name
+                ));
+                return self.finish_run(run, RunState::Succeeded, &message).await;
+            }
             let (state, description) = if gates.passed {
                 let promoted = model
                     .promote
@@ -1128,7 +1141,8 @@ impl<E: Executor, F: Forge> Service<E, F> {
         } else {
             StatusState::Failure
         };
-        let reports = [status_report(&run.commit_sha, &context, status, message)];
+        let mut reports = vec![status_report(&run.commit_sha, &context, status, message)];
+        reports.extend(pulls::finished_run_reports(&self.store, run, state, message).await?);
         let pause_after = match &run.schedule {
             Some(name) => self
                 .store

@@ -17,8 +17,7 @@ use trainyard::runtime::{BranchWatcher, Config, Service, clone_cache};
 use trainyard::server::{self, AppState};
 use trainyard::source::discover;
 use trainyard::spec::Pipeline;
-use trainyard::spec::check::resolve_params;
-use trainyard::spec::model::ParamType;
+use trainyard::spec::check::{resolve_params, typed_params};
 use trainyard::store::{FOLLOWED_CURSOR, NewRun, RunState, Store, Trigger};
 
 use super::views::DATA_DIR;
@@ -318,14 +317,9 @@ pub fn queue(args: RunArgs) -> Result<ExitCode> {
             let Some((name, text)) = param.split_once('=') else {
                 anyhow::bail!("--param {param:?} is not NAME=VALUE");
             };
-            let value = match pipeline.spec.params.get(name).map(|p| p.ty) {
-                Some(ParamType::Int) => text.parse::<i64>().map(serde_json::Value::from).ok(),
-                Some(ParamType::Float) => text.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(serde_json::Value::Number),
-                Some(ParamType::Bool) => text.parse::<bool>().map(serde_json::Value::from).ok(),
-                _ => Some(serde_json::Value::from(text)),
-            };
-            given.insert(name.to_owned(), value.unwrap_or_else(|| serde_json::Value::from(text)));
+            given.insert(name.to_owned(), text.to_owned());
         }
+        let given = typed_params(&pipeline, &given);
         let params = match resolve_params(&pipeline, &given) {
             Ok(params) => params,
             Err(problems) => {

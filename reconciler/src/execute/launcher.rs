@@ -90,10 +90,13 @@ impl LaunchArgs {
             workdir: job.workdir.clone(),
             source: job.source.as_ref().map(|source| source.prefix.clone()),
             // The root of the source is `.`: an empty argument is no path to clap.
-            source_dir: job.source.as_ref().map(|source| match source.dir.as_os_str() {
-                dir if dir.is_empty() => PathBuf::from("."),
-                _ => source.dir.clone(),
-            }),
+            source_dir: job
+                .source
+                .as_ref()
+                .map(|source| match source.dir.as_os_str() {
+                    dir if dir.is_empty() => PathBuf::from("."),
+                    _ => source.dir.clone(),
+                }),
             inputs: job.inputs.clone(),
             outputs: job.outputs.clone(),
             log_key: job.log_key.clone(),

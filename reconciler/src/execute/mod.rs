@@ -326,7 +326,10 @@ mod tests {
     #[test]
     fn the_run_is_read_back_from_a_job_name() {
         assert_eq!(run_of_job(&job_name(42, "train", 1)), Some(42));
-        assert_eq!(run_of_job(&job_name(i64::MAX, &"x".repeat(80), 9)), Some(i64::MAX));
+        assert_eq!(
+            run_of_job(&job_name(i64::MAX, &"x".repeat(80), 9)),
+            Some(i64::MAX)
+        );
         assert_eq!(run_of_job("ty-x-train-1"), None);
         assert_eq!(run_of_job("other-42-train-1"), None);
         assert_eq!(run_of_job("ty-42"), None);

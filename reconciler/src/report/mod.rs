@@ -78,10 +78,15 @@ pub struct Status {
 pub enum Report {
     /// Set a commit status.
     Status(Status),
-    /// Create or edit the comment marked `key` on the pull request of `commit`.
+    /// Create or edit the comment marked `key` on pull request `pr`, or on the pull request
+    /// of `commit` when `pr` is not given.
     Comment {
-        /// The commit whose pull request gets the comment.
+        /// The commit the comment is about; finds the pull request when `pr` is not given.
         commit: String,
+        /// The pull request, when the writer knows it (a fork's head commit is not in the
+        /// repository, so the forge cannot find its pull request by the commit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pr: Option<u64>,
         /// Which comment: one per key per pull request.
         key: String,
         /// Markdown.
@@ -149,13 +154,24 @@ pub async fn deliver<F: Forge>(forge: &F, report: &Report) -> Result<Delivery, F
             forge.set_status(status).await?;
             Ok(Delivery::Delivered)
         }
-        Report::Comment { commit, key, body } => match forge.pull_request_of(commit).await? {
-            None => Ok(Delivery::NoPullRequest),
-            Some(pr) => {
-                forge.upsert_comment(pr, key, &fit_comment(body)).await?;
-                Ok(Delivery::Delivered)
+        Report::Comment {
+            commit,
+            pr,
+            key,
+            body,
+        } => {
+            let pr = match pr {
+                Some(pr) => Some(*pr),
+                None => forge.pull_request_of(commit).await?,
+            };
+            match pr {
+                None => Ok(Delivery::NoPullRequest),
+                Some(pr) => {
+                    forge.upsert_comment(pr, key, &fit_comment(body)).await?;
+                    Ok(Delivery::Delivered)
+                }
             }
-        },
+        }
     }
 }
 
@@ -337,6 +353,7 @@ mod tests {
             }),
             Report::Comment {
                 commit: "b".repeat(40),
+                pr: Some(7),
                 key: "plan".to_owned(),
                 body: "## Plan".to_owned(),
             },
@@ -399,6 +416,7 @@ mod tests {
         );
         let comment = Report::Comment {
             commit,
+            pr: None,
             key: "plan".to_owned(),
             body: "## Plan".to_owned(),
         };

@@ -6,6 +6,7 @@
 
 mod commits;
 mod outbox;
+mod pulls;
 mod registry;
 mod runs;
 mod schedules;
@@ -15,6 +16,7 @@ mod types;
 mod tests;
 
 pub use commits::FOLLOWED_CURSOR;
+pub use pulls::PullRequestRow;
 pub use types::*;
 
 use std::borrow::Cow;
@@ -161,17 +163,29 @@ impl Store {
 
 /// The schema migrations of one backend, embedded in the binary.
 fn migrator(backend: Backend) -> Migrator {
-    let init = match backend {
-        Backend::Sqlite => include_str!("../../migrations/sqlite/0001_init.sql"),
-        Backend::Postgres => include_str!("../../migrations/postgres/0001_init.sql"),
+    let (init, pulls) = match backend {
+        Backend::Sqlite => (
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+            include_str!("../../migrations/sqlite/0003_pulls.sql"),
+        ),
+        Backend::Postgres => (
+            include_str!("../../migrations/postgres/0001_init.sql"),
+            include_str!("../../migrations/postgres/0003_pulls.sql"),
+        ),
     };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        init.into_sql_str(),
-        false,
-    )])
+    let migration = |version, name: &'static str, sql: &'static str| {
+        Migration::new(
+            version,
+            Cow::Borrowed(name),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(1, "init", init),
+        migration(3, "pulls", pulls),
+    ])
 }
 
 /// Picks the backend and turns a bare path into a SQLite URL that creates the file.

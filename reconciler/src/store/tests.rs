@@ -110,6 +110,8 @@ on_both_backends!(
     a_commit_that_fails_midway_leaves_nothing,
     a_tick_that_fails_midway_leaves_nothing,
     views_list_newest_first,
+    pull_requests_are_replaced_by_what_the_forge_says_last,
+    a_comment_starts_one_preview_pinned_to_its_head_version,
 );
 
 fn t(seconds: i64) -> DateTime<Utc> {
@@ -1546,4 +1548,105 @@ fn database_urls_pick_their_backend() {
         Err(StoreError::UnsupportedUrl { scheme }) => assert_eq!(scheme, "mysql"),
         other => panic!("expected an unsupported URL, got {other:?}"),
     }
+}
+
+fn pull(number: u64, head: &str, open: bool) -> PullRequestRow {
+    PullRequestRow {
+        number,
+        head_sha: head.to_owned(),
+        head_ref: "feature".to_owned(),
+        base_ref: "main".to_owned(),
+        from_fork: false,
+        author: "alice".to_owned(),
+        open,
+    }
+}
+
+async fn pull_requests_are_replaced_by_what_the_forge_says_last(store: Store) {
+    assert_eq!(store.pull_request(7).await.expect("read"), None);
+    store
+        .upsert_pull_request(&pull(7, "h1", true), t(0))
+        .await
+        .expect("record");
+    let moved = PullRequestRow {
+        from_fork: true,
+        ..pull(7, "h2", false)
+    };
+    store
+        .upsert_pull_request(&moved, t(1))
+        .await
+        .expect("record");
+    assert_eq!(store.pull_request(7).await.expect("read"), Some(moved));
+    assert_eq!(store.pull_request(8).await.expect("read"), None);
+}
+
+async fn a_comment_starts_one_preview_pinned_to_its_head_version(store: Store) {
+    with_nightly(&store).await;
+    let version = pipeline("churn", "v9");
+    let run = NewRun {
+        pipeline_version: "v9".to_owned(),
+        trigger: Trigger::Preview,
+        ..change_run("head1")
+    };
+    let comment = |id: i64| {
+        vec![NewReport {
+            commit_sha: "head1".to_owned(),
+            kind: ReportKind::Comment,
+            key: format!("run-{id}"),
+            payload: json!({"run": id}),
+        }]
+    };
+    let (id, first) = store
+        .create_preview(41, 7, &version, &run, comment, t(5))
+        .await
+        .expect("preview");
+    let (again, second) = store
+        .create_preview(41, 7, &version, &run, comment, t(6))
+        .await
+        .expect("preview again");
+    assert!(first && !second);
+    assert_eq!(again, id, "one run per comment");
+    assert_eq!(store.preview_of_comment(41).await.expect("read"), Some(id));
+    assert_eq!(store.preview_of_comment(42).await.expect("read"), None);
+    assert_eq!(
+        store.pull_request_of_preview(id).await.expect("read"),
+        Some(7)
+    );
+    let stored = store.run(id).await.expect("read").expect("the run");
+    assert_eq!(
+        (
+            stored.trigger,
+            stored.pipeline_version.as_str(),
+            stored.commit_sha.as_str()
+        ),
+        (Trigger::Preview, "v9", "head1")
+    );
+    let pinned = store
+        .pipeline_version("churn", "v9")
+        .await
+        .expect("read")
+        .expect("the head's version is found for the run");
+    assert_eq!(pinned.commit_sha, "head1");
+    assert_eq!(
+        store
+            .current_pipeline("churn")
+            .await
+            .expect("read")
+            .map(|p| p.version),
+        Some("v1".to_owned()),
+        "the followed branch still declares its own version"
+    );
+    let reports = store.reports_of_commit("head1").await.expect("reports");
+    assert_eq!(reports.len(), 1, "the reports are enqueued once");
+    assert_eq!(reports[0].key, format!("run-{id}"));
+    let wrong = NewRun {
+        trigger: Trigger::Manual,
+        ..run.clone()
+    };
+    assert!(matches!(
+        store
+            .create_preview(43, 7, &version, &wrong, comment, t(7))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
 }
