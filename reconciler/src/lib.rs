@@ -16,3 +16,4 @@ pub mod server;
 pub mod source;
 pub mod spec;
 pub mod store;
+pub mod webhook;
