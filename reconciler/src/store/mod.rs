@@ -1,10 +1,11 @@
 //! The single source of truth: pipeline versions, schedules, ticks, runs, steps, artifacts,
-//! model versions and the report outbox, in SQLite (default) or PostgreSQL through one code
-//! path. Every method that changes state does so in one transaction, and repeating a call
+//! model versions, the report outbox and the queue of forge events, in SQLite (default) or
+//! PostgreSQL through one code path. Every method that changes state does so in one transaction, and repeating a call
 //! with the same input changes nothing, so each loop can crash at any line and resume from
 //! what the database says.
 
 mod commits;
+mod events;
 mod outbox;
 mod registry;
 mod runs;
@@ -161,17 +162,32 @@ impl Store {
 
 /// The schema migrations of one backend, embedded in the binary.
 fn migrator(backend: Backend) -> Migrator {
-    let init = match backend {
-        Backend::Sqlite => include_str!("../../migrations/sqlite/0001_init.sql"),
-        Backend::Postgres => include_str!("../../migrations/postgres/0001_init.sql"),
+    let (init, forge_events) = match backend {
+        Backend::Sqlite => (
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+            include_str!("../../migrations/sqlite/0002_forge_events.sql"),
+        ),
+        Backend::Postgres => (
+            include_str!("../../migrations/postgres/0001_init.sql"),
+            include_str!("../../migrations/postgres/0002_forge_events.sql"),
+        ),
     };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        init.into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            init.into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            Cow::Borrowed("forge_events"),
+            MigrationType::Simple,
+            forge_events.into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 /// Picks the backend and turns a bare path into a SQLite URL that creates the file.
