@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod artifacts;
+pub mod commands;
 pub mod definitions;
 pub mod execute;
 pub mod leader;
