@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod artifacts;
+pub mod commands;
 pub mod definitions;
 pub mod execute;
 pub mod leader;
@@ -17,3 +18,4 @@ pub mod server;
 pub mod source;
 pub mod spec;
 pub mod store;
+pub mod webhook;

@@ -112,6 +112,10 @@ on_both_backends!(
     views_list_newest_first,
     pull_requests_are_replaced_by_what_the_forge_says_last,
     a_comment_starts_one_preview_pinned_to_its_head_version,
+    a_delivery_recorded_twice_stores_one_event,
+    pending_events_come_in_order_and_finished_ones_do_not,
+    concurrent_recorders_of_one_delivery_store_one_event,
+    delivery_ids_must_be_sensible,
 );
 
 fn t(seconds: i64) -> DateTime<Utc> {
@@ -218,7 +222,7 @@ async fn migrations_run_twice_safely(store: Store) {
         .fetch_one(&store.pool)
         .await
         .expect("count applied migrations");
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2);
     assert!(
         store
             .current_pipeline("churn")
@@ -1649,4 +1653,144 @@ async fn a_comment_starts_one_preview_pinned_to_its_head_version(store: Store) {
             .await,
         Err(StoreError::Invalid(_))
     ));
+fn push_event(after: &str) -> crate::webhook::ForgeEvent {
+    crate::webhook::ForgeEvent::Push {
+        branch: "main".to_owned(),
+        after: after.to_owned(),
+    }
+}
+
+async fn a_delivery_recorded_twice_stores_one_event(store: Store) {
+    let first = push_event(&"a".repeat(40));
+    assert!(
+        store
+            .record_forge_event("d-1", &first, t(0))
+            .await
+            .expect("record")
+    );
+    // A replay carries the same id, whatever its body says now.
+    assert!(
+        !store
+            .record_forge_event("d-1", &push_event(&"b".repeat(40)), t(1))
+            .await
+            .expect("record again")
+    );
+    let pending = store.pending_forge_events(10).await.expect("pending");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].1, first);
+    // Still a duplicate once handled: a late redelivery must not run it again.
+    store
+        .finish_forge_event(pending[0].0, t(2))
+        .await
+        .expect("finish");
+    assert!(
+        !store
+            .record_forge_event("d-1", &first, t(3))
+            .await
+            .expect("record after finishing")
+    );
+    assert!(
+        store
+            .pending_forge_events(10)
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+}
+
+async fn pending_events_come_in_order_and_finished_ones_do_not(store: Store) {
+    use crate::webhook::{ForgeEvent, PrAction};
+    let events = [
+        push_event(&"a".repeat(40)),
+        ForgeEvent::PullRequest {
+            action: PrAction::Closed { merged: true },
+            number: 3,
+            head_sha: "c".repeat(40),
+            head_ref: "tune".to_owned(),
+            base_ref: "main".to_owned(),
+            from_fork: false,
+            author: "alice".to_owned(),
+        },
+        ForgeEvent::Comment {
+            pr: 3,
+            comment_id: u64::MAX,
+            author: "bob".to_owned(),
+            body: "/trainyard run train lr=\"0.1 0.2\"\n\u{1F680}".to_owned(),
+        },
+    ];
+    for (n, event) in events.iter().enumerate() {
+        let recorded = store
+            .record_forge_event(&format!("d-{n}"), event, t(n as i64))
+            .await
+            .expect("record");
+        assert!(recorded);
+    }
+    let pending = store.pending_forge_events(10).await.expect("pending");
+    let got: Vec<_> = pending.iter().map(|(_, e)| e.clone()).collect();
+    assert_eq!(got, events);
+    assert!(pending.windows(2).all(|w| w[0].0 < w[1].0));
+    let first_two = store.pending_forge_events(2).await.expect("pending");
+    assert_eq!(first_two.len(), 2);
+    store
+        .finish_forge_event(pending[1].0, t(10))
+        .await
+        .expect("finish");
+    store
+        .finish_forge_event(pending[1].0, t(11))
+        .await
+        .expect("finishing twice is fine");
+    let left: Vec<_> = store
+        .pending_forge_events(10)
+        .await
+        .expect("pending")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(left, vec![pending[0].0, pending[2].0]);
+    match store.finish_forge_event(pending[2].0 + 100, t(12)).await {
+        Err(StoreError::NotFound { what, .. }) => assert_eq!(what, "forge event"),
+        other => panic!("expected not found, got {other:?}"),
+    }
+}
+
+async fn concurrent_recorders_of_one_delivery_store_one_event(store: Store) {
+    let recorders = (0..8).map(|n| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .record_forge_event("same-delivery", &push_event(&format!("{n:040}")), t(n))
+                .await
+                .expect("record")
+        })
+    });
+    let mut stored = 0;
+    for recorder in recorders.collect::<Vec<_>>() {
+        if recorder.await.expect("the recorder finishes") {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 1);
+    assert_eq!(
+        store.pending_forge_events(10).await.expect("pending").len(),
+        1
+    );
+}
+
+async fn delivery_ids_must_be_sensible(store: Store) {
+    for delivery in [String::new(), "x".repeat(201)] {
+        match store
+            .record_forge_event(&delivery, &push_event(&"a".repeat(40)), t(0))
+            .await
+        {
+            Err(StoreError::Invalid(_)) => {}
+            other => panic!("expected invalid input, got {other:?}"),
+        }
+    }
+    assert!(
+        store
+            .pending_forge_events(10)
+            .await
+            .expect("pending")
+            .is_empty()
+    );
 }
