@@ -12,6 +12,8 @@ use trainyard::artifacts::ArtifactStore;
 use trainyard::execute::kubernetes::ClusterSettings;
 use trainyard::execute::{Executor, JobEvent, KubernetesExecutor, LocalExecutor};
 use trainyard::leader::{Election, Leadership};
+use trainyard::report::AnyForge;
+use trainyard::report::github::{GithubAuth, GithubConfig, GithubForge};
 use trainyard::report::notes::NotesForge;
 use trainyard::runtime::{BranchWatcher, Config, Service, clone_cache};
 use trainyard::server::{self, AppState};
@@ -22,7 +24,8 @@ use trainyard::store::{FOLLOWED_CURSOR, NewRun, RunState, Store, Trigger};
 
 use super::views::DATA_DIR;
 use super::{
-    EXIT_INVALID, ElectionArgs, ExecutorKind, LogFormat, RunArgs, ServeArgs, policy_config,
+    EXIT_INVALID, ElectionArgs, ExecutorKind, GithubArgs, LogFormat, RunArgs, ServeArgs,
+    policy_config,
 };
 
 /// Runs the service until interrupted, or once with `--once`.
@@ -142,6 +145,60 @@ struct Setting {
     data_dir: PathBuf,
 }
 
+/// GitHub when a repository is named, else Git notes in the followed repository.
+fn choose_forge(args: &GithubArgs, root: &Path) -> Result<AnyForge> {
+    let Some(full_name) = &args.github_repo else {
+        return Ok(NotesForge::new(root.to_path_buf()).into());
+    };
+    let (owner, repo) = full_name
+        .split_once('/')
+        .filter(|(owner, repo)| !owner.is_empty() && !repo.is_empty() && !repo.contains('/'))
+        .with_context(|| format!("--github-repo {full_name:?} is not OWNER/NAME"))?;
+    let auth = match (&args.github_app_id, &args.github_token_file) {
+        (Some(app_id), _) => {
+            let key_file = args
+                .github_private_key_file
+                .as_ref()
+                .context("--github-app-id needs --github-private-key-file FILE")?;
+            let private_key_pem = std::fs::read_to_string(key_file).with_context(|| {
+                format!("cannot read the GitHub App key {}", key_file.display())
+            })?;
+            let installation_id = args
+                .github_installation_id
+                .context("--github-app-id needs --github-installation-id N")?;
+            GithubAuth::App {
+                app_id: *app_id,
+                private_key_pem,
+                installation_id,
+            }
+        }
+        (None, Some(file)) => {
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the GitHub token {}", file.display()))?;
+            GithubAuth::Token(token.trim().to_owned())
+        }
+        (None, None) => match std::env::var("GITHUB_TOKEN") {
+            Ok(token) if !token.trim().is_empty() => GithubAuth::Token(token.trim().to_owned()),
+            _ => anyhow::bail!(
+                "--github-repo needs a token (--github-token-file FILE or GITHUB_TOKEN) or a \
+                 GitHub App (--github-app-id, --github-private-key-file, \
+                 --github-installation-id)"
+            ),
+        },
+    };
+    if let GithubAuth::Token(token) = &auth
+        && token.is_empty()
+    {
+        anyhow::bail!("the GitHub token is empty");
+    }
+    let mut config = GithubConfig::new(owner, repo, auth);
+    config.api_url = args.github_api_url.clone();
+    config.public_url = args.public_url.clone();
+    let forge = GithubForge::new(config).context("cannot set up reporting to GitHub")?;
+    tracing::info!(repository = %forge.repository(), "reporting to GitHub");
+    Ok(forge.into())
+}
+
 /// Runs the service with `executor` until `shutdown` completes, or once without one.
 async fn drive<E: Executor>(
     args: ServeArgs,
@@ -157,7 +214,7 @@ async fn drive<E: Executor>(
         remote,
         data_dir,
     } = setting;
-    let forge = NotesForge::new(root.clone());
+    let forge = choose_forge(&args.github, &root)?;
     let config = Config {
         repo: root.clone(),
         remote: remote.clone(),

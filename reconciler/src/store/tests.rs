@@ -1653,6 +1653,8 @@ async fn a_comment_starts_one_preview_pinned_to_its_head_version(store: Store) {
             .await,
         Err(StoreError::Invalid(_))
     ));
+}
+
 fn push_event(after: &str) -> crate::webhook::ForgeEvent {
     crate::webhook::ForgeEvent::Push {
         branch: "main".to_owned(),
