@@ -149,12 +149,13 @@ impl State {
         id
     }
 
-    /// A commit sha for a ref: a known sha, or a branch's head.
+    /// A commit sha for a ref: a known sha, or a branch's head (`main` or `heads/main`).
     pub(crate) fn resolve(&self, reference: &str) -> Option<String> {
         if self.commits.contains(reference) {
             return Some(reference.to_string());
         }
-        self.branches.get(reference).cloned()
+        let branch = reference.strip_prefix("heads/").unwrap_or(reference);
+        self.branches.get(branch).cloned()
     }
 
     /// Drops write timestamps older than `window`, returning how many remain.
