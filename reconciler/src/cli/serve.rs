@@ -14,7 +14,7 @@ use trainyard::execute::{Executor, JobEvent, KubernetesExecutor, LocalExecutor};
 use trainyard::leader::{Election, Leadership};
 use trainyard::report::notes::NotesForge;
 use trainyard::runtime::{BranchWatcher, Config, Service, clone_cache};
-use trainyard::server::{self, AppState};
+use trainyard::server::{self, AppState, Webhooks};
 use trainyard::source::discover;
 use trainyard::spec::Pipeline;
 use trainyard::spec::check::resolve_params;
@@ -169,6 +169,10 @@ async fn drive<E: Executor>(
         max_parallel_steps: args.max_parallel_steps.max(1),
         policy: policy_config(&args.common)?,
     };
+    let webhook_secret = webhook_secret(&args)?;
+    if webhook_secret.is_some() && args.listen.is_none() && !args.once {
+        anyhow::bail!("webhooks are served over HTTP: give --listen ADDR too");
+    }
     let mut service =
         Service::new(config, store.clone(), executor, events, forge, artifacts).await?;
     if let Some(shutdown) = shutdown {
@@ -179,8 +183,16 @@ async fn drive<E: Executor>(
                 let listener = tokio::net::TcpListener::bind(address)
                     .await
                     .with_context(|| format!("cannot listen on {address}"))?;
-                tracing::info!(address = %listener.local_addr()?, "serving /healthz and /readyz");
-                let routes = server::router(AppState::new(service.heartbeat(), store));
+                let mut state = AppState::new(service.heartbeat(), store);
+                if let Some(secret) = webhook_secret {
+                    state = state.with_webhooks(Webhooks::new(secret, service.wake_handle()));
+                }
+                tracing::info!(
+                    address = %listener.local_addr()?,
+                    webhooks = state.webhooks.is_some(),
+                    "serving /healthz and /readyz"
+                );
+                let routes = server::router(state);
                 let mut stop = stop.clone();
                 let stopped = async move {
                     let _ = stop.wait_for(|stopping| *stopping).await;
@@ -248,6 +260,36 @@ async fn drive<E: Executor>(
     } else {
         ExitCode::from(EXIT_INVALID)
     })
+}
+
+/// Environment variable holding the webhook secret itself (as a Kubernetes Secret is often
+/// handed to a container), instead of a file.
+const WEBHOOK_SECRET_VAR: &str = "TRAINYARD_WEBHOOK_SECRET";
+
+/// The webhook secret from `--webhook-secret-file` or the environment, if any; a file's
+/// trailing line break (as editors and `echo` leave) is not part of it.
+fn webhook_secret(args: &ServeArgs) -> Result<Option<Vec<u8>>> {
+    let from_env = std::env::var_os(WEBHOOK_SECRET_VAR).filter(|value| !value.is_empty());
+    let secret = match (&args.webhook_secret_file, from_env) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "give the webhook secret once: --webhook-secret-file or {WEBHOOK_SECRET_VAR}, not both"
+        ),
+        (Some(path), None) => {
+            let mut secret = std::fs::read(path).with_context(|| {
+                format!("cannot read the webhook secret from {}", path.display())
+            })?;
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            secret
+        }
+        (None, Some(value)) => value.into_encoded_bytes(),
+        (None, None) => return Ok(None),
+    };
+    if secret.is_empty() {
+        anyhow::bail!("the webhook secret is empty: anyone could sign deliveries");
+    }
+    Ok(Some(secret))
 }
 
 /// A future that completes on SIGINT (ctrl-c) or SIGTERM (how Kubernetes stops a pod).
