@@ -43,6 +43,7 @@ use crate::store::{
     AttemptOutcome, AttemptState, FOLLOWED_CURSOR, ModelState, NewArtifact, NewModelVersion,
     NewRun, NewTick, RunRow, RunState, StepRow, StepState, Store, StoreError, TickOutcome, Trigger,
 };
+use crate::webhook::ForgeEvent;
 
 /// Longest wait before a failed attempt is retried.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
@@ -50,6 +51,8 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 const REPORTS_PER_PASS: u32 = 50;
 /// How often a standby replica beats while it waits to lead.
 const STANDBY_BEAT: Duration = Duration::from_secs(5);
+/// Forge events read from the queue at a time.
+const FORGE_EVENT_BATCH: u32 = 100;
 
 /// Errors that stop a pass of the loop.
 #[derive(Debug, Error)]
@@ -145,6 +148,10 @@ pub struct Service<E: Executor, F: Forge> {
     heartbeat: Heartbeat,
     /// Whether jobs no run of this database owns were looked for since acting began.
     foreign_jobs_checked: bool,
+    /// Notified when the HTTP server stores a forge event (a webhook delivery).
+    wake: Arc<tokio::sync::Notify>,
+    /// Whether forge events may be waiting in the store since the loop last looked.
+    forge_events_waiting: bool,
 }
 
 /// What a `run_once` did.
@@ -185,6 +192,8 @@ impl<E: Executor, F: Forge> Service<E, F> {
             next_poll: tokio::time::Instant::now(),
             heartbeat: Heartbeat::default(),
             foreign_jobs_checked: false,
+            wake: Arc::new(tokio::sync::Notify::new()),
+            forge_events_waiting: true,
         })
     }
 
@@ -280,6 +289,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
             tokio::select! {
                 () = tokio::time::sleep_until(until) => {}
                 Some(()) = moved => self.next_poll = tokio::time::Instant::now(),
+                () = self.wake.notified() => self.forge_events_waiting = true,
                 Some(event) = self.events.recv() => {
                     if let Err(error) = self.on_event(event).await {
                         tracing::error!(%error, "recording a step's outcome failed");
@@ -302,6 +312,12 @@ impl<E: Executor, F: Forge> Service<E, F> {
         {
             tracing::error!(%error, "listing the executor's jobs failed");
         }
+        if self.forge_events_waiting {
+            match self.take_pushes().await {
+                Ok(()) => self.forge_events_waiting = false,
+                Err(error) => tracing::error!(%error, "reading forge events failed"),
+            }
+        }
         if tokio::time::Instant::now() >= self.next_poll {
             if let Err(error) = self.apply_head().await {
                 tracing::error!(%error, "applying the branch head failed");
@@ -315,6 +331,29 @@ impl<E: Executor, F: Forge> Service<E, F> {
                 Duration::from_secs(1)
             }
         }
+    }
+
+    /// Finishes the queued push events, and makes the loop look at the branch at once when
+    /// one moved the followed branch (any branch, when following HEAD's). Other events are
+    /// left for the pull request handling.
+    async fn take_pushes(&mut self) -> Result<(), RuntimeError> {
+        for (id, event) in self.store.pending_forge_events(FORGE_EVENT_BATCH).await? {
+            if let ForgeEvent::Push { branch, after } = event {
+                let followed = self.config.branch.as_ref().is_none_or(|b| *b == branch);
+                if followed {
+                    tracing::info!(%branch, %after, "push webhook: looking at the branch now");
+                    self.next_poll = tokio::time::Instant::now();
+                }
+                self.store.finish_forge_event(id, Utc::now()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A handle that wakes the loop; notified by whoever stores forge events, so that a
+    /// webhook is acted on at once instead of at the next poll.
+    pub fn wake_handle(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
     }
 
     /// Stops following this process's jobs on losing the lease: the next leader follows
@@ -333,6 +372,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
         self.jobs.clear();
         self.next_poll = tokio::time::Instant::now();
         self.foreign_jobs_checked = false;
+        self.forge_events_waiting = true;
         Ok(())
     }
 
@@ -1528,6 +1568,98 @@ mod tests {
         )
         .await
         .expect("service")
+    }
+
+    /// Waits up to ten seconds for the store to say `sha` is the applied head.
+    async fn wait_for_head(store: &Store, sha: &str) -> bool {
+        for _ in 0..100 {
+            if store
+                .cursor(crate::store::FOLLOWED_CURSOR)
+                .await
+                .expect("cursor")
+                .as_deref()
+                == Some(sha)
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stored_push_webhook_makes_the_loop_apply_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo_dir = dir.path().join("repo");
+        let repo = Repository::init(&repo_dir).expect("init");
+        std::fs::create_dir_all(repo_dir.join("ml")).expect("dirs");
+        std::fs::write(repo_dir.join("ml/notes.txt"), "one").expect("write");
+        commit_all(&repo, "first");
+        let head = |repo: &Repository| repo.head().expect("head").target().expect("id").to_string();
+        let first = head(&repo);
+        let artifacts =
+            ArtifactStore::open(dir.path().join("store").to_str().expect("utf-8")).expect("store");
+        let mut service = service(
+            &repo_dir,
+            &dir.path().join("data"),
+            &artifacts,
+            Remote::default(),
+        )
+        .await;
+        let store = service.store.clone();
+        let wake = service.wake_handle();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // Polls once an hour: only the webhook can make it look at the branch again. The
+        // loop's future is not Send, so it runs beside the test in this task.
+        let loop_ = service.serve(Duration::from_secs(3600), None, None, async {
+            let _ = stopped.await;
+        });
+        let test = async {
+            assert!(
+                wait_for_head(&store, &first).await,
+                "the first pass applies the head"
+            );
+
+            std::fs::write(repo_dir.join("ml/notes.txt"), "two").expect("write");
+            commit_all(&repo, "second");
+            let second = head(&repo);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(
+                store
+                    .cursor(crate::store::FOLLOWED_CURSOR)
+                    .await
+                    .expect("cursor"),
+                Some(first),
+                "without a push nothing looks at the branch before the next poll"
+            );
+            let push = ForgeEvent::Push {
+                branch: "main".to_owned(),
+                after: second.clone(),
+            };
+            assert!(
+                store
+                    .record_forge_event("delivery-1", &push, Utc::now())
+                    .await
+                    .expect("record")
+            );
+            wake.notify_one();
+            assert!(
+                wait_for_head(&store, &second).await,
+                "the push is applied at once"
+            );
+            assert!(
+                store
+                    .pending_forge_events(10)
+                    .await
+                    .expect("pending")
+                    .is_empty(),
+                "the push event is finished"
+            );
+            stop.send(()).expect("stop");
+        };
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(loop_, test) })
+            .await
+            .expect("the test and the loop finish");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

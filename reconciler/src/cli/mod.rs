@@ -167,6 +167,12 @@ pub struct ServeArgs {
     /// 0.0.0.0:8080.
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
+    /// File holding the secret GitHub signs webhooks with (the webhook's "Secret"). With it,
+    /// POST /webhooks/github is served on --listen and pushes are applied at once; without
+    /// it, polling alone follows the branch. The secret itself may instead be given in the
+    /// environment as TRAINYARD_WEBHOOK_SECRET.
+    #[arg(long, env = "TRAINYARD_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    webhook_secret_file: Option<PathBuf>,
     #[command(flatten)]
     election: ElectionArgs,
     #[command(flatten)]

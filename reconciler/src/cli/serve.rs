@@ -16,7 +16,7 @@ use trainyard::report::AnyForge;
 use trainyard::report::github::{GithubAuth, GithubConfig, GithubForge};
 use trainyard::report::notes::NotesForge;
 use trainyard::runtime::{BranchWatcher, Config, Service, clone_cache};
-use trainyard::server::{self, AppState};
+use trainyard::server::{self, AppState, Webhooks};
 use trainyard::source::discover;
 use trainyard::spec::Pipeline;
 use trainyard::spec::check::{resolve_params, typed_params};
@@ -225,6 +225,13 @@ async fn drive<E: Executor>(
         max_parallel_steps: args.max_parallel_steps.max(1),
         policy: policy_config(&args.common)?,
     };
+    let webhook_secret = webhook_secret(
+        args.webhook_secret_file.as_deref(),
+        std::env::var_os(WEBHOOK_SECRET_VAR),
+    )?;
+    if webhook_secret.is_some() && args.listen.is_none() && !args.once {
+        anyhow::bail!("webhooks are served over HTTP: give --listen ADDR too");
+    }
     let mut service =
         Service::new(config, store.clone(), executor, events, forge, artifacts).await?;
     if let Some(shutdown) = shutdown {
@@ -235,8 +242,16 @@ async fn drive<E: Executor>(
                 let listener = tokio::net::TcpListener::bind(address)
                     .await
                     .with_context(|| format!("cannot listen on {address}"))?;
-                tracing::info!(address = %listener.local_addr()?, "serving /healthz and /readyz");
-                let routes = server::router(AppState::new(service.heartbeat(), store));
+                let mut state = AppState::new(service.heartbeat(), store);
+                if let Some(secret) = webhook_secret {
+                    state = state.with_webhooks(Webhooks::new(secret, service.wake_handle()));
+                }
+                tracing::info!(
+                    address = %listener.local_addr()?,
+                    webhooks = state.webhooks.is_some(),
+                    "serving /healthz and /readyz"
+                );
+                let routes = server::router(state);
                 let mut stop = stop.clone();
                 let stopped = async move {
                     let _ = stop.wait_for(|stopping| *stopping).await;
@@ -304,6 +319,36 @@ async fn drive<E: Executor>(
     } else {
         ExitCode::from(EXIT_INVALID)
     })
+}
+
+/// Environment variable holding the webhook secret itself (as a Kubernetes Secret is often
+/// handed to a container), instead of a file.
+const WEBHOOK_SECRET_VAR: &str = "TRAINYARD_WEBHOOK_SECRET";
+
+/// The webhook secret from `--webhook-secret-file` or the environment's value, if any; a
+/// file's trailing line break (as editors and `echo` leave) is not part of it.
+fn webhook_secret(file: Option<&Path>, env: Option<std::ffi::OsString>) -> Result<Option<Vec<u8>>> {
+    let from_env = env.filter(|value| !value.is_empty());
+    let secret = match (file, from_env) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "give the webhook secret once: --webhook-secret-file or {WEBHOOK_SECRET_VAR}, not both"
+        ),
+        (Some(path), None) => {
+            let mut secret = std::fs::read(path).with_context(|| {
+                format!("cannot read the webhook secret from {}", path.display())
+            })?;
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            secret
+        }
+        (None, Some(value)) => value.into_encoded_bytes(),
+        (None, None) => return Ok(None),
+    };
+    if secret.is_empty() {
+        anyhow::bail!("the webhook secret is empty: anyone could sign deliveries");
+    }
+    Ok(Some(secret))
 }
 
 /// A future that completes on SIGINT (ctrl-c) or SIGTERM (how Kubernetes stops a pod).
@@ -403,4 +448,49 @@ pub fn queue(args: RunArgs) -> Result<ExitCode> {
         println!("run {id} of {} queued; the service starts it (trainyard serve, or serve --once)", row.name);
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_secret_file_loses_its_trailing_line_break_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, " s3cret \r\n").unwrap();
+        assert_eq!(
+            webhook_secret(Some(&path), None).unwrap(),
+            Some(b" s3cret ".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_webhook_secret_comes_from_the_environment_or_nowhere() {
+        assert_eq!(
+            webhook_secret(None, Some("from-env".into())).unwrap(),
+            Some(b"from-env".to_vec())
+        );
+        assert_eq!(webhook_secret(None, None).unwrap(), None);
+        assert_eq!(webhook_secret(None, Some("".into())).unwrap(), None);
+    }
+
+    #[test]
+    fn an_empty_missing_or_doubly_given_webhook_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let error = webhook_secret(Some(&empty), None).unwrap_err().to_string();
+        assert!(error.contains("empty"), "{error}");
+        let missing = dir.path().join("missing");
+        let error = webhook_secret(Some(&missing), None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cannot read the webhook secret"), "{error}");
+        std::fs::write(&empty, "x").unwrap();
+        let error = webhook_secret(Some(&empty), Some("y".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not both"), "{error}");
+    }
 }
