@@ -17,9 +17,10 @@ use thiserror::Error;
 use trainyard_policies::PolicyConfig;
 
 use crate::apply::status_report;
+use crate::commands::{self, Command};
 use crate::definitions::{Definitions, DefinitionsError};
 use crate::plan::{Plan, Planner, render_markdown};
-use crate::report::{self, ForgeError, Report, StatusState};
+use crate::report::{self, Forge, ForgeError, Report, StatusState};
 use crate::runtime::Config;
 use crate::source::{Snapshot, SourceError};
 use crate::spec::check::{resolve_params, typed_params};
@@ -518,6 +519,177 @@ impl Pulls {
             return Ok(());
         }
         self.plan(config, store, pr, now).await.map(|_| ())
+    }
+
+    /// Answers the command in comment `comment_id` by `author` on pull request `number`, if
+    /// the comment holds one: re-plans, explains, or starts a preview run when `author` may
+    /// (write permission, and for a fork a named approver); anything refused is answered in
+    /// the sticky reply `command-<comment_id>`.
+    ///
+    /// A transient forge failure (checking the permission) is returned, so the event is
+    /// handled again later; everything else ends in a reply or a run.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn on_comment<F: Forge>(
+        &mut self,
+        config: &Config,
+        store: &Store,
+        forge: &F,
+        number: u64,
+        comment_id: u64,
+        author: &str,
+        body: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), PullsError> {
+        // Trainyard's own comments quote commands in their help; they never hold one.
+        if body.contains("<!-- trainyard:") {
+            return Ok(());
+        }
+        let Some(command) = commands::parse(body) else {
+            return Ok(());
+        };
+        let known = store.pull_request(number).await?;
+        let pr = match known {
+            Some(pr) => pr,
+            // Webhooks set up after the pull request was opened: learn its head from the
+            // remote, and since nothing says where it comes from, treat it as a fork.
+            None => PullRequestRow {
+                number,
+                head_sha: String::new(),
+                head_ref: String::new(),
+                base_ref: self.followed(config)?.unwrap_or_default(),
+                from_fork: true,
+                author: String::new(),
+                open: true,
+            },
+        };
+        let key = command_key(comment_id);
+        let reply = |pr: &PullRequestRow, text: &str| {
+            let commit = if pr.head_sha.is_empty() {
+                "unknown"
+            } else {
+                pr.head_sha.as_str()
+            };
+            comment_report(commit, Some(pr.number), &key, &sticky(&key, text))
+        };
+        let command = match command {
+            Ok(command) => command,
+            Err(error) => {
+                let text = format!("@{author} {error}\n\n{}", commands::HELP);
+                store.enqueue_reports(&[reply(&pr, &text)], now).await?;
+                return Ok(());
+            }
+        };
+        let (pipeline, params) = match command {
+            Command::Help => {
+                store
+                    .enqueue_reports(&[reply(&pr, commands::HELP)], now)
+                    .await?;
+                return Ok(());
+            }
+            Command::Plan => {
+                if self.plan(config, store, &pr, now).await?.is_none() {
+                    let text = format!(
+                        "@{author} there is nothing to plan: this pull request does not merge \
+                         into the branch Trainyard follows, or its head commit cannot be read."
+                    );
+                    store.enqueue_reports(&[reply(&pr, &text)], now).await?;
+                }
+                return Ok(());
+            }
+            Command::Run { pipeline, params } => (pipeline, params),
+        };
+        if store.preview_of_comment(comment_id).await?.is_some() {
+            return Ok(());
+        }
+        if !pr.open {
+            let text = format!("@{author} this pull request is closed: nothing runs from it.");
+            store.enqueue_reports(&[reply(&pr, &text)], now).await?;
+            return Ok(());
+        }
+        let permission = match forge.permission_of(author).await {
+            Ok(permission) => permission,
+            Err(error @ ForgeError::Transient { .. }) => return Err(PullsError::Forge(error)),
+            Err(ForgeError::Permanent { message }) => {
+                let text = format!(
+                    "@{author} nothing runs: Trainyard could not check your permission on this \
+                     repository ({message})."
+                );
+                store.enqueue_reports(&[reply(&pr, &text)], now).await?;
+                return Ok(());
+            }
+        };
+        let Some(checked) = self.plan(config, store, &pr, now).await? else {
+            let text = format!(
+                "@{author} nothing runs: this pull request does not merge into the branch \
+                 Trainyard follows, or its head commit cannot be read."
+            );
+            store.enqueue_reports(&[reply(&pr, &text)], now).await?;
+            return Ok(());
+        };
+        let pr = PullRequestRow {
+            head_sha: checked.head.clone(),
+            ..pr
+        };
+        if let Err(reason) = may_preview(
+            author,
+            permission.can_write(),
+            pr.from_fork,
+            &checked.base_previews,
+        ) {
+            store.enqueue_reports(&[reply(&pr, &reason)], now).await?;
+            return Ok(());
+        }
+        let (version, run) =
+            match preview_run(&checked.head, &checked.head_catalog, &pipeline, &params) {
+                Ok(found) => found,
+                Err(reason) => {
+                    let text = format!("@{author} nothing runs: {reason}");
+                    store.enqueue_reports(&[reply(&pr, &text)], now).await?;
+                    return Ok(());
+                }
+            };
+        let queued = |id: i64| {
+            let row = RunRow {
+                id,
+                pipeline: run.pipeline.clone(),
+                pipeline_version: run.pipeline_version.clone(),
+                commit_sha: run.commit_sha.clone(),
+                trigger: Trigger::Preview,
+                schedule: None,
+                scheduled_at: None,
+                params: run.params.clone(),
+                state: RunState::Pending,
+                message: None,
+                cancel_requested: false,
+                created_at: now,
+                started_at: None,
+                finished_at: None,
+            };
+            let body = preview_comment(
+                &row,
+                RunState::Pending,
+                &[],
+                &format!("Asked for by @{author}; waiting for its turn."),
+            );
+            vec![comment_report(
+                &run.commit_sha,
+                Some(pr.number),
+                &run_key(id),
+                &body,
+            )]
+        };
+        let (id, created) = store
+            .create_preview(comment_id, pr.number, &version, &run, queued, now)
+            .await?;
+        if created {
+            tracing::info!(pr = pr.number, run = id, pipeline = %pipeline, head = %short(&checked.head), "preview run queued");
+        }
+        Ok(())
+    }
+
+    /// The branch the service follows.
+    fn followed(&self, config: &Config) -> Result<Option<String>, PullsError> {
+        Ok(followed_branch(&Repository::open(&config.repo)?, config)?)
     }
 
     /// Plans `pr`'s head against its base branch and enqueues the statuses and the plan

@@ -27,7 +27,7 @@ use crate::execute::launcher::SourceMarker;
 use crate::execute::{
     ExecError, Executor, JobEvent, JobState, StepInput, StepJob, StepOutput, StepSource, job_name,
 };
-use crate::pulls;
+use crate::pulls::{self, Pulls, PullsError};
 use crate::registry;
 use crate::report::{self, Forge, ForgeError, Report, StatusState};
 use crate::schedule::{self, ActiveRuns, TickAction};
@@ -41,9 +41,10 @@ use crate::spec::units::parse_duration;
 use crate::spec::{Catalog, Pipeline, Schedule};
 use crate::store::{
     AttemptOutcome, AttemptState, FOLLOWED_CURSOR, ModelState, NewArtifact, NewModelVersion,
-    NewRun, NewTick, RunRow, RunState, StepRow, StepState, Store, StoreError, TickOutcome, Trigger,
+    NewRun, NewTick, PullRequestRow, RunRow, RunState, StepRow, StepState, Store, StoreError,
+    TickOutcome, Trigger,
 };
-use crate::webhook::ForgeEvent;
+use crate::webhook::{ForgeEvent, PrAction};
 
 /// Longest wait before a failed attempt is retried.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
@@ -86,6 +87,9 @@ pub enum RuntimeError {
     /// The repository could not be watched for new commits.
     #[error("cannot watch the repository: {0}")]
     Watch(String),
+    /// A pull request event could not be handled now.
+    #[error(transparent)]
+    Pulls(PullsError),
     /// A stored definition no longer reads as a document of this version.
     #[error("stored definition of {what} is unreadable: {reason}")]
     Stored {
@@ -152,6 +156,8 @@ pub struct Service<E: Executor, F: Forge> {
     wake: Arc<tokio::sync::Notify>,
     /// Whether forge events may be waiting in the store since the loop last looked.
     forge_events_waiting: bool,
+    /// Plans pull requests and answers their commands.
+    pulls: Pulls,
 }
 
 /// What a `run_once` did.
@@ -174,6 +180,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
         artifacts: ArtifactStore,
     ) -> Result<Self, RuntimeError> {
         let definitions = Definitions::new(config.policy.clone())?;
+        let config_policy = config.policy.clone();
         let declared = declared_state(&store).await?;
         Ok(Service {
             config,
@@ -194,6 +201,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
             foreign_jobs_checked: false,
             wake: Arc::new(tokio::sync::Notify::new()),
             forge_events_waiting: true,
+            pulls: Pulls::new(config_policy)?,
         })
     }
 
@@ -313,7 +321,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
             tracing::error!(%error, "listing the executor's jobs failed");
         }
         if self.forge_events_waiting {
-            match self.take_pushes().await {
+            match self.take_forge_events().await {
                 Ok(()) => self.forge_events_waiting = false,
                 Err(error) => tracing::error!(%error, "reading forge events failed"),
             }
@@ -333,19 +341,78 @@ impl<E: Executor, F: Forge> Service<E, F> {
         }
     }
 
-    /// Finishes the queued push events, and makes the loop look at the branch at once when
-    /// one moved the followed branch (any branch, when following HEAD's). Other events are
-    /// left for the pull request handling.
-    async fn take_pushes(&mut self) -> Result<(), RuntimeError> {
+    /// Handles the queued forge events in the order they came: a push of the followed branch
+    /// (any branch, when following HEAD's) makes the loop look at the branch at once; pull
+    /// requests and comments go to [`pulls::Pulls`]. An event is finished once handled; one
+    /// the forge could not help with now (a rate limit) stops the batch, to be taken up again
+    /// in order on a later pass.
+    async fn take_forge_events(&mut self) -> Result<(), RuntimeError> {
         for (id, event) in self.store.pending_forge_events(FORGE_EVENT_BATCH).await? {
-            if let ForgeEvent::Push { branch, after } = event {
-                let followed = self.config.branch.as_ref().is_none_or(|b| *b == branch);
-                if followed {
-                    tracing::info!(%branch, %after, "push webhook: looking at the branch now");
-                    self.next_poll = tokio::time::Instant::now();
+            let now = Utc::now();
+            let handled = match event {
+                ForgeEvent::Ping => Ok(()),
+                ForgeEvent::Push { branch, after } => {
+                    let followed = self.config.branch.as_ref().is_none_or(|b| *b == branch);
+                    if followed {
+                        tracing::info!(%branch, %after, "push webhook: looking at the branch now");
+                        self.next_poll = tokio::time::Instant::now();
+                    }
+                    Ok(())
                 }
-                self.store.finish_forge_event(id, Utc::now()).await?;
+                ForgeEvent::PullRequest {
+                    action,
+                    number,
+                    head_sha,
+                    head_ref,
+                    base_ref,
+                    from_fork,
+                    author,
+                } => {
+                    let pr = PullRequestRow {
+                        number,
+                        head_sha,
+                        head_ref,
+                        base_ref,
+                        from_fork,
+                        author,
+                        open: !matches!(action, PrAction::Closed { .. }),
+                    };
+                    self.pulls
+                        .on_pull_request(&self.config, &self.store, &pr, now)
+                        .await
+                }
+                ForgeEvent::Comment {
+                    pr,
+                    comment_id,
+                    author,
+                    body,
+                } => {
+                    self.pulls
+                        .on_comment(
+                            &self.config,
+                            &self.store,
+                            &self.forge,
+                            pr,
+                            comment_id,
+                            &author,
+                            &body,
+                            now,
+                        )
+                        .await
+                }
+            };
+            match handled {
+                Ok(()) => {}
+                Err(PullsError::Store(error)) => return Err(error.into()),
+                Err(error @ PullsError::Forge(_)) => {
+                    tracing::warn!(event = id, %error, "forge event waits for the forge");
+                    return Err(RuntimeError::Pulls(error));
+                }
+                // The repository or the definitions cannot be read for this event: waiting
+                // does not help, and it must not hold up the events after it.
+                Err(error) => tracing::error!(event = id, %error, "forge event dropped"),
             }
+            self.store.finish_forge_event(id, Utc::now()).await?;
         }
         Ok(())
     }
