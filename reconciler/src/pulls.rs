@@ -382,6 +382,28 @@ pub fn results_comment(commit: &str, results: &[RunResult]) -> String {
     sticky(RESULTS_KEY, &out)
 }
 
+/// The sticky comment of preview run `run` once its first step started; nothing for other
+/// runs.
+pub async fn started_run_reports(
+    store: &Store,
+    run: &RunRow,
+) -> Result<Vec<NewReport>, StoreError> {
+    if run.trigger != Trigger::Preview {
+        return Ok(Vec::new());
+    }
+    let Some(pr) = store.pull_request_of_preview(run.id).await? else {
+        return Ok(Vec::new());
+    };
+    let steps = store.steps(run.id).await?;
+    let body = preview_comment(run, RunState::Running, &steps, "Running.");
+    Ok(vec![comment_report(
+        &run.commit_sha,
+        Some(pr),
+        &run_key(run.id),
+        &body,
+    )])
+}
+
 /// The comment reports a run finishing as `state` adds besides its status: a preview's
 /// sticky comment, or the results comment of the commit whose change started the run.
 pub async fn finished_run_reports(

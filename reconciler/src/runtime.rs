@@ -829,6 +829,13 @@ impl<E: Executor, F: Forge> Service<E, F> {
         {
             return Ok(());
         }
+        if run.state == RunState::Pending {
+            // The run starts now: a preview's comment says so.
+            let reports = pulls::started_run_reports(&self.store, run).await?;
+            if !reports.is_empty() {
+                self.store.enqueue_reports(&reports, Utc::now()).await?;
+            }
+        }
         let (_, file) = self.pinned(&run.pipeline, &run.pipeline_version).await?;
         let source = if self.executor.runs_here() {
             None
