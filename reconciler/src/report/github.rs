@@ -901,7 +901,12 @@ mod tests {
         let long = sticky_body("run-12", &"x".repeat(70_000));
         assert!(long.starts_with("<!-- trainyard:run-12 -->\n"));
         assert!(has_marker(&long, "run-12"));
-        assert_eq!(long.chars().count(), COMMENT_CHARS);
+        // The cut leaves room for a closing fence, unused here.
+        let kept = long.chars().count();
+        assert!(
+            (COMMENT_CHARS - 4..=COMMENT_CHARS).contains(&kept),
+            "{kept}"
+        );
         assert!(
             long.contains("it was 70000 characters long"),
             "{}",
@@ -988,5 +993,453 @@ mod tests {
         );
         assert!(!app.contains("PRIVATE"), "{app}");
         assert!(app.contains('7') && app.contains('9'), "{app}");
+    }
+
+    mod against_the_stand_in {
+        use std::sync::Arc;
+
+        use trainyard_testkit::github::{
+            FaultKind, GithubServer, Permission as Role, TEST_APP_KEY, TokenKind,
+        };
+
+        use super::*;
+        use crate::report::suite::{Fixture, ForgeProbe, forge_suite};
+
+        const TOKEN: &str = "ghp_trainyard";
+        const LOGIN: &str = "trainyard-ci";
+        const HEAD: &str = "1111111111111111111111111111111111111111";
+        const OTHER: &str = "2222222222222222222222222222222222222222";
+        const MERGE: &str = "3333333333333333333333333333333333333333";
+
+        /// The forge with the stand-in it talks to, which shows what GitHub holds.
+        struct Probed {
+            forge: GithubForge,
+            server: Arc<GithubServer>,
+        }
+
+        impl Forge for Probed {
+            async fn set_status(&self, status: &Status) -> Result<(), ForgeError> {
+                self.forge.set_status(status).await
+            }
+
+            async fn upsert_comment(
+                &self,
+                pr: u64,
+                key: &str,
+                body: &str,
+            ) -> Result<(), ForgeError> {
+                self.forge.upsert_comment(pr, key, body).await
+            }
+
+            async fn pull_request_of(&self, commit: &str) -> Result<Option<u64>, ForgeError> {
+                self.forge.pull_request_of(commit).await
+            }
+
+            async fn permission_of(&self, user: &str) -> Result<Permission, ForgeError> {
+                self.forge.permission_of(user).await
+            }
+        }
+
+        impl ForgeProbe for Probed {
+            fn statuses(&self, commit: &str) -> Vec<Status> {
+                self.server
+                    .latest_statuses(commit)
+                    .into_values()
+                    .map(|held| Status {
+                        commit: commit.to_owned(),
+                        context: held.context,
+                        state: serde_json::from_value(serde_json::Value::String(held.state))
+                            .expect("GitHub's states"),
+                        description: held.description.unwrap_or_default(),
+                        target_url: held.target_url,
+                    })
+                    .collect()
+            }
+
+            /// Writes GitHub accepted.
+            fn writes(&self) -> usize {
+                accepted_writes(&self.server)
+            }
+        }
+
+        fn accepted_writes(server: &GithubServer) -> usize {
+            server
+                .requests()
+                .iter()
+                .filter(|r| matches!(r.method.as_str(), "POST" | "PATCH"))
+                .filter(|r| r.path.starts_with("/repos/"))
+                .filter(|r| (200..300).contains(&r.status))
+                .count()
+        }
+
+        async fn server() -> Arc<GithubServer> {
+            let server = GithubServer::builder()
+                .repo("acme", "models")
+                .token(TOKEN, LOGIN)
+                .start()
+                .await
+                .expect("the stand-in starts");
+            server.add_commit(HEAD);
+            server.add_commit(OTHER);
+            Arc::new(server)
+        }
+
+        fn config(server: &GithubServer, interval: Duration) -> GithubConfig {
+            let mut config =
+                GithubConfig::new("acme", "models", GithubAuth::Token(TOKEN.to_owned()));
+            config.api_url = server.url();
+            config.min_write_interval = interval;
+            config
+        }
+
+        fn forge(server: &GithubServer) -> GithubForge {
+            GithubForge::new(config(server, Duration::from_millis(5))).expect("forge")
+        }
+
+        async fn github_fixture() -> Fixture<Probed> {
+            let server = server().await;
+            Fixture {
+                forge: Probed {
+                    forge: forge(&server),
+                    server: server.clone(),
+                },
+                commit: HEAD.to_owned(),
+                other_commit: OTHER.to_owned(),
+                unknown_commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+                _keep: Box::new(server),
+            }
+        }
+
+        forge_suite!(github_fixture);
+
+        fn status(context: &str, state: StatusState, description: &str) -> Status {
+            Status {
+                commit: HEAD.to_owned(),
+                context: context.to_owned(),
+                state,
+                description: description.to_owned(),
+                target_url: None,
+            }
+        }
+
+        #[tokio::test]
+        async fn a_status_github_already_shows_is_not_posted_again_after_a_restart() {
+            let server = server().await;
+            let s = status("trainyard/validate", StatusState::Success, "ok");
+            forge(&server).set_status(&s).await.expect("set");
+            let restarted = forge(&server);
+            restarted.set_status(&s).await.expect("set again");
+            assert_eq!(server.statuses(HEAD).len(), 1);
+            assert_eq!(accepted_writes(&server), 1);
+        }
+
+        #[tokio::test]
+        async fn a_sticky_comment_is_edited_in_place_even_by_a_restarted_forge() {
+            let server = server().await;
+            server.open_pr(7, HEAD).open().expect("pr");
+            let first = forge(&server);
+            first
+                .upsert_comment(7, "plan", "## Plan\none")
+                .await
+                .expect("created");
+            first
+                .upsert_comment(7, "plan", "## Plan\ntwo")
+                .await
+                .expect("edited");
+            forge(&server)
+                .upsert_comment(7, "plan", "## Plan\nthree")
+                .await
+                .expect("edited after a restart");
+            let comments = server.comments(7);
+            assert_eq!(comments.len(), 1, "{comments:?}");
+            assert_eq!(comments[0].author, LOGIN);
+            assert_eq!(comments[0].edits, 2);
+            assert_eq!(comments[0].body, "<!-- trainyard:plan -->\n## Plan\nthree");
+            let posts = server
+                .requests()
+                .iter()
+                .filter(|r| r.method == "POST" && r.path.ends_with("/comments"))
+                .count();
+            assert_eq!(posts, 1, "edits are PATCHes");
+        }
+
+        #[tokio::test]
+        async fn a_persons_comment_with_the_marker_is_not_taken_over() {
+            let server = server().await;
+            server.open_pr(7, HEAD).open().expect("pr");
+            let quoted = "Why does <!-- trainyard:plan --> show up here?";
+            let theirs = server
+                .add_comment_as("mallory", 7, quoted)
+                .expect("comment");
+            let forge = forge(&server);
+            forge
+                .upsert_comment(7, "plan", "## Plan")
+                .await
+                .expect("created");
+            forge
+                .upsert_comment(7, "plan", "## Plan 2")
+                .await
+                .expect("edited");
+            let comments = server.comments(7);
+            assert_eq!(comments.len(), 2, "{comments:?}");
+            let held = comments.iter().find(|c| c.id == theirs).expect("kept");
+            assert_eq!((held.body.as_str(), held.edits), (quoted, 0));
+            let ours = comments.iter().find(|c| c.id != theirs).expect("ours");
+            assert_eq!(ours.author, LOGIN);
+            assert!(ours.body.ends_with("## Plan 2"), "{}", ours.body);
+        }
+
+        #[tokio::test]
+        async fn the_sticky_comment_is_found_beyond_the_first_page() {
+            let server = server().await;
+            server.open_pr(7, HEAD).open().expect("pr");
+            for i in 0..150 {
+                server
+                    .add_comment_as("bob", 7, &format!("comment {i}"))
+                    .expect("comment");
+            }
+            // GitHub lists oldest first: ours comes after a full page of others.
+            forge(&server)
+                .upsert_comment(7, "run-12", "queued")
+                .await
+                .expect("created");
+            forge(&server)
+                .upsert_comment(7, "run-12", "succeeded")
+                .await
+                .expect("edited by a forge that has to look for it");
+            let ours: Vec<_> = server
+                .comments(7)
+                .into_iter()
+                .filter(|c| c.author == LOGIN)
+                .collect();
+            assert_eq!(ours.len(), 1, "{ours:?}");
+            assert_eq!(ours[0].edits, 1);
+            assert!(ours[0].body.ends_with("succeeded"), "{}", ours[0].body);
+            let pages: Vec<_> = server
+                .requests()
+                .into_iter()
+                .filter(|r| r.method == "GET" && r.path.ends_with("/issues/7/comments"))
+                .filter_map(|r| r.query)
+                .collect();
+            assert!(pages.iter().any(|q| q.contains("page=2")), "{pages:?}");
+        }
+
+        #[tokio::test]
+        async fn a_body_over_githubs_limit_is_cut_with_a_note() {
+            let server = server().await;
+            server.open_pr(7, HEAD).open().expect("pr");
+            let body = format!("## Logs\n```\n{}", "line\n".repeat(20_000));
+            forge(&server)
+                .upsert_comment(7, "run-3", &body)
+                .await
+                .expect("accepted");
+            let held = &server.comments(7)[0];
+            assert!(held.body.chars().count() <= COMMENT_CHARS);
+            assert!(held.body.starts_with("<!-- trainyard:run-3 -->\n## Logs"));
+            assert!(
+                held.body
+                    .contains("```\n\n---\n*Trainyard cut this comment: it was 100012"),
+                "{}",
+                &held.body[held.body.len() - 300..]
+            );
+        }
+
+        #[tokio::test]
+        async fn a_secondary_rate_limit_is_transient_for_as_long_as_github_asks() {
+            let server = server().await;
+            let forge = forge(&server);
+            let s = status("trainyard/plan", StatusState::Pending, "planning");
+            server.fail_next(1, FaultKind::SecondaryRateLimit { retry_after: 7 });
+            let err = forge.set_status(&s).await.expect_err("limited");
+            assert!(
+                matches!(&err, ForgeError::Transient { retry_after: Some(w), .. } if *w == Duration::from_secs(7)),
+                "{err:?}"
+            );
+            server.fail_next(1, FaultKind::ServerError(502));
+            let err = forge.set_status(&s).await.expect_err("bad gateway");
+            assert!(matches!(err, ForgeError::Transient { .. }), "{err:?}");
+            forge.set_status(&s).await.expect("later it goes through");
+            assert_eq!(server.statuses(HEAD).len(), 1);
+        }
+
+        #[tokio::test]
+        async fn an_exhausted_primary_limit_is_transient_until_the_reset() {
+            let server = server().await;
+            server.fail_next(1, FaultKind::PrimaryRateLimit { reset_in: 90 });
+            let err = forge(&server)
+                .set_status(&status("trainyard/plan", StatusState::Pending, "x"))
+                .await
+                .expect_err("limited");
+            let ForgeError::Transient {
+                retry_after: Some(wait),
+                ..
+            } = err
+            else {
+                panic!("{err:?}");
+            };
+            assert!((85..=91).contains(&wait.as_secs()), "{wait:?}");
+        }
+
+        #[tokio::test]
+        async fn a_missing_repository_or_an_invalid_status_is_permanent_with_githubs_message() {
+            let server = server().await;
+            let forge = forge(&server);
+            server.fail_next(1, FaultKind::NotFound);
+            let err = forge
+                .set_status(&status("trainyard/plan", StatusState::Success, "x"))
+                .await
+                .expect_err("gone");
+            assert!(
+                matches!(&err, ForgeError::Permanent { message } if message.contains("404") && message.contains("Not Found")),
+                "{err:?}"
+            );
+            let mut other_repo = config(&server, Duration::from_millis(5));
+            other_repo.repo = "elsewhere".to_owned();
+            let err = GithubForge::new(other_repo)
+                .expect("forge")
+                .set_status(&status("trainyard/plan", StatusState::Success, "x"))
+                .await
+                .expect_err("no such repository");
+            assert!(matches!(err, ForgeError::Permanent { .. }), "{err:?}");
+            assert!(server.statuses(HEAD).is_empty());
+        }
+
+        #[tokio::test]
+        async fn bad_credentials_are_transient_once_then_permanent() {
+            let server = server().await;
+            let mut wrong = config(&server, Duration::from_millis(5));
+            wrong.auth = GithubAuth::Token("ghp_wrong".to_owned());
+            let forge = GithubForge::new(wrong).expect("forge");
+            let s = status("trainyard/plan", StatusState::Success, "x");
+            let first = forge.set_status(&s).await.expect_err("401");
+            assert!(matches!(first, ForgeError::Transient { .. }), "{first:?}");
+            let second = forge.set_status(&s).await.expect_err("401 again");
+            assert!(
+                matches!(&second, ForgeError::Permanent { message } if message.contains("Bad credentials")),
+                "{second:?}"
+            );
+        }
+
+        #[tokio::test]
+        async fn writes_are_paced_at_least_the_interval_apart() {
+            let server = server().await;
+            let interval = Duration::from_millis(300);
+            let forge = GithubForge::new(config(&server, interval)).expect("forge");
+            // Concurrent writers share the pacing.
+            let writes = (0..3).map(|i| {
+                let forge = forge.clone();
+                async move {
+                    forge
+                        .set_status(&status(
+                            &format!("trainyard/run/p{i}"),
+                            StatusState::Pending,
+                            "queued",
+                        ))
+                        .await
+                }
+            });
+            for result in futures::future::join_all(writes).await {
+                result.expect("set");
+            }
+            let mut times: Vec<_> = server.statuses(HEAD).iter().map(|s| s.created_at).collect();
+            times.sort();
+            assert_eq!(times.len(), 3);
+            for pair in times.windows(2) {
+                let gap = (pair[1] - pair[0]).to_std().expect("ordered");
+                // Arrival times jitter by a little against the client's send times.
+                assert!(gap >= interval - Duration::from_millis(30), "{gap:?}");
+            }
+        }
+
+        #[tokio::test]
+        async fn an_app_installation_token_is_bought_with_the_apps_jwt_and_renewed() {
+            let server = server().await;
+            server.open_pr(7, HEAD).open().expect("pr");
+            let mut app = config(&server, Duration::from_millis(5));
+            app.auth = GithubAuth::App {
+                app_id: server.app_id(),
+                private_key_pem: TEST_APP_KEY.to_owned(),
+                installation_id: server.installation_id(),
+            };
+            let forge = GithubForge::new(app).expect("forge");
+            let s = status("trainyard/validate", StatusState::Success, "ok");
+            forge.set_status(&s).await.expect("set as the app");
+            forge
+                .upsert_comment(7, "plan", "## Plan")
+                .await
+                .expect("comment");
+            assert_eq!(server.installation_tokens_issued(), 1);
+            let held = &server.statuses(HEAD)[0];
+            assert_eq!(held.creator, server.bot_login());
+            assert_eq!(server.comments(7)[0].author, server.bot_login());
+            let requests = server.requests();
+            let exchange = requests
+                .iter()
+                .find(|r| r.path.ends_with("/access_tokens"))
+                .expect("a token exchange");
+            assert_eq!(exchange.token, TokenKind::AppJwt);
+            assert!(requests.iter().any(|r| r.method == "POST"
+                && r.path.contains("/statuses/")
+                && r.token == TokenKind::Installation(server.installation_id())));
+
+            server.expire_installation_tokens();
+            let changed = status("trainyard/validate", StatusState::Failure, "1 error");
+            forge
+                .set_status(&changed)
+                .await
+                .expect("set with a new token");
+            forge
+                .upsert_comment(7, "plan", "## Plan 2")
+                .await
+                .expect("edited with the new token");
+            assert_eq!(server.installation_tokens_issued(), 2);
+            assert_eq!(server.comments(7).len(), 1);
+            assert_eq!(
+                server.latest_statuses(HEAD)["trainyard/validate"].state,
+                "failure"
+            );
+        }
+
+        #[tokio::test]
+        async fn the_pull_request_of_a_head_or_a_merge_commit_is_found() {
+            let server = server().await;
+            server.open_pr(7, HEAD).open().expect("pr");
+            server.open_pr(8, OTHER).open().expect("pr");
+            let forge = forge(&server);
+            assert_eq!(forge.pull_request_of(HEAD).await, Ok(Some(7)));
+            server.merge_pr(8, MERGE).expect("merged");
+            assert_eq!(forge.pull_request_of(MERGE).await, Ok(Some(8)));
+            server.add_commit(&"4".repeat(40));
+            assert_eq!(forge.pull_request_of(&"4".repeat(40)).await, Ok(None));
+            let err = forge.pull_request_of("abc123").await.expect_err("short id");
+            assert!(matches!(err, ForgeError::Permanent { .. }), "{err:?}");
+        }
+
+        #[tokio::test]
+        async fn permissions_come_from_the_repositorys_collaborators() {
+            let server = server().await;
+            server.set_permission("ann", Role::Admin);
+            server.set_permission("max", Role::Maintain);
+            server.set_permission("bob", Role::Write);
+            server.set_permission("tia", Role::Triage);
+            let forge = forge(&server);
+            assert_eq!(forge.permission_of("ann").await, Ok(Permission::Admin));
+            assert_eq!(forge.permission_of("max").await, Ok(Permission::Maintain));
+            assert_eq!(forge.permission_of("bob").await, Ok(Permission::Write));
+            assert_eq!(forge.permission_of("tia").await, Ok(Permission::Triage));
+            // A public repository: anyone else reads.
+            assert_eq!(forge.permission_of("eve").await, Ok(Permission::Read));
+            assert_eq!(
+                forge.permission_of("../../admin").await,
+                Ok(Permission::None),
+                "a name GitHub cannot have is asked nothing"
+            );
+            let asked = server
+                .requests()
+                .iter()
+                .filter(|r| r.path.contains("/collaborators/"))
+                .count();
+            assert_eq!(asked, 5);
+        }
     }
 }
