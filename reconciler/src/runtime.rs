@@ -1338,6 +1338,9 @@ impl<E: Executor, F: Forge> Service<E, F> {
                     let delay = report::backoff(row.attempts, retry_after);
                     let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                     self.store.mark_retry(row.id, at, &message).await?;
+                    // The rest waits behind it (reports arrive in order), and a rate limit
+                    // would refuse them too.
+                    break;
                 }
                 Err(ForgeError::Permanent { message }) => {
                     tracing::warn!(report = row.id, %message, "report cannot be delivered");

@@ -112,6 +112,7 @@ on_both_backends!(
     views_list_newest_first,
     pull_requests_are_replaced_by_what_the_forge_says_last,
     a_comment_starts_one_preview_pinned_to_its_head_version,
+    a_report_waiting_for_its_retry_holds_back_newer_ones,
     a_delivery_recorded_twice_stores_one_event,
     pending_events_come_in_order_and_finished_ones_do_not,
     concurrent_recorders_of_one_delivery_store_one_event,
@@ -222,7 +223,7 @@ async fn migrations_run_twice_safely(store: Store) {
         .fetch_one(&store.pool)
         .await
         .expect("count applied migrations");
-    assert_eq!(applied, 2);
+    assert_eq!(applied, 3, "init, forge events, pull requests");
     assert!(
         store
             .current_pipeline("churn")
@@ -1794,5 +1795,47 @@ async fn delivery_ids_must_be_sensible(store: Store) {
             .await
             .expect("pending")
             .is_empty()
+    );
+}
+
+async fn a_report_waiting_for_its_retry_holds_back_newer_ones(store: Store) {
+    let mut first = commit("c1", t(0));
+    first.reports.push(status("c1", "a", "success"));
+    first.reports.push(status("c1", "b", "success"));
+    store.apply_commit(&first).await.expect("apply");
+    let due = store.due_reports(t(1), 10).await.expect("due");
+    let [a, b] = [due[0].id, due[1].id];
+    assert!(
+        store
+            .mark_retry(a, t(30), "HTTP 403: secondary rate limit")
+            .await
+            .expect("retry")
+    );
+    assert!(
+        store.due_reports(t(2), 10).await.expect("due").is_empty(),
+        "b was written after a, so it waits for a"
+    );
+    let due: Vec<i64> = store
+        .due_reports(t(30), 10)
+        .await
+        .expect("due")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(due, [a, b], "both in order once a is due again");
+    let mut newer = commit("c2", t(31));
+    newer.reports.push(status("c1", "a", "failure"));
+    store.apply_commit(&newer).await.expect("apply");
+    assert!(store.mark_retry(b, t(90), "HTTP 502").await.expect("retry"));
+    let due: Vec<i64> = store
+        .due_reports(t(32), 10)
+        .await
+        .expect("due")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert!(
+        due.is_empty(),
+        "the newer report of a waits behind b: {due:?}"
     );
 }
