@@ -98,9 +98,7 @@ ttl_seconds_after_finished: 600
         let mut admitted = 0;
         for job in self.api.list("jobs", Some(NAMESPACE)) {
             if job["spec"]["suspend"] == json!(true) {
-                let name = job["metadata"]["name"]
-                    .as_str()
-                    .ok_or("a job has no name")?;
+                let name = job["metadata"]["name"].as_str().ok_or("a job has no name")?;
                 self.api.admit(NAMESPACE, name)?;
                 admitted += 1;
             }
@@ -197,10 +195,7 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
         assert_eq!(job["spec"]["backoffLimit"], 0, "{job}");
         assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
         assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 600);
-        assert_eq!(
-            job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"],
-            QUEUE
-        );
+        assert_eq!(job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"], QUEUE);
         assert_eq!(
             job["metadata"]["labels"]["app.kubernetes.io/managed-by"],
             "trainyard"
@@ -368,13 +363,7 @@ spec:
             .is_some_and(|pod| pod["status"]["phase"] == "Running"))
     })
     .await
-    .map_err(|e| {
-        format!(
-            "{e}\n{}\n{}",
-            first.service_output(),
-            second.service_output()
-        )
-    })?;
+    .map_err(|e| format!("{e}\n{}\n{}", first.service_output(), second.service_output()))?;
     let lease = cluster
         .api
         .get("leases", NAMESPACE, "trainyard")
