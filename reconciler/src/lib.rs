@@ -3,11 +3,13 @@
 
 pub mod apply;
 pub mod artifacts;
+pub mod commands;
 pub mod definitions;
 pub mod execute;
 pub mod leader;
 pub mod plan;
 pub mod policy;
+pub mod pulls;
 pub mod registry;
 pub mod report;
 pub mod runtime;
@@ -16,3 +18,4 @@ pub mod server;
 pub mod source;
 pub mod spec;
 pub mod store;
+pub mod webhook;

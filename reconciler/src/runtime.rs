@@ -28,6 +28,7 @@ use crate::execute::launcher::SourceMarker;
 use crate::execute::{
     ExecError, Executor, JobEvent, JobState, StepInput, StepJob, StepOutput, StepSource, job_name,
 };
+use crate::pulls::{self, Pulls, PullsError};
 use crate::registry;
 use crate::report::{self, Forge, ForgeError, Report, StatusState};
 use crate::schedule::{self, ActiveRuns, TickAction};
@@ -41,8 +42,10 @@ use crate::spec::units::parse_duration;
 use crate::spec::{Catalog, Pipeline, Schedule};
 use crate::store::{
     AttemptOutcome, AttemptState, FOLLOWED_CURSOR, ModelState, NewArtifact, NewModelVersion,
-    NewRun, NewTick, RunRow, RunState, StepRow, StepState, Store, StoreError, TickOutcome, Trigger,
+    NewRun, NewTick, PullRequestRow, RunRow, RunState, StepRow, StepState, Store, StoreError,
+    TickOutcome, Trigger,
 };
+use crate::webhook::{ForgeEvent, PrAction};
 
 /// Longest wait before a failed attempt is retried.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
@@ -50,6 +53,8 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 const REPORTS_PER_PASS: u32 = 50;
 /// How often a standby replica beats while it waits to lead.
 const STANDBY_BEAT: Duration = Duration::from_secs(5);
+/// Forge events read from the queue at a time.
+const FORGE_EVENT_BATCH: u32 = 100;
 
 /// Errors that stop a pass of the loop.
 #[derive(Debug, Error)]
@@ -83,6 +88,9 @@ pub enum RuntimeError {
     /// The repository could not be watched for new commits.
     #[error("cannot watch the repository: {0}")]
     Watch(String),
+    /// A pull request event could not be handled now.
+    #[error(transparent)]
+    Pulls(PullsError),
     /// A stored definition no longer reads as a document of this version.
     #[error("stored definition of {what} is unreadable: {reason}")]
     Stored {
@@ -149,6 +157,12 @@ pub struct Service<E: Executor, F: Forge> {
     heartbeat: Heartbeat,
     /// Whether jobs no run of this database owns were looked for since acting began.
     foreign_jobs_checked: bool,
+    /// Notified when the HTTP server stores a forge event (a webhook delivery).
+    wake: Arc<tokio::sync::Notify>,
+    /// Whether forge events may be waiting in the store since the loop last looked.
+    forge_events_waiting: bool,
+    /// Plans pull requests and answers their commands.
+    pulls: Pulls,
 }
 
 /// What a `run_once` did.
@@ -171,6 +185,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
         artifacts: ArtifactStore,
     ) -> Result<Self, RuntimeError> {
         let definitions = Definitions::new(config.policy.clone())?;
+        let config_policy = config.policy.clone();
         let declared = declared_state(&store).await?;
         Ok(Service {
             config,
@@ -189,6 +204,9 @@ impl<E: Executor, F: Forge> Service<E, F> {
             next_poll: tokio::time::Instant::now(),
             heartbeat: Heartbeat::default(),
             foreign_jobs_checked: false,
+            wake: Arc::new(tokio::sync::Notify::new()),
+            forge_events_waiting: true,
+            pulls: Pulls::new(config_policy)?,
         })
     }
 
@@ -284,6 +302,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
             tokio::select! {
                 () = tokio::time::sleep_until(until) => {}
                 Some(()) = moved => self.next_poll = tokio::time::Instant::now(),
+                () = self.wake.notified() => self.forge_events_waiting = true,
                 Some(event) = self.events.recv() => {
                     if let Err(error) = self.on_event(event).await {
                         tracing::error!(%error, "recording a step's outcome failed");
@@ -306,6 +325,12 @@ impl<E: Executor, F: Forge> Service<E, F> {
         {
             tracing::error!(%error, "listing the executor's jobs failed");
         }
+        if self.forge_events_waiting {
+            match self.take_forge_events().await {
+                Ok(()) => self.forge_events_waiting = false,
+                Err(error) => tracing::error!(%error, "reading forge events failed"),
+            }
+        }
         if tokio::time::Instant::now() >= self.next_poll {
             if let Err(error) = self.apply_head().await {
                 tracing::error!(%error, "applying the branch head failed");
@@ -319,6 +344,88 @@ impl<E: Executor, F: Forge> Service<E, F> {
                 Duration::from_secs(1)
             }
         }
+    }
+
+    /// Handles the queued forge events in the order they came: a push of the followed branch
+    /// (any branch, when following HEAD's) makes the loop look at the branch at once; pull
+    /// requests and comments go to [`pulls::Pulls`]. An event is finished once handled; one
+    /// the forge could not help with now (a rate limit) stops the batch, to be taken up again
+    /// in order on a later pass.
+    async fn take_forge_events(&mut self) -> Result<(), RuntimeError> {
+        for (id, event) in self.store.pending_forge_events(FORGE_EVENT_BATCH).await? {
+            let now = Utc::now();
+            let handled = match event {
+                ForgeEvent::Ping => Ok(()),
+                ForgeEvent::Push { branch, after } => {
+                    let followed = self.config.branch.as_ref().is_none_or(|b| *b == branch);
+                    if followed {
+                        tracing::info!(%branch, %after, "push webhook: looking at the branch now");
+                        self.next_poll = tokio::time::Instant::now();
+                    }
+                    Ok(())
+                }
+                ForgeEvent::PullRequest {
+                    action,
+                    number,
+                    head_sha,
+                    head_ref,
+                    base_ref,
+                    from_fork,
+                    author,
+                } => {
+                    let pr = PullRequestRow {
+                        number,
+                        head_sha,
+                        head_ref,
+                        base_ref,
+                        from_fork,
+                        author,
+                        open: !matches!(action, PrAction::Closed { .. }),
+                    };
+                    self.pulls
+                        .on_pull_request(&self.config, &self.store, &pr, now)
+                        .await
+                }
+                ForgeEvent::Comment {
+                    pr,
+                    comment_id,
+                    author,
+                    body,
+                } => {
+                    self.pulls
+                        .on_comment(
+                            &self.config,
+                            &self.store,
+                            &self.forge,
+                            pr,
+                            comment_id,
+                            &author,
+                            &body,
+                            now,
+                        )
+                        .await
+                }
+            };
+            match handled {
+                Ok(()) => {}
+                Err(PullsError::Store(error)) => return Err(error.into()),
+                Err(error @ PullsError::Forge(_)) => {
+                    tracing::warn!(event = id, %error, "forge event waits for the forge");
+                    return Err(RuntimeError::Pulls(error));
+                }
+                // The repository or the definitions cannot be read for this event: waiting
+                // does not help, and it must not hold up the events after it.
+                Err(error) => tracing::error!(event = id, %error, "forge event dropped"),
+            }
+            self.store.finish_forge_event(id, Utc::now()).await?;
+        }
+        Ok(())
+    }
+
+    /// A handle that wakes the loop; notified by whoever stores forge events, so that a
+    /// webhook is acted on at once instead of at the next poll.
+    pub fn wake_handle(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
     }
 
     /// Stops following this process's jobs on losing the lease: the next leader follows
@@ -337,6 +444,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
         self.jobs.clear();
         self.next_poll = tokio::time::Instant::now();
         self.foreign_jobs_checked = false;
+        self.forge_events_waiting = true;
         Ok(())
     }
 
@@ -752,6 +860,13 @@ impl<E: Executor, F: Forge> Service<E, F> {
         {
             return Ok(None);
         }
+        if run.state == RunState::Pending {
+            // The run starts now: a preview's comment says so.
+            let reports = pulls::started_run_reports(&self.store, run).await?;
+            if !reports.is_empty() {
+                self.store.enqueue_reports(&reports, Utc::now()).await?;
+            }
+        }
         let (_, file) = self.pinned(&run.pipeline, &run.pipeline_version).await?;
         let source = if self.executor.runs_here() {
             None
@@ -1064,9 +1179,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
     /// Registers the model (when the pipeline has one) and finishes the run as succeeded.
     async fn complete(&mut self, run: &RunRow, pipeline: &Pipeline) -> Result<(), RuntimeError> {
         let mut message = format!("run {} succeeded", run.id);
-        if let Some(model) = &pipeline.spec.model
-            && run.trigger != Trigger::Preview
-        {
+        if let Some(model) = &pipeline.spec.model {
             let stored = self.store.artifacts(run.id).await?;
             let find = |reference: &str| {
                 let parts: Vec<&str> = reference.split('.').collect();
@@ -1097,6 +1210,20 @@ impl<E: Executor, F: Forge> Service<E, F> {
                 .map(|m| serde_json::to_value(m).unwrap_or(Value::Null))
                 .unwrap_or(Value::Null);
             let summary = registry::describe(&gates);
+            if run.trigger == Trigger::Preview {
+                // A preview shows how its model would fare against the champion, but never
+                // registers it: no version, no alias moves.
+                let verdict = if gates.passed {
+                    "would be accepted"
+                } else {
+                    "would be rejected"
+                };
+                message.push_str(&format!(
+                    "; model {} {verdict} (preview, not registered): {summary}",
+                    model.name
+                ));
+                return self.finish_run(run, RunState::Succeeded, &message).await;
+            }
             let (state, description) = if gates.passed {
                 let promoted = model
                     .promote
@@ -1158,7 +1285,8 @@ impl<E: Executor, F: Forge> Service<E, F> {
         } else {
             StatusState::Failure
         };
-        let reports = [status_report(&run.commit_sha, &context, status, message)];
+        let mut reports = vec![status_report(&run.commit_sha, &context, status, message)];
+        reports.extend(pulls::finished_run_reports(&self.store, run, state, message).await?);
         let pause_after = match &run.schedule {
             Some(name) => self
                 .store
@@ -1240,6 +1368,9 @@ impl<E: Executor, F: Forge> Service<E, F> {
                     let delay = report::backoff(row.attempts, retry_after);
                     let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                     self.store.mark_retry(row.id, at, &message).await?;
+                    // The rest waits behind it (reports arrive in order), and a rate limit
+                    // would refuse them too.
+                    break;
                 }
                 Err(ForgeError::Permanent { message }) => {
                     tracing::warn!(report = row.id, %message, "report cannot be delivered");
@@ -1549,6 +1680,98 @@ mod tests {
         )
         .await
         .expect("service")
+    }
+
+    /// Waits up to ten seconds for the store to say `sha` is the applied head.
+    async fn wait_for_head(store: &Store, sha: &str) -> bool {
+        for _ in 0..100 {
+            if store
+                .cursor(crate::store::FOLLOWED_CURSOR)
+                .await
+                .expect("cursor")
+                .as_deref()
+                == Some(sha)
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stored_push_webhook_makes_the_loop_apply_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo_dir = dir.path().join("repo");
+        let repo = Repository::init(&repo_dir).expect("init");
+        std::fs::create_dir_all(repo_dir.join("ml")).expect("dirs");
+        std::fs::write(repo_dir.join("ml/notes.txt"), "one").expect("write");
+        commit_all(&repo, "first");
+        let head = |repo: &Repository| repo.head().expect("head").target().expect("id").to_string();
+        let first = head(&repo);
+        let artifacts =
+            ArtifactStore::open(dir.path().join("store").to_str().expect("utf-8")).expect("store");
+        let mut service = service(
+            &repo_dir,
+            &dir.path().join("data"),
+            &artifacts,
+            Remote::default(),
+        )
+        .await;
+        let store = service.store.clone();
+        let wake = service.wake_handle();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // Polls once an hour: only the webhook can make it look at the branch again. The
+        // loop's future is not Send, so it runs beside the test in this task.
+        let loop_ = service.serve(Duration::from_secs(3600), None, None, async {
+            let _ = stopped.await;
+        });
+        let test = async {
+            assert!(
+                wait_for_head(&store, &first).await,
+                "the first pass applies the head"
+            );
+
+            std::fs::write(repo_dir.join("ml/notes.txt"), "two").expect("write");
+            commit_all(&repo, "second");
+            let second = head(&repo);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(
+                store
+                    .cursor(crate::store::FOLLOWED_CURSOR)
+                    .await
+                    .expect("cursor"),
+                Some(first),
+                "without a push nothing looks at the branch before the next poll"
+            );
+            let push = ForgeEvent::Push {
+                branch: "main".to_owned(),
+                after: second.clone(),
+            };
+            assert!(
+                store
+                    .record_forge_event("delivery-1", &push, Utc::now())
+                    .await
+                    .expect("record")
+            );
+            wake.notify_one();
+            assert!(
+                wait_for_head(&store, &second).await,
+                "the push is applied at once"
+            );
+            assert!(
+                store
+                    .pending_forge_events(10)
+                    .await
+                    .expect("pending")
+                    .is_empty(),
+                "the push event is finished"
+            );
+            stop.send(()).expect("stop");
+        };
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(loop_, test) })
+            .await
+            .expect("the test and the loop finish");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -578,6 +578,28 @@ impl Service {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Service> {
+        Service::start_in(repo, repo.as_os_str(), data, args, env)
+    }
+
+    /// Starts the service following the remote repository at `url` (it keeps a bare cache
+    /// in the data directory), run from directory `cwd`.
+    pub fn start_following(
+        url: &str,
+        cwd: &Path,
+        data: &DataDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Service> {
+        Service::start_in(cwd, std::ffi::OsStr::new(url), data, args, env)
+    }
+
+    fn start_in(
+        cwd: &Path,
+        repo: &std::ffi::OsStr,
+        data: &DataDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Service> {
         let append = |name: &str| {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -593,7 +615,7 @@ impl Service {
             chrono::Utc::now().to_rfc3339()
         )?;
         let child = Command::new(trainyard_bin()?)
-            .current_dir(repo)
+            .current_dir(cwd)
             .arg("serve")
             .arg("--repo")
             .arg(repo)

@@ -167,10 +167,65 @@ pub struct ServeArgs {
     /// 0.0.0.0:8080.
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
+    /// File holding the secret GitHub signs webhooks with (the webhook's "Secret"). With it,
+    /// POST /webhooks/github is served on --listen and pushes are applied at once; without
+    /// it, polling alone follows the branch. The secret itself may instead be given in the
+    /// environment as TRAINYARD_WEBHOOK_SECRET.
+    #[arg(long, env = "TRAINYARD_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    webhook_secret_file: Option<PathBuf>,
     #[command(flatten)]
     election: ElectionArgs,
     #[command(flatten)]
+    github: GithubArgs,
+    #[command(flatten)]
     common: Common,
+}
+
+/// Reporting to GitHub instead of Git notes: commit statuses, pull-request comments.
+#[derive(Debug, clap::Args)]
+struct GithubArgs {
+    /// Report to this GitHub repository (OWNER/NAME); without it, reports are Git notes.
+    #[arg(long, env = "TRAINYARD_GITHUB_REPO", value_name = "OWNER/NAME")]
+    github_repo: Option<String>,
+    /// The GitHub API, such as https://HOST/api/v3 for GitHub Enterprise.
+    #[arg(
+        long,
+        env = "TRAINYARD_GITHUB_API_URL",
+        value_name = "URL",
+        default_value = "https://api.github.com"
+    )]
+    github_api_url: String,
+    /// A file holding the token to sign in with [default: the GITHUB_TOKEN variable].
+    #[arg(long, value_name = "FILE", conflicts_with = "github_app_id")]
+    github_token_file: Option<PathBuf>,
+    /// Sign in as this GitHub App (with --github-private-key-file and
+    /// --github-installation-id).
+    #[arg(
+        long,
+        env = "TRAINYARD_GITHUB_APP_ID",
+        value_name = "N",
+        requires_all = ["github_private_key_file", "github_installation_id"]
+    )]
+    github_app_id: Option<u64>,
+    /// The GitHub App's private key (PEM).
+    #[arg(
+        long,
+        env = "TRAINYARD_GITHUB_PRIVATE_KEY_FILE",
+        value_name = "FILE",
+        requires = "github_app_id"
+    )]
+    github_private_key_file: Option<PathBuf>,
+    /// The GitHub App's installation on the repository's owner.
+    #[arg(
+        long,
+        env = "TRAINYARD_GITHUB_INSTALLATION_ID",
+        value_name = "N",
+        requires = "github_app_id"
+    )]
+    github_installation_id: Option<u64>,
+    /// Where this service's pages are reachable, for the links of commit statuses.
+    #[arg(long, env = "TRAINYARD_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
 }
 
 /// Where steps run.

@@ -12,18 +12,20 @@ use trainyard::artifacts::ArtifactStore;
 use trainyard::execute::kubernetes::ClusterSettings;
 use trainyard::execute::{Executor, JobEvent, KubernetesExecutor, LocalExecutor};
 use trainyard::leader::{Election, Leadership};
+use trainyard::report::AnyForge;
+use trainyard::report::github::{GithubAuth, GithubConfig, GithubForge};
 use trainyard::report::notes::NotesForge;
 use trainyard::runtime::{BranchWatcher, Config, Service, clone_cache};
-use trainyard::server::{self, AppState};
+use trainyard::server::{self, AppState, Webhooks};
 use trainyard::source::discover;
 use trainyard::spec::Pipeline;
-use trainyard::spec::check::resolve_params;
-use trainyard::spec::model::ParamType;
+use trainyard::spec::check::{resolve_params, typed_params};
 use trainyard::store::{FOLLOWED_CURSOR, NewRun, RunState, Store, Trigger};
 
 use super::views::DATA_DIR;
 use super::{
-    EXIT_INVALID, ElectionArgs, ExecutorKind, LogFormat, RunArgs, ServeArgs, policy_config,
+    EXIT_INVALID, ElectionArgs, ExecutorKind, GithubArgs, LogFormat, RunArgs, ServeArgs,
+    policy_config,
 };
 
 /// Runs the service until interrupted, or once with `--once`.
@@ -143,6 +145,60 @@ struct Setting {
     data_dir: PathBuf,
 }
 
+/// GitHub when a repository is named, else Git notes in the followed repository.
+fn choose_forge(args: &GithubArgs, root: &Path) -> Result<AnyForge> {
+    let Some(full_name) = &args.github_repo else {
+        return Ok(NotesForge::new(root.to_path_buf()).into());
+    };
+    let (owner, repo) = full_name
+        .split_once('/')
+        .filter(|(owner, repo)| !owner.is_empty() && !repo.is_empty() && !repo.contains('/'))
+        .with_context(|| format!("--github-repo {full_name:?} is not OWNER/NAME"))?;
+    let auth = match (&args.github_app_id, &args.github_token_file) {
+        (Some(app_id), _) => {
+            let key_file = args
+                .github_private_key_file
+                .as_ref()
+                .context("--github-app-id needs --github-private-key-file FILE")?;
+            let private_key_pem = std::fs::read_to_string(key_file).with_context(|| {
+                format!("cannot read the GitHub App key {}", key_file.display())
+            })?;
+            let installation_id = args
+                .github_installation_id
+                .context("--github-app-id needs --github-installation-id N")?;
+            GithubAuth::App {
+                app_id: *app_id,
+                private_key_pem,
+                installation_id,
+            }
+        }
+        (None, Some(file)) => {
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the GitHub token {}", file.display()))?;
+            GithubAuth::Token(token.trim().to_owned())
+        }
+        (None, None) => match std::env::var("GITHUB_TOKEN") {
+            Ok(token) if !token.trim().is_empty() => GithubAuth::Token(token.trim().to_owned()),
+            _ => anyhow::bail!(
+                "--github-repo needs a token (--github-token-file FILE or GITHUB_TOKEN) or a \
+                 GitHub App (--github-app-id, --github-private-key-file, \
+                 --github-installation-id)"
+            ),
+        },
+    };
+    if let GithubAuth::Token(token) = &auth
+        && token.is_empty()
+    {
+        anyhow::bail!("the GitHub token is empty");
+    }
+    let mut config = GithubConfig::new(owner, repo, auth);
+    config.api_url = args.github_api_url.clone();
+    config.public_url = args.public_url.clone();
+    let forge = GithubForge::new(config).context("cannot set up reporting to GitHub")?;
+    tracing::info!(repository = %forge.repository(), "reporting to GitHub");
+    Ok(forge.into())
+}
+
 /// Runs the service with `executor` until `shutdown` completes, or once without one.
 async fn drive<E: Executor>(
     args: ServeArgs,
@@ -158,7 +214,7 @@ async fn drive<E: Executor>(
         remote,
         data_dir,
     } = setting;
-    let forge = NotesForge::new(root.clone());
+    let forge = choose_forge(&args.github, &root)?;
     let config = Config {
         repo: root.clone(),
         remote: remote.clone(),
@@ -169,6 +225,13 @@ async fn drive<E: Executor>(
         max_parallel_steps: args.max_parallel_steps.max(1),
         policy: policy_config(&args.common)?,
     };
+    let webhook_secret = webhook_secret(
+        args.webhook_secret_file.as_deref(),
+        std::env::var_os(WEBHOOK_SECRET_VAR),
+    )?;
+    if webhook_secret.is_some() && args.listen.is_none() && !args.once {
+        anyhow::bail!("webhooks are served over HTTP: give --listen ADDR too");
+    }
     let mut service =
         Service::new(config, store.clone(), executor, events, forge, artifacts).await?;
     if let Some(shutdown) = shutdown {
@@ -179,8 +242,16 @@ async fn drive<E: Executor>(
                 let listener = tokio::net::TcpListener::bind(address)
                     .await
                     .with_context(|| format!("cannot listen on {address}"))?;
-                tracing::info!(address = %listener.local_addr()?, "serving /healthz and /readyz");
-                let routes = server::router(AppState::new(service.heartbeat(), store));
+                let mut state = AppState::new(service.heartbeat(), store);
+                if let Some(secret) = webhook_secret {
+                    state = state.with_webhooks(Webhooks::new(secret, service.wake_handle()));
+                }
+                tracing::info!(
+                    address = %listener.local_addr()?,
+                    webhooks = state.webhooks.is_some(),
+                    "serving /healthz and /readyz"
+                );
+                let routes = server::router(state);
                 let mut stop = stop.clone();
                 let stopped = async move {
                     let _ = stop.wait_for(|stopping| *stopping).await;
@@ -248,6 +319,36 @@ async fn drive<E: Executor>(
     } else {
         ExitCode::from(EXIT_INVALID)
     })
+}
+
+/// Environment variable holding the webhook secret itself (as a Kubernetes Secret is often
+/// handed to a container), instead of a file.
+const WEBHOOK_SECRET_VAR: &str = "TRAINYARD_WEBHOOK_SECRET";
+
+/// The webhook secret from `--webhook-secret-file` or the environment's value, if any; a
+/// file's trailing line break (as editors and `echo` leave) is not part of it.
+fn webhook_secret(file: Option<&Path>, env: Option<std::ffi::OsString>) -> Result<Option<Vec<u8>>> {
+    let from_env = env.filter(|value| !value.is_empty());
+    let secret = match (file, from_env) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "give the webhook secret once: --webhook-secret-file or {WEBHOOK_SECRET_VAR}, not both"
+        ),
+        (Some(path), None) => {
+            let mut secret = std::fs::read(path).with_context(|| {
+                format!("cannot read the webhook secret from {}", path.display())
+            })?;
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            secret
+        }
+        (None, Some(value)) => value.into_encoded_bytes(),
+        (None, None) => return Ok(None),
+    };
+    if secret.is_empty() {
+        anyhow::bail!("the webhook secret is empty: anyone could sign deliveries");
+    }
+    Ok(Some(secret))
 }
 
 /// A future that completes on SIGINT (ctrl-c) or SIGTERM (how Kubernetes stops a pod).
@@ -318,14 +419,9 @@ pub fn queue(args: RunArgs) -> Result<ExitCode> {
             let Some((name, text)) = param.split_once('=') else {
                 anyhow::bail!("--param {param:?} is not NAME=VALUE");
             };
-            let value = match pipeline.spec.params.get(name).map(|p| p.ty) {
-                Some(ParamType::Int) => text.parse::<i64>().map(serde_json::Value::from).ok(),
-                Some(ParamType::Float) => text.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(serde_json::Value::Number),
-                Some(ParamType::Bool) => text.parse::<bool>().map(serde_json::Value::from).ok(),
-                _ => Some(serde_json::Value::from(text)),
-            };
-            given.insert(name.to_owned(), value.unwrap_or_else(|| serde_json::Value::from(text)));
+            given.insert(name.to_owned(), text.to_owned());
         }
+        let given = typed_params(&pipeline, &given);
         let params = match resolve_params(&pipeline, &given) {
             Ok(params) => params,
             Err(problems) => {
@@ -352,4 +448,49 @@ pub fn queue(args: RunArgs) -> Result<ExitCode> {
         println!("run {id} of {} queued; the service starts it (trainyard serve, or serve --once)", row.name);
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_secret_file_loses_its_trailing_line_break_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, " s3cret \r\n").unwrap();
+        assert_eq!(
+            webhook_secret(Some(&path), None).unwrap(),
+            Some(b" s3cret ".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_webhook_secret_comes_from_the_environment_or_nowhere() {
+        assert_eq!(
+            webhook_secret(None, Some("from-env".into())).unwrap(),
+            Some(b"from-env".to_vec())
+        );
+        assert_eq!(webhook_secret(None, None).unwrap(), None);
+        assert_eq!(webhook_secret(None, Some("".into())).unwrap(), None);
+    }
+
+    #[test]
+    fn an_empty_missing_or_doubly_given_webhook_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let error = webhook_secret(Some(&empty), None).unwrap_err().to_string();
+        assert!(error.contains("empty"), "{error}");
+        let missing = dir.path().join("missing");
+        let error = webhook_secret(Some(&missing), None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cannot read the webhook secret"), "{error}");
+        std::fs::write(&empty, "x").unwrap();
+        let error = webhook_secret(Some(&empty), Some("y".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not both"), "{error}");
+    }
 }

@@ -5,6 +5,7 @@
 //! each to [`deliver`], retries [`ForgeError::Transient`] after [`backoff`] and records
 //! [`ForgeError::Permanent`].
 
+pub mod github;
 pub mod notes;
 #[cfg(test)]
 pub(crate) mod suite;
@@ -78,10 +79,15 @@ pub struct Status {
 pub enum Report {
     /// Set a commit status.
     Status(Status),
-    /// Create or edit the comment marked `key` on the pull request of `commit`.
+    /// Create or edit the comment marked `key` on pull request `pr`, or on the pull request
+    /// of `commit` when `pr` is not given.
     Comment {
-        /// The commit whose pull request gets the comment.
+        /// The commit the comment is about; finds the pull request when `pr` is not given.
         commit: String,
+        /// The pull request, when the writer knows it (a fork's head commit is not in the
+        /// repository, so the forge cannot find its pull request by the commit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pr: Option<u64>,
         /// Which comment: one per key per pull request.
         key: String,
         /// Markdown.
@@ -117,7 +123,8 @@ pub trait Forge: Send + Sync + 'static {
     /// Sets the status of `status.context` on `status.commit`, replacing an earlier one.
     fn set_status(&self, status: &Status) -> impl Future<Output = Result<(), ForgeError>> + Send;
 
-    /// Creates the comment marked `key` on pull request `pr`, or edits it if it is there.
+    /// Creates the comment marked `key` on pull request `pr`, or edits it if it is there; a body
+    /// longer than the forge accepts is cut with a note ([`fit_comment`]).
     fn upsert_comment(
         &self,
         pr: u64,
@@ -125,11 +132,99 @@ pub trait Forge: Send + Sync + 'static {
         body: &str,
     ) -> impl Future<Output = Result<(), ForgeError>> + Send;
 
-    /// The open pull request whose head is `commit`, if any.
+    /// The pull request of `commit`: the open one whose head it is, else the merged one whose
+    /// merge commit it is, so results of a merged change go back to where it was reviewed.
     fn pull_request_of(
         &self,
         commit: &str,
     ) -> impl Future<Output = Result<Option<u64>, ForgeError>> + Send;
+
+    /// What `user` may do in the repository; commands that run something need
+    /// [`Permission::can_write`].
+    fn permission_of(
+        &self,
+        user: &str,
+    ) -> impl Future<Output = Result<Permission, ForgeError>> + Send;
+}
+
+/// A user's role on the repository, GitHub's five plus none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// Everything, including settings.
+    Admin,
+    /// Manages the repository without access to sensitive settings.
+    Maintain,
+    /// Pushes to the repository.
+    Write,
+    /// Manages issues and pull requests without write access.
+    Triage,
+    /// Reads and comments.
+    Read,
+    /// Not a collaborator.
+    None,
+}
+
+impl Permission {
+    /// Whether the user may change the repository, and so may run things through it.
+    pub fn can_write(self) -> bool {
+        matches!(
+            self,
+            Permission::Admin | Permission::Maintain | Permission::Write
+        )
+    }
+}
+
+/// The forge a service reports to, chosen at start-up; one type whichever it is, so the
+/// service is one type per executor.
+#[derive(Debug)]
+pub enum AnyForge {
+    /// Git notes in the followed repository.
+    Notes(notes::NotesForge),
+    /// A GitHub repository.
+    Github(github::GithubForge),
+}
+
+impl From<notes::NotesForge> for AnyForge {
+    fn from(forge: notes::NotesForge) -> AnyForge {
+        AnyForge::Notes(forge)
+    }
+}
+
+impl From<github::GithubForge> for AnyForge {
+    fn from(forge: github::GithubForge) -> AnyForge {
+        AnyForge::Github(forge)
+    }
+}
+
+impl Forge for AnyForge {
+    async fn set_status(&self, status: &Status) -> Result<(), ForgeError> {
+        match self {
+            AnyForge::Notes(forge) => forge.set_status(status).await,
+            AnyForge::Github(forge) => forge.set_status(status).await,
+        }
+    }
+
+    async fn upsert_comment(&self, pr: u64, key: &str, body: &str) -> Result<(), ForgeError> {
+        match self {
+            AnyForge::Notes(forge) => forge.upsert_comment(pr, key, body).await,
+            AnyForge::Github(forge) => forge.upsert_comment(pr, key, body).await,
+        }
+    }
+
+    async fn pull_request_of(&self, commit: &str) -> Result<Option<u64>, ForgeError> {
+        match self {
+            AnyForge::Notes(forge) => forge.pull_request_of(commit).await,
+            AnyForge::Github(forge) => forge.pull_request_of(commit).await,
+        }
+    }
+
+    async fn permission_of(&self, user: &str) -> Result<Permission, ForgeError> {
+        match self {
+            AnyForge::Notes(forge) => forge.permission_of(user).await,
+            AnyForge::Github(forge) => forge.permission_of(user).await,
+        }
+    }
 }
 
 /// What became of a delivered report.
@@ -142,20 +237,31 @@ pub enum Delivery {
 }
 
 /// Hands one report to a forge: a status as it is, a comment to the pull request of its
-/// commit, cut to what the forge accepts.
+/// commit (the forge cuts it to what it accepts, after its marker).
 pub async fn deliver<F: Forge>(forge: &F, report: &Report) -> Result<Delivery, ForgeError> {
     match report {
         Report::Status(status) => {
             forge.set_status(status).await?;
             Ok(Delivery::Delivered)
         }
-        Report::Comment { commit, key, body } => match forge.pull_request_of(commit).await? {
-            None => Ok(Delivery::NoPullRequest),
-            Some(pr) => {
-                forge.upsert_comment(pr, key, &fit_comment(body)).await?;
-                Ok(Delivery::Delivered)
+        Report::Comment {
+            commit,
+            pr,
+            key,
+            body,
+        } => {
+            let pr = match pr {
+                Some(pr) => Some(*pr),
+                None => forge.pull_request_of(commit).await?,
+            };
+            match pr {
+                None => Ok(Delivery::NoPullRequest),
+                Some(pr) => {
+                    forge.upsert_comment(pr, key, body).await?;
+                    Ok(Delivery::Delivered)
+                }
             }
-        },
+        }
     }
 }
 
@@ -190,8 +296,14 @@ pub fn fit_description(text: &str) -> String {
 /// A comment body within [`COMMENT_CHARS`] characters; a longer one is cut and ends with a
 /// note saying so (closing a code block left open by the cut, so the note renders as text).
 pub fn fit_comment(body: &str) -> String {
+    fit_comment_within(body, COMMENT_CHARS)
+}
+
+/// [`fit_comment`] for a body that must leave room for something else (a marker line) in the
+/// forge's [`COMMENT_CHARS`]: it keeps at most `limit` characters.
+pub fn fit_comment_within(body: &str, limit: usize) -> String {
     let total = body.chars().count();
-    if total <= COMMENT_CHARS {
+    if total <= limit {
         return body.to_owned();
     }
     let note = format!(
@@ -199,7 +311,7 @@ pub fn fit_comment(body: &str) -> String {
          keeps at most {COMMENT_CHARS}.*\n"
     );
     let fence = "\n```";
-    let room = COMMENT_CHARS - note.chars().count() - fence.len();
+    let room = limit.saturating_sub(note.chars().count() + fence.len());
     let mut kept: String = body.chars().take(room).collect();
     let open_fences = kept
         .lines()
@@ -309,6 +421,25 @@ mod tests {
     }
 
     #[test]
+    fn only_writers_and_above_can_write() {
+        let writers: Vec<Permission> = [
+            Permission::Admin,
+            Permission::Maintain,
+            Permission::Write,
+            Permission::Triage,
+            Permission::Read,
+            Permission::None,
+        ]
+        .into_iter()
+        .filter(|p| p.can_write())
+        .collect();
+        assert_eq!(
+            writers,
+            [Permission::Admin, Permission::Maintain, Permission::Write]
+        );
+    }
+
+    #[test]
     fn backoff_doubles_from_one_second_up_to_five_minutes() {
         let waits: Vec<u64> = (0..10).map(|a| backoff(a, None).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
@@ -337,6 +468,7 @@ mod tests {
             }),
             Report::Comment {
                 commit: "b".repeat(40),
+                pr: Some(7),
                 key: "plan".to_owned(),
                 body: "## Plan".to_owned(),
             },
@@ -399,6 +531,7 @@ mod tests {
         );
         let comment = Report::Comment {
             commit,
+            pr: None,
             key: "plan".to_owned(),
             body: "## Plan".to_owned(),
         };

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use git2::{ErrorClass, ErrorCode, Oid, Repository, Signature};
 
-use super::{Forge, ForgeError, Status, StatusState, fit_description};
+use super::{Forge, ForgeError, Permission, Status, StatusState, fit_description};
 
 /// The notes ref Trainyard writes.
 pub const NOTES_REF: &str = "refs/notes/trainyard";
@@ -67,6 +67,12 @@ impl Forge for NotesForge {
 
     async fn pull_request_of(&self, _commit: &str) -> Result<Option<u64>, ForgeError> {
         Ok(None)
+    }
+
+    async fn permission_of(&self, _user: &str) -> Result<Permission, ForgeError> {
+        Err(ForgeError::Permanent {
+            message: "user permissions are not available without a forge".to_owned(),
+        })
     }
 }
 
@@ -632,9 +638,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn comments_are_refused_and_no_commit_has_a_pull_request() {
+    async fn comments_and_permissions_are_refused_and_no_commit_has_a_pull_request() {
         let f = notes_fixture().await;
         assert_eq!(f.forge.pull_request_of(&f.commit).await, Ok(None));
+        let err = f
+            .forge
+            .permission_of("ann")
+            .await
+            .expect_err("no users here");
+        assert!(matches!(err, ForgeError::Permanent { .. }), "{err}");
         let err = f
             .forge
             .upsert_comment(1, "plan", "## Plan")

@@ -685,6 +685,35 @@ pub struct ParamProblem {
     pub hint: Option<String>,
 }
 
+/// Values given as text (`epochs=3` on a command line or in a comment) typed as `pipeline`
+/// declares them: a text that does not read as its param's type stays text, for
+/// [`resolve_params`] to refuse with the param's type.
+pub fn typed_params(
+    pipeline: &Pipeline,
+    given: &BTreeMap<String, String>,
+) -> BTreeMap<String, serde_json::Value> {
+    use crate::spec::model::ParamType;
+    given
+        .iter()
+        .map(|(name, text)| {
+            let value = match pipeline.spec.params.get(name).map(|p| p.ty) {
+                Some(ParamType::Int) => text.parse::<i64>().map(serde_json::Value::from).ok(),
+                Some(ParamType::Float) => text
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(serde_json::Value::Number),
+                Some(ParamType::Bool) => text.parse::<bool>().map(serde_json::Value::from).ok(),
+                _ => None,
+            };
+            (
+                name.clone(),
+                value.unwrap_or_else(|| serde_json::Value::from(text.as_str())),
+            )
+        })
+        .collect()
+}
+
 /// The params a run of `pipeline` would get from `overrides`, or what is wrong with them.
 /// Shared by schedule checks and manual runs.
 pub fn resolve_params(

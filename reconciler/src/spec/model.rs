@@ -368,6 +368,20 @@ pub struct Settings {
     /// Timeout of steps that set none; bounds GPU-hours in plans.
     #[serde(default)]
     pub default_timeout: Option<String>,
+    /// Who may start preview runs from pull requests.
+    #[serde(default)]
+    pub previews: Previews,
+}
+
+/// Preview runs asked for in pull-request comments. Read from the base branch's
+/// `trainyard.yaml` only: a pull request cannot widen who may run its own code.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Previews {
+    /// Maintainers (forge user names) who may start a preview of a pull request from a
+    /// fork; without any, nothing from a fork runs.
+    #[serde(default)]
+    pub fork_approvers: Vec<String>,
 }
 
 /// A document as read, before its `kind` is known to be valid.

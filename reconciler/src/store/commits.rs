@@ -138,11 +138,17 @@ impl Store {
         .collect()
     }
 
-    /// Any version of a pipeline ever applied, current or not.
+    /// Any version of a pipeline ever applied, current or not, or read from a pull
+    /// request's head for a preview.
     pub async fn pipeline_version(&self, name: &str, version: &str) -> Result<Option<PipelineRow>> {
         sqlx::query(
             "SELECT pipeline, version, commit_sha, file, definition, created_at
-             FROM pipeline_versions WHERE pipeline = $1 AND version = $2",
+             FROM pipeline_versions WHERE pipeline = $1 AND version = $2
+             UNION ALL
+             SELECT pipeline, version, commit_sha, file, definition, created_at
+             FROM preview_versions p WHERE pipeline = $1 AND version = $2
+                 AND NOT EXISTS (SELECT 1 FROM pipeline_versions a
+                                 WHERE a.pipeline = p.pipeline AND a.version = p.version)",
         )
         .bind(name)
         .bind(version)

@@ -1,11 +1,13 @@
 //! The single source of truth: pipeline versions, schedules, ticks, runs, steps, artifacts,
-//! model versions and the report outbox, in SQLite (default) or PostgreSQL through one code
-//! path. Every method that changes state does so in one transaction, and repeating a call
+//! model versions, the report outbox and the queue of forge events, in SQLite (default) or
+//! PostgreSQL through one code path. Every method that changes state does so in one transaction, and repeating a call
 //! with the same input changes nothing, so each loop can crash at any line and resume from
 //! what the database says.
 
 mod commits;
+mod events;
 mod outbox;
+mod pulls;
 mod registry;
 mod runs;
 mod schedules;
@@ -15,6 +17,7 @@ mod types;
 mod tests;
 
 pub use commits::FOLLOWED_CURSOR;
+pub use pulls::PullRequestRow;
 pub use types::*;
 
 use std::borrow::Cow;
@@ -161,17 +164,32 @@ impl Store {
 
 /// The schema migrations of one backend, embedded in the binary.
 fn migrator(backend: Backend) -> Migrator {
-    let init = match backend {
-        Backend::Sqlite => include_str!("../../migrations/sqlite/0001_init.sql"),
-        Backend::Postgres => include_str!("../../migrations/postgres/0001_init.sql"),
+    let (init, forge_events, pulls) = match backend {
+        Backend::Sqlite => (
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+            include_str!("../../migrations/sqlite/0002_forge_events.sql"),
+            include_str!("../../migrations/sqlite/0003_pulls.sql"),
+        ),
+        Backend::Postgres => (
+            include_str!("../../migrations/postgres/0001_init.sql"),
+            include_str!("../../migrations/postgres/0002_forge_events.sql"),
+            include_str!("../../migrations/postgres/0003_pulls.sql"),
+        ),
     };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        init.into_sql_str(),
-        false,
-    )])
+    let migration = |version, name: &'static str, sql: &'static str| {
+        Migration::new(
+            version,
+            Cow::Borrowed(name),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(1, "init", init),
+        migration(2, "forge_events", forge_events),
+        migration(3, "pulls", pulls),
+    ])
 }
 
 /// Picks the backend and turns a bare path into a SQLite URL that creates the file.

@@ -39,6 +39,9 @@ impl Store {
     /// Only the latest state of a context matters to readers, so a pending report with a
     /// newer pending report for the same (commit, kind, key) is marked superseded first and
     /// never delivered.
+    ///
+    /// Reports reach the forge in the order they were written: while a report waits for its
+    /// retry (the forge is rate limiting or failing), none written after it is due.
     pub async fn due_reports(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<ReportRow>> {
         let mut tx = self.write().await?;
         sqlx::query(
@@ -57,6 +60,10 @@ impl Store {
             "SELECT id, commit_sha, kind, report_key, payload, state, attempts, next_attempt_at,
                  last_error, created_at, delivered_at
              FROM outbox WHERE state = 'pending' AND next_attempt_at <= $1
+                 AND NOT EXISTS (
+                     SELECT 1 FROM outbox waiting
+                     WHERE waiting.state = 'pending' AND waiting.next_attempt_at > $1
+                       AND waiting.id < outbox.id)
              ORDER BY id LIMIT $2",
         )
         .bind(millis(now))

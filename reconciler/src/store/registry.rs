@@ -148,6 +148,20 @@ impl Store {
         .collect()
     }
 
+    /// The model versions run `run_id` registered (accepted or rejected).
+    pub async fn models_of_run(&self, run_id: i64) -> Result<Vec<ModelVersionRow>> {
+        sqlx::query(concat!(
+            model_version_columns!(),
+            "WHERE m.run_id = $1 ORDER BY m.id"
+        ))
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(model_version_row)
+        .collect()
+    }
+
     /// A model's aliases and the versions they point at, by alias.
     pub async fn aliases(&self, model: &str) -> Result<Vec<(String, i64)>> {
         let rows =

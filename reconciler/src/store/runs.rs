@@ -69,6 +69,20 @@ impl Store {
         Ok(id)
     }
 
+    /// The runs applying commit `sha` started (those its change triggered), oldest first.
+    pub async fn runs_of_commit(&self, sha: &str) -> Result<Vec<RunRow>> {
+        sqlx::query(concat!(
+            run_columns!(),
+            "WHERE applied_commit = $1 ORDER BY id"
+        ))
+        .bind(sha)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(run_row)
+        .collect()
+    }
+
     /// Runs pending or running, oldest first: the run loop's work after a restart.
     pub async fn unfinished_runs(&self) -> Result<Vec<RunRow>> {
         sqlx::query(concat!(

@@ -110,6 +110,13 @@ on_both_backends!(
     a_commit_that_fails_midway_leaves_nothing,
     a_tick_that_fails_midway_leaves_nothing,
     views_list_newest_first,
+    pull_requests_are_replaced_by_what_the_forge_says_last,
+    a_comment_starts_one_preview_pinned_to_its_head_version,
+    a_report_waiting_for_its_retry_holds_back_newer_ones,
+    a_delivery_recorded_twice_stores_one_event,
+    pending_events_come_in_order_and_finished_ones_do_not,
+    concurrent_recorders_of_one_delivery_store_one_event,
+    delivery_ids_must_be_sensible,
 );
 
 fn t(seconds: i64) -> DateTime<Utc> {
@@ -216,7 +223,7 @@ async fn migrations_run_twice_safely(store: Store) {
         .fetch_one(&store.pool)
         .await
         .expect("count applied migrations");
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 3, "init, forge events, pull requests");
     assert!(
         store
             .current_pipeline("churn")
@@ -1546,4 +1553,289 @@ fn database_urls_pick_their_backend() {
         Err(StoreError::UnsupportedUrl { scheme }) => assert_eq!(scheme, "mysql"),
         other => panic!("expected an unsupported URL, got {other:?}"),
     }
+}
+
+fn pull(number: u64, head: &str, open: bool) -> PullRequestRow {
+    PullRequestRow {
+        number,
+        head_sha: head.to_owned(),
+        head_ref: "feature".to_owned(),
+        base_ref: "main".to_owned(),
+        from_fork: false,
+        author: "alice".to_owned(),
+        open,
+    }
+}
+
+async fn pull_requests_are_replaced_by_what_the_forge_says_last(store: Store) {
+    assert_eq!(store.pull_request(7).await.expect("read"), None);
+    store
+        .upsert_pull_request(&pull(7, "h1", true), t(0))
+        .await
+        .expect("record");
+    let moved = PullRequestRow {
+        from_fork: true,
+        ..pull(7, "h2", false)
+    };
+    store
+        .upsert_pull_request(&moved, t(1))
+        .await
+        .expect("record");
+    assert_eq!(store.pull_request(7).await.expect("read"), Some(moved));
+    assert_eq!(store.pull_request(8).await.expect("read"), None);
+}
+
+async fn a_comment_starts_one_preview_pinned_to_its_head_version(store: Store) {
+    with_nightly(&store).await;
+    let version = pipeline("churn", "v9");
+    let run = NewRun {
+        pipeline_version: "v9".to_owned(),
+        trigger: Trigger::Preview,
+        ..change_run("head1")
+    };
+    let comment = |id: i64| {
+        vec![NewReport {
+            commit_sha: "head1".to_owned(),
+            kind: ReportKind::Comment,
+            key: format!("run-{id}"),
+            payload: json!({"run": id}),
+        }]
+    };
+    let (id, first) = store
+        .create_preview(41, 7, &version, &run, comment, t(5))
+        .await
+        .expect("preview");
+    let (again, second) = store
+        .create_preview(41, 7, &version, &run, comment, t(6))
+        .await
+        .expect("preview again");
+    assert!(first && !second);
+    assert_eq!(again, id, "one run per comment");
+    assert_eq!(store.preview_of_comment(41).await.expect("read"), Some(id));
+    assert_eq!(store.preview_of_comment(42).await.expect("read"), None);
+    assert_eq!(
+        store.pull_request_of_preview(id).await.expect("read"),
+        Some(7)
+    );
+    let stored = store.run(id).await.expect("read").expect("the run");
+    assert_eq!(
+        (
+            stored.trigger,
+            stored.pipeline_version.as_str(),
+            stored.commit_sha.as_str()
+        ),
+        (Trigger::Preview, "v9", "head1")
+    );
+    let pinned = store
+        .pipeline_version("churn", "v9")
+        .await
+        .expect("read")
+        .expect("the head's version is found for the run");
+    assert_eq!(pinned.commit_sha, "head1");
+    assert_eq!(
+        store
+            .current_pipeline("churn")
+            .await
+            .expect("read")
+            .map(|p| p.version),
+        Some("v1".to_owned()),
+        "the followed branch still declares its own version"
+    );
+    let reports = store.reports_of_commit("head1").await.expect("reports");
+    assert_eq!(reports.len(), 1, "the reports are enqueued once");
+    assert_eq!(reports[0].key, format!("run-{id}"));
+    let wrong = NewRun {
+        trigger: Trigger::Manual,
+        ..run.clone()
+    };
+    assert!(matches!(
+        store
+            .create_preview(43, 7, &version, &wrong, comment, t(7))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+fn push_event(after: &str) -> crate::webhook::ForgeEvent {
+    crate::webhook::ForgeEvent::Push {
+        branch: "main".to_owned(),
+        after: after.to_owned(),
+    }
+}
+
+async fn a_delivery_recorded_twice_stores_one_event(store: Store) {
+    let first = push_event(&"a".repeat(40));
+    assert!(
+        store
+            .record_forge_event("d-1", &first, t(0))
+            .await
+            .expect("record")
+    );
+    // A replay carries the same id, whatever its body says now.
+    assert!(
+        !store
+            .record_forge_event("d-1", &push_event(&"b".repeat(40)), t(1))
+            .await
+            .expect("record again")
+    );
+    let pending = store.pending_forge_events(10).await.expect("pending");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].1, first);
+    // Still a duplicate once handled: a late redelivery must not run it again.
+    store
+        .finish_forge_event(pending[0].0, t(2))
+        .await
+        .expect("finish");
+    assert!(
+        !store
+            .record_forge_event("d-1", &first, t(3))
+            .await
+            .expect("record after finishing")
+    );
+    assert!(
+        store
+            .pending_forge_events(10)
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+}
+
+async fn pending_events_come_in_order_and_finished_ones_do_not(store: Store) {
+    use crate::webhook::{ForgeEvent, PrAction};
+    let events = [
+        push_event(&"a".repeat(40)),
+        ForgeEvent::PullRequest {
+            action: PrAction::Closed { merged: true },
+            number: 3,
+            head_sha: "c".repeat(40),
+            head_ref: "tune".to_owned(),
+            base_ref: "main".to_owned(),
+            from_fork: false,
+            author: "alice".to_owned(),
+        },
+        ForgeEvent::Comment {
+            pr: 3,
+            comment_id: u64::MAX,
+            author: "bob".to_owned(),
+            body: "/trainyard run train lr=\"0.1 0.2\"\n\u{1F680}".to_owned(),
+        },
+    ];
+    for (n, event) in events.iter().enumerate() {
+        let recorded = store
+            .record_forge_event(&format!("d-{n}"), event, t(n as i64))
+            .await
+            .expect("record");
+        assert!(recorded);
+    }
+    let pending = store.pending_forge_events(10).await.expect("pending");
+    let got: Vec<_> = pending.iter().map(|(_, e)| e.clone()).collect();
+    assert_eq!(got, events);
+    assert!(pending.windows(2).all(|w| w[0].0 < w[1].0));
+    let first_two = store.pending_forge_events(2).await.expect("pending");
+    assert_eq!(first_two.len(), 2);
+    store
+        .finish_forge_event(pending[1].0, t(10))
+        .await
+        .expect("finish");
+    store
+        .finish_forge_event(pending[1].0, t(11))
+        .await
+        .expect("finishing twice is fine");
+    let left: Vec<_> = store
+        .pending_forge_events(10)
+        .await
+        .expect("pending")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(left, vec![pending[0].0, pending[2].0]);
+    match store.finish_forge_event(pending[2].0 + 100, t(12)).await {
+        Err(StoreError::NotFound { what, .. }) => assert_eq!(what, "forge event"),
+        other => panic!("expected not found, got {other:?}"),
+    }
+}
+
+async fn concurrent_recorders_of_one_delivery_store_one_event(store: Store) {
+    let recorders = (0..8).map(|n| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .record_forge_event("same-delivery", &push_event(&format!("{n:040}")), t(n))
+                .await
+                .expect("record")
+        })
+    });
+    let mut stored = 0;
+    for recorder in recorders.collect::<Vec<_>>() {
+        if recorder.await.expect("the recorder finishes") {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 1);
+    assert_eq!(
+        store.pending_forge_events(10).await.expect("pending").len(),
+        1
+    );
+}
+
+async fn delivery_ids_must_be_sensible(store: Store) {
+    for delivery in [String::new(), "x".repeat(201)] {
+        match store
+            .record_forge_event(&delivery, &push_event(&"a".repeat(40)), t(0))
+            .await
+        {
+            Err(StoreError::Invalid(_)) => {}
+            other => panic!("expected invalid input, got {other:?}"),
+        }
+    }
+    assert!(
+        store
+            .pending_forge_events(10)
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+}
+
+async fn a_report_waiting_for_its_retry_holds_back_newer_ones(store: Store) {
+    let mut first = commit("c1", t(0));
+    first.reports.push(status("c1", "a", "success"));
+    first.reports.push(status("c1", "b", "success"));
+    store.apply_commit(&first).await.expect("apply");
+    let due = store.due_reports(t(1), 10).await.expect("due");
+    let [a, b] = [due[0].id, due[1].id];
+    assert!(
+        store
+            .mark_retry(a, t(30), "HTTP 403: secondary rate limit")
+            .await
+            .expect("retry")
+    );
+    assert!(
+        store.due_reports(t(2), 10).await.expect("due").is_empty(),
+        "b was written after a, so it waits for a"
+    );
+    let due: Vec<i64> = store
+        .due_reports(t(30), 10)
+        .await
+        .expect("due")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(due, [a, b], "both in order once a is due again");
+    let mut newer = commit("c2", t(31));
+    newer.reports.push(status("c1", "a", "failure"));
+    store.apply_commit(&newer).await.expect("apply");
+    assert!(store.mark_retry(b, t(90), "HTTP 502").await.expect("retry"));
+    let due: Vec<i64> = store
+        .due_reports(t(32), 10)
+        .await
+        .expect("due")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert!(
+        due.is_empty(),
+        "the newer report of a waits behind b: {due:?}"
+    );
 }

@@ -1,0 +1,91 @@
+//! The queue of forge events: webhook deliveries stored once per delivery id by the HTTP
+//! server and taken, oldest first, by the service's loop.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::{Result, Store, StoreError, millis};
+use crate::webhook::ForgeEvent;
+
+/// Longest delivery id kept; GitHub's are UUIDs.
+const MAX_DELIVERY_LEN: usize = 200;
+
+impl Store {
+    /// Queues `event` under its delivery id. Returns false, storing nothing, when that
+    /// delivery was recorded before (a redelivery or a replay).
+    pub async fn record_forge_event(
+        &self,
+        delivery: &str,
+        event: &ForgeEvent,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        if delivery.is_empty() || delivery.len() > MAX_DELIVERY_LEN {
+            return Err(StoreError::Invalid(format!(
+                "a delivery id must have 1 to {MAX_DELIVERY_LEN} bytes, not {}",
+                delivery.len()
+            )));
+        }
+        let json = serde_json::to_string(event)
+            .map_err(|e| StoreError::Invalid(format!("event cannot be stored: {e}")))?;
+        // One statement, so that concurrent recorders of one delivery race on the unique
+        // index and exactly one of them inserts.
+        let inserted = sqlx::query(
+            "INSERT INTO forge_events (delivery, event, received_at, finished_at)
+             VALUES ($1, $2, $3, NULL)
+             ON CONFLICT (delivery) DO NOTHING RETURNING id",
+        )
+        .bind(delivery)
+        .bind(json)
+        .bind(millis(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(inserted.is_some())
+    }
+
+    /// Unfinished events, oldest first, at most `limit`, with their queue ids.
+    pub async fn pending_forge_events(&self, limit: u32) -> Result<Vec<(i64, ForgeEvent)>> {
+        let rows = sqlx::query(
+            "SELECT id, event FROM forge_events WHERE finished_at IS NULL ORDER BY id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: i64 = row.try_get("id")?;
+                let text: String = row.try_get("event")?;
+                let event = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    column: "forge_events.event",
+                    value: text.clone(),
+                    reason: e.to_string(),
+                })?;
+                Ok((id, event))
+            })
+            .collect()
+    }
+
+    /// Marks an event handled, so that it is not handed out again. Finishing it twice keeps
+    /// the first time.
+    pub async fn finish_forge_event(&self, id: i64, now: DateTime<Utc>) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE forge_events SET finished_at = $2 WHERE id = $1 AND finished_at IS NULL",
+        )
+        .bind(id)
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            let exists = sqlx::query("SELECT 1 FROM forge_events WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound {
+                    what: "forge event",
+                    key: id.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,548 @@
+//! End to end with GitHub: the real binary follows a remote repository (a bare repository
+//! reached over `file://`, whose `refs/pull/N/head` the test sets as GitHub does), takes
+//! signed webhooks, and reports to the stand-in GitHub API. Assertions are on what the
+//! stand-in holds at the end: statuses per commit and comments per pull request.
+
+use std::path::Path;
+use std::time::Duration;
+
+use git2::{Oid, Repository, Signature};
+use trainyard::store::{RunState, Store, Trigger};
+use trainyard_testkit::github::{
+    CommentRecord, FaultKind, GithubServer, Permission, issue_comment_payload,
+    pull_request_payload, push_payload, send_webhook, send_webhook_signed,
+};
+use trainyard_tests::{DataDir, PINNED_IMAGE, Result, Service, TestResult, temp_dir, wait_for};
+
+const REPO: &str = "acme/models";
+const TOKEN: &str = "ghp_trainyard_test";
+const SECRET: &[u8] = b"it is a secret to everybody";
+const MAIN: &str = "main";
+/// How long a webhook may take to show up on the stand-in.
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn pipeline(epochs: u32) -> String {
+    format!(
+        "apiVersion: trainyard.dev/v1
+kind: Pipeline
+metadata: {{name: churn, owner: team-a}}
+spec:
+  image: {PINNED_IMAGE}
+  triggers: {{on_change: true}}
+  params:
+    epochs: {{type: int, default: {epochs}}}
+  steps:
+    - name: train
+      run: [python3, -c, \"print('trained')\"]
+"
+    )
+}
+
+const SCHEDULE: &str = "apiVersion: trainyard.dev/v1
+kind: Schedule
+metadata: {name: nightly}
+spec: {pipeline: churn, cron: '0 2 * * *'}
+";
+
+/// The remote repository: a bare repository whose commits the test writes directly.
+struct Remote {
+    dir: tempfile::TempDir,
+    repo: Repository,
+}
+
+impl Remote {
+    fn new() -> Result<Remote> {
+        let dir = temp_dir()?;
+        let repo = Repository::init_bare(dir.path().join("models.git"))?;
+        repo.set_head(&format!("refs/heads/{MAIN}"))?;
+        Ok(Remote { dir, repo })
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.dir.path().join("models.git").display())
+    }
+
+    /// A commit of `files` over `parents[0]`'s tree (files at the root), pointed at by
+    /// `reference` when given.
+    fn commit(
+        &self,
+        parents: &[Oid],
+        files: &[(&str, &str)],
+        reference: Option<&str>,
+    ) -> Result<Oid> {
+        let parents: Vec<git2::Commit<'_>> = parents
+            .iter()
+            .map(|p| self.repo.find_commit(*p))
+            .collect::<std::result::Result<_, _>>()?;
+        let base = parents.first().map(|p| p.tree()).transpose()?;
+        let mut tree = self.repo.treebuilder(base.as_ref())?;
+        for (path, content) in files {
+            let blob = self.repo.blob(content.as_bytes())?;
+            tree.insert(path, blob, 0o100644)?;
+        }
+        let tree = self.repo.find_tree(tree.write()?)?;
+        let signature = Signature::now("Test", "test@example.com")?;
+        let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
+        let id = self
+            .repo
+            .commit(None, &signature, &signature, "change", &tree, &parents)?;
+        if let Some(reference) = reference {
+            self.repo.reference(reference, id, true, "test")?;
+        }
+        Ok(id)
+    }
+}
+
+/// A free local port for the service's HTTP server.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A service following `remote`, reporting to `gh`, taking webhooks on its own port; the
+/// branch is polled only hourly, so a commit shows up at once only through a webhook.
+struct Setup {
+    gh: GithubServer,
+    remote: Remote,
+    data: DataDir,
+    service: Option<Service>,
+    hook: String,
+    _files: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn start(gh: GithubServer, remote: Remote, main: Oid) -> Result<Setup> {
+        gh.set_branch(MAIN, &main.to_string());
+        let files = temp_dir()?;
+        let secret = files.path().join("webhook-secret");
+        std::fs::write(&secret, SECRET)?;
+        let token = files.path().join("token");
+        std::fs::write(&token, TOKEN)?;
+        let data = DataDir::new()?;
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let api = gh.url();
+        let service = Service::start_following(
+            &remote.url(),
+            files.path(),
+            &data,
+            &[
+                "--listen",
+                &listen,
+                "--poll-seconds",
+                "3600",
+                "--webhook-secret-file",
+                &path(&secret),
+                "--github-repo",
+                REPO,
+                "--github-api-url",
+                &api,
+                "--github-token-file",
+                &path(&token),
+            ],
+            &[],
+        )?;
+        Ok(Setup {
+            gh,
+            remote,
+            data,
+            service: Some(service),
+            hook: format!("http://{listen}/webhooks/github"),
+            _files: files,
+        })
+    }
+
+    async fn send(&self, event: &str, delivery: &str, body: &serde_json::Value) -> Result<u16> {
+        let bytes = serde_json::to_vec(body)?;
+        // The service may still be starting: connection refused is retried.
+        for _ in 0..200 {
+            match send_webhook(&self.hook, SECRET, event, delivery, &bytes).await {
+                Ok((status, _)) => return Ok(status),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        Err("the service never answered its webhook".into())
+    }
+
+    async fn store(&self) -> Result<Store> {
+        self.data.store().await
+    }
+
+    /// Pull request `pr`'s comments carrying the marker of `key`.
+    fn sticky(&self, pr: u64, key: &str) -> Vec<CommentRecord> {
+        let marker = format!("<!-- trainyard:{key} -->");
+        self.gh
+            .comments(pr)
+            .into_iter()
+            .filter(|c| c.body.contains(&marker))
+            .collect()
+    }
+
+    async fn wait_for_status(&self, sha: Oid, context: &str, state: &str) -> Result<()> {
+        let sha = sha.to_string();
+        wait_for(LIMIT, &format!("{context} {state} on {sha}"), async || {
+            Ok(self
+                .gh
+                .latest_statuses(&sha)
+                .get(context)
+                .is_some_and(|s| s.state == state))
+        })
+        .await
+    }
+
+    async fn wait_for_comment(&self, pr: u64, key: &str, text: &str) -> Result<CommentRecord> {
+        wait_for(
+            LIMIT,
+            &format!("comment {key} saying {text:?}"),
+            async || Ok(self.sticky(pr, key).iter().any(|c| c.body.contains(text))),
+        )
+        .await?;
+        let found = self.sticky(pr, key);
+        assert_eq!(found.len(), 1, "one comment {key}: {found:#?}");
+        Ok(found[0].clone())
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(service) = self.service.take() {
+            let _ = service.stop();
+        }
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn pr_payload(action: &str, number: u64, head: Oid, author: &str) -> serde_json::Value {
+    pull_request_payload(
+        REPO,
+        action,
+        number,
+        &head.to_string(),
+        "feature",
+        MAIN,
+        false,
+        author,
+        false,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_push_runs_at_once_and_bad_or_replayed_deliveries_do_nothing() -> TestResult {
+    let gh = GithubServer::builder()
+        .repo("acme", "models")
+        .token(TOKEN, "trainyard-bot")
+        .start()
+        .await?;
+    let remote = Remote::new()?;
+    let first = remote.commit(
+        &[],
+        &[("churn.yaml", &pipeline(1))],
+        Some("refs/heads/main"),
+    )?;
+    let setup = Setup::start(gh, remote, first).await?;
+    setup
+        .wait_for_status(first, "trainyard/run/churn", "success")
+        .await?;
+
+    let second = setup.remote.commit(
+        &[first],
+        &[("churn.yaml", &pipeline(2))],
+        Some("refs/heads/main"),
+    )?;
+    setup.gh.set_branch(MAIN, &second.to_string());
+    let push = serde_json::to_vec(&push_payload(
+        REPO,
+        MAIN,
+        &first.to_string(),
+        &second.to_string(),
+    ))?;
+    let (status, _) = send_webhook_signed(
+        &setup.hook,
+        Some("sha256=0000000000000000000000000000000000000000000000000000000000000000"),
+        "push",
+        "delivery-bad",
+        &push,
+    )
+    .await?;
+    assert_eq!(status, 401, "a bad signature is refused");
+    let (status, _) =
+        send_webhook_signed(&setup.hook, None, "push", "delivery-none", &push).await?;
+    assert_eq!(status, 401, "a missing signature is refused");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        setup.gh.statuses(&second.to_string()).is_empty(),
+        "nothing happened for refused deliveries"
+    );
+
+    let (status, _) = send_webhook(&setup.hook, SECRET, "push", "delivery-1", &push).await?;
+    assert!((200..300).contains(&status), "accepted: {status}");
+    setup
+        .wait_for_status(second, "trainyard/validate", "success")
+        .await?;
+    setup
+        .wait_for_status(second, "trainyard/run/churn", "success")
+        .await?;
+    let store = setup.store().await?;
+    let runs = store.list_runs(None, 10).await?;
+    assert_eq!(runs.len(), 2, "one run per applied commit: {runs:?}");
+    let posted = setup.gh.statuses(&second.to_string()).len();
+
+    let (status, _) = send_webhook(&setup.hook, SECRET, "push", "delivery-1", &push).await?;
+    assert!(
+        (200..300).contains(&status),
+        "a replay is acknowledged: {status}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        store.list_runs(None, 10).await?.len(),
+        2,
+        "a replay runs nothing"
+    );
+    assert_eq!(
+        setup.gh.statuses(&second.to_string()).len(),
+        posted,
+        "a replay posts nothing"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_request_keeps_one_plan_comment_and_previews_run_only_for_writers() -> TestResult {
+    let gh = GithubServer::builder()
+        .repo("acme", "models")
+        .token(TOKEN, "trainyard-bot")
+        .start()
+        .await?;
+    let remote = Remote::new()?;
+    let main = remote.commit(
+        &[],
+        &[("churn.yaml", &pipeline(1))],
+        Some("refs/heads/main"),
+    )?;
+    let setup = Setup::start(gh, remote, main).await?;
+    setup
+        .wait_for_status(main, "trainyard/run/churn", "success")
+        .await?;
+
+    // Opened: one plan comment, both statuses on the head.
+    let head = setup.remote.commit(
+        &[main],
+        &[("churn.yaml", &pipeline(2)), ("nightly.yaml", SCHEDULE)],
+        Some("refs/pull/7/head"),
+    )?;
+    setup
+        .gh
+        .open_pr(7, &head.to_string())
+        .author("bob")
+        .open()?;
+    setup
+        .send(
+            "pull_request",
+            "pr-1",
+            &pr_payload("opened", 7, head, "bob"),
+        )
+        .await?;
+    setup
+        .wait_for_status(head, "trainyard/validate", "success")
+        .await?;
+    setup
+        .wait_for_status(head, "trainyard/plan", "success")
+        .await?;
+    let plan = setup
+        .wait_for_comment(7, "plan", &head.to_string()[..12])
+        .await?;
+    assert!(plan.body.contains("`nightly`"), "{}", plan.body);
+
+    // Synchronized twice: the same comment, edited.
+    let mut latest = head;
+    for (n, epochs) in [(2, 3), (3, 4)] {
+        latest = setup.remote.commit(
+            &[latest],
+            &[("churn.yaml", &pipeline(epochs))],
+            Some("refs/pull/7/head"),
+        )?;
+        setup.gh.push_to_pr(7, &latest.to_string())?;
+        setup
+            .send(
+                "pull_request",
+                &format!("pr-{n}"),
+                &pr_payload("synchronize", 7, latest, "bob"),
+            )
+            .await?;
+    }
+    setup
+        .wait_for_status(latest, "trainyard/plan", "success")
+        .await?;
+    let edited = setup
+        .wait_for_comment(7, "plan", &latest.to_string()[..12])
+        .await?;
+    assert_eq!(edited.id, plan.id, "the plan comment is edited in place");
+    assert!(edited.edits >= 1, "{edited:?}");
+
+    // A reader asks for a run: refused with the reason, nothing runs.
+    setup.gh.set_permission("carol", Permission::Read);
+    let asked = "/trainyard run churn epochs=5";
+    let carol = setup.gh.add_comment_as("carol", 7, asked)?;
+    setup
+        .send(
+            "issue_comment",
+            "c-1",
+            &issue_comment_payload(REPO, 7, carol, "carol", asked),
+        )
+        .await?;
+    setup
+        .wait_for_comment(7, &format!("command-{carol}"), "write permission")
+        .await?;
+    let store = setup.store().await?;
+    let previews = |runs: Vec<trainyard::store::RunRow>| {
+        runs.into_iter()
+            .filter(|r| r.trigger == Trigger::Preview)
+            .collect::<Vec<_>>()
+    };
+    assert!(previews(store.list_runs(None, 20).await?).is_empty());
+
+    // A writer asks: a preview of the head's version, its result in its own comment.
+    setup.gh.set_permission("bob", Permission::Write);
+    let bob = setup.gh.add_comment_as("bob", 7, asked)?;
+    setup
+        .send(
+            "issue_comment",
+            "c-2",
+            &issue_comment_payload(REPO, 7, bob, "bob", asked),
+        )
+        .await?;
+    let found = async || -> Result<Vec<trainyard::store::RunRow>> {
+        Ok(previews(store.list_runs(None, 20).await?))
+    };
+    wait_for(LIMIT, "a preview run", async || {
+        Ok(!found().await?.is_empty())
+    })
+    .await?;
+    let preview = found().await?.remove(0);
+    assert_eq!(preview.commit_sha, latest.to_string());
+    assert_eq!(preview.params, serde_json::json!({"epochs": 5}));
+    let current = store.current_pipeline("churn").await?.ok_or("churn")?;
+    assert_ne!(
+        current.version, preview.pipeline_version,
+        "the preview runs the head's version; the branch keeps its own"
+    );
+    let result = setup
+        .wait_for_comment(7, &format!("run-{}", preview.id), "succeeded")
+        .await?;
+    assert!(result.body.contains("Preview run"), "{}", result.body);
+    assert_eq!(
+        store.run(preview.id).await?.map(|r| r.state),
+        Some(RunState::Succeeded)
+    );
+    assert!(
+        setup.sticky(7, &format!("command-{bob}")).is_empty(),
+        "an allowed command needs no reply"
+    );
+
+    // Merged: the merge commit's run and its results go back to the pull request.
+    let merge = setup.remote.commit(
+        &[main, latest],
+        &[("churn.yaml", &pipeline(4)), ("nightly.yaml", SCHEDULE)],
+        Some("refs/heads/main"),
+    )?;
+    setup.gh.merge_pr(7, &merge.to_string())?;
+    setup
+        .send(
+            "pull_request",
+            "pr-4",
+            &pull_request_payload(
+                REPO,
+                "closed",
+                7,
+                &latest.to_string(),
+                "feature",
+                MAIN,
+                false,
+                "bob",
+                true,
+            ),
+        )
+        .await?;
+    setup
+        .send(
+            "push",
+            "push-1",
+            &push_payload(REPO, MAIN, &main.to_string(), &merge.to_string()),
+        )
+        .await?;
+    setup
+        .wait_for_status(merge, "trainyard/run/churn", "success")
+        .await?;
+    let results = setup.wait_for_comment(7, "results", "succeeded").await?;
+    assert!(results.body.contains("of `churn`"), "{}", results.body);
+    assert_eq!(setup.sticky(7, "plan").len(), 1, "still one plan comment");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_github_gets_everything_later_in_order_and_once() -> TestResult {
+    let gh = GithubServer::builder()
+        .repo("acme", "models")
+        .token(TOKEN, "trainyard-bot")
+        .start()
+        .await?;
+    let remote = Remote::new()?;
+    let main = remote.commit(
+        &[],
+        &[("churn.yaml", &pipeline(1))],
+        Some("refs/heads/main"),
+    )?;
+    let head = remote.commit(
+        &[main],
+        &[("churn.yaml", &pipeline(2))],
+        Some("refs/pull/9/head"),
+    )?;
+    gh.open_pr(9, &head.to_string()).author("bob").open()?;
+    gh.fail_next(4, FaultKind::SecondaryRateLimit { retry_after: 2 });
+    let setup = Setup::start(gh, remote, main).await?;
+    setup
+        .send(
+            "pull_request",
+            "pr-9",
+            &pr_payload("opened", 9, head, "bob"),
+        )
+        .await?;
+    setup
+        .wait_for_status(main, "trainyard/run/churn", "success")
+        .await?;
+    setup
+        .wait_for_status(head, "trainyard/plan", "success")
+        .await?;
+    setup
+        .wait_for_comment(9, "plan", &head.to_string()[..12])
+        .await?;
+    let refused = setup
+        .gh
+        .requests()
+        .iter()
+        .filter(|r| r.status == 403)
+        .count();
+    assert!(refused >= 1, "the limit was hit");
+    for sha in [main, head] {
+        let statuses = setup.gh.statuses(&sha.to_string());
+        let contexts: Vec<&str> = statuses.iter().map(|s| s.context.as_str()).collect();
+        let distinct: std::collections::BTreeSet<&str> = contexts.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            contexts.len(),
+            "no status twice: {statuses:#?}"
+        );
+        let validate = contexts.iter().position(|c| *c == "trainyard/validate");
+        assert_eq!(
+            validate,
+            Some(0),
+            "validate first, as enqueued: {contexts:?}"
+        );
+    }
+    assert_eq!(setup.gh.comments(9).len(), 1, "one comment");
+    Ok(())
+}
