@@ -590,46 +590,7 @@ async fn prepare(
     if let Some(prefix) = &args.source {
         download_source(store, prefix, &args.job_dir.join("src")).await?;
     }
-    match tokio::fs::metadata(&args.workdir).await {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => {
-            return Err(format!(
-                "working directory {} is not a directory",
-                args.workdir.display()
-            ));
-        }
-        Err(error) => return Err(format!("working directory {}", shown(&args.workdir, error))),
-    }
-    for input in &args.inputs {
-        store
-            .get_to_file(&input.key, &input.path)
-            .await
-            .map_err(|error| match error {
-                artifacts::Error::NotFound { key } => {
-                    format!("input {key:?} is not in the artifact store")
-                }
-                error => format!("could not fetch input {:?}: {error}", input.key),
-            })?;
-    }
-    for output in &args.outputs {
-        if let Some(parent) = output.path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|error| format!("could not create {}", shown(parent, error)))?;
-        }
-        // A file left by an earlier attempt must not pass for this attempt's output.
-        match tokio::fs::remove_file(&output.path).await {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => {
-                return Err(format!(
-                    "could not clear output `{}` at {}",
-                    output.name,
-                    shown(&output.path, error)
-                ));
-            }
-        }
-    }
+    super::local::stage(store, &args.workdir, &args.inputs, &args.outputs).await?;
     Ok(log)
 }
 

@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{
-    ExecError, Executor, JobEvent, JobState, ProducedArtifact, StepJob, StepOutput, is_job_name,
+    ExecError, Executor, JobEvent, JobState, ProducedArtifact, StepInput, StepJob, StepOutput,
+    is_job_name,
 };
 use crate::artifacts::{self, ArtifactStore};
 use crate::spec::units::format_duration;
@@ -418,17 +419,31 @@ async fn prepare(
         .map_err(|error| format!("could not create the log {}", shown(log_path, error)))?
         .into_std()
         .await;
-    match tokio::fs::metadata(&job.workdir).await {
+    stage(artifacts, &job.workdir, &job.inputs, &job.outputs).await?;
+    Ok(log)
+}
+
+/// What every backend does before a step's program starts: checks its working directory,
+/// fetches its inputs, and clears the paths of its outputs, so a file left by an earlier
+/// attempt cannot pass for this attempt's output. The error is a reason for people.
+pub(super) async fn stage(
+    artifacts: &ArtifactStore,
+    workdir: &Path,
+    inputs: &[StepInput],
+    outputs: &[StepOutput],
+) -> Result<(), String> {
+    let shown = |path: &Path, error: io::Error| format!("{}: {error}", path.display());
+    match tokio::fs::metadata(workdir).await {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {
             return Err(format!(
                 "working directory {} is not a directory",
-                job.workdir.display()
+                workdir.display()
             ));
         }
-        Err(error) => return Err(format!("working directory {}", shown(&job.workdir, error))),
+        Err(error) => return Err(format!("working directory {}", shown(workdir, error))),
     }
-    for input in &job.inputs {
+    for input in inputs {
         artifacts
             .get_to_file(&input.key, &input.path)
             .await
@@ -439,13 +454,12 @@ async fn prepare(
                 error => format!("could not fetch input {:?}: {error}", input.key),
             })?;
     }
-    for output in &job.outputs {
+    for output in outputs {
         if let Some(parent) = output.path.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
                 .map_err(|error| format!("could not create {}", shown(parent, error)))?;
         }
-        // A file left by an earlier attempt must not pass for this attempt's output.
         match tokio::fs::remove_file(&output.path).await {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
@@ -458,7 +472,7 @@ async fn prepare(
             }
         }
     }
-    Ok(log)
+    Ok(())
 }
 
 async fn spawn(job: &StepJob, log: std::fs::File) -> io::Result<Child> {
