@@ -100,17 +100,31 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot open the database {database}"))?;
     let artifacts = ArtifactStore::open(&artifacts_at)?;
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let setting = |artifacts: ArtifactStore| Setting {
+    // One client for everything that talks to the cluster (the executor, the election).
+    let cluster = if args.executor == ExecutorKind::Kubernetes || args.election.leader_election {
+        Some(cluster_client().await?)
+    } else {
+        None
+    };
+    let setting = |artifacts: ArtifactStore, cluster: Option<kube::Client>| Setting {
         store,
         artifacts,
         root,
         remote,
         data_dir: data_dir.clone(),
+        cluster,
     };
     match args.executor {
         ExecutorKind::Local => {
             let executor = LocalExecutor::new(artifacts.clone(), data_dir.join("work"), events_tx);
-            drive(args, executor, events, setting(artifacts), shutdown).await
+            drive(
+                args,
+                executor,
+                events,
+                setting(artifacts, cluster),
+                shutdown,
+            )
+            .await
         }
         ExecutorKind::Kubernetes => {
             let path = args
@@ -118,11 +132,9 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
                 .clone()
                 .context("--executor kubernetes needs --cluster-config FILE")?;
             let settings = ClusterSettings::load(&path)?;
-            let config = kube::Config::infer().await.context(
-                "cannot find a Kubernetes cluster (KUBECONFIG, ~/.kube/config or in-cluster)",
-            )?;
-            let client = kube::Client::try_from(config)
-                .context("cannot build a client for the Kubernetes cluster")?;
+            let client = cluster
+                .clone()
+                .context("the Kubernetes executor needs a cluster client")?;
             let executor = KubernetesExecutor::new(
                 client,
                 settings,
@@ -130,7 +142,14 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
                 artifacts_at.clone(),
                 events_tx,
             )?;
-            drive(args, executor, events, setting(artifacts), shutdown).await
+            drive(
+                args,
+                executor,
+                events,
+                setting(artifacts, cluster),
+                shutdown,
+            )
+            .await
         }
     }
 }
@@ -143,6 +162,17 @@ struct Setting {
     root: PathBuf,
     remote: Option<String>,
     data_dir: PathBuf,
+    /// The cluster's client, when steps run there or replicas elect a leader.
+    cluster: Option<kube::Client>,
+}
+
+/// A client for the cluster kube infers, as kubectl does: KUBECONFIG, ~/.kube/config, or
+/// the service account of the pod the service runs in.
+async fn cluster_client() -> Result<kube::Client> {
+    let config = kube::Config::infer()
+        .await
+        .context("cannot find a Kubernetes cluster (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+    kube::Client::try_from(config).context("cannot build a client for the Kubernetes cluster")
 }
 
 /// GitHub when a repository is named, else Git notes in the followed repository.
@@ -213,6 +243,7 @@ async fn drive<E: Executor>(
         root,
         remote,
         data_dir,
+        cluster,
     } = setting;
     let forge = choose_forge(&args.github, &root)?;
     let config = Config {
@@ -260,9 +291,9 @@ async fn drive<E: Executor>(
             }
             None => None,
         };
-        let leadership = match args.election.leader_election {
-            true => Some(join_election(&args.election).await?),
-            false => None,
+        let leadership = match (args.election.leader_election, cluster) {
+            (true, Some(client)) => Some(join_election(client, &args.election).await?),
+            _ => None,
         };
         // Without file events (some network file systems), polling alone follows the branch;
         // a remote repository is always polled.
@@ -366,13 +397,8 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Joins the election on the Lease with the client kube infers (KUBECONFIG, ~/.kube/config
-/// or the pod's service account).
-async fn join_election(args: &ElectionArgs) -> Result<Leadership> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = kube::Client::try_default()
-        .await
-        .context("leader election needs a Kubernetes client (kubeconfig or in-cluster)")?;
+/// Joins the election on the Lease through `client`.
+async fn join_election(client: kube::Client, args: &ElectionArgs) -> Result<Leadership> {
     let namespace = args
         .namespace
         .clone()
