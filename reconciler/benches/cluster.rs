@@ -383,7 +383,11 @@ async fn run_service(
 
     let deadline = Instant::now() + RUN_LIMIT;
     let runs = loop {
-        let runs = store.list_runs(None, (n * 2) as u32).await?;
+        let runs = store
+            .list_runs(None, (n * 2) as u32)
+            .await?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         if runs.len() >= n && runs.iter().all(|r| r.state.is_finished()) {
             break runs;
         }

@@ -171,9 +171,12 @@ fn main() {
 
     let mut definitions = Definitions::new(PolicyConfig::default()).expect("policies load");
     let mut planner = Planner::default();
-    let mut snapshot =
-        Snapshot::at_revision(Repository::open(dir.path()).expect("open"), "HEAD", "")
-            .expect("snapshot");
+    let mut snapshot = Snapshot::at_revision(
+        &trainyard::source::Repo::open(dir.path()).expect("open"),
+        "HEAD",
+        "",
+    )
+    .expect("snapshot");
     let mut previous = definitions
         .evaluate(&snapshot, Utc::now())
         .expect("evaluate")

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use chrono::{Timelike, Utc};
 use git2::{Repository, Signature};
 use trainyard::artifacts::ArtifactStore;
+use trainyard::config::Config;
 use trainyard::execute::LocalExecutor;
 use trainyard::report::notes::NotesForge;
-use trainyard::runtime::{Config, Service};
+use trainyard::runtime::{Parts, Runtime};
+use trainyard::source::{BranchWatcher, Repo};
 use trainyard::store::Store;
-use trainyard_policies::PolicyConfig;
 
 const SCHEDULES: usize = 1_000;
 const COMMITS: usize = 10;
@@ -43,33 +44,26 @@ fn commit(repo: &Repository) {
         .expect("commit");
 }
 
-async fn service(repo: &Path, data: &Path) -> Service<LocalExecutor, NotesForge> {
+async fn service(repo: &Path, data: &Path) -> Runtime<LocalExecutor, NotesForge> {
     std::fs::create_dir_all(data).expect("data dir");
     let store = Store::connect(&data.join("trainyard.db").display().to_string())
         .await
         .expect("store");
     let artifacts =
         ArtifactStore::open(&data.join("artifacts").display().to_string()).expect("artifacts");
-    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, job_events) = tokio::sync::mpsc::unbounded_channel();
     let executor = LocalExecutor::new(artifacts.clone(), data.join("work"), tx);
-    let config = Config {
-        repo: repo.to_owned(),
-        remote: None,
-        branch: None,
-        subdir: String::new(),
-        data_dir: data.to_owned(),
-        instance: None,
-        max_parallel_steps: 4,
-        policy: PolicyConfig::default(),
-    };
-    Service::new(
-        config,
+    let installation = store.installation(None).await.expect("installation");
+    let repo = Repo::open(repo).expect("repository");
+    Runtime::new(Parts {
+        config: Config::new(data.to_owned(), installation),
+        forge: NotesForge::new(repo.clone()),
+        repo,
         store,
         executor,
-        events,
-        NotesForge::new(repo.to_owned()),
+        job_events,
         artifacts,
-    )
+    })
     .await
     .expect("service")
 }
@@ -83,18 +77,48 @@ async fn commit_to_first_step() -> Vec<f64> {
     let dir = tempfile::tempdir().expect("tempdir");
     let (repo_dir, data) = (dir.path().join("repo"), dir.path().join("data"));
     let repo = Repository::init(&repo_dir).expect("init");
+    std::fs::write(repo_dir.join("p.yaml"), pipeline("p", false, 0)).expect("write");
+    commit(&repo);
     let mut service = service(&repo_dir, &data).await;
+    let watcher = BranchWatcher::new(&repo_dir.join(".git")).expect("watcher");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(async move {
+        service
+            .serve(Some(watcher), None, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let store = Store::connect(&data.join("trainyard.db").display().to_string())
+        .await
+        .expect("store");
     let mut samples = Vec::new();
-    for n in 0..COMMITS {
+    for n in 1..=COMMITS {
         std::fs::write(repo_dir.join("p.yaml"), pipeline("p", true, n)).expect("write");
-        commit(&repo);
         let started = Instant::now();
-        let (_, runs) = service.apply_head().await.expect("apply");
-        assert_eq!(runs.len(), 1, "the change starts one run");
-        service.drive_runs().await.expect("drive");
+        commit(&repo);
+        // The run the commit starts has its first attempt handed to the executor.
+        loop {
+            let newest = store.list_runs(None, 1).await.expect("runs");
+            let started_run = match newest.first() {
+                Some(Ok(run)) if run.id == n as i64 => {
+                    !store.attempts(run.id).await.expect("attempts").is_empty()
+                }
+                _ => false,
+            };
+            if started_run {
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
         samples.push(started.elapsed().as_secs_f64() * 1000.0);
-        service.run_once().await.expect("finish");
+        // Let the run finish before the next commit.
+        while !store.unfinished_run_ids().await.expect("runs").is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
+    let _ = stop.send(());
+    serving.await.expect("the service stops");
     samples
 }
 
@@ -114,16 +138,8 @@ async fn tick_lag() -> Vec<f64> {
     std::fs::write(repo_dir.join("schedules.yaml"), schedules).expect("write");
     commit(&repo);
     let mut service = service(&repo_dir, &data).await;
-    service.apply_head().await.expect("apply");
     let wait = (due - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(4);
-    service
-        .serve(
-            Duration::from_secs(60),
-            None,
-            None,
-            tokio::time::sleep(wait),
-        )
-        .await;
+    service.serve(None, None, tokio::time::sleep(wait)).await;
     let store = Store::connect(&data.join("trainyard.db").display().to_string())
         .await
         .expect("store");

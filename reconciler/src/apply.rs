@@ -7,21 +7,17 @@
 //! pipelines with `triggers.on_change` whose version changed run once for the commit.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 use crate::definitions::Evaluation;
-use crate::report::{self, Report, Status, StatusState};
+use crate::report::{self, Report, StatusState, status_report};
 use crate::spec::check::resolve_params;
 use crate::spec::{Catalog, Severity};
-use crate::store::{
-    ApplyCommit, CommitOutcome, NewReport, NewRun, PipelineUpsert, ReportKind, ScheduleUpsert,
-    Trigger,
-};
+use crate::store::{ApplyCommit, CommitOutcome, NewRun, PipelineUpsert, ScheduleUpsert, Trigger};
 
 /// The declared state after `commit` and what to write for it, given the state it follows.
 pub struct Decision {
     /// What the store writes, in one transaction.
-    pub apply: ApplyCommit,
+    pub apply: ApplyCommit<Report>,
     /// The declared state the service runs from now on (the previous one if refused).
     pub declared: Catalog,
 }
@@ -89,7 +85,7 @@ pub fn decide(
             name: name.to_string(),
             version: entry.version.to_string(),
             file: entry.file.to_string(),
-            definition: serde_json::to_value(entry.value.as_ref()).unwrap_or(Value::Null),
+            definition: entry.value.clone(),
         });
         let spec = &entry.value.spec;
         // Only a version this commit made valid runs: a last good version kept for a failing
@@ -99,16 +95,13 @@ pub fn decide(
             && from_this_commit
             && let Ok(params) = resolve_params(&entry.value, &Default::default())
         {
-            runs.push(NewRun {
-                pipeline: name.to_string(),
-                pipeline_version: entry.version.to_string(),
-                commit_sha: commit.to_owned(),
-                trigger: Trigger::Change,
-                schedule: None,
-                scheduled_at: None,
-                params: serde_json::to_value(params).unwrap_or(Value::Null),
-                steps: spec.steps.iter().map(|s| s.name.clone()).collect(),
-            });
+            runs.push(NewRun::of(
+                &entry.value,
+                &entry.version,
+                commit,
+                Trigger::Change,
+                params,
+            ));
         }
     }
     let schedules = declared
@@ -125,7 +118,7 @@ pub fn decide(
             pipeline: entry.value.spec.pipeline.clone(),
             version: entry.version.to_string(),
             file: entry.file.to_string(),
-            definition: serde_json::to_value(entry.value.as_ref()).unwrap_or(Value::Null),
+            definition: entry.value.clone(),
             suspended: entry.value.spec.suspend,
         })
         .collect();
@@ -194,43 +187,16 @@ fn plural(n: usize, what: &str) -> String {
     }
 }
 
-/// A commit status report for the outbox, its description cut to what forges accept.
-pub fn status_report(
-    commit: &str,
-    context: &str,
-    state: StatusState,
-    description: &str,
-) -> NewReport {
-    let status = Report::Status(Status {
-        commit: commit.to_owned(),
-        context: context.to_owned(),
-        state,
-        description: report::fit_description(description),
-        target_url: None,
-    });
-    NewReport {
-        commit_sha: commit.to_owned(),
-        kind: ReportKind::Status,
-        key: context.to_owned(),
-        payload: serde_json::to_value(status).unwrap_or(Value::Null),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
-    use crate::spec::{Diagnostic, Settings, parse_file};
+    use crate::spec::Diagnostic;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
     fn catalog(files: &[(&str, &str)]) -> Catalog {
-        let parsed: Vec<_> = files
-            .iter()
-            .map(|(p, y)| (Arc::from(*p), Arc::new(parse_file(y.as_bytes()))))
-            .collect();
-        Catalog::assemble(Settings::default(), &parsed).0
+        Catalog::of_files(files)
     }
 
     fn pipeline(name: &str, on_change: bool, default: u32) -> String {
@@ -268,15 +234,13 @@ mod tests {
         }
     }
 
-    fn status_of(apply: &ApplyCommit) -> (String, String) {
-        let payload = &apply.reports[0].payload;
-        (
-            payload["state"].as_str().unwrap_or_default().to_owned(),
-            payload["description"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        )
+    fn status_of(apply: &ApplyCommit<Report>) -> (String, String) {
+        match &apply.reports[0].payload {
+            Report::Status(status) => {
+                (status.state.as_str().to_owned(), status.description.clone())
+            }
+            other => panic!("a status, got {other:?}"),
+        }
     }
 
     #[test]
@@ -296,7 +260,10 @@ mod tests {
         assert_eq!(d.apply.pipelines.len(), 2);
         assert_eq!(d.apply.runs.len(), 1);
         assert_eq!(d.apply.runs[0].pipeline, "p");
-        assert_eq!(d.apply.runs[0].params, serde_json::json!({"e": 3}));
+        assert_eq!(
+            d.apply.runs[0].params,
+            [("e".to_owned(), serde_json::json!(3))].into()
+        );
         assert_eq!(d.apply.runs[0].steps, ["a", "b"]);
         assert_eq!(
             status_of(&d.apply),

@@ -7,7 +7,7 @@
 //! because both feed every document's checks.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
 use git2::Oid;
@@ -33,7 +33,7 @@ pub enum DefinitionsError {
 }
 
 /// A checked revision.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Evaluation {
     /// The valid documents (files with errors are left out and listed as failed).
     pub catalog: Catalog,
@@ -65,6 +65,26 @@ struct State {
     settings_findings: FileFindings,
     assembly: Assembly,
     policy: HashMap<DocumentKey, FileFindings>,
+}
+
+/// The one checker of a service, shared by the loops that evaluate definitions (following
+/// the branch, planning pull requests): one Rego engine and one cache of parsed files and
+/// verdicts. Evaluations are incremental by blob, so interleaving revisions is correct;
+/// each costs what differs from the one before.
+#[derive(Clone)]
+pub struct SharedDefinitions(Arc<Mutex<Definitions>>);
+
+impl SharedDefinitions {
+    /// Shares `definitions`.
+    pub fn new(definitions: Definitions) -> Self {
+        SharedDefinitions(Arc::new(Mutex::new(definitions)))
+    }
+
+    /// The checker, for one evaluation on a blocking thread.
+    pub fn lock(&self) -> MutexGuard<'_, Definitions> {
+        // An evaluation that panicked left the checker's caches as they were before it.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Parses and checks snapshots, building each evaluation on the last one.
@@ -424,7 +444,8 @@ mod tests {
         let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
         repo.commit(Some("HEAD"), &sig, &sig, "change", &tree, &parents)
             .expect("commit");
-        Snapshot::at_revision(Repository::open(&root).expect("open"), "HEAD", "").expect("snapshot")
+        Snapshot::at_revision(&crate::source::Repo::open(&root).expect("open"), "HEAD", "")
+            .expect("snapshot")
     }
 
     /// Pipelines, schedules, failed files and diagnostics (file, line, column, code).
@@ -519,10 +540,12 @@ mod tests {
             let snapshot = commit(&repo, &files);
             // The incremental side follows the branch by tree diffs, as a service does.
             let advanced = match followed.take() {
-                None => {
-                    Snapshot::at_revision(Repository::open(dir.path()).expect("open"), "HEAD", "")
-                        .expect("snapshot")
-                }
+                None => Snapshot::at_revision(
+                    &crate::source::Repo::open(dir.path()).expect("open"),
+                    "HEAD",
+                    "",
+                )
+                .expect("snapshot"),
                 Some(previous) => previous.advance("HEAD", "").expect("advance"),
             };
             let step = incremental.evaluate(&advanced, now).expect("evaluate");

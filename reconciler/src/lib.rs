@@ -3,10 +3,11 @@
 
 pub mod apply;
 pub mod artifacts;
-pub mod commands;
+pub mod config;
 pub mod definitions;
 pub mod execute;
 pub mod leader;
+pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod pulls;
@@ -18,4 +19,3 @@ pub mod server;
 pub mod source;
 pub mod spec;
 pub mod store;
-pub mod webhook;

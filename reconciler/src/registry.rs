@@ -127,32 +127,27 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
+/// The metrics of the version behind each alias a `not_worse_than` gate names.
+pub type Baselines = BTreeMap<String, BTreeMap<String, f64>>;
+
 /// Evaluates a model's gates on the metrics of a run.
 ///
 /// `baselines` maps each alias named by a `not_worse_than` gate to the metrics of the version
 /// behind it; an alias missing from it has no version yet, and its gates pass.
-pub fn evaluate_gates(
-    model: &ModelSpec,
-    metrics: &Value,
-    baselines: &BTreeMap<String, Value>,
-) -> GateReport {
+pub fn evaluate_gates(model: &ModelSpec, metrics: &Value, baselines: &Baselines) -> GateReport {
     evaluate(model, metrics_of(metrics), baselines)
 }
 
 /// Evaluates a model's gates on a metrics file as the run wrote it; a file that is not a JSON
 /// object of numbers fails every gate, saying why.
-pub fn evaluate_metrics_file(
-    model: &ModelSpec,
-    bytes: &[u8],
-    baselines: &BTreeMap<String, Value>,
-) -> GateReport {
+pub fn evaluate_metrics_file(model: &ModelSpec, bytes: &[u8], baselines: &Baselines) -> GateReport {
     evaluate(model, parse_metrics(bytes), baselines)
 }
 
 fn evaluate(
     model: &ModelSpec,
     metrics: Result<BTreeMap<String, f64>, RegistryError>,
-    baselines: &BTreeMap<String, Value>,
+    baselines: &Baselines,
 ) -> GateReport {
     let checks: Vec<GateCheck> = model
         .gate
@@ -181,11 +176,11 @@ enum Baseline {
     Value(f64),
 }
 
-fn baseline_of(alias: &str, metric: &str, baselines: &BTreeMap<String, Value>) -> Baseline {
+fn baseline_of(alias: &str, metric: &str, baselines: &Baselines) -> Baseline {
     let Some(metrics) = baselines.get(alias) else {
         return Baseline::Absent;
     };
-    match metrics.get(metric).and_then(Value::as_f64) {
+    match metrics.get(metric).copied() {
         Some(b) if b.is_finite() => Baseline::Value(b),
         _ => Baseline::Unusable,
     }
@@ -194,7 +189,7 @@ fn baseline_of(alias: &str, metric: &str, baselines: &BTreeMap<String, Value>) -
 fn check_gate(
     gate: &Gate,
     metrics: &Result<BTreeMap<String, f64>, RegistryError>,
-    baselines: &BTreeMap<String, Value>,
+    baselines: &Baselines,
 ) -> Vec<GateCheck> {
     let bounds: Vec<Bound> =
         gate.min
@@ -465,11 +460,12 @@ mod tests {
         }
     }
 
-    fn no_baselines() -> BTreeMap<String, Value> {
+    fn no_baselines() -> Baselines {
         BTreeMap::new()
     }
 
-    fn champion(metrics: Value) -> BTreeMap<String, Value> {
+    fn champion(metrics: Value) -> Baselines {
+        let metrics = parse_metrics(metrics.to_string().as_bytes()).expect("numbers");
         BTreeMap::from([("champion".to_owned(), metrics)])
     }
 

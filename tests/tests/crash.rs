@@ -123,7 +123,7 @@ async fn ticks(store: &Store) -> Result<Vec<TickRow>> {
 /// Reports about `commit` that are neither delivered nor replaced by a newer one.
 async fn undelivered_reports(store: &Store, commit: &str) -> Result<usize> {
     Ok(store
-        .reports_of_commit(commit)
+        .reports_of_commit::<serde_json::Value>(commit)
         .await?
         .iter()
         .filter(|r| !matches!(r.state, ReportState::Delivered | ReportState::Superseded))
@@ -223,7 +223,7 @@ async fn random_kills(data: DataDir) -> TestResult {
         async || {
             let suspended = store.schedule(SCHEDULE).await?.is_some_and(|s| s.suspended);
             Ok(suspended
-                && store.unfinished_runs().await?.is_empty()
+                && store.unfinished_run_ids().await?.is_empty()
                 && undelivered_reports(&store, &commit).await? == 0
                 && undelivered_reports(&store, &suspend).await? == 0)
         },
@@ -258,7 +258,11 @@ async fn random_kills(data: DataDir) -> TestResult {
         );
     }
 
-    let runs = store.list_runs(Some(PIPELINE), 100_000).await?;
+    let runs = store
+        .list_runs(Some(PIPELINE), 100_000)
+        .await?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
     let mut tick_of_run: BTreeMap<i64, &TickRow> = BTreeMap::new();
     for tick in &ticks {
         assert_eq!(tick.outcome, TickOutcome::Fired, "{tick:?}");
@@ -306,7 +310,9 @@ async fn random_kills(data: DataDir) -> TestResult {
     );
 
     for (run_commit, finished) in finished_by_commit {
-        let reports = store.reports_of_commit(run_commit).await?;
+        let reports = store
+            .reports_of_commit::<serde_json::Value>(run_commit)
+            .await?;
         for report in &reports {
             assert!(
                 matches!(
@@ -347,7 +353,7 @@ async fn killed_step(data: DataDir) -> TestResult {
     let service = Service::start(repo.path(), &data, &[])?;
     let mut run = None;
     wait_for(Duration::from_secs(20), "step b runs", async || {
-        let Some(found) = store.list_runs(Some("two-steps"), 1).await?.pop() else {
+        let Some(Ok(found)) = store.list_runs(Some("two-steps"), 1).await?.pop() else {
             return Ok(false);
         };
         let steps = store.steps(found.id).await?;
@@ -422,7 +428,9 @@ async fn a_lock_left_on_the_notes_ref_by_a_killed_service_does_not_hold_back_rep
     assert_eq!(run.code, Some(0), "{run}");
 
     let store = data.store().await?;
-    let reports = store.reports_of_commit(&commit).await?;
+    let reports = store
+        .reports_of_commit::<serde_json::Value>(&commit)
+        .await?;
     assert!(!reports.is_empty(), "{run}");
     for report in &reports {
         assert_eq!(

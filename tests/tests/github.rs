@@ -287,7 +287,11 @@ async fn a_signed_push_runs_at_once_and_bad_or_replayed_deliveries_do_nothing() 
         .wait_for_status(second, "trainyard/run/churn", "success")
         .await?;
     let store = setup.store().await?;
-    let runs = store.list_runs(None, 10).await?;
+    let runs = store
+        .list_runs(None, 10)
+        .await?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
     assert_eq!(runs.len(), 2, "one run per applied commit: {runs:?}");
     let posted = setup.gh.statuses(&second.to_string()).len();
 
@@ -298,7 +302,12 @@ async fn a_signed_push_runs_at_once_and_bad_or_replayed_deliveries_do_nothing() 
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        store.list_runs(None, 10).await?.len(),
+        store
+            .list_runs(None, 10)
+            .await?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .len(),
         2,
         "a replay runs nothing"
     );
@@ -403,7 +412,16 @@ async fn a_pull_request_keeps_one_plan_comment_and_previews_run_only_for_writers
             .filter(|r| r.trigger == Trigger::Preview)
             .collect::<Vec<_>>()
     };
-    assert!(previews(store.list_runs(None, 20).await?).is_empty());
+    assert!(
+        previews(
+            store
+                .list_runs(None, 20)
+                .await?
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?
+        )
+        .is_empty()
+    );
 
     // A writer asks: a preview of the head's version, its result in its own comment.
     setup.gh.set_permission("bob", Permission::Write);
@@ -416,7 +434,13 @@ async fn a_pull_request_keeps_one_plan_comment_and_previews_run_only_for_writers
         )
         .await?;
     let found = async || -> Result<Vec<trainyard::store::RunRow>> {
-        Ok(previews(store.list_runs(None, 20).await?))
+        Ok(previews(
+            store
+                .list_runs(None, 20)
+                .await?
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?,
+        ))
     };
     wait_for(LIMIT, "a preview run", async || {
         Ok(!found().await?.is_empty())
@@ -424,7 +448,10 @@ async fn a_pull_request_keeps_one_plan_comment_and_previews_run_only_for_writers
     .await?;
     let preview = found().await?.remove(0);
     assert_eq!(preview.commit_sha, latest.to_string());
-    assert_eq!(preview.params, serde_json::json!({"epochs": 5}));
+    assert_eq!(
+        serde_json::to_value(&preview.params)?,
+        serde_json::json!({"epochs": 5})
+    );
     let current = store.current_pipeline("churn").await?.ok_or("churn")?;
     assert_ne!(
         current.version, preview.pipeline_version,

@@ -51,7 +51,11 @@ async fn ticks(store: &Store) -> Result<Vec<TickRow>> {
 
 /// Every run of the pipeline, oldest first.
 async fn runs(store: &Store) -> Result<Vec<RunRow>> {
-    let mut runs = store.list_runs(Some(PIPELINE), 10_000).await?;
+    let mut runs = store
+        .list_runs(Some(PIPELINE), 10_000)
+        .await?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
     runs.reverse();
     Ok(runs)
 }

@@ -9,10 +9,12 @@ use chrono::{
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use trainyard::artifacts::{ArtifactStore, log_key, output_key};
+use trainyard::spec::model::Document;
+use trainyard::spec::parse_file;
 use trainyard::store::{
-    ApplyCommit, AttemptOutcome, AttemptState, CommitOutcome, ModelState, NewArtifact,
-    NewModelVersion, NewRun, NewTick, PipelineUpsert, RunState, ScheduleUpsert, Store, TickOutcome,
-    Trigger,
+    ApplyCommit, AttemptOutcome, AttemptState, CommitOutcome, ModelState, NewArtifact, NewAttempt,
+    NewModelVersion, NewReport, NewRun, NewTick, PipelineUpsert, RunState, ScheduleUpsert, Store,
+    TickOutcome, Trigger,
 };
 use trainyard_tests::{Repo, Result, Run, TestResult, temp_dir, trainyard};
 
@@ -120,8 +122,21 @@ fn new_run(pipeline: &str, version: &str, trigger: Trigger, steps: &[&str]) -> N
         trigger,
         schedule: None,
         scheduled_at: None,
-        params: json!({"epochs": 3, "lr": 0.01}),
+        params: [
+            ("epochs".to_owned(), json!(3)),
+            ("lr".to_owned(), json!(0.01)),
+        ]
+        .into(),
         steps: steps.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+/// The one document of `yaml`.
+fn document(yaml: &str) -> Result<Document> {
+    let parsed = parse_file(yaml.as_bytes());
+    match parsed.documents.into_iter().next() {
+        Some(doc) => Ok(doc.document),
+        None => Err(format!("no document in {yaml}: {:?}", parsed.findings).into()),
     }
 }
 
@@ -131,27 +146,35 @@ fn schedule(
     cron: &str,
     timezone: &str,
     suspend: bool,
-) -> ScheduleUpsert {
-    ScheduleUpsert {
+) -> Result<ScheduleUpsert> {
+    Ok(ScheduleUpsert {
         name: name.to_owned(),
         pipeline: pipeline.to_owned(),
         version: format!("{name}-v1"),
         file: "schedules.yaml".to_owned(),
-        definition: json!({
-            "metadata": {"name": name},
-            "spec": {"pipeline": pipeline, "cron": cron, "timezone": timezone, "suspend": suspend},
-        }),
+        definition: match document(&format!(
+            "apiVersion: trainyard.dev/v1\nkind: Schedule\nmetadata: {{name: {name}}}\n\
+             spec: {{pipeline: {pipeline}, cron: '{cron}', timezone: {timezone}, suspend: {suspend}}}\n"
+        ))? {
+            Document::Schedule(schedule) => schedule,
+            other => return Err(format!("a schedule, not {other:?}").into()),
+        },
         suspended: suspend,
-    }
+    })
 }
 
-fn model(name: &str, run_id: i64, state: ModelState, metrics: Value) -> NewModelVersion {
+fn model(
+    name: &str,
+    run_id: i64,
+    state: ModelState,
+    metrics: &[(&str, f64)],
+) -> NewModelVersion<Value> {
     NewModelVersion {
         model: name.to_owned(),
         run_id,
         state,
-        metrics,
-        gates: json!([]),
+        metrics: metrics.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        gates: Vec::new(),
         reasons: Vec::new(),
         artifact_uri: format!("file:///artifacts/runs/{run_id}/train/model"),
         artifact_sha256: "ab".repeat(32),
@@ -169,8 +192,42 @@ fn outcome(state: AttemptState, at: DateTime<Utc>, exit_code: i32) -> AttemptOut
         message: None,
         retry_at: None,
         artifacts: Vec::new(),
+        charged: true,
     }
 }
+
+/// Records one attempt as the service does before handing it over.
+async fn start(
+    store: &Store,
+    run_id: i64,
+    step: &str,
+    attempt: u32,
+    job: &str,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    let attempt = NewAttempt {
+        run_id,
+        step: step.to_owned(),
+        attempt,
+        job: job.to_owned(),
+    };
+    store.start_attempts(&[attempt], at).await?;
+    store
+        .mark_submitted(&[(run_id, step.to_owned(), attempt_number(job))], at)
+        .await?;
+    Ok(())
+}
+
+/// The attempt number a seeded job name ends with.
+fn attempt_number(job: &str) -> u32 {
+    job.rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// No reports.
+const NO_REPORTS: &[NewReport<Value>] = &[];
 
 /// Seeds a store in `data` the way the service would fill it.
 fn seed(data: &Path) -> Result<Ids> {
@@ -185,11 +242,20 @@ async fn seed_store(data: &Path) -> Result<Ids> {
     let store = Store::connect(utf8(&data.join("trainyard.db"))?).await?;
     let artifacts = ArtifactStore::open(utf8(&data.join("artifacts"))?)?;
 
-    let pipeline = |name: &str, version: &str| PipelineUpsert {
-        name: name.to_owned(),
-        version: version.to_owned(),
-        file: format!("pipelines/{name}.yaml"),
-        definition: json!({"metadata": {"name": name}}),
+    let pipeline = |name: &str, version: &str| -> Result<PipelineUpsert> {
+        let yaml = format!(
+            "apiVersion: trainyard.dev/v1\nkind: Pipeline\nmetadata: {{name: {name}, owner: t}}\n\
+             spec: {{image: i, steps: [{{name: prepare, run: [x]}}, {{name: train, run: [y]}}, {{name: fit, run: [z]}}]}}\n"
+        );
+        Ok(PipelineUpsert {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            file: format!("pipelines/{name}.yaml"),
+            definition: match document(&yaml)? {
+                Document::Pipeline(pipeline) => pipeline,
+                other => return Err(format!("a pipeline, not {other:?}").into()),
+            },
+        })
     };
     let applied = store
         .apply_commit(&ApplyCommit {
@@ -198,8 +264,8 @@ async fn seed_store(data: &Path) -> Result<Ids> {
             outcome: CommitOutcome::Applied,
             summary: "add churn and iris".to_owned(),
             pipelines: vec![
-                pipeline("churn", CHURN_VERSION),
-                pipeline("iris", IRIS_VERSION),
+                pipeline("churn", CHURN_VERSION)?,
+                pipeline("iris", IRIS_VERSION)?,
             ],
             retire_pipelines: Vec::new(),
             schedules: vec![
@@ -209,10 +275,10 @@ async fn seed_store(data: &Path) -> Result<Ids> {
                     "0 2 * * *",
                     "Europe/Berlin",
                     false,
-                ),
-                schedule("iris-hourly", "iris", "@hourly", "UTC", false),
-                schedule("iris-weekly", "iris", "@weekly", "UTC", true),
-                schedule("iris-yearly", "iris", "0 0 1 1 *", "UTC", false),
+                )?,
+                schedule("iris-hourly", "iris", "@hourly", "UTC", false)?,
+                schedule("iris-weekly", "iris", "@weekly", "UTC", true)?,
+                schedule("iris-yearly", "iris", "0 0 1 1 *", "UTC", false)?,
             ],
             retire_schedules: Vec::new(),
             runs: vec![new_run(
@@ -221,15 +287,21 @@ async fn seed_store(data: &Path) -> Result<Ids> {
                 Trigger::Change,
                 &["prepare", "train"],
             )],
-            reports: Vec::new(),
+            reports: NO_REPORTS.to_vec(),
         })
         .await?;
     let churn_change = *applied.run_ids.first().ok_or("the commit started no run")?;
 
     // prepare: one attempt of 4.1 s with an output.
-    store
-        .start_attempt(churn_change, "prepare", 1, "job-prepare-1", at(1_000))
-        .await?;
+    start(
+        &store,
+        churn_change,
+        "prepare",
+        1,
+        "job-prepare-1",
+        at(1_000),
+    )
+    .await?;
     let dataset = artifacts
         .put_bytes(
             &output_key(churn_change, "prepare", "dataset"),
@@ -247,18 +319,14 @@ async fn seed_store(data: &Path) -> Result<Ids> {
         .finish_attempt(churn_change, "prepare", 1, &prepared)
         .await?;
     // train: a failed attempt that is retried, then one that fails for good, 2m03s in all.
-    store
-        .start_attempt(churn_change, "train", 1, "job-train-1", at(6_000))
-        .await?;
+    start(&store, churn_change, "train", 1, "job-train-1", at(6_000)).await?;
     let mut first = outcome(AttemptState::Failed, at(10_000), 1);
     first.message = Some("CUDA error: out of memory".to_owned());
     first.retry_at = Some(at(20_000));
     store
         .finish_attempt(churn_change, "train", 1, &first)
         .await?;
-    store
-        .start_attempt(churn_change, "train", 2, "job-train-2", at(20_000))
-        .await?;
+    start(&store, churn_change, "train", 2, "job-train-2", at(20_000)).await?;
     let mut second = outcome(AttemptState::Failed, at(129_000), 137);
     second.message = Some("killed: out of memory\nsee the log".to_owned());
     store
@@ -268,9 +336,9 @@ async fn seed_store(data: &Path) -> Result<Ids> {
         .finish_run(
             churn_change,
             RunState::Failed,
-            Some("step train failed"),
+            "step train failed",
             at(130_000),
-            &[],
+            NO_REPORTS,
             None,
         )
         .await?;
@@ -354,7 +422,14 @@ async fn seed_store(data: &Path) -> Result<Ids> {
         churn_candidate,
     ] {
         store
-            .finish_run(id, RunState::Succeeded, None, Utc::now(), &[], None)
+            .finish_run(
+                id,
+                RunState::Succeeded,
+                "succeeded",
+                Utc::now(),
+                NO_REPORTS,
+                None,
+            )
             .await?;
     }
 
@@ -362,7 +437,7 @@ async fn seed_store(data: &Path) -> Result<Ids> {
         "churn-classifier",
         churn_scheduled,
         ModelState::Accepted,
-        json!({"auc": 0.91, "loss": 0.2}),
+        &[("auc", 0.91), ("loss", 0.2)],
     );
     champion.promote = Some("champion".to_owned());
     store.register_model(&champion).await?;
@@ -370,7 +445,7 @@ async fn seed_store(data: &Path) -> Result<Ids> {
         "churn-classifier",
         churn_rejected,
         ModelState::Rejected,
-        json!({"auc": 0.7}),
+        &[("auc", 0.7)],
     );
     rejected.reasons = vec!["auc 0.7 is below the minimum 0.8".to_owned()];
     store.register_model(&rejected).await?;
@@ -378,7 +453,7 @@ async fn seed_store(data: &Path) -> Result<Ids> {
         "churn-classifier",
         churn_candidate,
         ModelState::Accepted,
-        json!({"auc": 0.93, "loss": 0.18}),
+        &[("auc", 0.93), ("loss", 0.18)],
     );
     candidate.promote = Some("candidate".to_owned());
     store.register_model(&candidate).await?;
@@ -387,7 +462,7 @@ async fn seed_store(data: &Path) -> Result<Ids> {
             "iris-tree",
             iris_manual,
             ModelState::Accepted,
-            json!({"accuracy": 0.97}),
+            &[("accuracy", 0.97)],
         ))
         .await?;
 
@@ -399,9 +474,15 @@ async fn seed_store(data: &Path) -> Result<Ids> {
             &["prepare", "train"],
         ))
         .await?;
-    store
-        .start_attempt(churn_running, "prepare", 1, "job-running-1", Utc::now())
-        .await?;
+    start(
+        &store,
+        churn_running,
+        "prepare",
+        1,
+        "job-running-1",
+        Utc::now(),
+    )
+    .await?;
 
     store.close().await;
     Ok(Ids {

@@ -124,7 +124,7 @@ async fn a_signed_push_is_applied_at_once_and_forged_or_replayed_ones_do_nothing
 
     let (code, text) = deliver(port, "push", "d-1", None, &body)?;
     assert_eq!(code, 401, "{text}");
-    let forged = trainyard::webhook::sign(b"not the secret", &body);
+    let forged = trainyard::server::webhooks::sign(b"not the secret", &body);
     let (code, text) = deliver(port, "push", "d-1", Some(&forged), &body)?;
     assert_eq!(code, 401, "{text}");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -133,9 +133,14 @@ async fn a_signed_push_is_applied_at_once_and_forged_or_replayed_ones_do_nothing
         Some(first.as_str()),
         "refused deliveries make it look at nothing"
     );
-    assert!(store.pending_forge_events(10).await?.is_empty());
+    assert!(
+        store
+            .pending_forge_events::<trainyard::report::ForgeEvent>(10)
+            .await?
+            .is_empty()
+    );
 
-    let signature = trainyard::webhook::sign(SECRET.as_bytes(), &body);
+    let signature = trainyard::server::webhooks::sign(SECRET.as_bytes(), &body);
     let (code, text) = deliver(port, "push", "d-1", Some(&signature), &body)?;
     assert_eq!((code, text.as_str()), (202, "queued\n"));
     wait_for(
@@ -149,11 +154,16 @@ async fn a_signed_push_is_applied_at_once_and_forged_or_replayed_ones_do_nothing
     let (code, text) = deliver(port, "push", "d-1", Some(&signature), &body)?;
     assert_eq!((code, text.as_str()), (200, "duplicate delivery\n"));
     let ping = br#"{"zen": "Practicality beats purity."}"#;
-    let signature = trainyard::webhook::sign(SECRET.as_bytes(), ping);
+    let signature = trainyard::server::webhooks::sign(SECRET.as_bytes(), ping);
     assert_eq!(
         deliver(port, "ping", "d-2", Some(&signature), ping)?,
         (200, "pong\n".to_owned())
     );
-    assert!(store.pending_forge_events(10).await?.is_empty());
+    assert!(
+        store
+            .pending_forge_events::<trainyard::report::ForgeEvent>(10)
+            .await?
+            .is_empty()
+    );
     Ok(())
 }

@@ -144,6 +144,15 @@ pub struct ServeArgs {
     /// How often the branch is checked for new commits, in seconds.
     #[arg(long, default_value_t = 5)]
     poll_seconds: u64,
+    /// How long a step attempt may wait for the executor to accept it (a cluster refusing
+    /// or failing its Job's create) before it fails with the executor's words, in seconds.
+    #[arg(long, default_value_t = 300)]
+    submit_deadline_seconds: u64,
+    /// How long a shutdown waits for steps running on this machine before it stops them,
+    /// in seconds; a step stopped so runs again at the next start, not counted against its
+    /// retries.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace_seconds: u64,
     /// Prefix of status contexts when several services follow one repository.
     #[arg(long)]
     instance: Option<String>,
@@ -372,7 +381,7 @@ fn snapshot(path: &Path, rev: Option<&str>) -> Result<Snapshot> {
         None => Ok(Snapshot::from_work_tree(path)?),
         Some(rev) => {
             let (repo, subdir) = discover(path)?;
-            Ok(Snapshot::at_revision(repo, rev, &subdir)?)
+            Ok(Snapshot::at_revision(&repo, rev, &subdir)?)
         }
     }
 }
@@ -441,22 +450,22 @@ fn plan(
 ) -> Result<ExitCode> {
     let (repo, subdir) = discover(path)?;
     let short = |rev: &str| -> Result<String> {
-        let commit = repo
+        let git = repo.git();
+        let commit = git
             .revparse_single(rev)
             .and_then(|o| o.peel_to_commit())
             .with_context(|| format!("revision {rev:?} not found"))?;
         Ok(commit.id().to_string()[..12].to_owned())
     };
     let (from_id, to_id) = (short(from)?, short(to)?);
-    let repo_path = repo.path().to_owned();
     let mut definitions = Definitions::new(policy_config(common)?)?;
     // Planning from before the tracked directory existed plans from nothing.
-    let old = match Snapshot::at_revision(git2::Repository::open(&repo_path)?, from, &subdir) {
+    let old = match Snapshot::at_revision(&repo, from, &subdir) {
         Ok(snapshot) => definitions.catalog(&snapshot)?,
         Err(SourceError::PathNotFound { .. }) => Catalog::default(),
         Err(error) => return Err(error.into()),
     };
-    let new = definitions.evaluate(&Snapshot::at_revision(repo, to, &subdir)?, now)?;
+    let new = definitions.evaluate(&Snapshot::at_revision(&repo, to, &subdir)?, now)?;
     let plan = Planner::default().plan(&from_id, &to_id, &old, &new.catalog, new.diagnostics, now);
     let output = match format {
         PlanFormat::Text => render_text(&plan),

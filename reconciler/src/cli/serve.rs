@@ -9,16 +9,16 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use trainyard::artifacts::ArtifactStore;
+use trainyard::config::Config;
 use trainyard::execute::kubernetes::ClusterSettings;
 use trainyard::execute::{Executor, JobEvent, KubernetesExecutor, LocalExecutor};
 use trainyard::leader::{Election, Leadership};
 use trainyard::report::AnyForge;
 use trainyard::report::github::{GithubAuth, GithubConfig, GithubForge};
 use trainyard::report::notes::NotesForge;
-use trainyard::runtime::{BranchWatcher, Config, Service, clone_cache};
+use trainyard::runtime::{Parts, Runtime};
 use trainyard::server::{self, AppState, Webhooks};
-use trainyard::source::discover;
-use trainyard::spec::Pipeline;
+use trainyard::source::{BranchWatcher, Repo, discover};
 use trainyard::spec::check::{resolve_params, typed_params};
 use trainyard::store::{FOLLOWED_CURSOR, NewRun, RunState, Store, Trigger};
 
@@ -67,12 +67,8 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         None => {
             let start = PathBuf::from(args.repo.as_deref().unwrap_or("."));
             let (found, _) = discover(&start)?;
-            let root = found
-                .workdir()
-                .map(Path::to_path_buf)
-                .context("the followed repository must have a work tree")?;
-            let data_dir = args.store.data_dir_from(&root)?;
-            (Some(root), data_dir)
+            let data_dir = args.store.data_dir_from(found.root())?;
+            (Some(found), data_dir)
         }
         Some(_) => {
             let data_dir = args
@@ -89,10 +85,12 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let data_dir = data_dir
         .canonicalize()
         .with_context(|| format!("cannot read {}", data_dir.display()))?;
-    let root = work_tree.unwrap_or_else(|| data_dir.join("repo.git"));
-    if let Some(url) = &remote {
-        clone_cache(url, &root).with_context(|| format!("cannot clone {url}"))?;
-    }
+    let repo = match (work_tree, &remote) {
+        (Some(found), _) => found,
+        (None, Some(url)) => Repo::cache_of(url, &data_dir.join("repo.git"))
+            .with_context(|| format!("cannot clone {url}"))?,
+        (None, None) => anyhow::bail!("no repository to follow"),
+    };
     let database = args.store.database_in(&data_dir)?;
     let artifacts_at = args.store.artifacts_in(&data_dir)?;
     let store = Store::connect(&database)
@@ -109,8 +107,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let setting = |artifacts: ArtifactStore, cluster: Option<kube::Client>| Setting {
         store,
         artifacts,
-        root,
-        remote,
+        repo,
         data_dir: data_dir.clone(),
         cluster,
     };
@@ -159,8 +156,7 @@ struct Setting {
     store: Store,
     artifacts: ArtifactStore,
     /// The followed repository (a work tree, or the bare cache of a remote).
-    root: PathBuf,
-    remote: Option<String>,
+    repo: Repo,
     data_dir: PathBuf,
     /// The cluster's client, when steps run there or replicas elect a leader.
     cluster: Option<kube::Client>,
@@ -176,9 +172,9 @@ async fn cluster_client() -> Result<kube::Client> {
 }
 
 /// GitHub when a repository is named, else Git notes in the followed repository.
-fn choose_forge(args: &GithubArgs, root: &Path) -> Result<AnyForge> {
+fn choose_forge(args: &GithubArgs, repo: &Repo) -> Result<AnyForge> {
     let Some(full_name) = &args.github_repo else {
-        return Ok(NotesForge::new(root.to_path_buf()).into());
+        return Ok(NotesForge::new(repo.clone()).into());
     };
     let (owner, repo) = full_name
         .split_once('/')
@@ -235,27 +231,34 @@ async fn drive<E: Executor>(
     executor: E,
     events: tokio::sync::mpsc::UnboundedReceiver<JobEvent>,
     setting: Setting,
-    shutdown: Option<impl std::future::Future<Output = ()>>,
+    shutdown: Option<impl std::future::Future<Output = ()> + Send + 'static>,
 ) -> Result<ExitCode> {
     let Setting {
         store,
         artifacts,
-        root,
-        remote,
+        repo,
         data_dir,
         cluster,
     } = setting;
-    let forge = choose_forge(&args.github, &root)?;
+    let forge = choose_forge(&args.github, &repo)?;
+    let installation = store
+        .installation(args.instance.as_deref())
+        .await
+        .context("cannot settle this installation's identity")?;
     let config = Config {
-        repo: root.clone(),
-        remote: remote.clone(),
         branch: args.branch.clone(),
         subdir: args.path.trim_matches('/').to_owned(),
         data_dir: data_dir.clone(),
         instance: args.instance.clone(),
+        installation,
         max_parallel_steps: args.max_parallel_steps.max(1),
         policy: policy_config(&args.common)?,
+        poll: Duration::from_secs(args.poll_seconds.max(1)),
+        submit_deadline: Duration::from_secs(args.submit_deadline_seconds.max(1)),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
     };
+    let remote = repo.remote().map(str::to_owned);
+    let git_dir = repo.git_dir();
     let webhook_secret = webhook_secret(
         args.webhook_secret_file.as_deref(),
         std::env::var_os(WEBHOOK_SECRET_VAR),
@@ -263,8 +266,16 @@ async fn drive<E: Executor>(
     if webhook_secret.is_some() && args.listen.is_none() && !args.once {
         anyhow::bail!("webhooks are served over HTTP: give --listen ADDR too");
     }
-    let mut service =
-        Service::new(config, store.clone(), executor, events, forge, artifacts).await?;
+    let mut service = Runtime::new(Parts {
+        config,
+        repo,
+        store: store.clone(),
+        executor,
+        job_events: events,
+        forge,
+        artifacts,
+    })
+    .await?;
     if let Some(shutdown) = shutdown {
         let (stopping, stop) = tokio::sync::watch::channel(false);
         // Health first: a replica waiting for the API server or the Lease is alive.
@@ -273,14 +284,14 @@ async fn drive<E: Executor>(
                 let listener = tokio::net::TcpListener::bind(address)
                     .await
                     .with_context(|| format!("cannot listen on {address}"))?;
-                let mut state = AppState::new(service.heartbeat(), store);
+                let mut state = AppState::new(service.health(), store, service.metrics());
                 if let Some(secret) = webhook_secret {
-                    state = state.with_webhooks(Webhooks::new(secret, service.wake_handle()));
+                    state = state.with_webhooks(Webhooks::new(secret, service.wake()));
                 }
                 tracing::info!(
                     address = %listener.local_addr()?,
                     webhooks = state.webhooks.is_some(),
-                    "serving /healthz and /readyz"
+                    "serving /healthz, /readyz and /metrics"
                 );
                 let routes = server::router(state);
                 let mut stop = stop.clone();
@@ -299,7 +310,7 @@ async fn drive<E: Executor>(
         // a remote repository is always polled.
         let watch = match remote {
             Some(_) => None,
-            None => match BranchWatcher::new(&root) {
+            None => match BranchWatcher::new(&git_dir) {
                 Ok(watch) => Some(watch),
                 Err(error) => {
                     tracing::warn!(%error, "watching the repository failed; polling only");
@@ -309,7 +320,6 @@ async fn drive<E: Executor>(
         };
         service
             .serve(
-                Duration::from_secs(args.poll_seconds.max(1)),
                 watch,
                 leadership.as_ref().map(Leadership::subscribe),
                 shutdown,
@@ -334,7 +344,7 @@ async fn drive<E: Executor>(
         println!("{short}: run {id} {state}");
     }
     let git = match &remote {
-        Some(_) => format!("git --git-dir {} ", root.display()),
+        Some(_) => format!("git --git-dir {} ", git_dir.display()),
         None => "git ".to_owned(),
     };
     println!(
@@ -385,7 +395,7 @@ fn webhook_secret(file: Option<&Path>, env: Option<std::ffi::OsString>) -> Resul
 /// A future that completes on SIGINT (ctrl-c) or SIGTERM (how Kubernetes stops a pod).
 /// The handlers are installed at once: a signal that comes before the future is first
 /// polled (while the service starts) still stops it gracefully instead of killing it.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -439,7 +449,7 @@ pub fn queue(args: RunArgs) -> Result<ExitCode> {
             eprintln!("trainyard: pipeline {:?} is not declared on the followed branch (the service applies commits: trainyard serve)", args.pipeline);
             return Ok(ExitCode::from(EXIT_INVALID));
         };
-        let pipeline: Pipeline = serde_json::from_value(row.definition.clone()).context("stored pipeline definition is unreadable")?;
+        let pipeline = row.definition.as_ref();
         let mut given = BTreeMap::new();
         for param in &args.params {
             let Some((name, text)) = param.split_once('=') else {
@@ -447,8 +457,8 @@ pub fn queue(args: RunArgs) -> Result<ExitCode> {
             };
             given.insert(name.to_owned(), text.to_owned());
         }
-        let given = typed_params(&pipeline, &given);
-        let params = match resolve_params(&pipeline, &given) {
+        let given = typed_params(pipeline, &given);
+        let params = match resolve_params(pipeline, &given) {
             Ok(params) => params,
             Err(problems) => {
                 for problem in problems {
@@ -460,16 +470,7 @@ pub fn queue(args: RunArgs) -> Result<ExitCode> {
         };
         let commit = store.cursor(FOLLOWED_CURSOR).await?.context("no commit has been applied yet")?;
         let id = store
-            .create_run(&NewRun {
-                pipeline: row.name.clone(),
-                pipeline_version: row.version.clone(),
-                commit_sha: commit,
-                trigger: Trigger::Manual,
-                schedule: None,
-                scheduled_at: None,
-                params: serde_json::to_value(params)?,
-                steps: pipeline.spec.steps.iter().map(|s| s.name.clone()).collect(),
-            })
+            .create_run(&NewRun::of(pipeline, &row.version, &commit, Trigger::Manual, params))
             .await?;
         println!("run {id} of {} queued; the service starts it (trainyard serve, or serve --once)", row.name);
         Ok(ExitCode::SUCCESS)

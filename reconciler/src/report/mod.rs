@@ -1,12 +1,18 @@
 //! Results reported back where a change was made: commit statuses and one sticky comment per
 //! pull request, through a [`Forge`]. The embedded default forge writes Git notes ([`notes`]).
 //!
-//! Reports travel through the store's outbox as JSON ([`Report`]); the delivery loop hands
-//! each to [`deliver`], retries [`ForgeError::Transient`] after [`backoff`] and records
-//! [`ForgeError::Permanent`].
+//! Reports travel through the store's outbox as JSON ([`Report`], built by [`bodies`]); the
+//! delivery loop hands each to [`deliver`], retries [`ForgeError::Transient`] after
+//! [`backoff`] and records [`ForgeError::Permanent`]. What forges tell Trainyard comes back
+//! as [`ForgeEvent`]s.
 
+pub mod bodies;
+mod event;
 pub mod github;
 pub mod notes;
+
+pub use bodies::{Outgoing, status_report};
+pub use event::{ForgeEvent, PrAction};
 #[cfg(test)]
 pub(crate) mod suite;
 
@@ -510,7 +516,7 @@ mod tests {
     async fn deliver_sets_a_status_and_finds_no_pull_request_for_a_comment_in_notes() {
         let dir = tempfile::tempdir().expect("temp dir");
         let commit = repository_with_a_commit(dir.path());
-        let forge = NotesForge::new(dir.path().to_path_buf());
+        let forge = NotesForge::open(dir.path()).expect("a repository");
         let status = Report::Status(Status {
             commit: commit.clone(),
             context: "trainyard/validate".to_owned(),

@@ -9,13 +9,14 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use git2::{ErrorClass, ErrorCode, Oid, Repository, Signature};
 
 use super::{Forge, ForgeError, Permission, Status, StatusState, fit_description};
+use crate::source::Repo;
 
 /// The notes ref Trainyard writes.
 pub const NOTES_REF: &str = "refs/notes/trainyard";
@@ -37,22 +38,28 @@ const URL_LINE: &str = "  url: ";
 /// nowhere to go and [`Forge::pull_request_of`] always answers `None`.
 #[derive(Debug, Clone)]
 pub struct NotesForge {
-    repo_path: PathBuf,
+    repo: Repo,
 }
 
 impl NotesForge {
-    /// A forge writing notes into the repository at `repo_path`, opened on each call because
-    /// a `git2::Repository` cannot be shared between threads.
-    pub fn new(repo_path: PathBuf) -> Self {
-        NotesForge { repo_path }
+    /// A forge writing notes into the followed repository, through its one handle.
+    pub fn new(repo: Repo) -> Self {
+        NotesForge { repo }
+    }
+
+    /// A forge writing notes into the repository at `path`, opened now.
+    pub fn open(path: &Path) -> Result<Self, ForgeError> {
+        Ok(NotesForge {
+            repo: Repo::from_git(open(path)?, path.to_path_buf(), None),
+        })
     }
 }
 
 impl Forge for NotesForge {
     async fn set_status(&self, status: &Status) -> Result<(), ForgeError> {
-        let path = self.repo_path.clone();
+        let repo = self.repo.clone();
         let status = status.clone();
-        tokio::task::spawn_blocking(move || write_status(&path, &status))
+        tokio::task::spawn_blocking(move || write_status(&repo.git(), &status))
             .await
             .map_err(|e| ForgeError::Permanent {
                 message: format!("writing the note failed: {e}"),
@@ -187,7 +194,7 @@ fn parse_status_line(line: &str) -> Option<(String, Entry)> {
     })
 }
 
-fn write_status(repo_path: &Path, status: &Status) -> Result<(), ForgeError> {
+fn write_status(repo: &Repository, status: &Status) -> Result<(), ForgeError> {
     let one_line = |what: &str, text: &str| {
         if text.is_empty() || text.chars().any(char::is_control) || text != text.trim() {
             Err(ForgeError::Permanent {
@@ -218,8 +225,7 @@ fn write_status(repo_path: &Path, status: &Status) -> Result<(), ForgeError> {
             ),
         });
     }
-    let repo = open(repo_path)?;
-    let commit = commit_id(&repo, &status.commit)?;
+    let commit = commit_id(repo, &status.commit)?;
     let signature = Signature::now("Trainyard", "trainyard@localhost")
         .map_err(|e| git_error("making the notes signature", e))?;
     let staging = staging_ref();
@@ -233,11 +239,11 @@ fn write_status(repo_path: &Path, status: &Status) -> Result<(), ForgeError> {
     };
     let mut attempt = 1;
     let outcome = loop {
-        match write_once(&repo, &staging, commit, status, &entry, &signature) {
+        match write_once(repo, &staging, commit, status, &entry, &signature) {
             Ok(()) => break Ok(()),
             Err(e) if contended(&e) && attempt < MAX_ATTEMPTS => {
                 if e.code() == ErrorCode::Locked {
-                    remove_stale_lock(&repo);
+                    remove_stale_lock(repo);
                 }
                 std::thread::sleep(Duration::from_millis(1 + attempt as u64 % 8));
                 attempt += 1;
@@ -254,7 +260,7 @@ fn write_status(repo_path: &Path, status: &Status) -> Result<(), ForgeError> {
             Err(e) => break Err(git_error("writing the note", e)),
         }
     };
-    if let Err(e) = remove_staging(&repo, &staging) {
+    if let Err(e) = remove_staging(repo, &staging) {
         tracing::warn!(reference = %staging, error = %e, "could not remove a staging ref");
     }
     outcome
@@ -420,7 +426,7 @@ mod tests {
 
     impl ForgeProbe for NotesForge {
         fn statuses(&self, commit: &str) -> Vec<Status> {
-            let text = read_note(&self.repo_path, commit)
+            let text = read_note(self.repo.root(), commit)
                 .expect("the note is readable")
                 .unwrap_or_default();
             Note::parse(&text)
@@ -437,7 +443,7 @@ mod tests {
         }
 
         fn writes(&self) -> usize {
-            notes_commits(&self.repo_path)
+            notes_commits(self.repo.root())
         }
     }
 
@@ -474,7 +480,7 @@ mod tests {
         let dir = TempDir::new().expect("temp dir");
         let (commit, other_commit) = repository(dir.path());
         Fixture {
-            forge: NotesForge::new(dir.path().to_path_buf()),
+            forge: NotesForge::open(dir.path()).expect("a repository"),
             commit,
             other_commit,
             unknown_commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
@@ -521,7 +527,7 @@ mod tests {
         ] {
             f.forge.set_status(&s).await.expect("status set");
         }
-        let note = read_note(&f.forge.repo_path, &f.commit)
+        let note = read_note(f.forge.repo.root(), &f.commit)
             .expect("readable")
             .expect("a note");
         assert_eq!(
@@ -548,7 +554,7 @@ mod tests {
             .expect("status set");
         let output = Command::new("git")
             .arg("-C")
-            .arg(&f.forge.repo_path)
+            .arg(f.forge.repo.root())
             .args(["log", "--notes=trainyard", "--format=%H%n%N", "-1"])
             .arg(&f.commit)
             .output()
@@ -571,7 +577,7 @@ mod tests {
         let mut tasks = Vec::new();
         for i in 0..writers {
             // A forge per writer, as separate processes would have.
-            let forge = Arc::new(NotesForge::new(f.forge.repo_path.clone()));
+            let forge = Arc::new(NotesForge::open(f.forge.repo.root()).expect("opens"));
             let commit = if i % 2 == 0 {
                 &f.commit
             } else {
@@ -595,8 +601,8 @@ mod tests {
             writers,
             "{on_first:?} {on_other:?}"
         );
-        assert_eq!(notes_commits(&f.forge.repo_path), writers);
-        let repo = Repository::open(&f.forge.repo_path).expect("opens");
+        assert_eq!(notes_commits(f.forge.repo.root()), writers);
+        let repo = Repository::open(f.forge.repo.root()).expect("opens");
         let staging_left = repo
             .references_glob(&format!("{STAGING_PREFIX}*"))
             .expect("glob")
@@ -607,7 +613,7 @@ mod tests {
     #[tokio::test]
     async fn lines_written_by_people_are_kept() {
         let f = notes_fixture().await;
-        let repo = Repository::open(&f.forge.repo_path).expect("opens");
+        let repo = Repository::open(f.forge.repo.root()).expect("opens");
         let sig = Signature::now("Ann", "ann@example.com").expect("signature");
         let oid = Oid::from_str(&f.commit).expect("commit id");
         repo.note(
@@ -628,7 +634,7 @@ mod tests {
             ))
             .await
             .expect("status set");
-        let note = read_note(&f.forge.repo_path, &f.commit)
+        let note = read_note(f.forge.repo.root(), &f.commit)
             .expect("readable")
             .expect("a note");
         assert_eq!(
@@ -672,15 +678,13 @@ mod tests {
         let ambiguous = status(&f.commit, "ci: pending — a", StatusState::Success, "x");
         let err = f.forge.set_status(&ambiguous).await.expect_err("ambiguous");
         assert!(err.to_string().contains("would not read back"), "{err}");
-        assert_eq!(notes_commits(&f.forge.repo_path), 0);
+        assert_eq!(notes_commits(f.forge.repo.root()), 0);
     }
 
     #[tokio::test]
     async fn a_path_that_is_not_a_repository_is_a_permanent_error() {
         let dir = TempDir::new().expect("temp dir");
-        let forge = NotesForge::new(dir.path().join("missing"));
-        let s = status(&"a".repeat(40), "trainyard/plan", StatusState::Success, "x");
-        let err = forge.set_status(&s).await.expect_err("no repository");
+        let err = NotesForge::open(&dir.path().join("missing")).expect_err("no repository");
         assert!(matches!(err, ForgeError::Permanent { .. }), "{err}");
     }
 

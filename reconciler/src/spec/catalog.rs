@@ -62,6 +62,21 @@ pub type FileChanges = Vec<(Arc<str>, Option<Arc<ParsedFile>>)>;
 pub type DocumentKey = (Kind, Arc<str>);
 
 impl Catalog {
+    /// The catalog of files given as (path, YAML), with default settings: for tests.
+    #[cfg(test)]
+    pub(crate) fn of_files(files: &[(&str, &str)]) -> Catalog {
+        let parsed: Vec<_> = files
+            .iter()
+            .map(|(path, yaml)| {
+                (
+                    Arc::from(*path),
+                    Arc::new(crate::spec::parse_file(yaml.as_bytes())),
+                )
+            })
+            .collect();
+        Catalog::assemble(crate::spec::Settings::default(), &parsed).0
+    }
+
     /// Collects the documents of `files` (the first definition of a name in path order wins)
     /// and checks what needs several documents. Returns every candidate document: the caller
     /// removes files that turn out to have errors with [`Catalog::drop_failed`].

@@ -685,6 +685,10 @@ pub struct ParamProblem {
     pub hint: Option<String>,
 }
 
+/// A run's parameters, resolved: every declared param with its value (a JSON number,
+/// string or boolean).
+pub type Params = BTreeMap<String, serde_json::Value>;
+
 /// Values given as text (`epochs=3` on a command line or in a comment) typed as `pipeline`
 /// declares them: a text that does not read as its param's type stays text, for
 /// [`resolve_params`] to refuse with the param's type.
@@ -719,7 +723,7 @@ pub fn typed_params(
 pub fn resolve_params(
     pipeline: &Pipeline,
     overrides: &BTreeMap<String, serde_json::Value>,
-) -> Result<BTreeMap<String, serde_json::Value>, Vec<ParamProblem>> {
+) -> Result<Params, Vec<ParamProblem>> {
     let declared = &pipeline.spec.params;
     let mut problems = Vec::new();
     for (name, value) in overrides {

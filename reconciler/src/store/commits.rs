@@ -1,14 +1,15 @@
 //! Applying commits of the followed branch: the commit log, cursors, pipeline versions and
 //! the declared schedules.
 
+use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::outbox::enqueue;
 use super::runs::insert_run;
 use super::{
-    Applied, ApplyCommit, CommitOutcome, PipelineRow, PipelineUpsert, Result, ScheduleUpsert,
-    Store, StoreError, get_json, get_time, millis,
+    Applied, ApplyCommit, Cells, CommitOutcome, PipelineRow, PipelineUpsert, Result,
+    ScheduleUpsert, Store, StoreError, millis, to_json,
 };
 
 /// The cursor holding the last commit of the followed branch that was applied or rejected.
@@ -20,7 +21,7 @@ impl Store {
     /// Applying a commit already recorded writes nothing and returns the first result with
     /// `first_time: false`. A rejected commit writes only its commit row, its reports and the
     /// cursor; it must carry no changes.
-    pub async fn apply_commit(&self, commit: &ApplyCommit) -> Result<Applied> {
+    pub async fn apply_commit<P: Serialize>(&self, commit: &ApplyCommit<P>) -> Result<Applied> {
         if commit.outcome == CommitOutcome::Rejected
             && !(commit.pipelines.is_empty()
                 && commit.retire_pipelines.is_empty()
@@ -122,9 +123,9 @@ impl Store {
     }
 
     /// Every pipeline the followed branch declares now, by name: what a restarted service
-    /// rebuilds its declared state from.
-    pub async fn current_pipelines(&self) -> Result<Vec<PipelineRow>> {
-        sqlx::query(
+    /// rebuilds its declared state from. Each row is read on its own.
+    pub async fn current_pipelines(&self) -> Result<Vec<Result<PipelineRow>>> {
+        Ok(sqlx::query(
             "SELECT v.pipeline, v.version, v.commit_sha, v.file, v.definition, v.created_at
              FROM pipelines p
              JOIN pipeline_versions v ON v.pipeline = p.name AND v.version = p.version
@@ -135,7 +136,7 @@ impl Store {
         .await?
         .iter()
         .map(pipeline_row)
-        .collect()
+        .collect())
     }
 
     /// Any version of a pipeline ever applied, current or not, or read from a pull
@@ -160,13 +161,16 @@ impl Store {
 }
 
 fn pipeline_row(row: &AnyRow) -> Result<PipelineRow> {
+    let name: String = row.try_get("pipeline")?;
+    let version: String = row.try_get("version")?;
+    let c = Cells::new(row, "pipeline_versions", format!("{name}@{version}"));
     Ok(PipelineRow {
-        name: row.try_get("pipeline")?,
-        version: row.try_get("version")?,
-        commit_sha: row.try_get("commit_sha")?,
-        file: row.try_get("file")?,
-        definition: get_json(row, "definition")?,
-        created_at: get_time(row, "created_at")?,
+        commit_sha: c.get("commit_sha")?,
+        file: c.get("file")?,
+        definition: c.json("definition")?,
+        created_at: c.time("created_at")?,
+        name,
+        version,
     })
 }
 
@@ -189,16 +193,18 @@ async fn upsert_pipeline(
     sha: &str,
     at: i64,
 ) -> Result<()> {
+    // A version is a content hash, so the definition stored for it is this one; writing it
+    // again repairs a row that can no longer be read.
     sqlx::query(
         "INSERT INTO pipeline_versions (pipeline, version, commit_sha, file, definition, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (pipeline, version) DO NOTHING",
+         ON CONFLICT (pipeline, version) DO UPDATE SET definition = excluded.definition",
     )
     .bind(&pipeline.name)
     .bind(&pipeline.version)
     .bind(sha)
     .bind(&pipeline.file)
-    .bind(pipeline.definition.to_string())
+    .bind(to_json("a pipeline's definition", pipeline.definition.as_ref())?)
     .bind(at)
     .execute(&mut *conn)
     .await?;
@@ -259,7 +265,7 @@ async fn upsert_schedule(
     })
     .transpose()?;
     let suspended = i64::from(schedule.suspended);
-    let definition = schedule.definition.to_string();
+    let definition = to_json("a schedule's definition", schedule.definition.as_ref())?;
     match existing {
         None => {
             sqlx::query(
@@ -283,7 +289,8 @@ async fn upsert_schedule(
             sqlx::query(
                 "UPDATE schedules SET pipeline = $2, version = $3, definition = $4,
                      commit_sha = $5, file = $6, active_since = $7, suspended = $8,
-                     paused_at = NULL, consecutive_failures = 0, retired_at = NULL
+                     paused_at = NULL, consecutive_failures = 0, retired_at = NULL,
+                     stalled_at = NULL, stalled_reason = NULL
                  WHERE name = $1",
             )
             .bind(&schedule.name)
@@ -302,7 +309,8 @@ async fn upsert_schedule(
             let active_since = if resumed { at } else { old.active_since };
             sqlx::query(
                 "UPDATE schedules SET pipeline = $2, version = $3, definition = $4,
-                     commit_sha = $5, file = $6, suspended = $7, active_since = $8
+                     commit_sha = $5, file = $6, suspended = $7, active_since = $8,
+                     stalled_at = NULL, stalled_reason = NULL
                  WHERE name = $1",
             )
             .bind(&schedule.name)
@@ -316,7 +324,18 @@ async fn upsert_schedule(
             .execute(&mut *conn)
             .await?;
         }
-        Some(_) => {}
+        Some(_) => {
+            // The same version, declared again: its definition is this one, and writing it
+            // repairs a row that could no longer be read (and the stall that caused).
+            sqlx::query(
+                "UPDATE schedules SET definition = $2, stalled_at = NULL, stalled_reason = NULL
+                 WHERE name = $1 AND definition <> $2",
+            )
+            .bind(&schedule.name)
+            .bind(definition)
+            .execute(&mut *conn)
+            .await?;
+        }
     }
     Ok(())
 }

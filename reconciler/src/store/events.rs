@@ -2,10 +2,11 @@
 //! server and taken, oldest first, by the service's loop.
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use sqlx::Row;
 
-use super::{Result, Store, StoreError, millis};
-use crate::webhook::ForgeEvent;
+use super::{Cells, Result, Store, StoreError, millis, to_json};
 
 /// Longest delivery id kept; GitHub's are UUIDs.
 const MAX_DELIVERY_LEN: usize = 200;
@@ -13,10 +14,10 @@ const MAX_DELIVERY_LEN: usize = 200;
 impl Store {
     /// Queues `event` under its delivery id. Returns false, storing nothing, when that
     /// delivery was recorded before (a redelivery or a replay).
-    pub async fn record_forge_event(
+    pub async fn record_forge_event<E: Serialize>(
         &self,
         delivery: &str,
-        event: &ForgeEvent,
+        event: &E,
         now: DateTime<Utc>,
     ) -> Result<bool> {
         if delivery.is_empty() || delivery.len() > MAX_DELIVERY_LEN {
@@ -25,8 +26,7 @@ impl Store {
                 delivery.len()
             )));
         }
-        let json = serde_json::to_string(event)
-            .map_err(|e| StoreError::Invalid(format!("event cannot be stored: {e}")))?;
+        let json = to_json("a forge event", event)?;
         // One statement, so that concurrent recorders of one delivery race on the unique
         // index and exactly one of them inserts.
         let inserted = sqlx::query(
@@ -42,8 +42,12 @@ impl Store {
         Ok(inserted.is_some())
     }
 
-    /// Unfinished events, oldest first, at most `limit`, with their queue ids.
-    pub async fn pending_forge_events(&self, limit: u32) -> Result<Vec<(i64, ForgeEvent)>> {
+    /// Unfinished events, oldest first, at most `limit`, with their queue ids. Each is read
+    /// on its own: one that cannot be read as an `E` is that error, beside its id.
+    pub async fn pending_forge_events<E: DeserializeOwned>(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<(i64, Result<E>)>> {
         let rows = sqlx::query(
             "SELECT id, event FROM forge_events WHERE finished_at IS NULL ORDER BY id LIMIT $1",
         )
@@ -53,25 +57,26 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let id: i64 = row.try_get("id")?;
-                let text: String = row.try_get("event")?;
-                let event = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                    column: "forge_events.event",
-                    value: text.clone(),
-                    reason: e.to_string(),
-                })?;
-                Ok((id, event))
+                Ok((id, Cells::new(row, "forge_events", id).json("event")))
             })
             .collect()
     }
 
-    /// Marks an event handled, so that it is not handed out again. Finishing it twice keeps
-    /// the first time.
-    pub async fn finish_forge_event(&self, id: i64, now: DateTime<Utc>) -> Result<()> {
+    /// Marks an event handled, with what became of it (`handled`, or why it was dropped),
+    /// so that it is not handed out again. Finishing it twice keeps the first time.
+    pub async fn finish_forge_event(
+        &self,
+        id: i64,
+        outcome: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let done = sqlx::query(
-            "UPDATE forge_events SET finished_at = $2 WHERE id = $1 AND finished_at IS NULL",
+            "UPDATE forge_events SET finished_at = $2, outcome = $3
+             WHERE id = $1 AND finished_at IS NULL",
         )
         .bind(id)
         .bind(millis(now))
+        .bind(outcome)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {

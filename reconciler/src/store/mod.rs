@@ -6,6 +6,7 @@
 
 mod commits;
 mod events;
+mod installation;
 mod outbox;
 mod pulls;
 mod registry;
@@ -17,13 +18,15 @@ mod types;
 mod tests;
 
 pub use commits::FOLLOWED_CURSOR;
+pub use installation::{MAX_INSTALLATION_LEN, is_installation_name};
 pub use pulls::PullRequestRow;
 pub use types::*;
 
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, ConnectOptions, Connection, Row, SqlSafeStr, Transaction};
@@ -46,14 +49,26 @@ pub enum StoreError {
     /// The schema could not be brought up to date.
     #[error("migrating the database schema: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// A stored value this version cannot read (written by a newer version, or edited by hand).
-    #[error("stored {column} {value:?} is not valid: {reason}")]
+    /// A stored value this version cannot read (written by a newer version, or edited by
+    /// hand). Only the row it is in is affected: every list the store returns reads each row
+    /// on its own.
+    #[error("the stored {table} row {row} cannot be read: column {column} {reason}")]
     Corrupt {
+        /// The table.
+        table: &'static str,
+        /// The row's key (an id, a name, `pipeline@version`).
+        row: String,
         /// The column.
         column: &'static str,
-        /// The value found.
-        value: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// A value could not be turned into its stored form; nothing was written.
+    #[error("cannot store {what}: {reason}")]
+    Encode {
+        /// What was being stored.
+        what: &'static str,
+        /// Why it failed.
         reason: String,
     },
     /// A row the call refers to does not exist.
@@ -74,6 +89,27 @@ pub enum StoreError {
 
 /// Results of store calls.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    /// Whether trying again may help: the database unreachable, busy or shutting a
+    /// connection, a transaction that lost a race. A row that cannot be read, a call that
+    /// contradicts the data, or a schema this version does not know stays as it is.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(error) => !matches!(
+                error,
+                sqlx::Error::ColumnNotFound(_)
+                    | sqlx::Error::ColumnDecode { .. }
+                    | sqlx::Error::ColumnIndexOutOfBounds { .. }
+                    | sqlx::Error::TypeNotFound { .. }
+                    | sqlx::Error::Decode(_)
+                    | sqlx::Error::Configuration(_)
+                    | sqlx::Error::InvalidArgument(_)
+            ),
+            _ => false,
+        }
+    }
+}
 
 /// Which database the store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,16 +200,18 @@ impl Store {
 
 /// The schema migrations of one backend, embedded in the binary.
 fn migrator(backend: Backend) -> Migrator {
-    let (init, forge_events, pulls) = match backend {
+    let (init, forge_events, pulls, level) = match backend {
         Backend::Sqlite => (
             include_str!("../../migrations/sqlite/0001_init.sql"),
             include_str!("../../migrations/sqlite/0002_forge_events.sql"),
             include_str!("../../migrations/sqlite/0003_pulls.sql"),
+            include_str!("../../migrations/sqlite/0004_level_triggered.sql"),
         ),
         Backend::Postgres => (
             include_str!("../../migrations/postgres/0001_init.sql"),
             include_str!("../../migrations/postgres/0002_forge_events.sql"),
             include_str!("../../migrations/postgres/0003_pulls.sql"),
+            include_str!("../../migrations/postgres/0004_level_triggered.sql"),
         ),
     };
     let migration = |version, name: &'static str, sql: &'static str| {
@@ -189,6 +227,7 @@ fn migrator(backend: Backend) -> Migrator {
         migration(1, "init", init),
         migration(2, "forge_events", forge_events),
         migration(3, "pulls", pulls),
+        migration(4, "level_triggered", level),
     ])
 }
 
@@ -243,74 +282,112 @@ fn opt_millis(at: Option<DateTime<Utc>>) -> Option<i64> {
     at.map(millis)
 }
 
-fn to_time(column: &'static str, ms: i64) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt {
-        column,
-        value: ms.to_string(),
-        reason: "out of the representable time range".to_owned(),
-    })
-}
-
-/// Reads a required time column.
-fn get_time(row: &AnyRow, column: &'static str) -> Result<DateTime<Utc>> {
-    to_time(column, row.try_get(column)?)
-}
-
-/// Reads a nullable time column.
-fn get_opt_time(row: &AnyRow, column: &'static str) -> Result<Option<DateTime<Utc>>> {
-    row.try_get::<Option<i64>, _>(column)?
-        .map(|ms| to_time(column, ms))
-        .transpose()
-}
-
-/// Reads a JSON text column.
-fn get_json(row: &AnyRow, column: &'static str) -> Result<Value> {
-    let text: String = row.try_get(column)?;
-    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-        column,
-        value: text.clone(),
+/// The stored form of a typed JSON column.
+fn to_json<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Encode {
+        what,
         reason: e.to_string(),
     })
 }
 
-/// Reads a 0/1 flag column.
-fn get_flag(row: &AnyRow, column: &'static str) -> Result<bool> {
-    Ok(row.try_get::<i64, _>(column)? != 0)
+/// One row being read: every failure to read a column names the table, the row and the
+/// column, so a corrupt value is found and fixed where it is.
+struct Cells<'r> {
+    row: &'r AnyRow,
+    table: &'static str,
+    key: String,
 }
 
-/// Reads a non-negative counter column.
-fn get_count(row: &AnyRow, column: &'static str) -> Result<u32> {
-    let value: i64 = row.try_get(column)?;
-    u32::try_from(value).map_err(|e| StoreError::Corrupt {
-        column,
-        value: value.to_string(),
-        reason: e.to_string(),
-    })
-}
+impl<'r> Cells<'r> {
+    fn new(row: &'r AnyRow, table: &'static str, key: impl std::fmt::Display) -> Self {
+        Cells {
+            row,
+            table,
+            key: key.to_string(),
+        }
+    }
 
-/// Reads a nullable exit code.
-fn get_exit_code(row: &AnyRow, column: &'static str) -> Result<Option<i32>> {
-    row.try_get::<Option<i64>, _>(column)?
-        .map(|code| {
-            i32::try_from(code).map_err(|e| StoreError::Corrupt {
-                column,
-                value: code.to_string(),
-                reason: e.to_string(),
-            })
+    fn corrupt(&self, column: &'static str, reason: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            table: self.table,
+            row: self.key.clone(),
+            column,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Any column sqlx can decode as `T`.
+    fn get<T>(&self, column: &'static str) -> Result<T>
+    where
+        T: for<'a> sqlx::Decode<'a, Any> + sqlx::Type<Any>,
+    {
+        self.row
+            .try_get(column)
+            .map_err(|e| self.corrupt(column, e))
+    }
+
+    /// A required time.
+    fn time(&self, column: &'static str) -> Result<DateTime<Utc>> {
+        let ms: i64 = self.get(column)?;
+        DateTime::from_timestamp_millis(ms)
+            .ok_or_else(|| self.corrupt(column, format!("{ms} is out of the time range")))
+    }
+
+    /// A nullable time.
+    fn opt_time(&self, column: &'static str) -> Result<Option<DateTime<Utc>>> {
+        let ms: Option<i64> = self.get(column)?;
+        ms.map(|ms| {
+            DateTime::from_timestamp_millis(ms)
+                .ok_or_else(|| self.corrupt(column, format!("{ms} is out of the time range")))
         })
         .transpose()
-}
+    }
 
-/// Reads a text column holding one of a stored enum's words.
-fn get_enum<T>(
-    row: &AnyRow,
-    column: &'static str,
-    from_stored: fn(&str) -> Option<T>,
-) -> Result<T> {
-    let text: String = row.try_get(column)?;
-    from_stored(&text).ok_or_else(|| StoreError::Corrupt {
-        column,
-        value: text.clone(),
-        reason: "unknown value".to_owned(),
-    })
+    /// A JSON text column decoded into its type.
+    fn json<T: DeserializeOwned>(&self, column: &'static str) -> Result<T> {
+        let text: String = self.get(column)?;
+        serde_json::from_str(&text).map_err(|e| self.corrupt(column, format!("is not valid: {e}")))
+    }
+
+    /// A nullable JSON text column.
+    fn opt_json<T: DeserializeOwned>(&self, column: &'static str) -> Result<Option<T>> {
+        let text: Option<String> = self.get(column)?;
+        text.map(|text| {
+            serde_json::from_str(&text)
+                .map_err(|e| self.corrupt(column, format!("is not valid: {e}")))
+        })
+        .transpose()
+    }
+
+    /// A 0/1 flag.
+    fn flag(&self, column: &'static str) -> Result<bool> {
+        Ok(self.get::<i64>(column)? != 0)
+    }
+
+    /// A non-negative counter.
+    fn count(&self, column: &'static str) -> Result<u32> {
+        let value: i64 = self.get(column)?;
+        u32::try_from(value).map_err(|e| self.corrupt(column, format!("{value}: {e}")))
+    }
+
+    /// A non-negative 64-bit number (sizes, pull request and comment numbers).
+    fn unsigned(&self, column: &'static str) -> Result<u64> {
+        let value: i64 = self.get(column)?;
+        u64::try_from(value).map_err(|e| self.corrupt(column, format!("{value}: {e}")))
+    }
+
+    /// A nullable exit code.
+    fn exit_code(&self, column: &'static str) -> Result<Option<i32>> {
+        let code: Option<i64> = self.get(column)?;
+        code.map(|code| {
+            i32::try_from(code).map_err(|e| self.corrupt(column, format!("{code}: {e}")))
+        })
+        .transpose()
+    }
+
+    /// One of a stored enum's words.
+    fn word<T>(&self, column: &'static str, from_stored: fn(&str) -> Option<T>) -> Result<T> {
+        let text: String = self.get(column)?;
+        from_stored(&text).ok_or_else(|| self.corrupt(column, format!("holds unknown {text:?}")))
+    }
 }

@@ -2,18 +2,17 @@
 //! describe, and handed to the delivery loop newest-per-context, with retries.
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::{
-    NewReport, ReportKind, ReportRow, ReportState, Result, Store, get_count, get_enum, get_json,
-    get_opt_time, get_time, millis,
-};
+use super::{Cells, NewReport, ReportKind, ReportRow, ReportState, Result, Store, millis, to_json};
 
 /// Adds reports to the outbox, due at once.
-pub(super) async fn enqueue(
+pub(super) async fn enqueue<P: Serialize>(
     conn: &mut AnyConnection,
-    reports: &[NewReport],
+    reports: &[NewReport<P>],
     at: DateTime<Utc>,
 ) -> Result<()> {
     for report in reports {
@@ -25,7 +24,7 @@ pub(super) async fn enqueue(
         .bind(&report.commit_sha)
         .bind(report.kind.as_str())
         .bind(&report.key)
-        .bind(report.payload.to_string())
+        .bind(to_json("a report", &report.payload)?)
         .bind(millis(at))
         .execute(&mut *conn)
         .await?;
@@ -42,7 +41,14 @@ impl Store {
     ///
     /// Reports reach the forge in the order they were written: while a report waits for its
     /// retry (the forge is rate limiting or failing), none written after it is due.
-    pub async fn due_reports(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<ReportRow>> {
+    ///
+    /// Each row is read on its own; one whose payload cannot be read as a `P` comes back
+    /// as that error, with its id, so it can be marked failed without holding up the rest.
+    pub async fn due_reports<P: DeserializeOwned>(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(i64, Result<ReportRow<P>>)>> {
         let mut tx = self.write().await?;
         sqlx::query(
             "UPDATE outbox SET state = 'superseded'
@@ -71,7 +77,18 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        rows.iter().map(report_row).collect()
+        rows.iter()
+            .map(|row| Ok((row.try_get("id")?, report_row(row))))
+            .collect()
+    }
+
+    /// When the next pending report is due, if one is: how long the delivery loop may sleep.
+    pub async fn next_report_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let at: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(at.and_then(DateTime::from_timestamp_millis))
     }
 
     /// Records that the forge accepted a report. Returns false if it was already delivered or
@@ -126,7 +143,10 @@ impl Store {
     }
 
     /// Every report about a commit, oldest first, whatever its state.
-    pub async fn reports_of_commit(&self, commit_sha: &str) -> Result<Vec<ReportRow>> {
+    pub async fn reports_of_commit<P: DeserializeOwned>(
+        &self,
+        commit_sha: &str,
+    ) -> Result<Vec<ReportRow<P>>> {
         sqlx::query(
             "SELECT id, commit_sha, kind, report_key, payload, state, attempts, next_attempt_at,
                  last_error, created_at, delivered_at
@@ -141,18 +161,20 @@ impl Store {
     }
 }
 
-fn report_row(row: &AnyRow) -> Result<ReportRow> {
+fn report_row<P: DeserializeOwned>(row: &AnyRow) -> Result<ReportRow<P>> {
+    let id: i64 = row.try_get("id")?;
+    let c = Cells::new(row, "outbox", id);
     Ok(ReportRow {
-        id: row.try_get("id")?,
-        commit_sha: row.try_get("commit_sha")?,
-        kind: get_enum(row, "kind", ReportKind::from_stored)?,
-        key: row.try_get("report_key")?,
-        payload: get_json(row, "payload")?,
-        state: get_enum(row, "state", ReportState::from_stored)?,
-        attempts: get_count(row, "attempts")?,
-        next_attempt_at: get_time(row, "next_attempt_at")?,
-        last_error: row.try_get("last_error")?,
-        created_at: get_time(row, "created_at")?,
-        delivered_at: get_opt_time(row, "delivered_at")?,
+        id,
+        commit_sha: c.get("commit_sha")?,
+        kind: c.word("kind", ReportKind::from_stored)?,
+        key: c.get("report_key")?,
+        payload: c.json("payload")?,
+        state: c.word("state", ReportState::from_stored)?,
+        attempts: c.count("attempts")?,
+        next_attempt_at: c.time("next_attempt_at")?,
+        last_error: c.get("last_error")?,
+        created_at: c.time("created_at")?,
+        delivered_at: c.opt_time("delivered_at")?,
     })
 }

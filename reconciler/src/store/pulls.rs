@@ -3,13 +3,14 @@
 //! reports enqueued on their own rather than with a change of the declared state.
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::outbox::enqueue;
 use super::runs::insert_run;
 use super::{
-    NewReport, NewRun, PipelineUpsert, Result, Store, StoreError, Trigger, get_flag, millis,
+    Cells, NewReport, NewRun, PipelineUpsert, Result, Store, StoreError, Trigger, millis, to_json,
 };
 
 /// A pull request as the forge last described it.
@@ -75,7 +76,11 @@ impl Store {
     }
 
     /// Adds reports to the outbox on their own, due at once.
-    pub async fn enqueue_reports(&self, reports: &[NewReport], at: DateTime<Utc>) -> Result<()> {
+    pub async fn enqueue_reports<P: Serialize>(
+        &self,
+        reports: &[NewReport<P>],
+        at: DateTime<Utc>,
+    ) -> Result<()> {
         let mut tx = self.write().await?;
         enqueue(&mut tx, reports, at).await?;
         tx.commit().await?;
@@ -97,13 +102,13 @@ impl Store {
     ///
     /// A comment starts one run: asking again returns that run's id with `false` and writes
     /// nothing.
-    pub async fn create_preview(
+    pub async fn create_preview<P: Serialize>(
         &self,
         comment_id: u64,
         pr: u64,
         version: &PipelineUpsert,
         run: &NewRun,
-        reports: impl FnOnce(i64) -> Vec<NewReport>,
+        reports: impl FnOnce(i64) -> Vec<NewReport<P>>,
         at: DateTime<Utc>,
     ) -> Result<(i64, bool)> {
         if run.trigger != Trigger::Preview
@@ -136,7 +141,10 @@ impl Store {
         .bind(&version.version)
         .bind(&run.commit_sha)
         .bind(&version.file)
-        .bind(version.definition.to_string())
+        .bind(to_json(
+            "a pipeline's definition",
+            version.definition.as_ref(),
+        )?)
         .bind(millis(at))
         .execute(&mut *tx)
         .await?;
@@ -162,9 +170,10 @@ impl Store {
         number
             .map(|n| {
                 u64::try_from(n).map_err(|e| StoreError::Corrupt {
+                    table: "previews",
+                    row: format!("of run {run_id}"),
                     column: "pull_request",
-                    value: n.to_string(),
-                    reason: e.to_string(),
+                    reason: format!("{n}: {e}"),
                 })
             })
             .transpose()
@@ -173,17 +182,14 @@ impl Store {
 
 fn pull_request_row(row: &AnyRow) -> Result<PullRequestRow> {
     let number: i64 = row.try_get("number")?;
+    let c = Cells::new(row, "pull_requests", number);
     Ok(PullRequestRow {
-        number: u64::try_from(number).map_err(|e| StoreError::Corrupt {
-            column: "number",
-            value: number.to_string(),
-            reason: e.to_string(),
-        })?,
-        head_sha: row.try_get("head_sha")?,
-        head_ref: row.try_get("head_ref")?,
-        base_ref: row.try_get("base_ref")?,
-        from_fork: get_flag(row, "from_fork")?,
-        author: row.try_get("author")?,
-        open: get_flag(row, "is_open")?,
+        number: c.unsigned("number")?,
+        head_sha: c.get("head_sha")?,
+        head_ref: c.get("head_ref")?,
+        base_ref: c.get("base_ref")?,
+        from_fork: c.flag("from_fork")?,
+        author: c.get("author")?,
+        open: c.flag("is_open")?,
     })
 }

@@ -1,13 +1,13 @@
 //! The model registry's records: versions (accepted or rejected) with their lineage, and
 //! aliases such as `champion`.
 
+use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::outbox::enqueue;
 use super::{
-    ModelState, ModelVersionRow, NewModelVersion, Result, Store, StoreError, get_enum, get_json,
-    get_time, millis,
+    Cells, ModelState, ModelVersionRow, NewModelVersion, Result, Store, StoreError, millis, to_json,
 };
 
 /// The columns of [`ModelVersionRow`] from `model_versions m`, for `concat!`.
@@ -29,7 +29,10 @@ impl Store {
     /// registering again returns the first result and writes nothing.
     ///
     /// Returns the version number, or `None` for a rejected model.
-    pub async fn register_model(&self, model: &NewModelVersion) -> Result<Option<i64>> {
+    pub async fn register_model<P: Serialize>(
+        &self,
+        model: &NewModelVersion<P>,
+    ) -> Result<Option<i64>> {
         if model.state == ModelState::Rejected && model.reasons.is_empty() {
             return Err(StoreError::Invalid(format!(
                 "rejected model {} of run {} needs a reason",
@@ -74,7 +77,7 @@ impl Store {
         let reasons = if model.reasons.is_empty() {
             None
         } else {
-            Some(serde_json::Value::from(model.reasons.clone()).to_string())
+            Some(to_json("a model's reasons", &model.reasons)?)
         };
         let at = millis(model.at);
         sqlx::query(
@@ -87,8 +90,8 @@ impl Store {
         .bind(version)
         .bind(model.run_id)
         .bind(model.state.as_str())
-        .bind(model.metrics.to_string())
-        .bind(model.gates.to_string())
+        .bind(to_json("a model's metrics", &model.metrics)?)
+        .bind(to_json("a model's gate results", &model.gates)?)
         .bind(reasons)
         .bind(&model.artifact_uri)
         .bind(&model.artifact_sha256)
@@ -176,29 +179,23 @@ impl Store {
 }
 
 fn model_version_row(row: &AnyRow) -> Result<ModelVersionRow> {
-    let reasons = match row.try_get::<Option<String>, _>("reasons")? {
-        None => Vec::new(),
-        Some(text) => serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-            column: "reasons",
-            value: text.clone(),
-            reason: e.to_string(),
-        })?,
-    };
+    let id: i64 = row.try_get("id")?;
+    let c = Cells::new(row, "model_versions", id);
     Ok(ModelVersionRow {
-        id: row.try_get("id")?,
-        model: row.try_get("model")?,
-        version: row.try_get("version")?,
-        run_id: row.try_get("run_id")?,
-        state: get_enum(row, "state", ModelState::from_stored)?,
-        metrics: get_json(row, "metrics")?,
-        gates: get_json(row, "gates")?,
-        reasons,
-        artifact_uri: row.try_get("artifact_uri")?,
-        artifact_sha256: row.try_get("artifact_sha256")?,
-        commit_sha: row.try_get("commit_sha")?,
-        pipeline: row.try_get("pipeline")?,
-        pipeline_version: row.try_get("pipeline_version")?,
-        params: get_json(row, "params")?,
-        created_at: get_time(row, "created_at")?,
+        id,
+        model: c.get("model")?,
+        version: c.get("version")?,
+        run_id: c.get("run_id")?,
+        state: c.word("state", ModelState::from_stored)?,
+        metrics: c.json("metrics")?,
+        gates: c.json("gates")?,
+        reasons: c.opt_json("reasons")?.unwrap_or_default(),
+        artifact_uri: c.get("artifact_uri")?,
+        artifact_sha256: c.get("artifact_sha256")?,
+        commit_sha: c.get("commit_sha")?,
+        pipeline: c.get("pipeline")?,
+        pipeline_version: c.get("pipeline_version")?,
+        params: c.json("params")?,
+        created_at: c.time("created_at")?,
     })
 }

@@ -1,22 +1,40 @@
 //! Runs, their steps, step attempts and artifacts: what the run loop reads and records.
+//!
+//! The run loop reads all of its work in three queries ([`Store::unfinished_work`]) and
+//! records the attempts a pass starts in one transaction ([`Store::start_attempts`]) before
+//! any is handed to the executor, so a thousand runs due in one second cost a handful of
+//! round trips, not thousands.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::outbox::enqueue;
 use super::{
-    ArtifactRow, AttemptOutcome, AttemptRow, AttemptState, NewReport, NewRun, Result, RunRow,
-    RunState, StepRow, StepState, Store, StoreError, Trigger, get_count, get_enum, get_exit_code,
-    get_flag, get_json, get_opt_time, get_time, millis, opt_millis,
+    ArtifactRow, AttemptOutcome, AttemptRow, AttemptState, Cells, NewAttempt, NewReport, NewRun,
+    OpenAttempt, Result, RunRow, RunState, RunWork, StepRow, StepState, StepWork, Store,
+    StoreError, Trigger, millis, opt_millis, to_json,
 };
 
 /// The columns of [`RunRow`], for `concat!`.
 macro_rules! run_columns {
     () => {
-        "SELECT id, pipeline, pipeline_version, commit_sha, triggered_by, schedule, scheduled_at,
-             params, state, message, cancel_requested, created_at, started_at, finished_at
-         FROM runs "
+        "SELECT r.id, r.pipeline, r.pipeline_version, r.commit_sha, r.triggered_by, r.schedule,
+             r.scheduled_at, r.params, r.state, r.message, r.cancel_requested, r.created_at,
+             r.started_at, r.finished_at
+         FROM runs r "
+    };
+}
+
+/// The columns of [`StepRow`], for `concat!`.
+macro_rules! step_columns {
+    () => {
+        "SELECT s.run_id, s.name, s.state, s.attempt, s.failures, s.job, s.retry_at,
+             s.started_at, s.finished_at, s.exit_code, s.message
+         FROM steps s "
     };
 }
 
@@ -40,7 +58,7 @@ pub(super) async fn insert_run(
     .bind(run.trigger.as_str())
     .bind(run.schedule.as_deref())
     .bind(opt_millis(run.scheduled_at))
-    .bind(run.params.to_string())
+    .bind(to_json("a run's params", &run.params)?)
     .bind(applied_commit)
     .bind(millis(at))
     .fetch_one(&mut *conn)
@@ -59,6 +77,87 @@ pub(super) async fn insert_run(
     Ok(id)
 }
 
+/// Ends run `run_id` as `state` inside the caller's transaction, enqueueing `reports`.
+///
+/// For a scheduled run, the schedule's failure streak resets on success and grows on
+/// failure; when it reaches `pause_after_failures` the schedule is paused at `at`. A
+/// cancelled run leaves the streak alone. Returns false, writing nothing, if the run had
+/// already finished.
+async fn finish_run_in<P: Serialize>(
+    conn: &mut AnyConnection,
+    run_id: i64,
+    state: RunState,
+    message: &str,
+    at: DateTime<Utc>,
+    reports: &[NewReport<P>],
+    pause_after_failures: Option<u32>,
+) -> Result<bool> {
+    if !state.is_finished() {
+        return Err(StoreError::Invalid(format!(
+            "a run cannot finish as {state}"
+        )));
+    }
+    let finished = sqlx::query(
+        "UPDATE runs SET state = $2, message = $3, finished_at = $4
+         WHERE id = $1 AND state IN ('pending', 'running')
+         RETURNING triggered_by, schedule",
+    )
+    .bind(run_id)
+    .bind(state.as_str())
+    .bind(message)
+    .bind(millis(at))
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(finished) = finished else {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        return match exists {
+            Some(_) => Ok(false),
+            None => Err(StoreError::NotFound {
+                what: "run",
+                key: run_id.to_string(),
+            }),
+        };
+    };
+    let cells = Cells::new(&finished, "runs", run_id);
+    let trigger = cells.word("triggered_by", Trigger::from_stored)?;
+    let schedule: Option<String> = cells.get("schedule")?;
+    if let (Trigger::Schedule, Some(schedule)) = (trigger, schedule) {
+        match state {
+            RunState::Succeeded => {
+                sqlx::query("UPDATE schedules SET consecutive_failures = 0 WHERE name = $1")
+                    .bind(&schedule)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            RunState::Failed => {
+                let failures: i64 = sqlx::query_scalar(
+                    "UPDATE schedules SET consecutive_failures = consecutive_failures + 1
+                     WHERE name = $1 RETURNING consecutive_failures",
+                )
+                .bind(&schedule)
+                .fetch_one(&mut *conn)
+                .await?;
+                if pause_after_failures.is_some_and(|limit| failures >= i64::from(limit)) {
+                    sqlx::query(
+                        "UPDATE schedules SET paused_at = $2
+                         WHERE name = $1 AND paused_at IS NULL",
+                    )
+                    .bind(&schedule)
+                    .bind(millis(at))
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+            _ => {}
+        }
+    }
+    enqueue(conn, reports, at).await?;
+    Ok(true)
+}
+
 impl Store {
     /// Creates a run outside of commits and ticks (manual and preview runs). Its creation
     /// time is now.
@@ -69,36 +168,125 @@ impl Store {
         Ok(id)
     }
 
-    /// The runs applying commit `sha` started (those its change triggered), oldest first.
-    pub async fn runs_of_commit(&self, sha: &str) -> Result<Vec<RunRow>> {
-        sqlx::query(concat!(
+    /// The runs applying commit `sha` started (those its change triggered), oldest first;
+    /// each row read on its own.
+    pub async fn runs_of_commit(&self, sha: &str) -> Result<Vec<Result<RunRow>>> {
+        Ok(sqlx::query(concat!(
             run_columns!(),
-            "WHERE applied_commit = $1 ORDER BY id"
+            "WHERE r.applied_commit = $1 ORDER BY r.id"
         ))
         .bind(sha)
         .fetch_all(&self.pool)
         .await?
         .iter()
         .map(run_row)
-        .collect()
+        .collect())
     }
 
-    /// Runs pending or running, oldest first: the run loop's work after a restart.
-    pub async fn unfinished_runs(&self) -> Result<Vec<RunRow>> {
-        sqlx::query(concat!(
+    /// Ids of the runs pending or running, oldest first.
+    pub async fn unfinished_run_ids(&self) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM runs WHERE state IN ('pending', 'running') ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every run pending or running, oldest first, by id, with its steps and their open
+    /// attempts: three queries, however many runs there are. A run any of whose rows cannot
+    /// be read comes back as that error, on its own.
+    pub async fn unfinished_work(&self) -> Result<Vec<(i64, Result<RunWork>)>> {
+        let runs = sqlx::query(concat!(
             run_columns!(),
-            "WHERE state IN ('pending', 'running') ORDER BY id"
+            "WHERE r.state IN ('pending', 'running') ORDER BY r.id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let steps = sqlx::query(concat!(
+            step_columns!(),
+            "JOIN runs r ON r.id = s.run_id
+             WHERE r.state IN ('pending', 'running') ORDER BY s.run_id, s.ordinal"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let open = sqlx::query(
+            "SELECT a.run_id, a.step, a.attempt, a.job, a.created_at, a.submitted_at,
+                 a.running_at, a.message
+             FROM step_attempts a JOIN runs r ON r.id = a.run_id
+             WHERE a.finished_at IS NULL AND r.state IN ('pending', 'running')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut attempts: HashMap<(i64, String), Result<OpenAttempt>> = HashMap::new();
+        for row in &open {
+            let run_id: i64 = row.try_get("run_id")?;
+            let step: String = row.try_get("step")?;
+            let key = format!("{run_id}/{step}");
+            let cells = Cells::new(row, "step_attempts", &key);
+            let attempt = (|| {
+                Ok(OpenAttempt {
+                    attempt: cells.count("attempt")?,
+                    job: cells.get("job")?,
+                    created_at: cells.time("created_at")?,
+                    submitted_at: cells.opt_time("submitted_at")?,
+                    running_at: cells.opt_time("running_at")?,
+                    message: cells.get("message")?,
+                })
+            })();
+            // Only the newest attempt of a step can be open; an older one left open (a
+            // crash between two writes of an older version) is the step's business.
+            let newer = match (attempts.get(&(run_id, step.clone())), &attempt) {
+                (Some(Ok(known)), Ok(this)) => this.attempt > known.attempt,
+                _ => true,
+            };
+            if newer {
+                attempts.insert((run_id, step), attempt);
+            }
+        }
+        let mut steps_of: HashMap<i64, Vec<Result<StepWork>>> = HashMap::new();
+        for row in &steps {
+            let run_id: i64 = row.try_get("run_id")?;
+            let work = step_row(row).and_then(|step| {
+                let open = attempts
+                    .remove(&(run_id, step.name.clone()))
+                    .transpose()?
+                    .filter(|a| a.attempt == step.attempt);
+                Ok(StepWork { step, open })
+            });
+            steps_of.entry(run_id).or_default().push(work);
+        }
+        runs.iter()
+            .map(|row| {
+                let id: i64 = row.try_get("id")?;
+                let steps = steps_of.remove(&id).unwrap_or_default();
+                let work = run_row(row).and_then(|run| {
+                    let steps = steps.into_iter().collect::<Result<Vec<_>>>()?;
+                    Ok(RunWork { run, steps })
+                });
+                Ok((id, work))
+            })
+            .collect()
+    }
+
+    /// The runs whose every step succeeded and that have not finished: what the registry
+    /// loop completes, oldest first.
+    pub async fn runs_to_complete(&self) -> Result<Vec<Result<RunRow>>> {
+        Ok(sqlx::query(concat!(
+            run_columns!(),
+            "WHERE r.state = 'running' AND NOT EXISTS (
+                 SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.state <> 'succeeded')
+             ORDER BY r.id"
         ))
         .fetch_all(&self.pool)
         .await?
         .iter()
         .map(run_row)
-        .collect()
+        .collect())
     }
 
     /// One run.
     pub async fn run(&self, id: i64) -> Result<Option<RunRow>> {
-        sqlx::query(concat!(run_columns!(), "WHERE id = $1"))
+        sqlx::query(concat!(run_columns!(), "WHERE r.id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -106,11 +294,15 @@ impl Store {
             .transpose()
     }
 
-    /// Runs newest first, of one pipeline or all, at most `limit`.
-    pub async fn list_runs(&self, pipeline: Option<&str>, limit: u32) -> Result<Vec<RunRow>> {
-        sqlx::query(concat!(
+    /// Runs newest first, of one pipeline or all, at most `limit`; each row read on its own.
+    pub async fn list_runs(
+        &self,
+        pipeline: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Result<RunRow>>> {
+        Ok(sqlx::query(concat!(
             run_columns!(),
-            "WHERE ($1 IS NULL OR pipeline = $1) ORDER BY id DESC LIMIT $2"
+            "WHERE ($1 IS NULL OR r.pipeline = $1) ORDER BY r.id DESC LIMIT $2"
         ))
         .bind(pipeline)
         .bind(i64::from(limit))
@@ -118,16 +310,15 @@ impl Store {
         .await?
         .iter()
         .map(run_row)
-        .collect()
+        .collect())
     }
 
     /// The steps of a run in definition order.
     pub async fn steps(&self, run_id: i64) -> Result<Vec<StepRow>> {
-        sqlx::query(
-            "SELECT run_id, name, state, attempt, job, retry_at, started_at, finished_at,
-                 exit_code, message
-             FROM steps WHERE run_id = $1 ORDER BY ordinal",
-        )
+        sqlx::query(concat!(
+            step_columns!(),
+            "WHERE s.run_id = $1 ORDER BY s.ordinal"
+        ))
         .bind(run_id)
         .fetch_all(&self.pool)
         .await?
@@ -139,8 +330,8 @@ impl Store {
     /// Every attempt of every step of a run, by step order then attempt.
     pub async fn attempts(&self, run_id: i64) -> Result<Vec<AttemptRow>> {
         sqlx::query(
-            "SELECT a.run_id, a.step, a.attempt, a.job, a.state, a.started_at, a.finished_at,
-                 a.exit_code, a.message
+            "SELECT a.run_id, a.step, a.attempt, a.job, a.state, a.created_at, a.submitted_at,
+                 a.running_at, a.finished_at, a.exit_code, a.message
              FROM step_attempts a
              JOIN steps s ON s.run_id = a.run_id AND s.name = a.step
              WHERE a.run_id = $1 ORDER BY s.ordinal, a.attempt",
@@ -153,84 +344,188 @@ impl Store {
         .collect()
     }
 
-    /// Records that attempt `attempt` of a step was submitted as executor job `job`: the step
-    /// runs it, and the run is running from `at` if it was pending.
+    /// Records attempts before they are handed to the executor, all in one transaction: each
+    /// step runs its attempt, and each run is running from `at` if it was pending.
     ///
-    /// Returns false, writing nothing, if that attempt was recorded before.
-    pub async fn start_attempt(
+    /// Returns, for each attempt, whether it is new; one recorded before writes nothing.
+    pub async fn start_attempts(
+        &self,
+        attempts: &[NewAttempt],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<bool>> {
+        if let Some(bad) = attempts.iter().find(|a| a.attempt == 0) {
+            return Err(StoreError::Invalid(format!(
+                "attempts are numbered from 1 ({}/{})",
+                bad.run_id, bad.step
+            )));
+        }
+        if attempts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let at = millis(at);
+        let mut tx = self.write().await?;
+        let mut new = Vec::with_capacity(attempts.len());
+        for attempt in attempts {
+            let step = sqlx::query(
+                "UPDATE steps SET state = 'running', attempt = $3, job = $4, retry_at = NULL,
+                     started_at = COALESCE(started_at, $5), finished_at = NULL,
+                     exit_code = NULL, message = NULL
+                 WHERE run_id = $1 AND name = $2 AND attempt < $3",
+            )
+            .bind(attempt.run_id)
+            .bind(&attempt.step)
+            .bind(i64::from(attempt.attempt))
+            .bind(&attempt.job)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            if step.rows_affected() == 0 {
+                let exists: Option<i64> =
+                    sqlx::query_scalar("SELECT attempt FROM steps WHERE run_id = $1 AND name = $2")
+                        .bind(attempt.run_id)
+                        .bind(&attempt.step)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if exists.is_none() {
+                    return Err(StoreError::NotFound {
+                        what: "step",
+                        key: format!("{}/{}", attempt.run_id, attempt.step),
+                    });
+                }
+                new.push(false);
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO step_attempts (run_id, step, attempt, job, state, created_at)
+                 VALUES ($1, $2, $3, $4, 'running', $5)",
+            )
+            .bind(attempt.run_id)
+            .bind(&attempt.step)
+            .bind(i64::from(attempt.attempt))
+            .bind(&attempt.job)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE runs SET state = 'running', started_at = $2
+                 WHERE id = $1 AND state = 'pending'",
+            )
+            .bind(attempt.run_id)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            new.push(true);
+        }
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    /// Records that the executor accepted these attempts at `at` (kept if recorded before),
+    /// in one transaction, clearing any problem noted while handing them over.
+    pub async fn mark_submitted(
+        &self,
+        attempts: &[(i64, String, u32)],
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write().await?;
+        for (run_id, step, attempt) in attempts {
+            let done = sqlx::query(
+                "UPDATE step_attempts SET submitted_at = COALESCE(submitted_at, $4),
+                     message = NULL
+                 WHERE run_id = $1 AND step = $2 AND attempt = $3 AND finished_at IS NULL",
+            )
+            .bind(run_id)
+            .bind(step)
+            .bind(i64::from(*attempt))
+            .bind(millis(at))
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                sqlx::query(
+                    "UPDATE steps SET message = NULL
+                     WHERE run_id = $1 AND name = $2 AND attempt = $3 AND state = 'running'",
+                )
+                .bind(run_id)
+                .bind(step)
+                .bind(i64::from(*attempt))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records when an attempt's program began to run (kept if recorded before); an attempt
+    /// that runs was accepted, at the latest then.
+    pub async fn mark_running(
         &self,
         run_id: i64,
         step: &str,
         attempt: u32,
-        job: &str,
         at: DateTime<Utc>,
-    ) -> Result<bool> {
-        if attempt == 0 {
-            return Err(StoreError::Invalid(
-                "attempts are numbered from 1".to_owned(),
-            ));
-        }
-        let at = millis(at);
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE step_attempts SET running_at = COALESCE(running_at, $4),
+                 submitted_at = COALESCE(submitted_at, $4), message = NULL
+             WHERE run_id = $1 AND step = $2 AND attempt = $3 AND finished_at IS NULL",
+        )
+        .bind(run_id)
+        .bind(step)
+        .bind(i64::from(attempt))
+        .bind(millis(at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Notes why an attempt has not been accepted by the executor yet (the cluster refused
+    /// or failed its create), on the attempt and on its step, where people look.
+    pub async fn note_submit_problem(
+        &self,
+        run_id: i64,
+        step: &str,
+        attempt: u32,
+        message: &str,
+    ) -> Result<()> {
         let mut tx = self.write().await?;
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT run_id FROM steps WHERE run_id = $1 AND name = $2")
-                .bind(run_id)
-                .bind(step)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound {
-                what: "step",
-                key: format!("{run_id}/{step}"),
-            });
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO step_attempts (run_id, step, attempt, job, state, started_at)
-             VALUES ($1, $2, $3, $4, 'running', $5)
-             ON CONFLICT (run_id, step, attempt) DO NOTHING RETURNING attempt",
+        let done = sqlx::query(
+            "UPDATE step_attempts SET message = $4
+             WHERE run_id = $1 AND step = $2 AND attempt = $3 AND finished_at IS NULL
+                 AND submitted_at IS NULL",
         )
         .bind(run_id)
         .bind(step)
         .bind(i64::from(attempt))
-        .bind(job)
-        .bind(at)
-        .fetch_optional(&mut *tx)
+        .bind(message)
+        .execute(&mut *tx)
         .await?;
-        if inserted.is_none() {
-            tx.rollback().await?;
-            return Ok(false);
+        if done.rows_affected() == 1 {
+            sqlx::query(
+                "UPDATE steps SET message = $4
+                 WHERE run_id = $1 AND name = $2 AND attempt = $3 AND state = 'running'",
+            )
+            .bind(run_id)
+            .bind(step)
+            .bind(i64::from(attempt))
+            .bind(message)
+            .execute(&mut *tx)
+            .await?;
         }
-        sqlx::query(
-            "UPDATE steps SET state = 'running', attempt = $3, job = $4, retry_at = NULL,
-                 started_at = COALESCE(started_at, $5), finished_at = NULL, exit_code = NULL,
-                 message = NULL
-             WHERE run_id = $1 AND name = $2",
-        )
-        .bind(run_id)
-        .bind(step)
-        .bind(i64::from(attempt))
-        .bind(job)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE runs SET state = 'running', started_at = $2
-             WHERE id = $1 AND state = 'pending'",
-        )
-        .bind(run_id)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(())
     }
 
     /// Records how an attempt ended, with the outputs it uploaded.
     ///
-    /// The step takes the attempt's state, or waits for `retry_at` when that is set. An attempt
-    /// that is no longer the step's current one (finished late) changes only its own row, and
-    /// its artifacts are not recorded.
-    /// Returns false, writing nothing, if the attempt had already finished.
+    /// The step takes the attempt's state, or waits for `retry_at` when that is set. A
+    /// failure `charged` to the step counts against its retries. An attempt that is no
+    /// longer the step's current one (finished late) changes only its own row, and its
+    /// artifacts are not recorded. Returns false, writing nothing, if the attempt had
+    /// already finished.
     pub async fn finish_attempt(
         &self,
         run_id: i64,
@@ -244,16 +539,17 @@ impl Store {
                     "an attempt cannot finish as running".to_owned(),
                 ));
             }
-            (AttemptState::Failed, Some(_)) => StepState::Waiting,
-            (_, Some(_)) => {
+            (AttemptState::Succeeded, Some(_)) => {
                 return Err(StoreError::Invalid(
-                    "only a failed attempt can be retried".to_owned(),
+                    "a successful attempt is not retried".to_owned(),
                 ));
             }
+            (_, Some(_)) => StepState::Waiting,
             (AttemptState::Succeeded, None) => StepState::Succeeded,
             (AttemptState::Failed, None) => StepState::Failed,
             (AttemptState::Cancelled, None) => StepState::Cancelled,
         };
+        let charged = outcome.state == AttemptState::Failed && outcome.charged;
         let at = millis(outcome.at);
         let mut tx = self.write().await?;
         let finished = sqlx::query(
@@ -295,7 +591,7 @@ impl Store {
         };
         let current = sqlx::query(
             "UPDATE steps SET state = $4, retry_at = $5, finished_at = $6, exit_code = $7,
-                 message = $8
+                 message = $8, failures = failures + $9
              WHERE run_id = $1 AND name = $2 AND attempt = $3",
         )
         .bind(run_id)
@@ -306,6 +602,7 @@ impl Store {
         .bind(step_finished_at)
         .bind(outcome.exit_code.map(i64::from))
         .bind(outcome.message.as_deref())
+        .bind(i64::from(charged))
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -338,6 +635,28 @@ impl Store {
         Ok(true)
     }
 
+    /// Fails a waiting step that cannot be started at all (its command does not render),
+    /// without an attempt. Returns false if the step was not waiting.
+    pub async fn fail_step(
+        &self,
+        run_id: i64,
+        step: &str,
+        message: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE steps SET state = 'failed', message = $3, finished_at = $4
+             WHERE run_id = $1 AND name = $2 AND state = 'waiting'",
+        )
+        .bind(run_id)
+        .bind(step)
+        .bind(message)
+        .bind(millis(at))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Marks waiting steps as skipped (a step they need did not succeed, or the run ends).
     /// Steps in any other state are left alone. Returns how many were skipped.
     pub async fn skip_steps(&self, run_id: i64, names: &[String], message: &str) -> Result<u64> {
@@ -359,87 +678,34 @@ impl Store {
         Ok(skipped)
     }
 
-    /// Ends a run and enqueues its reports, in one transaction.
-    ///
-    /// For a scheduled run, the schedule's failure streak resets on success and grows on
-    /// failure; when it reaches `pause_after_failures` the schedule is paused at `at`. A
-    /// cancelled run leaves the streak alone. Returns false, writing nothing, if the run had
-    /// already finished.
-    pub async fn finish_run(
+    /// Ends a run and enqueues its reports, in one transaction; see [`finish_run_in`].
+    /// Returns false, writing nothing, if the run had already finished.
+    pub async fn finish_run<P: Serialize>(
         &self,
         run_id: i64,
         state: RunState,
-        message: Option<&str>,
+        message: &str,
         at: DateTime<Utc>,
-        reports: &[NewReport],
+        reports: &[NewReport<P>],
         pause_after_failures: Option<u32>,
     ) -> Result<bool> {
-        if !state.is_finished() {
-            return Err(StoreError::Invalid(format!(
-                "a run cannot finish as {state}"
-            )));
-        }
         let mut tx = self.write().await?;
-        let finished = sqlx::query(
-            "UPDATE runs SET state = $2, message = $3, finished_at = $4
-             WHERE id = $1 AND state IN ('pending', 'running')
-             RETURNING triggered_by, schedule",
+        let finished = finish_run_in(
+            &mut tx,
+            run_id,
+            state,
+            message,
+            at,
+            reports,
+            pause_after_failures,
         )
-        .bind(run_id)
-        .bind(state.as_str())
-        .bind(message)
-        .bind(millis(at))
-        .fetch_optional(&mut *tx)
         .await?;
-        let Some(finished) = finished else {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM runs WHERE id = $1")
-                .bind(run_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        if finished {
+            tx.commit().await?;
+        } else {
             tx.rollback().await?;
-            return match exists {
-                Some(_) => Ok(false),
-                None => Err(StoreError::NotFound {
-                    what: "run",
-                    key: run_id.to_string(),
-                }),
-            };
-        };
-        let trigger = get_enum(&finished, "triggered_by", Trigger::from_stored)?;
-        let schedule: Option<String> = finished.try_get("schedule")?;
-        if let (Trigger::Schedule, Some(schedule)) = (trigger, schedule) {
-            match state {
-                RunState::Succeeded => {
-                    sqlx::query("UPDATE schedules SET consecutive_failures = 0 WHERE name = $1")
-                        .bind(&schedule)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                RunState::Failed => {
-                    let failures: i64 = sqlx::query_scalar(
-                        "UPDATE schedules SET consecutive_failures = consecutive_failures + 1
-                         WHERE name = $1 RETURNING consecutive_failures",
-                    )
-                    .bind(&schedule)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    if pause_after_failures.is_some_and(|limit| failures >= i64::from(limit)) {
-                        sqlx::query(
-                            "UPDATE schedules SET paused_at = $2
-                             WHERE name = $1 AND paused_at IS NULL",
-                        )
-                        .bind(&schedule)
-                        .bind(millis(at))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                _ => {}
-            }
         }
-        enqueue(&mut tx, reports, at).await?;
-        tx.commit().await?;
-        Ok(true)
+        Ok(finished)
     }
 
     /// Asks the run loop to stop a run. Returns false if the run had already finished.
@@ -472,66 +738,76 @@ impl Store {
 }
 
 fn run_row(row: &AnyRow) -> Result<RunRow> {
+    let id: i64 = row.try_get("id")?;
+    let c = Cells::new(row, "runs", id);
     Ok(RunRow {
-        id: row.try_get("id")?,
-        pipeline: row.try_get("pipeline")?,
-        pipeline_version: row.try_get("pipeline_version")?,
-        commit_sha: row.try_get("commit_sha")?,
-        trigger: get_enum(row, "triggered_by", Trigger::from_stored)?,
-        schedule: row.try_get("schedule")?,
-        scheduled_at: get_opt_time(row, "scheduled_at")?,
-        params: get_json(row, "params")?,
-        state: get_enum(row, "state", RunState::from_stored)?,
-        message: row.try_get("message")?,
-        cancel_requested: get_flag(row, "cancel_requested")?,
-        created_at: get_time(row, "created_at")?,
-        started_at: get_opt_time(row, "started_at")?,
-        finished_at: get_opt_time(row, "finished_at")?,
+        id,
+        pipeline: c.get("pipeline")?,
+        pipeline_version: c.get("pipeline_version")?,
+        commit_sha: c.get("commit_sha")?,
+        trigger: c.word("triggered_by", Trigger::from_stored)?,
+        schedule: c.get("schedule")?,
+        scheduled_at: c.opt_time("scheduled_at")?,
+        params: c.json("params")?,
+        state: c.word("state", RunState::from_stored)?,
+        message: c.get("message")?,
+        cancel_requested: c.flag("cancel_requested")?,
+        created_at: c.time("created_at")?,
+        started_at: c.opt_time("started_at")?,
+        finished_at: c.opt_time("finished_at")?,
     })
 }
 
 fn step_row(row: &AnyRow) -> Result<StepRow> {
+    let run_id: i64 = row.try_get("run_id")?;
+    let name: String = row.try_get("name")?;
+    let c = Cells::new(row, "steps", format!("{run_id}/{name}"));
     Ok(StepRow {
-        run_id: row.try_get("run_id")?,
-        name: row.try_get("name")?,
-        state: get_enum(row, "state", StepState::from_stored)?,
-        attempt: get_count(row, "attempt")?,
-        job: row.try_get("job")?,
-        retry_at: get_opt_time(row, "retry_at")?,
-        started_at: get_opt_time(row, "started_at")?,
-        finished_at: get_opt_time(row, "finished_at")?,
-        exit_code: get_exit_code(row, "exit_code")?,
-        message: row.try_get("message")?,
+        run_id,
+        state: c.word("state", StepState::from_stored)?,
+        attempt: c.count("attempt")?,
+        failures: c.count("failures")?,
+        job: c.get("job")?,
+        retry_at: c.opt_time("retry_at")?,
+        started_at: c.opt_time("started_at")?,
+        finished_at: c.opt_time("finished_at")?,
+        exit_code: c.exit_code("exit_code")?,
+        message: c.get("message")?,
+        name,
     })
 }
 
 fn attempt_row(row: &AnyRow) -> Result<AttemptRow> {
+    let run_id: i64 = row.try_get("run_id")?;
+    let step: String = row.try_get("step")?;
+    let c = Cells::new(row, "step_attempts", format!("{run_id}/{step}"));
     Ok(AttemptRow {
-        run_id: row.try_get("run_id")?,
-        step: row.try_get("step")?,
-        attempt: get_count(row, "attempt")?,
-        job: row.try_get("job")?,
-        state: get_enum(row, "state", AttemptState::from_stored)?,
-        started_at: get_time(row, "started_at")?,
-        finished_at: get_opt_time(row, "finished_at")?,
-        exit_code: get_exit_code(row, "exit_code")?,
-        message: row.try_get("message")?,
+        run_id,
+        attempt: c.count("attempt")?,
+        job: c.get("job")?,
+        state: c.word("state", AttemptState::from_stored)?,
+        created_at: c.time("created_at")?,
+        submitted_at: c.opt_time("submitted_at")?,
+        running_at: c.opt_time("running_at")?,
+        finished_at: c.opt_time("finished_at")?,
+        exit_code: c.exit_code("exit_code")?,
+        message: c.get("message")?,
+        step,
     })
 }
 
 fn artifact_row(row: &AnyRow) -> Result<ArtifactRow> {
-    let size: i64 = row.try_get("size")?;
+    let run_id: i64 = row.try_get("run_id")?;
+    let step: String = row.try_get("step")?;
+    let output: String = row.try_get("output")?;
+    let c = Cells::new(row, "artifacts", format!("{run_id}/{step}/{output}"));
     Ok(ArtifactRow {
-        run_id: row.try_get("run_id")?,
-        step: row.try_get("step")?,
-        output: row.try_get("output")?,
-        uri: row.try_get("uri")?,
-        sha256: row.try_get("sha256")?,
-        size: u64::try_from(size).map_err(|e| StoreError::Corrupt {
-            column: "size",
-            value: size.to_string(),
-            reason: e.to_string(),
-        })?,
-        created_at: get_time(row, "created_at")?,
+        run_id,
+        uri: c.get("uri")?,
+        sha256: c.get("sha256")?,
+        size: c.unsigned("size")?,
+        created_at: c.time("created_at")?,
+        step,
+        output,
     })
 }

@@ -1,21 +1,24 @@
 //! Schedules and their ticks: what the scheduler loop reads, and the exactly-once record of
 //! each tick with the run it starts.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::runs::insert_run;
 use super::{
-    NewTick, RecordedTick, Result, ScheduleRow, Store, StoreError, TickOutcome, TickRow, Trigger,
-    get_count, get_enum, get_flag, get_json, get_opt_time, get_time, millis,
+    Cells, NewTick, RecordedTick, Result, ScheduleRow, Stalled, Store, StoreError, TickOutcome,
+    TickRow, Trigger, millis,
 };
 
 /// The columns of [`ScheduleRow`], for `concat!`.
 macro_rules! schedule_columns {
     () => {
         "SELECT name, pipeline, version, definition, commit_sha, file, active_since,
-             last_tick_at, suspended, paused_at, consecutive_failures, retired_at
+             last_tick_at, suspended, paused_at, consecutive_failures, retired_at, stalled_at,
+             stalled_reason
          FROM schedules "
     };
 }
@@ -28,9 +31,11 @@ macro_rules! tick_columns {
 }
 
 impl Store {
-    /// Schedules not retired, by name; suspended and paused ones included.
-    pub async fn active_schedules(&self) -> Result<Vec<ScheduleRow>> {
-        sqlx::query(concat!(
+    /// Schedules not retired, by name; suspended, paused and stalled ones included. Each
+    /// row is read on its own: one that cannot be read is its own error, named by its
+    /// schedule ([`StoreError::Corrupt`]'s `row`).
+    pub async fn active_schedules(&self) -> Result<Vec<Result<ScheduleRow>>> {
+        Ok(sqlx::query(concat!(
             schedule_columns!(),
             "WHERE retired_at IS NULL ORDER BY name"
         ))
@@ -38,7 +43,61 @@ impl Store {
         .await?
         .iter()
         .map(schedule_row)
-        .collect()
+        .collect())
+    }
+
+    /// Records why schedule `name` cannot fire, from `at` (kept if it was stalled already
+    /// for the same reason). Returns false if there is no such schedule.
+    pub async fn stall_schedule(
+        &self,
+        name: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE schedules SET stalled_reason = $2,
+                 stalled_at = CASE WHEN stalled_reason = $2 THEN stalled_at ELSE $3 END
+             WHERE name = $1",
+        )
+        .bind(name)
+        .bind(reason)
+        .bind(millis(at))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Why schedule `name` is stalled, if it is: readable even when the rest of its row is
+    /// not.
+    pub async fn stall_of(&self, name: &str) -> Result<Option<Stalled>> {
+        let row = sqlx::query(
+            "SELECT stalled_at, stalled_reason FROM schedules WHERE name = $1 AND stalled_at IS NOT NULL",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let c = Cells::new(&row, "schedules", name);
+            Ok(Stalled {
+                at: c.time("stalled_at")?,
+                reason: c
+                    .get::<Option<String>>("stalled_reason")?
+                    .unwrap_or_default(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Clears a stall of schedule `name` whose cause is gone.
+    pub async fn clear_stall(&self, name: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE schedules SET stalled_reason = NULL, stalled_at = NULL
+             WHERE name = $1 AND stalled_reason IS NOT NULL",
+        )
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// One schedule, retired or not.
@@ -101,6 +160,24 @@ impl Store {
         }
         tx.commit().await?;
         Ok(out)
+    }
+
+    /// The pending and running runs of every schedule, oldest first: one query for a pass.
+    pub async fn active_runs_by_schedule(&self) -> Result<HashMap<String, Vec<i64>>> {
+        let rows = sqlx::query(
+            "SELECT schedule, id FROM runs
+             WHERE state IN ('pending', 'running') AND schedule IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut active: HashMap<String, Vec<i64>> = HashMap::new();
+        for row in &rows {
+            active
+                .entry(row.try_get("schedule")?)
+                .or_default()
+                .push(row.try_get("id")?);
+        }
+        Ok(active)
     }
 
     /// Ids of the schedule's runs that are pending or running, oldest first.
@@ -194,31 +271,43 @@ fn check_tick(schedule: &str, tick: &NewTick) -> Result<()> {
 }
 
 fn schedule_row(row: &AnyRow) -> Result<ScheduleRow> {
+    let name: String = row.try_get("name")?;
+    let c = Cells::new(row, "schedules", &name);
+    let stalled = match (
+        c.opt_time("stalled_at")?,
+        c.get::<Option<String>>("stalled_reason")?,
+    ) {
+        (Some(at), Some(reason)) => Some(Stalled { at, reason }),
+        _ => None,
+    };
     Ok(ScheduleRow {
-        name: row.try_get("name")?,
-        pipeline: row.try_get("pipeline")?,
-        version: row.try_get("version")?,
-        definition: get_json(row, "definition")?,
-        commit_sha: row.try_get("commit_sha")?,
-        file: row.try_get("file")?,
-        active_since: get_time(row, "active_since")?,
-        last_tick_at: get_opt_time(row, "last_tick_at")?,
-        suspended: get_flag(row, "suspended")?,
-        paused_at: get_opt_time(row, "paused_at")?,
-        consecutive_failures: get_count(row, "consecutive_failures")?,
-        retired_at: get_opt_time(row, "retired_at")?,
+        pipeline: c.get("pipeline")?,
+        version: c.get("version")?,
+        definition: c.json("definition")?,
+        commit_sha: c.get("commit_sha")?,
+        file: c.get("file")?,
+        active_since: c.time("active_since")?,
+        last_tick_at: c.opt_time("last_tick_at")?,
+        suspended: c.flag("suspended")?,
+        paused_at: c.opt_time("paused_at")?,
+        consecutive_failures: c.count("consecutive_failures")?,
+        retired_at: c.opt_time("retired_at")?,
+        stalled,
+        name,
     })
 }
 
 fn tick_row(row: &AnyRow) -> Result<TickRow> {
+    let id: i64 = row.try_get("id")?;
+    let c = Cells::new(row, "ticks", id);
     Ok(TickRow {
-        id: row.try_get("id")?,
-        schedule: row.try_get("schedule")?,
-        scheduled_at: get_time(row, "scheduled_at")?,
-        recorded_at: get_time(row, "recorded_at")?,
-        outcome: get_enum(row, "outcome", TickOutcome::from_stored)?,
-        reason: row.try_get("reason")?,
-        run_id: row.try_get("run_id")?,
+        id,
+        schedule: c.get("schedule")?,
+        scheduled_at: c.time("scheduled_at")?,
+        recorded_at: c.time("recorded_at")?,
+        outcome: c.word("outcome", TickOutcome::from_stored)?,
+        reason: c.get("reason")?,
+        run_id: c.get("run_id")?,
     })
 }
 

@@ -3,11 +3,107 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use chrono::{DateTime, TimeZone, Utc};
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::{AnyConnection, AssertSqlSafe, Connection};
 
 use super::*;
+use crate::registry::{GateCheck, Limit};
+use crate::report::ForgeEvent;
+use crate::spec::model::Document;
+use crate::spec::{Pipeline, Schedule, parse_file};
+
+/// No reports, for calls that take some.
+const NO_REPORTS: &[NewReport<Value>] = &[];
+
+/// Conveniences of the suite over the store's calls.
+impl Store {
+    /// One attempt recorded, as a pass records many.
+    async fn start_attempt(
+        &self,
+        run_id: i64,
+        step: &str,
+        attempt: u32,
+        job: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let new = self
+            .start_attempts(
+                &[NewAttempt {
+                    run_id,
+                    step: step.to_owned(),
+                    attempt,
+                    job: job.to_owned(),
+                }],
+                at,
+            )
+            .await?;
+        Ok(new.first().copied().unwrap_or(false))
+    }
+
+    /// The unfinished runs, oldest first.
+    async fn unfinished_runs(&self) -> Result<Vec<RunRow>> {
+        self.unfinished_work()
+            .await?
+            .into_iter()
+            .map(|(_, work)| work.map(|w| w.run))
+            .collect()
+    }
+
+    /// The due reports, read as JSON.
+    async fn due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<ReportRow<Value>>> {
+        self.due_reports(now, limit)
+            .await?
+            .into_iter()
+            .map(|(_, row)| row)
+            .collect()
+    }
+
+    /// Every run listed, each read.
+    async fn runs_listed(&self, pipeline: Option<&str>, limit: u32) -> Result<Vec<RunRow>> {
+        self.list_runs(pipeline, limit).await?.into_iter().collect()
+    }
+}
+
+/// The one document of `yaml`.
+fn document(yaml: &str) -> Document {
+    let parsed = parse_file(yaml.as_bytes());
+    match parsed.documents.into_iter().next() {
+        Some(doc) => doc.document,
+        None => panic!("no document in {yaml}: {:?}", parsed.findings),
+    }
+}
+
+/// Pipeline `name` with steps `prepare` and `train`, told apart by `tag` (its description).
+fn pipeline_doc(name: &str, tag: &str) -> Arc<Pipeline> {
+    match document(&format!(
+        "apiVersion: trainyard.dev/v1\nkind: Pipeline\nmetadata: {{name: {name}, owner: t, \
+         description: {tag}}}\nspec: {{image: i, params: {{epochs: {{type: int, default: 3}}}}, \
+         steps: [{{name: prepare, run: [x]}}, {{name: train, needs: [prepare], run: [y]}}]}}\n"
+    )) {
+        Document::Pipeline(p) => p,
+        other => panic!("a pipeline, got {other:?}"),
+    }
+}
+
+/// Schedule `name` of pipeline `churn`, told apart by `tag` (its description).
+fn schedule_doc(name: &str, tag: &str) -> Arc<Schedule> {
+    match document(&format!(
+        "apiVersion: trainyard.dev/v1\nkind: Schedule\nmetadata: {{name: {name}, description: {tag}}}\n\
+         spec: {{pipeline: churn, cron: '0 2 * * *'}}\n"
+    )) {
+        Document::Schedule(s) => s,
+        other => panic!("a schedule, got {other:?}"),
+    }
+}
+
+/// The params `{epochs: 3}`.
+fn epochs() -> crate::spec::check::Params {
+    [("epochs".to_owned(), json!(3))].into()
+}
 
 /// PostgreSQL the suite runs against; CI provides it, so an unreachable server fails the run.
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -126,7 +222,7 @@ fn t(seconds: i64) -> DateTime<Utc> {
         + chrono::Duration::seconds(seconds)
 }
 
-fn commit(sha: &str, at: DateTime<Utc>) -> ApplyCommit {
+fn commit(sha: &str, at: DateTime<Utc>) -> ApplyCommit<Value> {
     ApplyCommit {
         sha: sha.to_owned(),
         at,
@@ -146,7 +242,7 @@ fn pipeline(name: &str, version: &str) -> PipelineUpsert {
         name: name.to_owned(),
         version: version.to_owned(),
         file: format!("pipelines/{name}.yaml"),
-        definition: json!({"metadata": {"name": name}, "version": version}),
+        definition: pipeline_doc(name, version),
     }
 }
 
@@ -156,7 +252,7 @@ fn schedule(name: &str, version: &str, suspended: bool) -> ScheduleUpsert {
         pipeline: "churn".to_owned(),
         version: version.to_owned(),
         file: "schedules.yaml".to_owned(),
-        definition: json!({"cron": "0 2 * * *", "version": version}),
+        definition: schedule_doc(name, version),
         suspended,
     }
 }
@@ -169,7 +265,7 @@ fn change_run(sha: &str) -> NewRun {
         trigger: Trigger::Change,
         schedule: None,
         scheduled_at: None,
-        params: json!({"epochs": 3}),
+        params: epochs(),
         steps: vec!["prepare".to_owned(), "train".to_owned()],
     }
 }
@@ -192,7 +288,7 @@ fn fired(schedule: &str, at: DateTime<Utc>) -> NewTick {
     }
 }
 
-fn status(sha: &str, context: &str, state: &str) -> NewReport {
+fn status(sha: &str, context: &str, state: &str) -> NewReport<Value> {
     NewReport {
         commit_sha: sha.to_owned(),
         kind: ReportKind::Status,
@@ -210,7 +306,11 @@ async fn with_nightly(store: &Store) {
 }
 
 async fn run_count(store: &Store) -> usize {
-    store.list_runs(None, 1000).await.expect("list runs").len()
+    store
+        .runs_listed(None, 1000)
+        .await
+        .expect("list runs")
+        .len()
 }
 
 async fn migrations_run_twice_safely(store: Store) {
@@ -223,7 +323,10 @@ async fn migrations_run_twice_safely(store: Store) {
         .fetch_one(&store.pool)
         .await
         .expect("count applied migrations");
-    assert_eq!(applied, 3, "init, forge events, pull requests");
+    assert_eq!(
+        applied, 4,
+        "init, forge events, pull requests, level-triggered"
+    );
     assert!(
         store
             .current_pipeline("churn")
@@ -259,7 +362,11 @@ async fn applying_a_commit_twice_changes_nothing(store: Store) {
     );
     assert_eq!(run_count(&store).await, 1);
     assert_eq!(
-        store.reports_of_commit("c1").await.expect("reports").len(),
+        store
+            .reports_of_commit::<Value>("c1")
+            .await
+            .expect("reports")
+            .len(),
         1
     );
     assert_eq!(
@@ -288,7 +395,7 @@ async fn applying_a_commit_twice_changes_nothing(store: Store) {
         .expect("run exists");
     assert_eq!(run.state, RunState::Pending);
     assert_eq!(run.trigger, Trigger::Change);
-    assert_eq!(run.params, json!({"epochs": 3}));
+    assert_eq!(run.params, epochs());
     assert_eq!(run.created_at, t(0));
     let steps = store.steps(run.id).await.expect("steps");
     let names: Vec<_> = steps.iter().map(|s| (s.name.as_str(), s.state)).collect();
@@ -335,7 +442,11 @@ async fn a_rejected_commit_records_only_itself_and_its_reports(store: Store) {
         .expect("churn");
     assert_eq!(current.version, "v1");
     assert_eq!(
-        store.reports_of_commit("c2").await.expect("reports").len(),
+        store
+            .reports_of_commit::<Value>("c2")
+            .await
+            .expect("reports")
+            .len(),
         1
     );
 }
@@ -355,9 +466,18 @@ async fn pipeline_versions_are_kept_and_the_current_one_follows_the_branch(store
         (current.version.as_str(), current.commit_sha.as_str()),
         ("v2", "c2")
     );
-    assert_eq!(current.definition["version"], "v2");
+    assert_eq!(
+        current.definition.metadata.description.as_deref(),
+        Some("v2")
+    );
     assert_eq!(current.created_at, t(10));
-    let all = store.current_pipelines().await.expect("read");
+    let all: Vec<PipelineRow> = store
+        .current_pipelines()
+        .await
+        .expect("read")
+        .into_iter()
+        .collect::<Result<_>>()
+        .expect("rows");
     let listed: Vec<(&str, &str)> = all
         .iter()
         .map(|p| (p.name.as_str(), p.version.as_str()))
@@ -456,7 +576,7 @@ async fn schedules_follow_their_declarations(store: Store) {
         (row.version.as_str(), row.commit_sha.as_str()),
         ("s2", "c3")
     );
-    assert_eq!(row.definition["version"], "s2");
+    assert_eq!(row.definition.metadata.description.as_deref(), Some("s2"));
     assert_eq!(
         row.last_tick_at,
         Some(t(100)),
@@ -717,6 +837,7 @@ fn outcome(state: AttemptState, at: DateTime<Utc>) -> AttemptOutcome {
         message: None,
         retry_at: None,
         artifacts: Vec::new(),
+        charged: true,
     }
 }
 
@@ -943,7 +1064,7 @@ async fn finishing_runs_counts_failures_and_pauses_the_schedule(store: Store) {
             .finish_run(
                 runs[0],
                 RunState::Failed,
-                Some("train failed"),
+                "train failed",
                 t(1000),
                 &report,
                 Some(2)
@@ -954,7 +1075,14 @@ async fn finishing_runs_counts_failures_and_pauses_the_schedule(store: Store) {
     assert_eq!(streak(&store).await, (1, None));
     assert!(
         !store
-            .finish_run(runs[0], RunState::Failed, None, t(1001), &report, Some(2))
+            .finish_run(
+                runs[0],
+                RunState::Failed,
+                "ended",
+                t(1001),
+                &report,
+                Some(2)
+            )
             .await
             .expect("finish again"),
         "a finished run stays as it was"
@@ -965,7 +1093,11 @@ async fn finishing_runs_counts_failures_and_pauses_the_schedule(store: Store) {
         "a repeated finish is not counted"
     );
     assert_eq!(
-        store.reports_of_commit("c1").await.expect("reports").len(),
+        store
+            .reports_of_commit::<Value>("c1")
+            .await
+            .expect("reports")
+            .len(),
         1
     );
     let run = store.run(runs[0]).await.expect("read").expect("run");
@@ -975,16 +1107,37 @@ async fn finishing_runs_counts_failures_and_pauses_the_schedule(store: Store) {
     );
 
     store
-        .finish_run(runs[1], RunState::Succeeded, None, t(1100), &[], Some(2))
+        .finish_run(
+            runs[1],
+            RunState::Succeeded,
+            "ended",
+            t(1100),
+            NO_REPORTS,
+            Some(2),
+        )
         .await
         .expect("finish");
     assert_eq!(streak(&store).await, (0, None));
     store
-        .finish_run(runs[2], RunState::Failed, None, t(1200), &[], Some(2))
+        .finish_run(
+            runs[2],
+            RunState::Failed,
+            "ended",
+            t(1200),
+            NO_REPORTS,
+            Some(2),
+        )
         .await
         .expect("finish");
     store
-        .finish_run(runs[3], RunState::Cancelled, None, t(1300), &[], Some(2))
+        .finish_run(
+            runs[3],
+            RunState::Cancelled,
+            "ended",
+            t(1300),
+            NO_REPORTS,
+            Some(2),
+        )
         .await
         .expect("finish");
     assert_eq!(
@@ -993,7 +1146,14 @@ async fn finishing_runs_counts_failures_and_pauses_the_schedule(store: Store) {
         "a cancellation is not a failure"
     );
     store
-        .finish_run(runs[4], RunState::Failed, None, t(1400), &[], Some(2))
+        .finish_run(
+            runs[4],
+            RunState::Failed,
+            "ended",
+            t(1400),
+            NO_REPORTS,
+            Some(2),
+        )
         .await
         .expect("finish");
     assert_eq!(streak(&store).await, (2, Some(t(1400))));
@@ -1006,14 +1166,21 @@ async fn finishing_runs_counts_failures_and_pauses_the_schedule(store: Store) {
     );
 
     let refused = store
-        .finish_run(runs[4], RunState::Running, None, t(1500), &[], None)
+        .finish_run(
+            runs[4],
+            RunState::Running,
+            "ended",
+            t(1500),
+            NO_REPORTS,
+            None,
+        )
         .await;
     assert!(
         matches!(refused, Err(StoreError::Invalid(_))),
         "{refused:?}"
     );
     let unknown = store
-        .finish_run(9999, RunState::Failed, None, t(1500), &[], None)
+        .finish_run(9999, RunState::Failed, "ended", t(1500), NO_REPORTS, None)
         .await;
     assert!(
         matches!(unknown, Err(StoreError::NotFound { .. })),
@@ -1060,7 +1227,14 @@ async fn finishing_runs_counts_failures_and_pauses_the_schedule(store: Store) {
         .await
         .expect("create");
     store
-        .finish_run(manual, RunState::Failed, None, t(1800), &[], Some(1))
+        .finish_run(
+            manual,
+            RunState::Failed,
+            "ended",
+            t(1800),
+            NO_REPORTS,
+            Some(1),
+        )
         .await
         .expect("finish");
     assert_eq!(streak(&store).await, (0, Some(t(1600))));
@@ -1100,7 +1274,14 @@ async fn cancelling_and_skipping_leave_finished_work_alone(store: Store) {
         (StepState::Skipped, Some("run cancelled"))
     );
     store
-        .finish_run(run_id, RunState::Cancelled, None, t(20), &[], None)
+        .finish_run(
+            run_id,
+            RunState::Cancelled,
+            "ended",
+            t(20),
+            NO_REPORTS,
+            None,
+        )
         .await
         .expect("finish");
     assert!(!store.request_cancel(run_id).await.expect("cancel finished"));
@@ -1113,13 +1294,20 @@ async fn cancelling_and_skipping_leave_finished_work_alone(store: Store) {
     );
 }
 
-fn model(run_id: i64, state: ModelState, auc: f64, at: DateTime<Utc>) -> NewModelVersion {
+fn model(run_id: i64, state: ModelState, auc: f64, at: DateTime<Utc>) -> NewModelVersion<Value> {
     NewModelVersion {
         model: "churn-classifier".to_owned(),
         run_id,
         state,
-        metrics: json!({"auc": auc}),
-        gates: json!([{"metric": "auc", "min": 0.8, "passed": auc >= 0.8}]),
+        metrics: BTreeMap::from([("auc".to_owned(), auc)]),
+        gates: vec![GateCheck {
+            metric: "auc".to_owned(),
+            bound: "min 0.8".to_owned(),
+            limit: Limit::Min(0.8),
+            value: Some(auc),
+            passed: auc >= 0.8,
+            detail: format!("auc {auc} against min 0.8"),
+        }],
         reasons: if state == ModelState::Rejected {
             vec![format!("auc {auc} < 0.8")]
         } else {
@@ -1188,8 +1376,8 @@ async fn model_versions_increment_only_when_accepted(store: Store) {
         ),
         ("c1", "churn", "v1")
     );
-    assert_eq!(champion.params, json!({"epochs": 3}));
-    assert_eq!(champion.metrics, json!({"auc": 0.9}));
+    assert_eq!(champion.params, epochs());
+    assert_eq!(champion.metrics, BTreeMap::from([("auc".to_owned(), 0.9)]));
     assert_eq!(
         store.aliases("churn-classifier").await.expect("aliases"),
         [("champion".to_owned(), 2)]
@@ -1210,7 +1398,11 @@ async fn model_versions_increment_only_when_accepted(store: Store) {
     );
     assert_eq!(versions[1].reasons, ["auc 0.7 < 0.8"]);
     assert_eq!(
-        store.reports_of_commit("c1").await.expect("reports").len(),
+        store
+            .reports_of_commit::<Value>("c1")
+            .await
+            .expect("reports")
+            .len(),
         3
     );
 
@@ -1266,7 +1458,7 @@ async fn the_outbox_delivers_only_the_newest_report_per_context(store: Store) {
         status("c1", "trainyard/apply", "success"),
     ];
     store
-        .finish_run(run_id, RunState::Succeeded, None, t(10), &reports, None)
+        .finish_run(run_id, RunState::Succeeded, "ended", t(10), &reports, None)
         .await
         .expect("finish");
     let mut last = commit("c2", t(20));
@@ -1277,7 +1469,7 @@ async fn the_outbox_delivers_only_the_newest_report_per_context(store: Store) {
     });
     store.apply_commit(&last).await.expect("apply c2");
 
-    let due = store.due_reports(t(30), 10).await.expect("due");
+    let due = store.due(t(30), 10).await.expect("due");
     let delivered: Vec<_> = due
         .iter()
         .map(|r| (r.kind, r.key.as_str(), r.payload["state"].as_str()))
@@ -1291,7 +1483,7 @@ async fn the_outbox_delivers_only_the_newest_report_per_context(store: Store) {
         ]
     );
     let states: Vec<_> = store
-        .reports_of_commit("c1")
+        .reports_of_commit::<Value>("c1")
         .await
         .expect("reports")
         .iter()
@@ -1308,11 +1500,11 @@ async fn the_outbox_delivers_only_the_newest_report_per_context(store: Store) {
         ]
     );
     assert!(
-        store.due_reports(t(5), 10).await.expect("due").is_empty(),
+        store.due(t(5), 10).await.expect("due").is_empty(),
         "nothing is due before it was enqueued"
     );
     assert_eq!(
-        store.due_reports(t(30), 1).await.expect("due").len(),
+        store.due(t(30), 1).await.expect("due").len(),
         1,
         "the limit holds"
     );
@@ -1324,7 +1516,7 @@ async fn delivery_retries_and_failures_are_recorded(store: Store) {
     first.reports.push(status("c1", "b", "success"));
     first.reports.push(status("c1", "c", "success"));
     store.apply_commit(&first).await.expect("apply");
-    let due = store.due_reports(t(1), 10).await.expect("due");
+    let due = store.due(t(1), 10).await.expect("due");
     let [a, b, c] = [due[0].id, due[1].id, due[2].id];
 
     assert!(store.mark_retry(a, t(60), "HTTP 502").await.expect("retry"));
@@ -1336,10 +1528,10 @@ async fn delivery_retries_and_failures_are_recorded(store: Store) {
     );
     assert!(store.mark_delivered(c, t(2)).await.expect("deliver"));
     assert!(
-        store.due_reports(t(59), 10).await.expect("due").is_empty(),
+        store.due(t(59), 10).await.expect("due").is_empty(),
         "a retry waits"
     );
-    let due = store.due_reports(t(60), 10).await.expect("due");
+    let due = store.due(t(60), 10).await.expect("due");
     assert_eq!(due.len(), 1);
     assert_eq!(
         (due[0].id, due[0].attempts, due[0].last_error.as_deref()),
@@ -1359,7 +1551,10 @@ async fn delivery_retries_and_failures_are_recorded(store: Store) {
             .expect("retry a delivered report")
     );
     assert!(store.mark_delivered(a, t(62)).await.expect("deliver"));
-    let rows = store.reports_of_commit("c1").await.expect("reports");
+    let rows = store
+        .reports_of_commit::<Value>("c1")
+        .await
+        .expect("reports");
     let summary: Vec<_> = rows
         .iter()
         .map(|r| (r.state, r.attempts, r.delivered_at))
@@ -1404,7 +1599,7 @@ async fn a_commit_that_fails_midway_leaves_nothing(store: Store) {
     assert_eq!(run_count(&store).await, 0);
     assert!(
         store
-            .reports_of_commit("c1")
+            .reports_of_commit::<Value>("c1")
             .await
             .expect("reports")
             .is_empty()
@@ -1454,15 +1649,15 @@ async fn views_list_newest_first(store: Store) {
     let third = store.create_run(&change_run("c1")).await.expect("create");
     let ids = |runs: Vec<RunRow>| runs.iter().map(|r| r.id).collect::<Vec<_>>();
     assert_eq!(
-        ids(store.list_runs(None, 10).await.expect("list")),
+        ids(store.runs_listed(None, 10).await.expect("list")),
         [third, second, first]
     );
     assert_eq!(
-        ids(store.list_runs(Some("churn"), 10).await.expect("list")),
+        ids(store.runs_listed(Some("churn"), 10).await.expect("list")),
         [third, first]
     );
     assert_eq!(
-        ids(store.list_runs(None, 2).await.expect("list")),
+        ids(store.runs_listed(None, 2).await.expect("list")),
         [third, second]
     );
     assert_eq!(
@@ -1641,7 +1836,10 @@ async fn a_comment_starts_one_preview_pinned_to_its_head_version(store: Store) {
         Some("v1".to_owned()),
         "the followed branch still declares its own version"
     );
-    let reports = store.reports_of_commit("head1").await.expect("reports");
+    let reports = store
+        .reports_of_commit::<Value>("head1")
+        .await
+        .expect("reports");
     assert_eq!(reports.len(), 1, "the reports are enqueued once");
     assert_eq!(reports[0].key, format!("run-{id}"));
     let wrong = NewRun {
@@ -1656,8 +1854,8 @@ async fn a_comment_starts_one_preview_pinned_to_its_head_version(store: Store) {
     ));
 }
 
-fn push_event(after: &str) -> crate::webhook::ForgeEvent {
-    crate::webhook::ForgeEvent::Push {
+fn push_event(after: &str) -> ForgeEvent {
+    ForgeEvent::Push {
         branch: "main".to_owned(),
         after: after.to_owned(),
     }
@@ -1678,12 +1876,15 @@ async fn a_delivery_recorded_twice_stores_one_event(store: Store) {
             .await
             .expect("record again")
     );
-    let pending = store.pending_forge_events(10).await.expect("pending");
+    let pending = store
+        .pending_forge_events::<ForgeEvent>(10)
+        .await
+        .expect("pending");
     assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].1, first);
+    assert_eq!(pending[0].1.as_ref().ok(), Some(&first));
     // Still a duplicate once handled: a late redelivery must not run it again.
     store
-        .finish_forge_event(pending[0].0, t(2))
+        .finish_forge_event(pending[0].0, "handled", t(2))
         .await
         .expect("finish");
     assert!(
@@ -1694,7 +1895,7 @@ async fn a_delivery_recorded_twice_stores_one_event(store: Store) {
     );
     assert!(
         store
-            .pending_forge_events(10)
+            .pending_forge_events::<ForgeEvent>(10)
             .await
             .expect("pending")
             .is_empty()
@@ -1702,7 +1903,7 @@ async fn a_delivery_recorded_twice_stores_one_event(store: Store) {
 }
 
 async fn pending_events_come_in_order_and_finished_ones_do_not(store: Store) {
-    use crate::webhook::{ForgeEvent, PrAction};
+    use crate::report::PrAction;
     let events = [
         push_event(&"a".repeat(40)),
         ForgeEvent::PullRequest {
@@ -1728,29 +1929,41 @@ async fn pending_events_come_in_order_and_finished_ones_do_not(store: Store) {
             .expect("record");
         assert!(recorded);
     }
-    let pending = store.pending_forge_events(10).await.expect("pending");
-    let got: Vec<_> = pending.iter().map(|(_, e)| e.clone()).collect();
+    let pending = store
+        .pending_forge_events::<ForgeEvent>(10)
+        .await
+        .expect("pending");
+    let got: Vec<ForgeEvent> = pending
+        .iter()
+        .map(|(_, e)| e.as_ref().expect("readable").clone())
+        .collect();
     assert_eq!(got, events);
     assert!(pending.windows(2).all(|w| w[0].0 < w[1].0));
-    let first_two = store.pending_forge_events(2).await.expect("pending");
+    let first_two = store
+        .pending_forge_events::<ForgeEvent>(2)
+        .await
+        .expect("pending");
     assert_eq!(first_two.len(), 2);
     store
-        .finish_forge_event(pending[1].0, t(10))
+        .finish_forge_event(pending[1].0, "handled", t(10))
         .await
         .expect("finish");
     store
-        .finish_forge_event(pending[1].0, t(11))
+        .finish_forge_event(pending[1].0, "handled", t(11))
         .await
         .expect("finishing twice is fine");
     let left: Vec<_> = store
-        .pending_forge_events(10)
+        .pending_forge_events::<ForgeEvent>(10)
         .await
         .expect("pending")
         .into_iter()
         .map(|(id, _)| id)
         .collect();
     assert_eq!(left, vec![pending[0].0, pending[2].0]);
-    match store.finish_forge_event(pending[2].0 + 100, t(12)).await {
+    match store
+        .finish_forge_event(pending[2].0 + 100, "handled", t(12))
+        .await
+    {
         Err(StoreError::NotFound { what, .. }) => assert_eq!(what, "forge event"),
         other => panic!("expected not found, got {other:?}"),
     }
@@ -1774,7 +1987,11 @@ async fn concurrent_recorders_of_one_delivery_store_one_event(store: Store) {
     }
     assert_eq!(stored, 1);
     assert_eq!(
-        store.pending_forge_events(10).await.expect("pending").len(),
+        store
+            .pending_forge_events::<ForgeEvent>(10)
+            .await
+            .expect("pending")
+            .len(),
         1
     );
 }
@@ -1791,7 +2008,7 @@ async fn delivery_ids_must_be_sensible(store: Store) {
     }
     assert!(
         store
-            .pending_forge_events(10)
+            .pending_forge_events::<ForgeEvent>(10)
             .await
             .expect("pending")
             .is_empty()
@@ -1803,7 +2020,7 @@ async fn a_report_waiting_for_its_retry_holds_back_newer_ones(store: Store) {
     first.reports.push(status("c1", "a", "success"));
     first.reports.push(status("c1", "b", "success"));
     store.apply_commit(&first).await.expect("apply");
-    let due = store.due_reports(t(1), 10).await.expect("due");
+    let due = store.due(t(1), 10).await.expect("due");
     let [a, b] = [due[0].id, due[1].id];
     assert!(
         store
@@ -1812,11 +2029,11 @@ async fn a_report_waiting_for_its_retry_holds_back_newer_ones(store: Store) {
             .expect("retry")
     );
     assert!(
-        store.due_reports(t(2), 10).await.expect("due").is_empty(),
+        store.due(t(2), 10).await.expect("due").is_empty(),
         "b was written after a, so it waits for a"
     );
     let due: Vec<i64> = store
-        .due_reports(t(30), 10)
+        .due(t(30), 10)
         .await
         .expect("due")
         .iter()
@@ -1828,7 +2045,7 @@ async fn a_report_waiting_for_its_retry_holds_back_newer_ones(store: Store) {
     store.apply_commit(&newer).await.expect("apply");
     assert!(store.mark_retry(b, t(90), "HTTP 502").await.expect("retry"));
     let due: Vec<i64> = store
-        .due_reports(t(32), 10)
+        .due(t(32), 10)
         .await
         .expect("due")
         .iter()

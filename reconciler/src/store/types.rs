@@ -1,8 +1,17 @@
 //! The values the store takes and returns: inputs named `New…`, rows named `…Row`, and the
-//! closed sets of states stored as text.
+//! closed sets of states stored as text. JSON columns are typed: definitions are the spec's
+//! documents, params and metrics are maps, and report and event payloads are whatever type
+//! the caller writes and reads them as (`P`), so the store stays below the modules that
+//! define them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+
+use crate::registry::GateCheck;
+use crate::spec::check::Params;
+use crate::spec::{Pipeline, Schedule};
 
 /// Declares an enum stored as a fixed lowercase word, with its conversions both ways.
 macro_rules! stored_enum {
@@ -180,8 +189,8 @@ pub struct PipelineUpsert {
     pub version: String,
     /// File that declares it, relative to the tracked path.
     pub file: String,
-    /// The typed document as JSON.
-    pub definition: Value,
+    /// The document.
+    pub definition: Arc<Pipeline>,
 }
 
 /// A schedule declared by a commit.
@@ -195,15 +204,15 @@ pub struct ScheduleUpsert {
     pub version: String,
     /// File that declares it, relative to the tracked path.
     pub file: String,
-    /// The typed document as JSON.
-    pub definition: Value,
+    /// The document.
+    pub definition: Arc<Schedule>,
     /// `spec.suspend`.
     pub suspended: bool,
 }
 
 /// Everything one commit of the followed branch changes, written in one transaction.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ApplyCommit {
+pub struct ApplyCommit<P> {
     /// The commit.
     pub sha: String,
     /// When it is applied; new schedules and resumed ones become active from this instant.
@@ -223,7 +232,7 @@ pub struct ApplyCommit {
     /// Runs the commit starts (pipelines with `on_change`).
     pub runs: Vec<NewRun>,
     /// Reports about the commit.
-    pub reports: Vec<NewReport>,
+    pub reports: Vec<NewReport<P>>,
 }
 
 /// The result of applying a commit.
@@ -251,14 +260,44 @@ pub struct NewRun {
     /// The tick's time, for scheduled runs.
     pub scheduled_at: Option<DateTime<Utc>>,
     /// Resolved parameters.
-    pub params: Value,
+    pub params: Params,
     /// Step names in definition order.
     pub steps: Vec<String>,
 }
 
+impl NewRun {
+    /// The run of `pipeline` at `version` from `commit`, with its steps waiting: the one way
+    /// every trigger builds a run.
+    pub fn of(
+        pipeline: &Pipeline,
+        version: &str,
+        commit: &str,
+        trigger: Trigger,
+        params: Params,
+    ) -> NewRun {
+        NewRun {
+            pipeline: pipeline.metadata.name.clone(),
+            pipeline_version: version.to_owned(),
+            commit_sha: commit.to_owned(),
+            trigger,
+            schedule: None,
+            scheduled_at: None,
+            params,
+            steps: pipeline.spec.steps.iter().map(|s| s.name.clone()).collect(),
+        }
+    }
+
+    /// This run, started by `schedule`'s tick at `at`.
+    pub fn for_tick(mut self, schedule: &str, at: DateTime<Utc>) -> NewRun {
+        self.schedule = Some(schedule.to_owned());
+        self.scheduled_at = Some(at);
+        self
+    }
+}
+
 /// A report to deliver to the forge.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NewReport {
+pub struct NewReport<P> {
     /// Commit the report is about.
     pub commit_sha: String,
     /// Status or comment.
@@ -267,7 +306,7 @@ pub struct NewReport {
     /// (commit, kind, key) is delivered.
     pub key: String,
     /// What the report module needs to write it.
-    pub payload: Value,
+    pub payload: P,
 }
 
 /// A tick of a schedule and what became of it.
@@ -318,16 +357,20 @@ pub struct AttemptOutcome {
     pub exit_code: Option<i32>,
     /// Why it ended so, for people.
     pub message: Option<String>,
-    /// For a failure with retries left: when the next attempt may start. The step then waits
-    /// instead of taking the attempt's state.
+    /// When the next attempt may start: for a failure with retries left, or an attempt the
+    /// service's shutdown stopped. The step then waits instead of taking the attempt's
+    /// state.
     pub retry_at: Option<DateTime<Utc>>,
     /// Outputs uploaded; a later attempt's output replaces an earlier one of the same name.
     pub artifacts: Vec<NewArtifact>,
+    /// For a failure: whether it counts against the step's retries. The service stopping
+    /// under a step, or the cluster refusing its Job for a while, is not the step's failure.
+    pub charged: bool,
 }
 
 /// A trained model and its gate decision.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NewModelVersion {
+pub struct NewModelVersion<P> {
     /// Registered model name.
     pub model: String,
     /// The run that trained it; commit, pipeline version and params are copied from it.
@@ -335,9 +378,9 @@ pub struct NewModelVersion {
     /// Accepted or rejected.
     pub state: ModelState,
     /// The metrics the run produced.
-    pub metrics: Value,
+    pub metrics: BTreeMap<String, f64>,
     /// Each gate rule with its result.
-    pub gates: Value,
+    pub gates: Vec<GateCheck>,
     /// Why it was rejected, one line per failed rule.
     pub reasons: Vec<String>,
     /// Where the model artifact is stored.
@@ -349,7 +392,7 @@ pub struct NewModelVersion {
     /// When it was registered.
     pub at: DateTime<Utc>,
     /// Reports about the registration.
-    pub reports: Vec<NewReport>,
+    pub reports: Vec<NewReport<P>>,
 }
 
 /// A pipeline version with its definition.
@@ -363,8 +406,8 @@ pub struct PipelineRow {
     pub commit_sha: String,
     /// File that declared it.
     pub file: String,
-    /// The typed document as JSON.
-    pub definition: Value,
+    /// The document.
+    pub definition: Arc<Pipeline>,
     /// When this version was first applied.
     pub created_at: DateTime<Utc>,
 }
@@ -378,8 +421,8 @@ pub struct ScheduleRow {
     pub pipeline: String,
     /// Content hash of the schedule document.
     pub version: String,
-    /// The typed document as JSON.
-    pub definition: Value,
+    /// The document.
+    pub definition: Arc<Schedule>,
     /// Commit that declared this version.
     pub commit_sha: String,
     /// File that declares it.
@@ -396,6 +439,18 @@ pub struct ScheduleRow {
     pub consecutive_failures: u32,
     /// Set when the schedule is no longer declared.
     pub retired_at: Option<DateTime<Utc>>,
+    /// Why the schedule cannot fire until a commit changes it (Flux's Stalled), if it
+    /// cannot.
+    pub stalled: Option<Stalled>,
+}
+
+/// A permanent problem recorded on an object, shown to people until it is fixed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stalled {
+    /// Since when.
+    pub at: DateTime<Utc>,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// A recorded tick.
@@ -435,7 +490,7 @@ pub struct RunRow {
     /// The tick's time, for scheduled runs.
     pub scheduled_at: Option<DateTime<Utc>>,
     /// Resolved parameters.
-    pub params: Value,
+    pub params: Params,
     /// Where it is.
     pub state: RunState,
     /// Why it ended so, for people.
@@ -450,6 +505,28 @@ pub struct RunRow {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+impl RunRow {
+    /// The row run `id` has just after `run` was created at `at`, before anything started.
+    pub fn queued(id: i64, run: &NewRun, at: DateTime<Utc>) -> RunRow {
+        RunRow {
+            id,
+            pipeline: run.pipeline.clone(),
+            pipeline_version: run.pipeline_version.clone(),
+            commit_sha: run.commit_sha.clone(),
+            trigger: run.trigger,
+            schedule: run.schedule.clone(),
+            scheduled_at: run.scheduled_at,
+            params: run.params.clone(),
+            state: RunState::Pending,
+            message: None,
+            cancel_requested: false,
+            created_at: at,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
 /// A step of a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepRow {
@@ -461,6 +538,8 @@ pub struct StepRow {
     pub state: StepState,
     /// Attempts started so far.
     pub attempt: u32,
+    /// Attempts that failed and count against the step's retries.
+    pub failures: u32,
     /// Executor job of the current attempt.
     pub job: Option<String>,
     /// When the next attempt may start, after a failure with retries left.
@@ -488,8 +567,12 @@ pub struct AttemptRow {
     pub job: String,
     /// Where it is.
     pub state: AttemptState,
-    /// When it was submitted.
-    pub started_at: DateTime<Utc>,
+    /// When it was recorded, before it was handed to the executor.
+    pub created_at: DateTime<Utc>,
+    /// When the executor accepted it (the Job was created, the process spawned).
+    pub submitted_at: Option<DateTime<Utc>>,
+    /// When its program began to run (after queueing, scheduling, pulling the image).
+    pub running_at: Option<DateTime<Utc>>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
     /// The process's exit code.
@@ -531,9 +614,9 @@ pub struct ModelVersionRow {
     /// Accepted or rejected.
     pub state: ModelState,
     /// The metrics the run produced.
-    pub metrics: Value,
+    pub metrics: BTreeMap<String, f64>,
     /// Each gate rule with its result.
-    pub gates: Value,
+    pub gates: Vec<GateCheck>,
     /// Why it was rejected.
     pub reasons: Vec<String>,
     /// Where the model artifact is stored.
@@ -547,14 +630,14 @@ pub struct ModelVersionRow {
     /// Pipeline version the run was pinned to.
     pub pipeline_version: String,
     /// The run's resolved parameters.
-    pub params: Value,
+    pub params: Params,
     /// When it was registered.
     pub created_at: DateTime<Utc>,
 }
 
 /// A report in the outbox.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ReportRow {
+pub struct ReportRow<P> {
     /// Row id; delivery follows it.
     pub id: i64,
     /// Commit the report is about.
@@ -564,7 +647,7 @@ pub struct ReportRow {
     /// Status context or comment marker.
     pub key: String,
     /// What the report module needs to write it.
-    pub payload: Value,
+    pub payload: P,
     /// Where it is.
     pub state: ReportState,
     /// Delivery attempts so far.
@@ -577,4 +660,53 @@ pub struct ReportRow {
     pub created_at: DateTime<Utc>,
     /// When the forge accepted it.
     pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// An attempt of a step that has not ended, as the run loop follows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenAttempt {
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Executor job name.
+    pub job: String,
+    /// When it was recorded.
+    pub created_at: DateTime<Utc>,
+    /// When the executor accepted it, if it has.
+    pub submitted_at: Option<DateTime<Utc>>,
+    /// When its program began to run, if it has.
+    pub running_at: Option<DateTime<Utc>>,
+    /// The last problem handing it to the executor, while it is not accepted.
+    pub message: Option<String>,
+}
+
+/// A step of an unfinished run, with its open attempt when it has one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepWork {
+    /// The step.
+    pub step: StepRow,
+    /// Its attempt that has not ended, if any.
+    pub open: Option<OpenAttempt>,
+}
+
+/// An unfinished run with everything the run loop needs to move it, read in a fixed number
+/// of queries however many runs there are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunWork {
+    /// The run.
+    pub run: RunRow,
+    /// Its steps in definition order.
+    pub steps: Vec<StepWork>,
+}
+
+/// An attempt to record before it is handed to the executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAttempt {
+    /// Run id.
+    pub run_id: i64,
+    /// Step name.
+    pub step: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Executor job name.
+    pub job: String,
 }

@@ -3,8 +3,15 @@
 //! the store queues for the service's loop.
 
 use hmac::{Hmac, KeyInit as _, Mac as _};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+
+use super::AppState;
+use crate::report::{ForgeEvent, PrAction};
+use crate::store::StoreError;
 use sha2::Sha256;
 use thiserror::Error;
 
@@ -34,66 +41,6 @@ pub enum WebhookError {
         field: String,
         /// What is wrong with it.
         problem: String,
-    },
-}
-
-/// What a forge told Trainyard, as stored in the event queue (JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ForgeEvent {
-    /// The forge checks that the hook works; nothing to do.
-    Ping,
-    /// A branch moved.
-    Push {
-        /// The branch, without `refs/heads/`.
-        branch: String,
-        /// The commit it points at now.
-        after: String,
-    },
-    /// A pull request was opened, updated, reopened or closed.
-    PullRequest {
-        /// What happened to it.
-        action: PrAction,
-        /// Its number.
-        number: u64,
-        /// The commit at its head.
-        head_sha: String,
-        /// Its head branch (in the head repository, which may be a fork).
-        head_ref: String,
-        /// The branch it merges into.
-        base_ref: String,
-        /// Whether the head lives in another repository than the base.
-        from_fork: bool,
-        /// Login of the pull request's author.
-        author: String,
-    },
-    /// Someone commented on a pull request.
-    Comment {
-        /// The pull request's number.
-        pr: u64,
-        /// The comment's id.
-        comment_id: u64,
-        /// Login of the comment's author.
-        author: String,
-        /// The comment's text (markdown).
-        body: String,
-    },
-}
-
-/// What happened to a pull request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PrAction {
-    /// Opened.
-    Opened,
-    /// New commits were pushed to its head.
-    Synchronize,
-    /// Reopened after being closed.
-    Reopened,
-    /// Closed, merged or not.
-    Closed {
-        /// Whether it was merged.
-        merged: bool,
     },
 }
 
@@ -342,6 +289,73 @@ fn is_plausible_branch(name: &str) -> bool {
         && !name
             .chars()
             .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c))
+}
+
+/// A header's value as text, if present and readable.
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// Checks the signature before reading anything else, queues the event and wakes the loop.
+/// GitHub waits at most ten seconds for an answer, so nothing slow happens here.
+pub(super) async fn github_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let Some(webhooks) = &state.webhooks else {
+        return (StatusCode::NOT_FOUND, "webhooks are off\n".to_owned());
+    };
+    // A value that is not text cannot be a hex signature; "" makes verify say so.
+    let signature = headers
+        .get("x-hub-signature-256")
+        .map(|value| value.to_str().unwrap_or_default());
+    if let Err(error) = verify(&webhooks.secret, signature, &body) {
+        tracing::warn!(%error, "refused a webhook delivery");
+        return (StatusCode::UNAUTHORIZED, format!("{error}\n"));
+    }
+    let Some(event) = header(&headers, "x-github-event") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "missing X-GitHub-Event header\n".to_owned(),
+        );
+    };
+    let Some(delivery) = header(&headers, "x-github-delivery") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "missing X-GitHub-Delivery header\n".to_owned(),
+        );
+    };
+    let parsed = match parse(event, &body) {
+        Ok(Some(ForgeEvent::Ping)) => return (StatusCode::OK, "pong\n".to_owned()),
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return (StatusCode::OK, "ignored\n".to_owned()),
+        Err(error) => {
+            tracing::warn!(%error, %delivery, "refused a malformed webhook delivery");
+            return (StatusCode::BAD_REQUEST, format!("{error}\n"));
+        }
+    };
+    match state
+        .store
+        .record_forge_event(delivery, &parsed, chrono::Utc::now())
+        .await
+    {
+        Ok(true) => {
+            tracing::info!(%event, %delivery, "queued a webhook event");
+            webhooks.wake.forge_events();
+            (StatusCode::ACCEPTED, "queued\n".to_owned())
+        }
+        Ok(false) => (StatusCode::OK, "duplicate delivery\n".to_owned()),
+        Err(StoreError::Invalid(problem)) => (StatusCode::BAD_REQUEST, format!("{problem}\n")),
+        Err(error) => {
+            tracing::error!(%error, %delivery, "queueing a webhook event failed");
+            // 5xx: the delivery shows as failed in GitHub, where it can be redelivered.
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the event could not be queued; redeliver it later\n".to_owned(),
+            )
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,40 +1,40 @@
 //! The service's HTTP server: the routes every replica answers, leader or not: liveness
-//! (`/healthz`: the service's loop is turning), readiness (`/readyz`: the store answers)
-//! and, when a secret is configured, GitHub's webhooks (`/webhooks/github`: checked, queued
-//! in the store, and the loop woken; the work happens there, not in the request).
+//! (`/healthz`: the service's loop is not stuck in a pass), readiness (`/readyz`: the store
+//! answers) and, when a secret is configured, GitHub's webhooks (`/webhooks/github`:
+//! checked, queued in the store, and the loop woken; the work happens there, not in the
+//! request).
+
+mod health;
+pub mod webhooks;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
-use tokio::time::Instant;
 
-use crate::store::{Store, StoreError};
-use crate::webhook::{self, ForgeEvent};
+use crate::metrics::Metrics;
+use crate::runtime::{LoopHealth, Wake};
+use crate::store::Store;
 
 /// Path of the liveness endpoint.
 pub const HEALTHZ: &str = "/healthz";
 /// Path of the readiness endpoint.
 pub const READYZ: &str = "/readyz";
+/// Path of the Prometheus metrics.
+pub const METRICS: &str = "/metrics";
 /// Path GitHub delivers webhooks to.
 pub const GITHUB_WEBHOOK: &str = "/webhooks/github";
 /// Largest webhook body accepted. GitHub caps payloads at 25 MB, but the events Trainyard
 /// reads are a few kilobytes; a push listing thousands of commits is the largest seen.
 pub const WEBHOOK_BODY_LIMIT: usize = 5 * 1024 * 1024;
 
-/// How long the loop may go without a heartbeat before the process counts as stuck: well
-/// above the longest sleep of the loop (a few seconds) and a slow pass.
-pub const HEARTBEAT_BOUND: Duration = Duration::from_secs(60);
-/// How long readiness waits for the store before it answers "not ready".
-const STORE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one pass of the loop may take before the process counts as stuck: well above a
+/// slow pass. A loop asleep between passes is alive however long it sleeps.
+pub const PASS_BOUND: Duration = Duration::from_secs(120);
 
 /// Errors of the HTTP server.
 #[derive(Debug, Error)]
@@ -44,46 +44,17 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// When the service's loop last showed it was alive; cheap to clone and to beat.
-#[derive(Debug, Clone)]
-pub struct Heartbeat {
-    origin: Instant,
-    /// Milliseconds after `origin` of the last beat.
-    last: Arc<AtomicU64>,
-}
-
-impl Default for Heartbeat {
-    fn default() -> Self {
-        Heartbeat {
-            origin: Instant::now(),
-            last: Arc::new(AtomicU64::new(0)),
-        }
-    }
-}
-
-impl Heartbeat {
-    /// Records that the loop is alive now.
-    pub fn beat(&self) {
-        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(now, Ordering::Relaxed);
-    }
-
-    /// Time since the last beat (since creation, if none).
-    pub fn age(&self) -> Duration {
-        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
-        self.origin.elapsed().saturating_sub(last)
-    }
-}
-
 /// What the routes read.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The loop's heartbeat, for liveness.
-    pub heartbeat: Heartbeat,
-    /// Longest silence of the heartbeat that still counts as alive.
-    pub heartbeat_bound: Duration,
+    /// How the loop is doing, for liveness.
+    pub health: LoopHealth,
+    /// Longest pass that still counts as alive.
+    pub pass_bound: Duration,
     /// The store, for readiness and the event queue.
     pub store: Store,
+    /// The service's metrics.
+    pub metrics: Metrics,
     /// Webhooks, when a secret is configured; without one the route is not mounted.
     pub webhooks: Option<Webhooks>,
 }
@@ -92,13 +63,12 @@ pub struct AppState {
 #[derive(Clone)]
 pub struct Webhooks {
     secret: Arc<[u8]>,
-    wake: Arc<Notify>,
+    wake: Wake,
 }
 
 impl Webhooks {
-    /// Webhooks signed with `secret`; each stored event notifies `wake` (the service's
-    /// [`wake_handle`](crate::runtime::Service::wake_handle)).
-    pub fn new(secret: impl Into<Arc<[u8]>>, wake: Arc<Notify>) -> Self {
+    /// Webhooks signed with `secret`; each stored event wakes the service's loop.
+    pub fn new(secret: impl Into<Arc<[u8]>>, wake: Wake) -> Self {
         Webhooks {
             secret: secret.into(),
             wake,
@@ -116,12 +86,13 @@ impl std::fmt::Debug for Webhooks {
 }
 
 impl AppState {
-    /// State over the service's heartbeat and store, with the default bound.
-    pub fn new(heartbeat: Heartbeat, store: Store) -> Self {
+    /// State over the loop's health, the store and the metrics, with the default bound.
+    pub fn new(health: LoopHealth, store: Store, metrics: Metrics) -> Self {
         AppState {
-            heartbeat,
-            heartbeat_bound: HEARTBEAT_BOUND,
+            health,
+            pass_bound: PASS_BOUND,
             store,
+            metrics,
             webhooks: None,
         }
     }
@@ -136,12 +107,13 @@ impl AppState {
 /// Every route of the server.
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
-        .route(HEALTHZ, get(healthz))
-        .route(READYZ, get(readyz));
+        .route(HEALTHZ, get(health::healthz))
+        .route(READYZ, get(health::readyz))
+        .route(METRICS, get(health::metrics));
     if state.webhooks.is_some() {
         router = router.route(
             GITHUB_WEBHOOK,
-            post(github_webhook).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
+            post(webhooks::github_webhook).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
         );
     }
     router.with_state(state)
@@ -160,109 +132,11 @@ pub async fn serve(
     Ok(())
 }
 
-async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
-    let age = state.heartbeat.age();
-    if age <= state.heartbeat_bound {
-        (StatusCode::OK, "ok\n".to_owned())
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "stuck: the service loop has not turned for {}s (bound {}s)\n",
-                age.as_secs(),
-                state.heartbeat_bound.as_secs()
-            ),
-        )
-    }
-}
-
-async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
-    match tokio::time::timeout(STORE_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready\n".to_owned()),
-        Ok(Err(error)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: the store failed: {error}\n"),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: the store did not answer within {}s\n",
-                STORE_TIMEOUT.as_secs()
-            ),
-        ),
-    }
-}
-
-/// A header's value as text, if present and readable.
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|value| value.to_str().ok())
-}
-
-/// Checks the signature before reading anything else, queues the event and wakes the loop.
-/// GitHub waits at most ten seconds for an answer, so nothing slow happens here.
-async fn github_webhook(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, String) {
-    let Some(webhooks) = &state.webhooks else {
-        return (StatusCode::NOT_FOUND, "webhooks are off\n".to_owned());
-    };
-    // A value that is not text cannot be a hex signature; "" makes verify say so.
-    let signature = headers
-        .get("x-hub-signature-256")
-        .map(|value| value.to_str().unwrap_or_default());
-    if let Err(error) = webhook::verify(&webhooks.secret, signature, &body) {
-        tracing::warn!(%error, "refused a webhook delivery");
-        return (StatusCode::UNAUTHORIZED, format!("{error}\n"));
-    }
-    let Some(event) = header(&headers, "x-github-event") else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "missing X-GitHub-Event header\n".to_owned(),
-        );
-    };
-    let Some(delivery) = header(&headers, "x-github-delivery") else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "missing X-GitHub-Delivery header\n".to_owned(),
-        );
-    };
-    let parsed = match webhook::parse(event, &body) {
-        Ok(Some(ForgeEvent::Ping)) => return (StatusCode::OK, "pong\n".to_owned()),
-        Ok(Some(parsed)) => parsed,
-        Ok(None) => return (StatusCode::OK, "ignored\n".to_owned()),
-        Err(error) => {
-            tracing::warn!(%error, %delivery, "refused a malformed webhook delivery");
-            return (StatusCode::BAD_REQUEST, format!("{error}\n"));
-        }
-    };
-    match state
-        .store
-        .record_forge_event(delivery, &parsed, chrono::Utc::now())
-        .await
-    {
-        Ok(true) => {
-            tracing::info!(%event, %delivery, "queued a webhook event");
-            webhooks.wake.notify_one();
-            (StatusCode::ACCEPTED, "queued\n".to_owned())
-        }
-        Ok(false) => (StatusCode::OK, "duplicate delivery\n".to_owned()),
-        Err(StoreError::Invalid(problem)) => (StatusCode::BAD_REQUEST, format!("{problem}\n")),
-        Err(error) => {
-            tracing::error!(%error, %delivery, "queueing a webhook event failed");
-            // 5xx: the delivery shows as failed in GitHub, where it can be redelivered.
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the event could not be queued; redeliver it later\n".to_owned(),
-            )
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::ForgeEvent;
+    use crate::server::webhooks::{self as webhook};
 
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -298,27 +172,51 @@ mod tests {
         (status, body)
     }
 
+    fn state(store: Store) -> AppState {
+        AppState::new(LoopHealth::default(), store, Metrics::default())
+    }
+
     #[tokio::test]
-    async fn a_beating_loop_is_healthy_and_a_silent_one_is_not() {
+    async fn a_sleeping_loop_is_healthy_and_one_stuck_in_a_pass_is_not() {
         let (_dir, store) = store().await;
-        let heartbeat = Heartbeat::default();
-        let mut state = AppState::new(heartbeat.clone(), store);
-        state.heartbeat_bound = Duration::from_millis(300);
+        let health = LoopHealth::default();
+        let mut state = AppState::new(health.clone(), store, Metrics::default());
+        state.pass_bound = Duration::from_millis(300);
         let (address, _stop) = start(state).await;
-        heartbeat.beat();
-        assert_eq!(get(address, HEALTHZ).await, (200, "ok\n".to_owned()));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            get(address, HEALTHZ).await,
+            (200, "ok\n".to_owned()),
+            "asleep between passes, however long"
+        );
+        health.busy();
+        assert_eq!(get(address, HEALTHZ).await.0, 200, "a pass just began");
         tokio::time::sleep(Duration::from_millis(600)).await;
         let (status, body) = get(address, HEALTHZ).await;
         assert_eq!(status, 503);
         assert!(body.starts_with("stuck:"), "{body}");
-        heartbeat.beat();
+        health.idle();
         assert_eq!(get(address, HEALTHZ).await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_as_openmetrics() {
+        let (_dir, store) = store().await;
+        let metrics = Metrics::default();
+        metrics.pass("runs");
+        let (address, _stop) = start(AppState::new(LoopHealth::default(), store, metrics)).await;
+        let (status, body) = get(address, METRICS).await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("trainyard_reconcile_passes_total{reconciler=\"runs\"} 1"),
+            "{body}"
+        );
     }
 
     #[tokio::test]
     async fn readiness_follows_the_store() {
         let (_dir, store) = store().await;
-        let (address, _stop) = start(AppState::new(Heartbeat::default(), store.clone())).await;
+        let (address, _stop) = start(state(store.clone())).await;
         assert_eq!(get(address, READYZ).await, (200, "ready\n".to_owned()));
         store.close().await;
         let (status, body) = get(address, READYZ).await;
@@ -329,7 +227,7 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_path_is_not_found() {
         let (_dir, store) = store().await;
-        let (address, _stop) = start(AppState::new(Heartbeat::default(), store)).await;
+        let (address, _stop) = start(state(store)).await;
         assert_eq!(get(address, "/nope").await.0, 404);
     }
 
@@ -339,13 +237,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            router(AppState::new(Heartbeat::default(), store)),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let server = tokio::spawn(serve(listener, router(state(store)), async {
+            let _ = stopped.await;
+        }));
         assert_eq!(get(address, HEALTHZ).await.0, 200);
         stop.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(5), server)
@@ -371,11 +265,11 @@ mod tests {
     }
 
     /// A router with webhooks on, its store and the notify it wakes.
-    async fn hooked() -> (tempfile::TempDir, Store, Arc<Notify>, Router) {
+    async fn hooked() -> (tempfile::TempDir, Store, Wake, Router) {
         let (dir, store) = store().await;
-        let wake = Arc::new(Notify::new());
-        let state = AppState::new(Heartbeat::default(), store.clone())
-            .with_webhooks(Webhooks::new(SECRET.to_vec(), wake.clone()));
+        let wake = Wake::default();
+        let state =
+            state(store.clone()).with_webhooks(Webhooks::new(SECRET.to_vec(), wake.clone()));
         (dir, store, wake, router(state))
     }
 
@@ -410,7 +304,7 @@ mod tests {
     }
 
     /// Whether `wake` holds a notification, without waiting for one.
-    async fn woken(wake: &Notify) -> bool {
+    async fn woken(wake: &Wake) -> bool {
         tokio::time::timeout(Duration::from_millis(50), wake.notified())
             .await
             .is_ok()
@@ -431,9 +325,12 @@ mod tests {
         .await;
         assert_eq!(first, (202, "queued\n".to_owned()));
         assert!(woken(&wake).await);
-        let pending = store.pending_forge_events(10).await.unwrap();
+        let pending = store.pending_forge_events::<ForgeEvent>(10).await.unwrap();
         assert_eq!(
-            pending.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+            pending
+                .iter()
+                .map(|(_, e)| e.as_ref().expect("readable").clone())
+                .collect::<Vec<_>>(),
             vec![ForgeEvent::Push {
                 branch: "main".to_owned(),
                 after: SHA.to_owned()
@@ -442,7 +339,14 @@ mod tests {
         let replay = deliver(&router, Some("push"), Some("d-1"), Some(signature), body).await;
         assert_eq!(replay, (200, "duplicate delivery\n".to_owned()));
         assert!(!woken(&wake).await, "a replay wakes nothing");
-        assert_eq!(store.pending_forge_events(10).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .pending_forge_events::<ForgeEvent>(10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[tokio::test]
@@ -460,7 +364,13 @@ mod tests {
             let (status, text) = deliver(&router, Some("push"), Some("d-1"), signature, sent).await;
             assert_eq!(status, 401, "{text}");
         }
-        assert!(store.pending_forge_events(10).await.unwrap().is_empty());
+        assert!(
+            store
+                .pending_forge_events::<ForgeEvent>(10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert!(!woken(&wake).await);
         // The refusals did not use up the delivery id.
         let signature = webhook::sign(SECRET, &body);
@@ -510,7 +420,13 @@ mod tests {
             (status, text.as_str()),
             (400, "missing X-GitHub-Delivery header\n")
         );
-        assert!(store.pending_forge_events(10).await.unwrap().is_empty());
+        assert!(
+            store
+                .pending_forge_events::<ForgeEvent>(10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]
@@ -523,7 +439,13 @@ mod tests {
             deliver(&router, Some("push"), Some("d-1"), Some(signature), body).await;
         assert_eq!(status, 400);
         assert_eq!(text, "malformed push payload: after is not a string\n");
-        assert!(store.pending_forge_events(10).await.unwrap().is_empty());
+        assert!(
+            store
+                .pending_forge_events::<ForgeEvent>(10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]
@@ -533,13 +455,19 @@ mod tests {
         let signature = webhook::sign(SECRET, &body);
         let (status, _) = deliver(&router, Some("push"), Some("d-1"), Some(signature), body).await;
         assert_eq!(status, 413);
-        assert!(store.pending_forge_events(10).await.unwrap().is_empty());
+        assert!(
+            store
+                .pending_forge_events::<ForgeEvent>(10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]
     async fn without_a_secret_there_is_no_webhook_route() {
         let (_dir, store) = store().await;
-        let router = router(AppState::new(Heartbeat::default(), store));
+        let router = router(state(store));
         let body = push_body();
         let signature = webhook::sign(SECRET, &body);
         let (status, _) = deliver(&router, Some("push"), Some("d-1"), Some(signature), body).await;

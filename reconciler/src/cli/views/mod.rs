@@ -16,13 +16,16 @@ use sqlx::sqlite::SqliteConnectOptions;
 use trainyard::artifacts::{ArtifactStore, log_key};
 use trainyard::execute::kubernetes::{self, ClusterSettings};
 use trainyard::source::discover;
-use trainyard::spec::cron::{CronSchedule, parse_timezone};
-use trainyard::store::{
-    ArtifactRow, AttemptRow, AttemptState, ModelState, ModelVersionRow, RunRow, ScheduleRow,
-    StepRow, StepState, Store, TickRow,
-};
+use trainyard::spec::check::Params;
+use trainyard::store::{ArtifactRow, AttemptRow, AttemptState, RunRow, StepRow, StepState, Store};
 
 use super::{Format, StoreArgs, print};
+
+mod models;
+mod schedules;
+
+use models::list_models;
+use schedules::list_schedules;
 
 /// Exit status when the run, step, attempt, log or model asked for does not exist.
 const EXIT_NOT_FOUND: u8 = 1;
@@ -185,10 +188,7 @@ impl StoreArgs {
             "no --data-dir given and the current directory is not in a Git repository; \
              run in the repository the service watches, or pass --data-dir",
         )?;
-        let root = repo
-            .workdir()
-            .ok_or_else(|| anyhow!("the Git repository has no working tree; pass --data-dir"))?;
-        Ok(root.join(DATA_DIR))
+        Ok(repo.root().join(DATA_DIR))
     }
 
     /// `--database`, or the SQLite file `trainyard.db` in the data directory (given as a path,
@@ -298,7 +298,15 @@ async fn list_runs(pipeline: Option<&str>, limit: u32, view: &ViewArgs) -> Resul
         return no_database(view.format);
     };
     match view.format {
-        Format::Json => print_json(&runs.iter().map(RunView::from).collect::<Vec<_>>()),
+        Format::Json => print_json(
+            &runs
+                .iter()
+                .map(|run| match run {
+                    Ok(run) => serde_json::to_value(RunView::from(run)),
+                    Err(error) => Ok(serde_json::json!({ "error": error.to_string() })),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
         Format::Text if runs.is_empty() => match pipeline {
             Some(pipeline) => print(&format!("no runs of pipeline {pipeline}\n")),
             None => print("no runs\n"),
@@ -307,11 +315,21 @@ async fn list_runs(pipeline: Option<&str>, limit: u32, view: &ViewArgs) -> Resul
     }
 }
 
-fn runs_table(runs: &[RunRow], now: DateTime<Utc>) -> String {
+fn runs_table(runs: &[trainyard::store::Result<RunRow>], now: DateTime<Utc>) -> String {
     let mut table = Table::new(&[
         "ID", "PIPELINE", "TRIGGER", "STATE", "COMMIT", "CREATED", "DURATION",
     ]);
     for run in runs {
+        let run = match run {
+            Ok(run) => run,
+            Err(error) => {
+                table.row(vec![
+                    "?".to_owned(),
+                    one_line(&error.to_string(), 2 * MESSAGE_WIDTH),
+                ]);
+                continue;
+            }
+        };
         table.row(vec![
             run.id.to_string(),
             run.pipeline.clone(),
@@ -382,7 +400,7 @@ fn run_text(detail: &RunDetail, now: DateTime<Utc>) -> String {
         ("Version", short_sha(&run.pipeline_version).to_owned()),
         ("Commit", run.commit_sha.clone()),
         ("Trigger", trigger),
-        ("Params", pairs(&run.params)),
+        ("Params", params_text(&run.params)),
         ("State", state),
         (
             "Message",
@@ -417,6 +435,46 @@ fn run_text(detail: &RunDetail, now: DateTime<Utc>) -> String {
     }
     out.push('\n');
     out.push_str(&steps.render());
+
+    // Queued time is not run time: how long each attempt waited for its executor (a
+    // queue, a node, an image) before its program ran, and how long it ran.
+    if !detail.attempts.is_empty() {
+        let mut attempts = Table::new(&[
+            "STEP",
+            "ATTEMPT",
+            "STATE",
+            "SUBMITTED",
+            "QUEUED",
+            "RAN",
+            "MESSAGE",
+        ]);
+        for attempt in &detail.attempts {
+            let ongoing = attempt.finished_at.is_none();
+            let started = attempt.running_at.or(attempt.finished_at);
+            attempts.row(vec![
+                attempt.step.clone(),
+                attempt.attempt.to_string(),
+                attempt.state.to_string(),
+                attempt
+                    .submitted_at
+                    .map_or_else(|| "-".to_owned(), local_time),
+                match attempt.submitted_at {
+                    Some(submitted) => took(Some(submitted), started, ongoing, now),
+                    None => "-".to_owned(),
+                },
+                match attempt.running_at {
+                    Some(running) => took(Some(running), attempt.finished_at, ongoing, now),
+                    None => "-".to_owned(),
+                },
+                attempt
+                    .message
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), |m| one_line(m, MESSAGE_WIDTH)),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&attempts.render());
+    }
 
     out.push('\n');
     if detail.artifacts.is_empty() {
@@ -532,297 +590,6 @@ async fn find_attempt(
         })
 }
 
-// --- schedules -------------------------------------------------------------------------------
-
-async fn list_schedules(view: ViewArgs) -> Result<()> {
-    let listed = with_store(&view.store, async |store| {
-        let mut rows = Vec::new();
-        for schedule in store.active_schedules().await? {
-            let last = store.last_tick(&schedule.name).await?;
-            rows.push((schedule, last));
-        }
-        Ok(rows)
-    })
-    .await?;
-    let Some(rows) = listed else {
-        return no_database(view.format);
-    };
-    let now = Utc::now();
-    let schedules: Vec<ScheduleView> = rows
-        .into_iter()
-        .map(|(schedule, last)| ScheduleView::new(schedule, last, now))
-        .collect();
-    match view.format {
-        Format::Json => print_json(&schedules),
-        Format::Text if schedules.is_empty() => print("no schedules\n"),
-        Format::Text => print(&schedules_table(&schedules)),
-    }
-}
-
-/// A schedule as the views show it: its stored row with the cron read from its definition
-/// and the next fire time worked out.
-#[derive(Debug, Serialize)]
-struct ScheduleView {
-    name: String,
-    pipeline: String,
-    cron: Option<String>,
-    timezone: String,
-    /// `None` while suspended or paused, or when the stored cron cannot be read.
-    next_fire: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next_fire_error: Option<String>,
-    state: ScheduleState,
-    paused_at: Option<DateTime<Utc>>,
-    consecutive_failures: u32,
-    commit: String,
-    file: String,
-    last_tick: Option<TickView>,
-}
-
-/// Whether a schedule fires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum ScheduleState {
-    /// Its ticks fire.
-    Active,
-    /// `spec.suspend` is set.
-    Suspended,
-    /// Paused after too many failed runs in a row.
-    Paused,
-}
-
-#[derive(Debug, Serialize)]
-struct TickView {
-    scheduled_at: DateTime<Utc>,
-    recorded_at: DateTime<Utc>,
-    outcome: &'static str,
-    reason: Option<String>,
-    run_id: Option<i64>,
-}
-
-impl ScheduleView {
-    fn new(row: ScheduleRow, last: Option<TickRow>, now: DateTime<Utc>) -> ScheduleView {
-        let spec = &row.definition["spec"];
-        let cron = spec["cron"].as_str().map(str::to_owned);
-        let timezone = spec["timezone"].as_str().unwrap_or("UTC").to_owned();
-        let state = if row.suspended {
-            ScheduleState::Suspended
-        } else if row.paused_at.is_some() {
-            ScheduleState::Paused
-        } else {
-            ScheduleState::Active
-        };
-        let (next_fire, next_fire_error) = if state == ScheduleState::Active {
-            match next_fire(cron.as_deref(), &timezone, now) {
-                Ok(next) => (next, None),
-                Err(error) => (None, Some(error)),
-            }
-        } else {
-            (None, None)
-        };
-        ScheduleView {
-            name: row.name,
-            pipeline: row.pipeline,
-            cron,
-            timezone,
-            next_fire,
-            next_fire_error,
-            state,
-            paused_at: row.paused_at,
-            consecutive_failures: row.consecutive_failures,
-            commit: row.commit_sha,
-            file: row.file,
-            last_tick: last.map(|tick| TickView {
-                scheduled_at: tick.scheduled_at,
-                recorded_at: tick.recorded_at,
-                outcome: tick.outcome.as_str(),
-                reason: tick.reason,
-                run_id: tick.run_id,
-            }),
-        }
-    }
-}
-
-/// The first fire time after `now`; `None` when the cron never fires again.
-fn next_fire(
-    cron: Option<&str>,
-    timezone: &str,
-    now: DateTime<Utc>,
-) -> Result<Option<DateTime<Utc>>, String> {
-    let cron = cron.ok_or("the stored definition has no spec.cron")?;
-    let tz = parse_timezone(timezone).map_err(|(message, _)| message)?;
-    let schedule = CronSchedule::new(cron, tz)?;
-    Ok(schedule.next_after(now).map(|t| t.with_timezone(&Utc)))
-}
-
-fn schedules_table(schedules: &[ScheduleView]) -> String {
-    let mut table = Table::new(&[
-        "NAME",
-        "PIPELINE",
-        "CRON",
-        "TIMEZONE",
-        "NEXT",
-        "LAST TICK",
-        "OUTCOME",
-        "STATE",
-    ]);
-    for schedule in schedules {
-        let next = match (&schedule.next_fire, &schedule.next_fire_error) {
-            (Some(at), _) => local_time(*at),
-            (None, Some(error)) => one_line(error, MESSAGE_WIDTH),
-            (None, None) => "-".to_owned(),
-        };
-        let (last, outcome) = match &schedule.last_tick {
-            Some(tick) => {
-                let mut outcome = tick.outcome.to_owned();
-                if let Some(reason) = &tick.reason {
-                    outcome.push_str(": ");
-                    outcome.push_str(&one_line(reason, MESSAGE_WIDTH));
-                }
-                if let Some(run) = tick.run_id {
-                    outcome.push_str(&format!(" (run {run})"));
-                }
-                (local_time(tick.scheduled_at), outcome)
-            }
-            None => ("-".to_owned(), "-".to_owned()),
-        };
-        let state = match (schedule.state, schedule.paused_at) {
-            (ScheduleState::Paused, Some(at)) => format!("paused since {}", local_time(at)),
-            (ScheduleState::Paused, None) => "paused".to_owned(),
-            (ScheduleState::Suspended, _) => "suspended".to_owned(),
-            (ScheduleState::Active, _) => "active".to_owned(),
-        };
-        table.row(vec![
-            schedule.name.clone(),
-            schedule.pipeline.clone(),
-            schedule.cron.clone().unwrap_or_else(|| "-".to_owned()),
-            schedule.timezone.clone(),
-            next,
-            last,
-            outcome,
-            state,
-        ]);
-    }
-    table.render()
-}
-
-// --- models ----------------------------------------------------------------------------------
-
-async fn list_models(name: Option<String>, view: ViewArgs) -> Result<()> {
-    let name = name.as_deref();
-    let listed = with_store(&view.store, async |store| {
-        let versions = store.models(name).await?;
-        let mut aliases: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
-        for version in &versions {
-            if !aliases.contains_key(&version.model) {
-                let of_model = store.aliases(&version.model).await?;
-                aliases.insert(version.model.clone(), of_model);
-            }
-        }
-        Ok((versions, aliases))
-    })
-    .await?;
-    let (versions, aliases) = match (listed, name) {
-        (None, Some(name)) => {
-            return Err(NotFound(format!("model {name} not found ({NO_RUNS_YET})")).into());
-        }
-        (None, None) => return no_database(view.format),
-        (Some((versions, _)), Some(name)) if versions.is_empty() => {
-            return Err(NotFound(format!("model {name} not found")).into());
-        }
-        (Some(listed), _) => listed,
-    };
-    let models: Vec<ModelView> = versions
-        .iter()
-        .map(|version| ModelView::new(version, &aliases))
-        .collect();
-    match view.format {
-        Format::Json => print_json(&models),
-        Format::Text if models.is_empty() => print("no models registered\n"),
-        Format::Text => print(&models_table(&models)),
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct ModelView<'a> {
-    model: &'a str,
-    /// `None` when rejected.
-    version: Option<i64>,
-    state: &'static str,
-    /// The aliases that point at this version.
-    aliases: Vec<&'a str>,
-    metrics: &'a Value,
-    gates: &'a Value,
-    reasons: &'a [String],
-    artifact_uri: &'a str,
-    artifact_sha256: &'a str,
-    commit: &'a str,
-    pipeline: &'a str,
-    pipeline_version: &'a str,
-    params: &'a Value,
-    run_id: i64,
-    created_at: DateTime<Utc>,
-}
-
-impl<'a> ModelView<'a> {
-    fn new(
-        row: &'a ModelVersionRow,
-        aliases: &'a BTreeMap<String, Vec<(String, i64)>>,
-    ) -> ModelView<'a> {
-        let pointing = aliases
-            .get(&row.model)
-            .into_iter()
-            .flatten()
-            .filter(|(_, version)| Some(*version) == row.version)
-            .map(|(alias, _)| alias.as_str())
-            .collect();
-        ModelView {
-            model: &row.model,
-            version: row.version,
-            state: row.state.as_str(),
-            aliases: pointing,
-            metrics: &row.metrics,
-            gates: &row.gates,
-            reasons: &row.reasons,
-            artifact_uri: &row.artifact_uri,
-            artifact_sha256: &row.artifact_sha256,
-            commit: &row.commit_sha,
-            pipeline: &row.pipeline,
-            pipeline_version: &row.pipeline_version,
-            params: &row.params,
-            run_id: row.run_id,
-            created_at: row.created_at,
-        }
-    }
-}
-
-fn models_table(models: &[ModelView<'_>]) -> String {
-    let mut table = Table::new(&[
-        "MODEL", "VERSION", "ALIASES", "METRICS", "COMMIT", "RUN", "CREATED",
-    ]);
-    for model in models {
-        // Only accepted models get a version number.
-        let version = model
-            .version
-            .map_or_else(|| ModelState::Rejected.to_string(), |v| v.to_string());
-        let aliases = if model.aliases.is_empty() {
-            "-".to_owned()
-        } else {
-            model.aliases.join(",")
-        };
-        table.row(vec![
-            model.model.to_owned(),
-            version,
-            aliases,
-            pairs(model.metrics),
-            short_sha(model.commit).to_owned(),
-            model.run_id.to_string(),
-            local_time(model.created_at),
-        ]);
-    }
-    table.render()
-}
-
 // --- JSON rows -------------------------------------------------------------------------------
 
 #[derive(Debug, Serialize)]
@@ -834,7 +601,7 @@ struct RunView<'a> {
     trigger: &'static str,
     schedule: Option<&'a str>,
     scheduled_at: Option<DateTime<Utc>>,
-    params: &'a Value,
+    params: &'a Params,
     state: &'static str,
     message: Option<&'a str>,
     cancel_requested: bool,
@@ -894,8 +661,16 @@ struct AttemptView<'a> {
     attempt: u32,
     job: &'a str,
     state: &'static str,
-    started_at: DateTime<Utc>,
+    /// Recorded, before it was handed to the executor.
+    created_at: DateTime<Utc>,
+    /// Accepted by the executor (the Job created, the process spawned).
+    submitted_at: Option<DateTime<Utc>>,
+    /// Its program began to run.
+    started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    /// From submitted to running (or to its end, if it never ran).
+    pending_seconds: Option<f64>,
+    /// From running to its end.
     duration_seconds: Option<f64>,
     exit_code: Option<i32>,
     message: Option<&'a str>,
@@ -935,9 +710,12 @@ impl<'a> From<&'a RunDetail> for RunDetailView<'a> {
                         attempt: a.attempt,
                         job: &a.job,
                         state: a.state.as_str(),
-                        started_at: a.started_at,
+                        created_at: a.created_at,
+                        submitted_at: a.submitted_at,
+                        started_at: a.running_at,
                         finished_at: a.finished_at,
-                        duration_seconds: seconds(Some(a.started_at), a.finished_at),
+                        pending_seconds: seconds(a.submitted_at, a.running_at.or(a.finished_at)),
+                        duration_seconds: seconds(a.running_at, a.finished_at),
                         exit_code: a.exit_code,
                         message: a.message.as_deref(),
                     })
@@ -1091,20 +869,31 @@ fn one_line(text: &str, max: usize) -> String {
     format!("{}…", kept.trim_end())
 }
 
-/// A JSON object as compact `key=value` pairs (`auc=0.91,loss=0.2`); `-` when empty.
-fn pairs(value: &Value) -> String {
-    match value {
-        Value::Object(map) if !map.is_empty() => map
-            .iter()
-            .map(|(key, value)| match value {
-                Value::String(text) => format!("{key}={text}"),
-                other => format!("{key}={other}"),
-            })
-            .collect::<Vec<_>>()
-            .join(","),
-        Value::Object(_) | Value::Null => "-".to_owned(),
-        other => other.to_string(),
+/// Params as compact `key=value` pairs (`epochs=3,name=x`); `-` when there are none.
+fn params_text(params: &Params) -> String {
+    if params.is_empty() {
+        return "-".to_owned();
     }
+    params
+        .iter()
+        .map(|(key, value)| match value {
+            Value::String(text) => format!("{key}={text}"),
+            other => format!("{key}={other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Metrics as compact `key=value` pairs (`auc=0.91,loss=0.2`); `-` when there are none.
+fn metrics_text(metrics: &BTreeMap<String, f64>) -> String {
+    if metrics.is_empty() {
+        return "-".to_owned();
+    }
+    metrics
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -1188,13 +977,13 @@ mod tests {
     }
 
     #[test]
-    fn objects_become_compact_pairs() {
-        assert_eq!(
-            pairs(&json!({"loss": 0.2, "auc": 0.91, "name": "x", "n": 3})),
-            "auc=0.91,loss=0.2,n=3,name=x"
-        );
-        assert_eq!(pairs(&json!({})), "-");
-        assert_eq!(pairs(&Value::Null), "-");
+    fn params_and_metrics_become_compact_pairs() {
+        let params: Params = [("name".to_owned(), json!("x")), ("n".to_owned(), json!(3))].into();
+        assert_eq!(params_text(&params), "n=3,name=x");
+        assert_eq!(params_text(&Params::new()), "-");
+        let metrics = BTreeMap::from([("loss".to_owned(), 0.2), ("auc".to_owned(), 0.91)]);
+        assert_eq!(metrics_text(&metrics), "auc=0.91,loss=0.2");
+        assert_eq!(metrics_text(&BTreeMap::new()), "-");
     }
 
     #[test]
@@ -1233,24 +1022,5 @@ mod tests {
         );
         assert_eq!(file("data/ty.db"), Some(PathBuf::from("data/ty.db")));
         assert_eq!(file("postgres://u@localhost/ty"), None);
-    }
-
-    #[test]
-    fn the_next_fire_is_read_in_the_schedules_zone() {
-        let now = DateTime::from_timestamp(1_767_225_600, 0).expect("a valid time");
-        // 2026-01-01T00:00:00Z: 02:00 in Berlin (winter time) is 01:00 UTC.
-        assert_eq!(
-            next_fire(Some("0 2 * * *"), "Europe/Berlin", now),
-            Ok(DateTime::from_timestamp(1_767_229_200, 0))
-        );
-    }
-
-    #[test]
-    fn a_stored_cron_that_cannot_be_read_explains_why_it_has_no_next_fire() {
-        let now = DateTime::from_timestamp(1_767_225_600, 0).expect("a valid time");
-        let unknown_zone = next_fire(Some("0 2 * * *"), "Europe/Berln", now);
-        assert!(unknown_zone.is_err_and(|e| e.contains("Europe/Berln")));
-        let no_cron = next_fire(None, "UTC", now);
-        assert!(no_cron.is_err_and(|e| e.contains("spec.cron")));
     }
 }

@@ -1,8 +1,16 @@
-//! Reads the tracked path of a repository, at a Git revision (through git2) or from the
-//! working tree, into a `Snapshot`: the definition files with their blob ids.
+//! All Git: the followed repository behind one handle ([`Repo`]: heads, fetches of
+//! branches and pull request refs, exports, the tree walk for uploads), the branch watcher,
+//! and the tracked path read at a Git revision or from the working tree into a
+//! [`Snapshot`]: the definition files with their blob ids.
 //!
 //! Blob contents from Git are read only when asked for, so a caller that caches parsed files
 //! by blob id reads only what changed.
+
+mod repo;
+mod watch;
+
+pub use repo::{Repo, TreeFile};
+pub use watch::BranchWatcher;
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -56,6 +64,33 @@ pub enum SourceError {
     /// The tracked path has more files than a snapshot lists.
     #[error("more than {MAX_FILES} files under the tracked path")]
     TooManyFiles,
+    /// The repository could not be watched for new commits.
+    #[error("cannot watch the repository: {0}")]
+    Watch(String),
+    /// Blocking work on the repository did not finish (the runtime is shutting down).
+    #[error("git work was interrupted: {0}")]
+    Blocking(String),
+}
+
+impl SourceError {
+    /// Whether trying again later may help: the network, a lock, the file system; not a
+    /// missing revision or a corrupt object.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Git(e) => {
+                matches!(
+                    e.class(),
+                    git2::ErrorClass::Net
+                        | git2::ErrorClass::Http
+                        | git2::ErrorClass::Ssh
+                        | git2::ErrorClass::Ssl
+                        | git2::ErrorClass::Os
+                ) || matches!(e.code(), git2::ErrorCode::Locked)
+            }
+            SourceError::Io { .. } | SourceError::Blocking(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Where a file's bytes are.
@@ -97,7 +132,7 @@ pub struct Snapshot {
     /// When made by [`Snapshot::advance`]: the commit it advanced from and the paths that
     /// changed since, so a consumer that saw that commit can look at those paths alone.
     pub changed_since: Option<(Oid, Vec<String>)>,
-    repo: Option<Repository>,
+    repo: Option<Repo>,
 }
 
 fn is_definition(name: &str) -> bool {
@@ -129,13 +164,13 @@ fn parent(path: &str) -> &str {
 impl Snapshot {
     /// Reads the tracked directory `subdir` (relative to the repository root, `""` for the
     /// root) of `repo` at `rev`.
-    pub fn at_revision(repo: Repository, rev: &str, subdir: &str) -> Result<Snapshot, SourceError> {
-        let (commit, files) = list_revision(&repo, rev, subdir)?;
+    pub fn at_revision(repo: &Repo, rev: &str, subdir: &str) -> Result<Snapshot, SourceError> {
+        let (commit, files) = list_revision(&repo.git(), rev, subdir)?;
         Ok(Snapshot {
             commit: Some(commit),
             files,
             changed_since: None,
-            repo: Some(repo),
+            repo: Some(repo.clone()),
         })
     }
 
@@ -150,11 +185,11 @@ impl Snapshot {
             )));
         };
         if self.files.iter().any(|f| f.linked) {
-            return Snapshot::at_revision(repo, rev, subdir);
+            return Snapshot::at_revision(&repo, rev, subdir);
         }
-        let delta = diff_listing(&repo, old, rev, subdir)?;
+        let delta = diff_listing(&repo.git(), old, rev, subdir)?;
         let Some((commit, changes)) = delta else {
-            return Snapshot::at_revision(repo, rev, subdir);
+            return Snapshot::at_revision(&repo, rev, subdir);
         };
         let mut files = self.files;
         let paths: Vec<String> = changes.iter().map(|(path, _)| path.clone()).collect();
@@ -224,6 +259,7 @@ impl Snapshot {
                 })?;
                 // The size comes from the object header, so an oversize blob is never inflated.
                 let failed = |e: git2::Error| ReadProblem::Failed(e.into());
+                let repo = repo.git();
                 let (size, _) = repo
                     .odb()
                     .and_then(|odb| odb.read_header(*oid))
@@ -543,9 +579,9 @@ fn refused_file(path: String, why: &str) -> SourceFile {
     }
 }
 
-/// Opens the repository containing `path` and returns it with `path` relative to its root
-/// (with `/` separators, `""` for the root itself).
-pub fn discover(path: &Path) -> Result<(Repository, String), SourceError> {
+/// Opens the repository containing `path` and returns it with `path` relative to its work
+/// tree's root (with `/` separators, `""` for the root itself).
+pub fn discover(path: &Path) -> Result<(Repo, String), SourceError> {
     let repo = Repository::discover(path).map_err(|_| SourceError::NotARepository {
         path: path.to_owned(),
     })?;
@@ -575,7 +611,7 @@ pub fn discover(path: &Path) -> Result<(Repository, String), SourceError> {
                 .join("/")
         })
         .unwrap_or_default();
-    Ok((repo, relative))
+    Ok((Repo::from_git(repo, workdir, None), relative))
 }
 
 #[cfg(test)]
@@ -594,6 +630,12 @@ mod tests {
         }
         commit_all(&repo, "first");
         (dir, repo)
+    }
+
+    /// The one handle a snapshot reads through.
+    fn handle(repo: Repository) -> Repo {
+        let root = repo.path().to_path_buf();
+        Repo::from_git(repo, root, None)
     }
 
     fn commit_all(repo: &Repository, message: &str) -> Oid {
@@ -627,7 +669,7 @@ mod tests {
             ("defs/.hidden/c.yaml", b"z"),
             ("other.yaml", b"w"),
         ]);
-        let snap = Snapshot::at_revision(repo, "HEAD", "defs").expect("snapshot");
+        let snap = Snapshot::at_revision(&handle(repo), "HEAD", "defs").expect("snapshot");
         let paths: Vec<&str> = snap.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["a.yaml", "p.rego", "sub/b.yml"]);
         let bytes = snap.read(&snap.files[0]).expect("readable");
@@ -637,7 +679,7 @@ mod tests {
     #[test]
     fn blob_ids_match_between_git_and_the_work_tree() {
         let (dir, repo) = repo_with(&[("a.yaml", b"x: 1\n")]);
-        let from_git = Snapshot::at_revision(repo, "HEAD", "").expect("snapshot");
+        let from_git = Snapshot::at_revision(&handle(repo), "HEAD", "").expect("snapshot");
         let from_disk = Snapshot::from_work_tree(dir.path()).expect("snapshot");
         assert_eq!(from_git.files[0].blob, from_disk.files[0].blob);
     }
@@ -650,7 +692,7 @@ mod tests {
             .expect("link");
         std::os::unix::fs::symlink("ok.yaml", dir.path().join("defs/inside.yaml")).expect("link");
         commit_all(&repo, "links");
-        let snap = Snapshot::at_revision(repo, "HEAD", "defs").expect("snapshot");
+        let snap = Snapshot::at_revision(&handle(repo), "HEAD", "defs").expect("snapshot");
         let escape = snap.file("escape.yaml").expect("listed");
         assert!(matches!(snap.read(escape), Err(ReadProblem::Refused(f)) if f.code == "symlink"));
         let inside = snap.file("inside.yaml").expect("listed");
@@ -673,7 +715,7 @@ mod tests {
     fn oversize_blobs_are_refused_without_reading_them() {
         let big = vec![b'#'; MAX_FILE_BYTES as usize + 1];
         let (_dir, repo) = repo_with(&[("big.yaml", &big)]);
-        let snap = Snapshot::at_revision(repo, "HEAD", "").expect("snapshot");
+        let snap = Snapshot::at_revision(&handle(repo), "HEAD", "").expect("snapshot");
         assert!(
             matches!(snap.read(&snap.files[0]), Err(ReadProblem::Refused(f)) if f.code == "file-too-large")
         );
@@ -683,12 +725,12 @@ mod tests {
     fn unknown_revisions_and_paths_are_errors() {
         let (dir, repo) = repo_with(&[("a.yaml", b"x")]);
         assert!(matches!(
-            Snapshot::at_revision(repo, "nope", ""),
+            Snapshot::at_revision(&handle(repo), "nope", ""),
             Err(SourceError::RevisionNotFound { .. })
         ));
         let repo = Repository::open(dir.path()).expect("open");
         assert!(matches!(
-            Snapshot::at_revision(repo, "HEAD", "missing"),
+            Snapshot::at_revision(&handle(repo), "HEAD", "missing"),
             Err(SourceError::PathNotFound { .. })
         ));
     }
@@ -719,7 +761,7 @@ mod tests {
             ("defs/d.yaml", b"d"),
             ("x.yaml", b"x"),
         ]);
-        let mut snapshot = Snapshot::at_revision(repo, "HEAD", "defs").expect("snapshot");
+        let mut snapshot = Snapshot::at_revision(&handle(repo), "HEAD", "defs").expect("snapshot");
         let edits: [Edit<'_>; 4] = [
             &[
                 ("defs/a.yaml", Some(b"a2")),
@@ -755,7 +797,7 @@ mod tests {
             commit_all(&repo, "edit");
             snapshot = snapshot.advance("HEAD", "defs").expect("advance");
             let full =
-                Snapshot::at_revision(Repository::open(dir.path()).expect("open"), "HEAD", "defs")
+                Snapshot::at_revision(&Repo::open(dir.path()).expect("open"), "HEAD", "defs")
                     .expect("snapshot");
             assert_eq!(listing(&snapshot), listing(&full));
             assert_eq!(snapshot.commit, full.commit);
@@ -784,7 +826,7 @@ mod tests {
         let (dir, repo) = repo_with(&[("ok.yaml", b"v1")]);
         std::os::unix::fs::symlink("ok.yaml", dir.path().join("link.yaml")).expect("link");
         commit_all(&repo, "link");
-        let snapshot = Snapshot::at_revision(repo, "HEAD", "").expect("snapshot");
+        let snapshot = Snapshot::at_revision(&handle(repo), "HEAD", "").expect("snapshot");
         std::fs::write(dir.path().join("ok.yaml"), b"v2").expect("write");
         let repo = Repository::open(dir.path()).expect("open");
         commit_all(&repo, "edit target");

@@ -1,0 +1,263 @@
+//! The job of one step attempt, built from the run and its pinned pipeline: argv and env with
+//! their templates rendered, inputs and outputs placed, labels and annotations set. No I/O.
+//!
+//! A template that cannot be rendered is an error for that run, never literal text or an
+//! empty argument: a program must not start with arguments it was not meant to get.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::artifacts;
+use crate::execute::{StepInput, StepJob, StepOutput, StepSource};
+use crate::spec::Pipeline;
+use crate::spec::template::{self, Reference};
+use crate::spec::units::parse_duration;
+use crate::store::RunRow;
+
+/// Where an attempt runs and what it inherits from the repository's settings.
+pub struct Placement<'a> {
+    /// The executor's directory for this job (see `Executor::job_dir`).
+    pub job_dir: PathBuf,
+    /// The step's working directory: its folder in the run's checkout, or in `source`.
+    pub workdir: PathBuf,
+    /// Where the step's files come from when it does not run beside the checkout.
+    pub source: Option<StepSource>,
+    /// The repository's default timeout (`trainyard.yaml`), for steps that set none.
+    pub default_timeout: Option<&'a str>,
+    /// The repository's default image, for steps and pipelines that set none.
+    pub default_image: Option<&'a str>,
+    /// This installation's identity.
+    pub installation: &'a str,
+}
+
+/// The folder of the pipeline file `file`, where its steps run.
+pub fn step_dir(file: &str) -> &Path {
+    Path::new(file).parent().unwrap_or(Path::new(""))
+}
+
+/// The job of attempt `attempt` of `step` in `run`, named `name`; `Err` says why it cannot
+/// be built (a template that does not render, a step the pipeline does not declare).
+pub fn build(
+    run: &RunRow,
+    pipeline: &Pipeline,
+    step: &str,
+    attempt: u32,
+    name: &str,
+    place: Placement<'_>,
+) -> Result<StepJob, String> {
+    let definition = pipeline
+        .spec
+        .steps
+        .iter()
+        .find(|d| d.name == step)
+        .ok_or_else(|| format!("its pipeline version declares no step {step:?}"))?;
+    let job_dir = place.job_dir;
+    let outputs: Vec<StepOutput> = definition
+        .outputs
+        .iter()
+        .map(|o| StepOutput {
+            name: o.clone(),
+            path: job_dir.join("outputs").join(o),
+            key: artifacts::output_key(run.id, step, o),
+        })
+        .collect();
+    let mut inputs: Vec<StepInput> = Vec::new();
+    let scheduled = run.scheduled_at.unwrap_or(run.created_at).to_rfc3339();
+    let mut render = |what: &str, text: &str| -> Result<String, String> {
+        let pieces = template::parse(text).map_err(|e| format!("{what} {text:?}: {e}"))?;
+        template::render(&pieces, |reference| {
+            Ok(match reference {
+                Reference::Param(p) => match run.params.get(p) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => return Err(format!("{what} {text:?}: param {p:?} has no value")),
+                },
+                Reference::Output(o) => {
+                    if !definition.outputs.contains(o) {
+                        return Err(format!(
+                            "{what} {text:?}: the step declares no output {o:?}"
+                        ));
+                    }
+                    job_dir.join("outputs").join(o).display().to_string()
+                }
+                Reference::StepOutput { step: from, output } => {
+                    let path = job_dir.join("inputs").join(from).join(output);
+                    if !inputs.iter().any(|i| i.path == path) {
+                        inputs.push(StepInput {
+                            key: artifacts::output_key(run.id, from, output),
+                            path: path.clone(),
+                        });
+                    }
+                    path.display().to_string()
+                }
+                Reference::RunId => run.id.to_string(),
+                Reference::RunScheduledTime => scheduled.clone(),
+            })
+        })
+    };
+    let argv = definition
+        .run
+        .iter()
+        .enumerate()
+        .map(|(i, a)| render(&format!("argument {}", i + 1), a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = definition
+        .env
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), render(&format!("env {k}"), v)?)))
+        .collect::<Result<BTreeMap<_, _>, String>>()?;
+    let timeout = match definition.timeout.as_deref().or(place.default_timeout) {
+        Some(text) => Some(timeout_of(text)?),
+        None => None,
+    };
+    let image = definition
+        .image
+        .as_deref()
+        .or(pipeline.spec.image.as_deref())
+        .or(place.default_image)
+        .unwrap_or_default()
+        .to_owned();
+    let labels = BTreeMap::from([
+        ("trainyard.dev/run".to_owned(), run.id.to_string()),
+        ("trainyard.dev/pipeline".to_owned(), run.pipeline.clone()),
+        ("trainyard.dev/step".to_owned(), step.to_owned()),
+        (
+            "trainyard.dev/instance".to_owned(),
+            place.installation.to_owned(),
+        ),
+        ("trainyard.dev/attempt".to_owned(), attempt.to_string()),
+    ]);
+    let mut annotations = BTreeMap::from([
+        ("trainyard.dev/commit".to_owned(), run.commit_sha.clone()),
+        (
+            "trainyard.dev/version".to_owned(),
+            run.pipeline_version.clone(),
+        ),
+    ]);
+    if let Some(schedule) = &run.schedule {
+        annotations.insert("trainyard.dev/schedule".to_owned(), schedule.clone());
+    }
+    Ok(StepJob {
+        name: name.to_owned(),
+        run_id: run.id,
+        step: step.to_owned(),
+        attempt,
+        argv,
+        env,
+        image,
+        resources: definition.resources.clone(),
+        timeout,
+        job_dir,
+        workdir: place.workdir,
+        source: place.source,
+        inputs,
+        outputs,
+        log_key: artifacts::log_key(run.id, step, attempt),
+        labels,
+        annotations,
+        secrets: definition.env_from_secrets.clone(),
+    })
+}
+
+/// A step's timeout; validation refused any that does not parse, so one that does not is a
+/// stored definition this version cannot read.
+fn timeout_of(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|e| format!("timeout {text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::spec::parse_file;
+    use crate::store::{RunState, Trigger};
+
+    fn pipeline(steps: &str) -> Pipeline {
+        let text = format!(
+            "apiVersion: trainyard.dev/v1\nkind: Pipeline\nmetadata: {{name: p, owner: t}}\n\
+             spec:\n  image: i\n  params: {{epochs: {{type: int, default: 3}}, name: {{type: string, default: x}}}}\n  steps:\n{steps}"
+        );
+        let parsed = parse_file(text.as_bytes());
+        let doc = parsed.documents.into_iter().next().expect("a document");
+        match doc.document {
+            crate::spec::model::Document::Pipeline(p) => p.as_ref().clone(),
+            other => panic!("a pipeline, got {other:?}"),
+        }
+    }
+
+    fn run(params: &[(&str, Value)]) -> RunRow {
+        RunRow {
+            id: 7,
+            pipeline: "p".to_owned(),
+            pipeline_version: "v".to_owned(),
+            commit_sha: "c".repeat(40),
+            trigger: Trigger::Manual,
+            schedule: None,
+            scheduled_at: None,
+            params: params
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+            state: RunState::Pending,
+            message: None,
+            cancel_requested: false,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn place() -> Placement<'static> {
+        Placement {
+            job_dir: PathBuf::from("/work/ty-7-a-1"),
+            workdir: PathBuf::from("/src"),
+            source: None,
+            default_timeout: None,
+            default_image: None,
+            installation: "abc",
+        }
+    }
+
+    #[test]
+    fn templates_are_rendered_inside_single_arguments() {
+        let p = pipeline(
+            "    - {name: a, run: [train, --epochs, '{{ params.epochs }}', 'out={{ outputs.m }}'], outputs: [m]}\n",
+        );
+        let job = build(
+            &run(&[("epochs", Value::from(5)), ("name", Value::from("x"))]),
+            &p,
+            "a",
+            1,
+            "ty-abc-7-a-1",
+            place(),
+        )
+        .expect("a job");
+        assert_eq!(
+            job.argv,
+            ["train", "--epochs", "5", "out=/work/ty-7-a-1/outputs/m"]
+        );
+        assert_eq!(job.labels["trainyard.dev/instance"], "abc");
+        assert_eq!(job.labels["trainyard.dev/attempt"], "1");
+    }
+
+    #[test]
+    fn a_param_without_a_value_fails_the_attempt_instead_of_becoming_an_empty_argument() {
+        let p = pipeline("    - {name: a, run: [train, '{{ params.epochs }}']}\n");
+        let error = build(&run(&[]), &p, "a", 1, "ty-abc-7-a-1", place()).expect_err("no value");
+        assert!(
+            error.contains("argument 2") && error.contains("\"epochs\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_step_the_version_does_not_declare_is_an_error() {
+        let p = pipeline("    - {name: a, run: [x]}\n");
+        let error = build(&run(&[]), &p, "b", 1, "n", place()).expect_err("unknown step");
+        assert!(error.contains("\"b\""), "{error}");
+    }
+}
