@@ -432,3 +432,95 @@ spec:
     assert!(steps.iter().all(|s| s.attempt == 1), "{steps:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_client_retries_loses_no_step_and_creates_each_job_once()
+-> TestResult {
+    let cluster = Cluster::start(None).await?;
+    let repo = Repo::with_files(&[("README.md", "pipelines come later\n")])?;
+    repo.commit("empty")?;
+    let data = DataDir::postgres().await?;
+    let (mut args, env) = cluster.service_args()?;
+    args.extend(["--poll-seconds".to_owned(), "1".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let _service = Service::start_with_env(repo.path(), &data, &args, &env)?;
+    let store = data.store().await?;
+    // The service is up and watching when the API server stops answering.
+    wait_for(Duration::from_secs(30), "Jobs watched", async || {
+        Ok(cluster.api.request_count("watch", "jobs") > 0)
+    })
+    .await
+    .map_err(|e| format!("{e}\n{}", data.service_output()))?;
+    cluster.api.fail_next(usize::MAX, 503, None);
+    repo.write(
+        "pipeline.yaml",
+        format!(
+            "apiVersion: trainyard.dev/v1
+kind: Pipeline
+metadata: {{name: relay, owner: team-a}}
+spec:
+  image: {PINNED_IMAGE}
+  triggers: {{on_change: true}}
+  steps:
+    - {{name: first, run: [\"true\"]}}
+    - {{name: second, needs: [first], run: [\"true\"]}}
+    - {{name: third, needs: [second], run: [\"true\"]}}
+"
+        ),
+    )?;
+    repo.commit("relay")?;
+    // Longer than the client's retries of one create (about 13 s): every create of the
+    // first step fails, and the service keeps handing it over.
+    let mut seen = Vec::new();
+    let waiting = wait_for(
+        Duration::from_secs(40),
+        "the first step waiting for its Job",
+        async || {
+            seen = store.steps(1).await?;
+            Ok(seen.first().is_some_and(|s| {
+                s.message.as_deref().is_some_and(|m| {
+                    m.contains("not started yet") && m.contains("unable to handle the request")
+                })
+            }))
+        },
+    )
+    .await;
+    waiting.map_err(|e| format!("{e}: {seen:?}\n{}", data.service_output()))?;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let attempts = store.attempts(1).await?;
+    assert_eq!(attempts.len(), 1, "one attempt, not charged: {attempts:?}");
+    assert_eq!(attempts[0].submitted_at, None, "no Job exists yet");
+    assert_eq!(
+        cluster.job_creates().get(&201),
+        None,
+        "nothing was created during the outage"
+    );
+    cluster.api.clear_faults();
+
+    let state = run_to_the_end(&cluster, &data, 1, Duration::from_secs(120)).await;
+    let output = data.service_output();
+    assert_eq!(state?, RunState::Succeeded, "{output}");
+    assert_eq!(
+        cluster.job_creates().get(&201),
+        Some(&3),
+        "each Job created exactly once: {:?}\n{output}",
+        cluster.job_creates()
+    );
+    let steps = store.steps(1).await?;
+    for step in &steps {
+        assert_eq!(
+            step.attempt, 1,
+            "no attempt charged for the outage: {steps:?}"
+        );
+        assert_eq!(
+            step.message, None,
+            "nothing left saying it waits: {steps:?}"
+        );
+    }
+    for attempt in store.attempts(1).await? {
+        assert!(attempt.submitted_at.is_some(), "{attempt:?}");
+        assert_eq!(attempt.message, None, "{attempt:?}");
+    }
+    Ok(())
+}

@@ -165,9 +165,15 @@ struct Setting {
 /// A client for the cluster kube infers, as kubectl does: KUBECONFIG, ~/.kube/config, or
 /// the service account of the pod the service runs in.
 async fn cluster_client() -> Result<kube::Client> {
-    let config = kube::Config::infer()
+    let mut config = kube::Config::infer()
         .await
         .context("cannot find a Kubernetes cluster (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+    // kube's own retry layer retries 429, 503 and 504 up to 15 times with delays growing to
+    // minutes, beneath every call: one create could then take longer than an outage, and
+    // the loop would wait on it instead of requeueing. Every call of the executor retries
+    // itself, boundedly and honouring Retry-After; the watches and the election have their
+    // own backoff.
+    config.default_retry = false;
     kube::Client::try_from(config).context("cannot build a client for the Kubernetes cluster")
 }
 

@@ -749,7 +749,10 @@ async fn lost(leadership: &mut Option<watch::Receiver<bool>>) {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod unit {
     use super::*;
 
     #[test]

@@ -82,7 +82,7 @@ pub(super) struct Runs<E: Executor> {
     noted: HashMap<String, JobState>,
     backoff: Backoff,
     /// When each job not accepted yet may be handed over again.
-    handover_at: HashMap<String, tokio::time::Instant>,
+    pub(super) handover_at: HashMap<String, tokio::time::Instant>,
     /// Whether the executor's jobs were checked for ones no run here owns since acting began.
     foreign_checked: bool,
     errors: u64,
@@ -189,8 +189,16 @@ impl<E: Executor> Runs<E> {
             let key = format!("run-{id}");
             let outcome = match work {
                 Ok(work) => {
-                    self.reconcile_run(&work, &noted, now, &mut budget, &mut handovers, &mut pass)
-                        .await
+                    self.reconcile_run(
+                        &work,
+                        &noted,
+                        now,
+                        starting,
+                        &mut budget,
+                        &mut handovers,
+                        &mut pass,
+                    )
+                    .await
                 }
                 Err(error) => Err(ObjectError::from(error)),
             };
@@ -231,7 +239,7 @@ impl<E: Executor> Runs<E> {
                 self.noted.entry(name).or_insert(state);
             }
         }
-        if !handovers.is_empty() {
+        if !handovers.is_empty() && !stop.requested() {
             self.hand_over(handovers, &mut pass).await;
         }
         if in_flight > 0 {
@@ -241,11 +249,13 @@ impl<E: Executor> Runs<E> {
     }
 
     /// Moves one run on; what it starts goes to `handovers`.
+    #[allow(clippy::too_many_arguments)]
     async fn reconcile_run(
         &mut self,
         work: &RunWork,
         noted: &HashMap<String, JobState>,
         now: DateTime<Utc>,
+        starting: bool,
         budget: &mut usize,
         handovers: &mut Vec<Handover>,
         pass: &mut Pass,
@@ -318,7 +328,9 @@ impl<E: Executor> Runs<E> {
                         ended = true;
                     } else {
                         let due = self.handover_at.get(&open.job).copied();
-                        if due.is_none_or(|at| at <= tokio::time::Instant::now()) {
+                        if !starting {
+                            // A shutdown hands nothing over; the next start does.
+                        } else if due.is_none_or(|at| at <= tokio::time::Instant::now()) {
                             let job = self
                                 .job(run, &pinned, &step.step.name, open.attempt)
                                 .await?;

@@ -527,6 +527,15 @@ impl ApiServer {
             .push(fault);
     }
 
+    /// Ends every fault still pending: the outage is over.
+    pub fn clear_faults(&self) {
+        self.shared
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// Compacts history: every resourceVersion before now is gone (410 for watches and
     /// continue tokens); open watches get an ERROR event and end.
     pub fn compact(&self) {
