@@ -59,6 +59,7 @@ async fn service(repo: &Path, data: &Path) -> Service<LocalExecutor, NotesForge>
         subdir: String::new(),
         data_dir: data.to_owned(),
         instance: None,
+        installation: "bench".to_owned(),
         max_parallel_steps: 4,
         policy: PolicyConfig::default(),
     };

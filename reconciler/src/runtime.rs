@@ -120,6 +120,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Prefix of status contexts, when several services follow one repository.
     pub instance: Option<String>,
+    /// This installation's identity, in the names and labels of its Jobs and the keys of
+    /// its outputs (see `execute::is_instance`).
+    pub installation: String,
     /// Steps running at once, across runs.
     pub max_parallel_steps: usize,
     /// Platform policy settings.
@@ -455,7 +458,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
     pub async fn report_foreign_jobs(&mut self) -> Result<Vec<String>, RuntimeError> {
         let mut foreign = Vec::new();
         for name in self.executor.known_jobs().await? {
-            let known = match crate::execute::run_of_job(&name) {
+            let known = match crate::execute::run_of_job(&self.config.installation, &name) {
                 Some(run) => self.store.run(run).await?.is_some(),
                 None => false,
             };
@@ -852,7 +855,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
         step: &str,
         attempt: u32,
     ) -> Result<Option<StepJob>, RuntimeError> {
-        let name = job_name(run.id, step, attempt);
+        let name = job_name(&self.config.installation, run.id, step, attempt);
         if !self
             .store
             .start_attempt(run.id, step, attempt, &name, Utc::now())
@@ -930,7 +933,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
             .map(|o| StepOutput {
                 name: o.clone(),
                 path: job_dir.join("outputs").join(o),
-                key: artifacts::output_key(run.id, step, o),
+                key: artifacts::output_key(&self.config.installation, run.id, step, o),
             })
             .collect();
         let mut inputs: Vec<StepInput> = Vec::new();
@@ -950,7 +953,12 @@ impl<E: Executor, F: Forge> Service<E, F> {
                         let path = job_dir.join("inputs").join(from).join(output);
                         if !inputs.iter().any(|i| i.path == path) {
                             inputs.push(StepInput {
-                                key: artifacts::output_key(run.id, from, output),
+                                key: artifacts::output_key(
+                                    &self.config.installation,
+                                    run.id,
+                                    from,
+                                    output,
+                                ),
                                 path: path.clone(),
                             });
                         }
@@ -996,6 +1004,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
         }
         Ok(StepJob {
             name: name.to_owned(),
+            instance: self.config.installation.clone(),
             run_id: run.id,
             step: step.to_owned(),
             attempt,
@@ -1009,7 +1018,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
             source,
             inputs,
             outputs,
-            log_key: artifacts::log_key(run.id, step, attempt),
+            log_key: artifacts::log_key(name),
             labels,
             annotations,
             secrets: definition.env_from_secrets.clone(),
@@ -1161,7 +1170,7 @@ impl<E: Executor, F: Forge> Service<E, F> {
                     artifacts: Vec::new(),
                 }
             }
-            JobState::Cancelled | JobState::Pending | JobState::Running => AttemptOutcome {
+            JobState::Cancelled | JobState::Pending | JobState::Running { .. } => AttemptOutcome {
                 state: AttemptState::Cancelled,
                 at: now,
                 exit_code: None,
@@ -1194,7 +1203,12 @@ impl<E: Executor, F: Forge> Service<E, F> {
             let metrics_bytes = match model.metrics.as_deref().and_then(find) {
                 Some(a) => self
                     .artifacts
-                    .get_bytes(&artifacts::output_key(run.id, &a.step, &a.output))
+                    .get_bytes(&artifacts::output_key(
+                        &self.config.installation,
+                        run.id,
+                        &a.step,
+                        &a.output,
+                    ))
                     .await?
                     .unwrap_or_default(),
                 None => b"{}".to_vec(),
@@ -1608,7 +1622,7 @@ mod tests {
                 .expect("lock")
                 .iter()
                 .any(|j| j.name == name);
-            Ok(known.then_some(JobState::Running))
+            Ok(known.then(|| JobState::Running { since: Utc::now() }))
         }
         async fn cancel(&self, _name: &str) -> Result<(), ExecError> {
             Ok(())
@@ -1667,6 +1681,7 @@ mod tests {
             subdir: "ml".to_owned(),
             data_dir: data.to_owned(),
             instance: None,
+            installation: "test".to_owned(),
             max_parallel_steps: 8,
             policy: PolicyConfig::default(),
         };

@@ -70,10 +70,10 @@ impl S3Server {
         let mut last_error = None;
         for _ in 0..3 {
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let log = LogFile(std::env::temp_dir().join(format!(
-                "trainyard-moto-{}-{port}.log",
-                std::process::id()
-            )));
+            let log = LogFile(
+                std::env::temp_dir()
+                    .join(format!("trainyard-moto-{}-{port}.log", std::process::id())),
+            );
             let child = Command::new(&python)
                 .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
                 .arg(port.to_string())

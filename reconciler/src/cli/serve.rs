@@ -102,7 +102,8 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     // One client for everything that talks to the cluster (the executor, the election).
     let cluster = if args.executor == ExecutorKind::Kubernetes || args.election.leader_election {
-        Some(cluster_client().await?)
+        let who = std::env::var("POD_NAME").unwrap_or_else(|_| installation(&args));
+        Some(cluster_client(&who).await?)
     } else {
         None
     };
@@ -137,6 +138,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
                 .context("the Kubernetes executor needs a cluster client")?;
             let executor = KubernetesExecutor::new(
                 client,
+                &installation(&args),
                 settings,
                 artifacts.clone(),
                 artifacts_at.clone(),
@@ -166,12 +168,28 @@ struct Setting {
     cluster: Option<kube::Client>,
 }
 
+/// The identity of an installation started without `--instance`. Two installations that
+/// share a namespace or an artifact store must each be given their own name.
+pub const DEFAULT_INSTALLATION: &str = "default";
+
+/// This installation's identity: `--instance`, else [`DEFAULT_INSTALLATION`].
+fn installation(args: &ServeArgs) -> String {
+    args.instance
+        .clone()
+        .unwrap_or_else(|| DEFAULT_INSTALLATION.to_owned())
+}
+
 /// A client for the cluster kube infers, as kubectl does: KUBECONFIG, ~/.kube/config, or
-/// the service account of the pod the service runs in.
-async fn cluster_client() -> Result<kube::Client> {
-    let config = kube::Config::infer()
+/// the service account of the pod the service runs in; its requests name `who` (the pod or
+/// the installation) in their User-Agent.
+async fn cluster_client(who: &str) -> Result<kube::Client> {
+    let mut config = kube::Config::infer()
         .await
         .context("cannot find a Kubernetes cluster (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+    let agent = trainyard::execute::kubernetes::user_agent(who);
+    let value = http::HeaderValue::from_str(&agent)
+        .with_context(|| format!("{agent:?} cannot be a User-Agent"))?;
+    config.headers.push((http::header::USER_AGENT, value));
     kube::Client::try_from(config).context("cannot build a client for the Kubernetes cluster")
 }
 
@@ -253,6 +271,7 @@ async fn drive<E: Executor>(
         subdir: args.path.trim_matches('/').to_owned(),
         data_dir: data_dir.clone(),
         instance: args.instance.clone(),
+        installation: installation(&args),
         max_parallel_steps: args.max_parallel_steps.max(1),
         policy: policy_config(&args.common)?,
     };

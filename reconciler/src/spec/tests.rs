@@ -433,18 +433,12 @@ fn versions_ignore_formatting_and_comments() {
 
 #[test]
 fn settings_are_checked() {
-    let findings = parse_settings(
-        b"policies: [../x.rego, p.txt]\ndefault_timeout: forever\n",
-    )
-    .findings;
+    let findings =
+        parse_settings(b"policies: [../x.rego, p.txt]\ndefault_timeout: forever\n").findings;
     let codes: Vec<&str> = findings.iter().map(|f| f.code.as_str()).collect();
     assert_eq!(
         codes,
-        [
-            "path-escapes",
-            "invalid-policy-path",
-            "invalid-duration"
-        ]
+        ["path-escapes", "invalid-policy-path", "invalid-duration"]
     );
     let findings = parse_settings(b"allow_emtpy: true\n").findings;
     assert_eq!(findings[0].code, "unknown-field");

@@ -406,7 +406,9 @@ fn create_job_pod(store: &mut Store, job: &Value) -> bool {
 /// (object, reason, message), its `count` and `lastTimestamp` raised when it repeats.
 fn record_warning(store: &mut Store, object: &Value, reason: &str, message: &str) {
     let events = resources::events();
-    let namespace = str_at(object, "/metadata/namespace").unwrap_or("default").to_string();
+    let namespace = str_at(object, "/metadata/namespace")
+        .unwrap_or("default")
+        .to_string();
     let uid = str_at(object, "/metadata/uid").unwrap_or("").to_string();
     let now = now_rfc3339();
     let existing = store
@@ -425,7 +427,15 @@ fn record_warning(store: &mut Store, object: &Value, reason: &str, message: &str
         if let Some(m) = event["metadata"].as_object_mut() {
             m.remove("resourceVersion");
         }
-        let _ = store.update(events, &namespace, &name, event, None, None, "job-controller");
+        let _ = store.update(
+            events,
+            &namespace,
+            &name,
+            event,
+            None,
+            None,
+            "job-controller",
+        );
         return;
     }
     let suffix = store.random_suffix(16);

@@ -586,7 +586,10 @@ impl Store {
         ];
         let containers: Vec<&Value> = ["initContainers", "containers"]
             .iter()
-            .filter_map(|list| pod.pointer(&format!("/spec/{list}")).and_then(Value::as_array))
+            .filter_map(|list| {
+                pod.pointer(&format!("/spec/{list}"))
+                    .and_then(Value::as_array)
+            })
             .flatten()
             .collect();
         for quota in self.range(resources::resource_quotas(), Some(namespace), None) {
