@@ -99,7 +99,7 @@ pub fn fire_timers(store: &mut Store, now: Instant) {
                     &json!({"propagationPolicy": "Background"}),
                 );
             }
-            Timer::JobSync {
+            Timer::PodCreateRetry {
                 namespace,
                 name,
                 uid,
@@ -391,7 +391,7 @@ fn create_job_pod(store: &mut Store, job: &Value) -> bool {
             store.create_backoff.insert(uid.clone(), (failures, until));
             store.add_timer(
                 until,
-                Timer::JobSync {
+                Timer::PodCreateRetry {
                     namespace,
                     name: name.to_string(),
                     uid,

@@ -98,7 +98,7 @@ pub enum Timer {
         uid: String,
     },
     /// The Job controller tries again to create a Job's pod after its backoff.
-    JobSync {
+    PodCreateRetry {
         namespace: String,
         name: String,
         uid: String,

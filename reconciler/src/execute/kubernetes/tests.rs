@@ -520,11 +520,11 @@ async fn two_installations_in_one_namespace_run_the_same_attempt_as_their_own_jo
     }
     assert_eq!(
         a.known_jobs().await.expect("a's jobs"),
-        [job_a.name.clone()]
+        std::slice::from_ref(&job_a.name)
     );
     assert_eq!(
         b.known_jobs().await.expect("b's jobs"),
-        [job_b.name.clone()]
+        std::slice::from_ref(&job_b.name)
     );
     assert_eq!(
         a.observe(&job_b.name).await.expect("observe"),
