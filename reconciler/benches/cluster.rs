@@ -218,14 +218,17 @@ async fn launch(api: &ApiServer, artifacts: &ArtifactStore, job: &Job, name: &st
         .ok_or("no run label")?
         .parse()?;
     let step = labels.get("trainyard.dev/step").ok_or("no step label")?;
-    let attempt: u32 = name.rsplit_once('-').ok_or("no attempt")?.1.parse()?;
-    let manifest =
-        serde_json::json!({"run": run, "step": step, "attempt": attempt, "artifacts": []});
+    let instance = labels
+        .get("trainyard.dev/instance")
+        .ok_or("no instance label")?;
+    let attempt: u32 = labels
+        .get("trainyard.dev/attempt")
+        .ok_or("no attempt label")?
+        .parse()?;
+    let manifest = serde_json::json!({"instance": instance, "job": name, "run": run,
+        "step": step, "attempt": attempt, "artifacts": []});
     artifacts
-        .put_bytes(
-            &manifest_key(run, step, attempt),
-            serde_json::to_vec(&manifest)?,
-        )
+        .put_bytes(&manifest_key(name), serde_json::to_vec(&manifest)?)
         .await?;
     // The Job controller may not have made the pod yet.
     for _ in 0..100 {

@@ -105,20 +105,23 @@ pub struct Stored {
     pub size: u64,
 }
 
-/// The key of a step's declared output: `runs/<run>/<step>/<output>`.
-pub fn output_key(run: i64, step: &str, output: &str) -> String {
-    format!("runs/{run}/{step}/{output}")
+/// The key of a step's declared output: `<instance>/runs/<run>/<step>/<output>`. Scoped by
+/// installation, so that installations sharing a store (whose run ids overlap) never read
+/// or overwrite each other's outputs.
+pub fn output_key(instance: &str, run: i64, step: &str, output: &str) -> String {
+    format!("{instance}/runs/{run}/{step}/{output}")
 }
 
-/// The key of one attempt's combined log: `runs/<run>/<step>/attempt-<n>.log`.
-pub fn log_key(run: i64, step: &str, attempt: u32) -> String {
-    format!("runs/{run}/{step}/attempt-{attempt}.log")
+/// The key of one attempt's combined log: `jobs/<job name>/log`. Job names carry the
+/// installation, run, step and attempt (see `execute::job_name`).
+pub fn log_key(job: &str) -> String {
+    format!("jobs/{job}/log")
 }
 
 /// The key of the manifest `trainyard launch` writes, last, after storing a successful
-/// attempt's outputs: `runs/<run>/<step>/attempt-<n>.manifest.json`.
-pub fn manifest_key(run: i64, step: &str, attempt: u32) -> String {
-    format!("runs/{run}/{step}/attempt-{attempt}.manifest.json")
+/// attempt's outputs: `jobs/<job name>/manifest.json`.
+pub fn manifest_key(job: &str) -> String {
+    format!("jobs/{job}/manifest.json")
 }
 
 /// The key prefix of a source tree uploaded for steps that run away from the service:
@@ -647,7 +650,7 @@ pub(crate) mod tests {
         let source = dir.path().join("model.bin");
         std::fs::write(&source, &content).expect("write source");
 
-        let key = output_key(42, "train", "model");
+        let key = output_key("test", 42, "train", "model");
         let stored = store.put_file(&key, &source).await.expect("put file");
         assert_eq!(stored.size, content.len() as u64);
         assert_eq!(stored.sha256, sha256_hex(&content));
@@ -925,10 +928,22 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn keys_are_scoped_by_run_and_step() {
-        assert_eq!(output_key(42, "train", "model"), "runs/42/train/model");
-        assert_eq!(log_key(42, "train", 2), "runs/42/train/attempt-2.log");
-        assert!(object_path(&output_key(42, "train", "model")).is_ok());
-        assert!(object_path(&log_key(42, "train", 2)).is_ok());
+    fn keys_are_scoped_by_installation_run_and_step_or_by_job() {
+        assert_eq!(
+            output_key("prod", 42, "train", "model"),
+            "prod/runs/42/train/model"
+        );
+        assert_ne!(
+            output_key("prod", 42, "train", "model"),
+            output_key("staging", 42, "train", "model")
+        );
+        assert_eq!(log_key("ty-prod-42-train-2"), "jobs/ty-prod-42-train-2/log");
+        assert_eq!(
+            manifest_key("ty-prod-42-train-2"),
+            "jobs/ty-prod-42-train-2/manifest.json"
+        );
+        assert!(object_path(&output_key("prod", 42, "train", "model")).is_ok());
+        assert!(object_path(&log_key("ty-prod-42-train-2")).is_ok());
+        assert!(object_path(&manifest_key("ty-prod-42-train-2")).is_ok());
     }
 }

@@ -23,6 +23,29 @@ const STARTUP: Duration = Duration::from_secs(30);
 pub struct S3Server {
     child: Child,
     address: SocketAddr,
+    /// moto's request log (its standard error), one line per request.
+    log: LogFile,
+}
+
+/// One request the server answered, from its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Request {
+    /// GET, PUT, HEAD, POST, DELETE.
+    pub method: String,
+    /// The path with its query, such as `/trainyard-test/jobs/x/manifest.json`.
+    pub path: String,
+    /// The status answered.
+    pub status: u16,
+}
+
+/// A file in the system's temporary directory, removed on drop.
+#[derive(Debug)]
+struct LogFile(std::path::PathBuf);
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl S3Server {
@@ -47,16 +70,21 @@ impl S3Server {
         let mut last_error = None;
         for _ in 0..3 {
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let log = LogFile(
+                std::env::temp_dir()
+                    .join(format!("trainyard-moto-{}-{port}.log", std::process::id())),
+            );
             let child = Command::new(&python)
                 .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
                 .arg(port.to_string())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(std::fs::File::create(&log.0)?)
                 .spawn()?;
             let mut server = S3Server {
                 child,
                 address: SocketAddr::from(([127, 0, 0, 1], port)),
+                log,
             };
             match server.wait_until_ready() {
                 Ok(()) => {
@@ -92,6 +120,27 @@ impl S3Server {
         .into_iter()
         .map(|(key, value)| (key.to_owned(), value))
         .collect()
+    }
+
+    /// Every request answered so far, in order (moto logs each once it has answered it).
+    pub fn requests(&self) -> Vec<S3Request> {
+        let text = std::fs::read_to_string(&self.log.0).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                // 127.0.0.1 - - [02/Dec/2026 12:34:06] "GET /bucket/key HTTP/1.1" 404 -
+                let (_, rest) = line.split_once('"')?;
+                let (request, after) = rest.split_once('"')?;
+                let mut parts = request.split(' ');
+                let method = parts.next()?.to_owned();
+                let path = parts.next()?.to_owned();
+                let status = after.split_whitespace().next()?.parse().ok()?;
+                Some(S3Request {
+                    method,
+                    path,
+                    status,
+                })
+            })
+            .collect()
     }
 
     fn wait_until_ready(&mut self) -> io::Result<()> {
@@ -169,6 +218,15 @@ mod tests {
         assert_eq!(
             server.request("HEAD", "/no-such-bucket").expect("head"),
             404
+        );
+        let requests = server.requests();
+        assert!(
+            requests.contains(&S3Request {
+                method: "HEAD".to_owned(),
+                path: "/no-such-bucket".to_owned(),
+                status: 404
+            }),
+            "{requests:?}"
         );
         drop(server);
         assert!(TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_err());

@@ -3,7 +3,7 @@
 //! real `trainyard launch` moves every input and output), a real S3 server (moto) for
 //! artifacts, PostgreSQL for the store, and the deployed Role enforced on every request.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -172,14 +172,16 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
     let data = DataDir::postgres().await?;
     // A Job labelled as Trainyard's that no run of this database started: reported, and
     // left alone.
-    let stray = "ty-999-stray-1";
+    let stray = "ty-default-999-stray-1";
     cluster.api.put_object(json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": stray, "namespace": NAMESPACE,
-                     "labels": {"app.kubernetes.io/managed-by": "trainyard"}},
+                     "labels": {"app.kubernetes.io/managed-by": "trainyard",
+                                "trainyard.dev/instance": "default"}},
         "spec": {"template": {
-            "metadata": {"labels": {"app.kubernetes.io/managed-by": "trainyard"}},
+            "metadata": {"labels": {"app.kubernetes.io/managed-by": "trainyard",
+                                    "trainyard.dev/instance": "default"}},
             "spec": {"restartPolicy": "Never",
                      "containers": [{"name": "main", "image": "busybox", "command": ["true"]}]}}},
     }))?;
@@ -195,7 +197,7 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
 
     // One Job per step, named from run, step and attempt, each created once.
     for step in ["prepare", "train", "evaluate"] {
-        let name = format!("ty-1-{step}-1");
+        let name = format!("ty-default-1-{step}-1");
         let job = cluster.job(&name)?;
         assert_eq!(job["spec"]["backoffLimit"], 0, "{job}");
         assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
@@ -209,6 +211,11 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
             "trainyard"
         );
         assert_eq!(job["metadata"]["labels"]["trainyard.dev/run"], "1");
+        assert_eq!(
+            job["metadata"]["labels"]["trainyard.dev/instance"],
+            "default"
+        );
+        assert_eq!(job["metadata"]["labels"]["trainyard.dev/attempt"], "1");
         assert_eq!(job["metadata"]["labels"]["trainyard.dev/pipeline"], "iris");
         assert_eq!(job["metadata"]["labels"]["trainyard.dev/step"], step);
         assert_eq!(
@@ -234,6 +241,20 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
         BTreeMap::from([(201, 3)]),
         "one create per step, no retry, no duplicate"
     );
+    let agents: BTreeSet<Option<String>> = cluster
+        .api
+        .requests()
+        .into_iter()
+        .map(|r| r.user_agent)
+        .collect();
+    assert_eq!(
+        agents,
+        BTreeSet::from([Some(format!(
+            "trainyard/{} (default)",
+            env!("CARGO_PKG_VERSION")
+        ))]),
+        "every request says who sends it"
+    );
     let jobs = cluster.api.list("jobs", Some(NAMESPACE));
     assert_eq!(jobs.len(), 4, "three steps and the stray");
     assert!(cluster.api.get("jobs", NAMESPACE, stray).is_some());
@@ -244,7 +265,7 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
         "{output}"
     );
     // The GPU step: its limit, where such GPUs are, an in-memory /dev/shm, its deadline.
-    let train = cluster.job("ty-1-train-1")?;
+    let train = cluster.job("ty-default-1-train-1")?;
     let pod = &train["spec"]["template"]["spec"];
     let main = &pod["containers"][0];
     assert_eq!(main["resources"]["limits"]["nvidia.com/gpu"], "1", "{main}");
@@ -270,7 +291,7 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
         "{main}"
     );
     assert_eq!(train["spec"]["activeDeadlineSeconds"], 600, "timeout: 10m");
-    let prepare = cluster.job("ty-1-prepare-1")?;
+    let prepare = cluster.job("ty-default-1-prepare-1")?;
     assert!(
         prepare["spec"]["template"]["spec"]["volumes"]
             .as_array()
@@ -367,7 +388,7 @@ spec:
     wait_for(Duration::from_secs(60), "second step running", async || {
         Ok(cluster
             .api
-            .job_pod(NAMESPACE, "ty-1-second-1")
+            .job_pod(NAMESPACE, "ty-default-1-second-1")
             .is_some_and(|pod| pod["status"]["phase"] == "Running"))
     })
     .await
@@ -419,7 +440,11 @@ spec:
     names.sort();
     assert_eq!(
         names,
-        ["ty-1-first-1", "ty-1-second-1", "ty-1-third-1"],
+        [
+            "ty-default-1-first-1",
+            "ty-default-1-second-1",
+            "ty-default-1-third-1"
+        ],
         "{output}"
     );
     assert_eq!(

@@ -106,7 +106,7 @@ fn every_manifest_parses_as_the_object_it_claims_to_be() -> TestResult {
             ("rbac.authorization.k8s.io/v1", "Role") => round_trips::<Role>(&object),
             ("rbac.authorization.k8s.io/v1", "RoleBinding") => round_trips::<RoleBinding>(&object),
             // Kueue's kinds have no Rust types here: check the shape they all share.
-            ("kueue.x-k8s.io/v1beta1", "ResourceFlavor" | "ClusterQueue" | "LocalQueue") => {
+            ("kueue.x-k8s.io/v1beta2", "ResourceFlavor" | "ClusterQueue" | "LocalQueue") => {
                 match (
                     object["metadata"]["name"].as_str(),
                     object["spec"].is_object(),
@@ -452,8 +452,8 @@ fn the_probes_reach_the_endpoints_the_binary_serves() -> TestResult {
 }
 
 #[test]
-fn the_cluster_settings_name_the_roles_namespace_and_the_overlay_adds_only_the_queue() -> TestResult
-{
+fn the_cluster_settings_name_the_roles_namespace_and_the_overlay_queues_only_gpu_steps()
+-> TestResult {
     let settings = |path: &str| -> Result<Value> {
         let config: ConfigMap = object(path, "ConfigMap")?;
         let text = config
@@ -476,10 +476,14 @@ fn the_cluster_settings_name_the_roles_namespace_and_the_overlay_adds_only_the_q
     );
     assert!(base.get("queue").is_none());
     let mut kueue = settings("overlays/kueue/configmap-queue.yaml")?;
-    let queue = kueue
+    assert!(
+        kueue.get("queue").is_none(),
+        "CPU steps are not sent to the GPU ClusterQueue: {kueue}"
+    );
+    let queue = kueue["gpu_types"]["h100"]
         .as_object_mut()
         .and_then(|m| m.remove("queue"))
-        .ok_or("the overlay sets no queue")?;
+        .ok_or("the overlay sets no queue for h100")?;
     assert_eq!(kueue, base, "the overlay changes only the queue");
     let local: Value = documents(Path::new("overlays/kueue/localqueue.yaml"))?
         .pop()
@@ -494,7 +498,20 @@ fn the_cluster_settings_name_the_roles_namespace_and_the_overlay_adds_only_the_q
         local["spec"]["clusterQueue"],
         cluster_queue["metadata"]["name"]
     );
-    let flavor = &cluster_queue["spec"]["resourceGroups"][0]["flavors"][0];
+    let group = &cluster_queue["spec"]["resourceGroups"][0];
+    // Every resource a step of the queue's GPU type asks for is covered, or Kueue never
+    // admits it.
+    for resource in ["cpu", "memory", "nvidia.com/gpu"] {
+        assert!(
+            group["coveredResources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r == resource),
+            "{resource} not covered: {group}"
+        );
+    }
+    let flavor = &group["flavors"][0];
     let gpus = flavor["resources"]
         .as_array()
         .into_iter()

@@ -34,8 +34,15 @@ async fn kubernetes_harness() -> (Harness<KubernetesExecutor>, ApiServer, tempfi
     let mut settings = ClusterSettings::new("trainyard:test");
     settings.pending_timeout = Duration::from_secs(10);
     let (events, received) = mpsc::unbounded_channel();
-    let executor = KubernetesExecutor::new(client, settings, artifacts.clone(), location, events)
-        .expect("executor");
+    let executor = KubernetesExecutor::new(
+        client,
+        suite::INSTANCE,
+        settings,
+        artifacts.clone(),
+        location,
+        events,
+    )
+    .expect("executor");
     executor.synced().await;
     (
         Harness::new(executor, received, artifacts, scratch),
@@ -62,6 +69,7 @@ kubernetes_suite!(
     a_missing_input_fails_the_step_before_it_starts,
     a_timeout_kills_the_whole_process_tree,
     cancelling_a_running_step_kills_its_tree_and_reports_cancelled,
+    a_started_step_is_announced_running_with_its_start_then_its_end,
     submitting_the_same_name_twice_runs_the_command_once,
     logs_are_readable_while_running_and_after,
     an_unknown_name_is_not_observed_and_cancelling_it_is_harmless,

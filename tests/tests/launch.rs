@@ -50,7 +50,7 @@ impl Pod {
                 serde_json::to_vec(&marker)?,
             )
             .await?;
-        let input_key = artifacts::output_key(run, "prepare", "dataset");
+        let input_key = artifacts::output_key("test", run, "prepare", "dataset");
         store.put_bytes(&input_key, b"rows".to_vec()).await?;
         let input = job_dir.join("inputs/prepare/dataset");
         let output = job_dir.join("outputs/model");
@@ -60,8 +60,11 @@ impl Pod {
             output.display().to_string(),
         ];
         argv.extend(extra_args.iter().map(|arg| (*arg).to_owned()));
+        let name = job_name("test", run, step, 1);
         let job = StepJob {
-            name: job_name(run, step, 1),
+            log_key: artifacts::log_key(&name),
+            name,
+            instance: "test".to_owned(),
             run_id: run,
             step: step.to_owned(),
             attempt: 1,
@@ -83,9 +86,8 @@ impl Pod {
             outputs: vec![StepOutput {
                 name: "model".to_owned(),
                 path: output,
-                key: artifacts::output_key(run, step, "model"),
+                key: artifacts::output_key("test", run, step, "model"),
             }],
-            log_key: artifacts::log_key(run, step, 1),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             secrets: Vec::new(),
@@ -151,7 +153,7 @@ async fn a_pod_launch_runs_the_step_and_leaves_outputs_log_and_manifest_in_s3() 
     assert_eq!(produced[0].size, 4);
     assert_eq!(
         produced[0].uri,
-        format!("{}/runs/3/train/model", pod.url),
+        format!("{}/test/runs/3/train/model", pod.url),
         "the URI names the bucket and prefix"
     );
     let log = pod

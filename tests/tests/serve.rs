@@ -45,7 +45,9 @@ fn serve_once_trains_registers_and_notes_the_sample_model() -> TestResult {
         model.contains("success — accepted, now champion: accuracy 0.9"),
         "{note}"
     );
-    let stored = repo.path().join(".trainyard/artifacts/runs/1/train/model");
+    let stored = repo
+        .path()
+        .join(".trainyard/artifacts/default/runs/1/train/model");
     let weights = std::fs::read_to_string(&stored)?;
     assert!(
         weights.contains("setosa"),
@@ -155,7 +157,7 @@ fn a_failing_step_is_retried_then_fails_the_run() -> TestResult {
     assert_eq!(run.code, Some(1), "a failed run fails the pass: {run}");
     assert!(run.stdout.contains("run 1 failed"), "{run}");
     assert!(
-        run.stderr.contains("ty-1-s-2"),
+        run.stderr.contains("ty-default-1-s-2"),
         "the step was attempted a second time: {run}"
     );
     let note = note(&repo, head)?;
@@ -181,7 +183,7 @@ fn a_queued_manual_run_is_driven_with_its_params() -> TestResult {
     assert!(run.stdout.contains("run 2 succeeded"), "{run}");
     let args = std::fs::read_to_string(
         repo.path()
-            .join(".trainyard/artifacts/runs/2/train/attempt-1.log"),
+            .join(".trainyard/artifacts/jobs/ty-default-2-train-1/log"),
     )?;
     assert!(
         args.contains("epoch 300") || args.contains("300"),

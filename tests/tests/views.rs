@@ -304,7 +304,7 @@ async fn seed_store(data: &Path) -> Result<Ids> {
     .await?;
     let dataset = artifacts
         .put_bytes(
-            &output_key(churn_change, "prepare", "dataset"),
+            &output_key("default", churn_change, "prepare", "dataset"),
             vec![7; 1536],
         )
         .await?;
@@ -344,7 +344,7 @@ async fn seed_store(data: &Path) -> Result<Ids> {
         .await?;
     for (attempt, log) in [(1, FIRST_LOG), (2, SECOND_LOG)] {
         artifacts
-            .put_bytes(&log_key(churn_change, "train", attempt), log.into())
+            .put_bytes(&log_key(&format!("job-train-{attempt}")), log.into())
             .await?;
     }
 

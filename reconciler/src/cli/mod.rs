@@ -153,8 +153,11 @@ pub struct ServeArgs {
     /// retries.
     #[arg(long, default_value_t = 10)]
     shutdown_grace_seconds: u64,
-    /// Prefix of status contexts when several services follow one repository.
-    #[arg(long)]
+    /// This installation's name: the prefix of its status contexts when several services
+    /// follow one repository, and its identity on a cluster and in the artifact store (in
+    /// the names and labels of its Jobs and the keys of its outputs). Lower-case letters,
+    /// digits and `-`, at most 20 [default identity: `default`].
+    #[arg(long, env = "TRAINYARD_INSTANCE", value_parser = parse_instance)]
     instance: Option<String>,
     /// Log lines as JSON (with run id and step on every line of a run).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -363,6 +366,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Schedules(args) => views::schedules(args),
         Command::Models(args) => views::models(args),
         Command::Launch(args) => launch::run(*args),
+    }
+}
+
+/// An installation name as `--instance` takes it (see `execute::is_instance`).
+fn parse_instance(text: &str) -> Result<String, String> {
+    if trainyard::execute::is_instance(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not an installation name: at most {} lower-case letters, digits and `-`, starting and ending with a letter or digit",
+            trainyard::execute::MAX_INSTANCE
+        ))
     }
 }
 

@@ -97,10 +97,17 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot open the database {database}"))?;
     let artifacts = ArtifactStore::open(&artifacts_at)?;
+    // Created once in the database (or named by --instance), before anything is created
+    // elsewhere under it.
+    let installation = store
+        .installation(args.instance.as_deref())
+        .await
+        .context("cannot settle this installation's identity")?;
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     // One client for everything that talks to the cluster (the executor, the election).
     let cluster = if args.executor == ExecutorKind::Kubernetes || args.election.leader_election {
-        Some(cluster_client().await?)
+        let who = std::env::var("POD_NAME").unwrap_or_else(|_| installation.clone());
+        Some(cluster_client(&who).await?)
     } else {
         None
     };
@@ -110,6 +117,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         repo,
         data_dir: data_dir.clone(),
         cluster,
+        installation: installation.clone(),
     };
     match args.executor {
         ExecutorKind::Local => {
@@ -134,6 +142,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
                 .context("the Kubernetes executor needs a cluster client")?;
             let executor = KubernetesExecutor::new(
                 client,
+                &installation,
                 settings,
                 artifacts.clone(),
                 artifacts_at.clone(),
@@ -160,14 +169,21 @@ struct Setting {
     data_dir: PathBuf,
     /// The cluster's client, when steps run there or replicas elect a leader.
     cluster: Option<kube::Client>,
+    /// This installation's identity.
+    installation: String,
 }
 
 /// A client for the cluster kube infers, as kubectl does: KUBECONFIG, ~/.kube/config, or
-/// the service account of the pod the service runs in.
-async fn cluster_client() -> Result<kube::Client> {
+/// the service account of the pod the service runs in; its requests name `who` (the pod or
+/// the installation) in their User-Agent.
+async fn cluster_client(who: &str) -> Result<kube::Client> {
     let mut config = kube::Config::infer()
         .await
         .context("cannot find a Kubernetes cluster (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+    let agent = trainyard::execute::kubernetes::user_agent(who);
+    let value = http::HeaderValue::from_str(&agent)
+        .with_context(|| format!("{agent:?} cannot be a User-Agent"))?;
+    config.headers.push((http::header::USER_AGENT, value));
     // kube's own retry layer retries 429, 503 and 504 up to 15 times with delays growing to
     // minutes, beneath every call: one create could then take longer than an outage, and
     // the loop would wait on it instead of requeueing. Every call of the executor retries
@@ -245,12 +261,9 @@ async fn drive<E: Executor>(
         repo,
         data_dir,
         cluster,
+        installation,
     } = setting;
     let forge = choose_forge(&args.github, &repo)?;
-    let installation = store
-        .installation(args.instance.as_deref())
-        .await
-        .context("cannot settle this installation's identity")?;
     let config = Config {
         branch: args.branch.clone(),
         subdir: args.path.trim_matches('/').to_owned(),

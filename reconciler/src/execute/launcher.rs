@@ -35,6 +35,12 @@ const EXIT_FAILURE: u8 = 1;
 /// What `trainyard launch` is told: one step attempt, as [`args`] writes it.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct LaunchArgs {
+    /// The installation that runs the attempt.
+    #[arg(long)]
+    pub instance: String,
+    /// The attempt's job name, under which its manifest is stored.
+    #[arg(long)]
+    pub job: String,
     /// The run's id.
     #[arg(long)]
     pub run: i64,
@@ -82,6 +88,8 @@ impl LaunchArgs {
     /// Kubernetes termination log.
     pub fn for_job(job: &StepJob, artifacts_url: &str) -> Self {
         LaunchArgs {
+            instance: job.instance.clone(),
+            job: job.name.clone(),
             run: job.run_id,
             step: job.step.clone(),
             attempt: job.attempt,
@@ -109,6 +117,10 @@ impl LaunchArgs {
     pub fn to_args(&self) -> Vec<String> {
         let text = |path: &Path| path.to_string_lossy().into_owned();
         let mut args = vec![
+            "--instance".to_owned(),
+            self.instance.clone(),
+            "--job".to_owned(),
+            self.job.clone(),
             "--run".to_owned(),
             self.run.to_string(),
             "--step".to_owned(),
@@ -190,6 +202,8 @@ fn parse_output(text: &str) -> Result<StepOutput, String> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Manifest {
+    instance: String,
+    job: String,
     run: i64,
     step: String,
     attempt: u32,
@@ -211,7 +225,7 @@ pub async fn outcome(
     artifacts: &ArtifactStore,
     job: &StepJob,
 ) -> Result<Option<Vec<ProducedArtifact>>, artifacts::Error> {
-    let key = artifacts::manifest_key(job.run_id, &job.step, job.attempt);
+    let key = artifacts::manifest_key(&job.name);
     let Some(bytes) = artifacts.get_bytes(&key).await? else {
         return Ok(None);
     };
@@ -220,12 +234,24 @@ pub async fn outcome(
         reason,
     };
     let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    if (manifest.run, manifest.step.as_str(), manifest.attempt)
-        != (job.run_id, job.step.as_str(), job.attempt)
-    {
+    // Job names of two installations can coincide (see `job_name`); the manifest says
+    // whose attempt stored it, and only this attempt's counts.
+    if (
+        manifest.instance.as_str(),
+        manifest.job.as_str(),
+        manifest.run,
+        manifest.step.as_str(),
+        manifest.attempt,
+    ) != (
+        job.instance.as_str(),
+        job.name.as_str(),
+        job.run_id,
+        job.step.as_str(),
+        job.attempt,
+    ) {
         return Err(corrupt(format!(
-            "it describes run {} step {:?} attempt {}",
-            manifest.run, manifest.step, manifest.attempt
+            "it describes job {} of installation {} (run {} step {:?} attempt {})",
+            manifest.job, manifest.instance, manifest.run, manifest.step, manifest.attempt
         )));
     }
     if manifest.artifacts.len() != job.outputs.len() {
@@ -528,6 +554,8 @@ async fn write_manifest(
     artifacts: Vec<ProducedArtifact>,
 ) -> Result<(), artifacts::Error> {
     let manifest = Manifest {
+        instance: args.instance.clone(),
+        job: args.job.clone(),
         run: args.run,
         step: args.step.clone(),
         attempt: args.attempt,
@@ -541,7 +569,7 @@ async fn write_manifest(
             })
             .collect(),
     };
-    let key = artifacts::manifest_key(args.run, &args.step, args.attempt);
+    let key = artifacts::manifest_key(&args.job);
     // Serializing plain strings and numbers cannot fail.
     let bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
     store.put_bytes(&key, bytes).await.map(drop)
@@ -679,7 +707,8 @@ mod tests {
     fn job(job_dir: &Path) -> StepJob {
         let (run, step) = (7, "train");
         StepJob {
-            name: job_name(run, step, 2),
+            name: job_name("test", run, step, 2),
+            instance: "test".to_owned(),
             run_id: run,
             step: step.to_owned(),
             attempt: 2,
@@ -695,15 +724,15 @@ mod tests {
                 dir: PathBuf::from("pipelines/churn"),
             }),
             inputs: vec![StepInput {
-                key: artifacts::output_key(run, "prepare", "dataset"),
+                key: artifacts::output_key("test", run, "prepare", "dataset"),
                 path: job_dir.join("inputs/prepare/dataset"),
             }],
             outputs: vec![StepOutput {
                 name: "model".to_owned(),
                 path: job_dir.join("outputs/model"),
-                key: artifacts::output_key(run, step, "model"),
+                key: artifacts::output_key("test", run, step, "model"),
             }],
-            log_key: artifacts::log_key(run, step, 2),
+            log_key: artifacts::log_key(&job_name("test", run, step, 2)),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             secrets: Vec::new(),
@@ -720,7 +749,7 @@ mod tests {
         job.outputs.push(StepOutput {
             name: "metrics".to_owned(),
             path: job_dir.join("outputs/odd=name"),
-            key: artifacts::output_key(7, "train", "metrics"),
+            key: artifacts::output_key("test", 7, "train", "metrics"),
         });
         let args = args(&job, "s3://bucket/prefix");
         let parsed = parse(&args);
@@ -777,6 +806,10 @@ mod tests {
         ] {
             let mut argv = vec![
                 "launch",
+                "--instance",
+                "test",
+                "--job",
+                "ty-test-1-s-1",
                 "--run",
                 "1",
                 "--step",
@@ -804,6 +837,8 @@ mod tests {
 
     fn manifest(job: &StepJob, store: &ArtifactStore) -> serde_json::Value {
         serde_json::json!({
+            "instance": job.instance,
+            "job": job.name,
             "run": job.run_id,
             "step": job.step,
             "attempt": job.attempt,
@@ -823,7 +858,7 @@ mod tests {
         let job = job(Path::new("/j"));
         assert_eq!(outcome(&store, &job).await.expect("outcome"), None);
 
-        let key = artifacts::manifest_key(job.run_id, &job.step, job.attempt);
+        let key = artifacts::manifest_key(&job.name);
         let bytes = serde_json::to_vec(&manifest(&job, &store)).expect("json");
         store.put_bytes(&key, bytes).await.expect("put");
         assert_eq!(
@@ -842,11 +877,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = store(dir.path());
         let job = job(Path::new("/j"));
-        let key = artifacts::manifest_key(job.run_id, &job.step, job.attempt);
+        let key = artifacts::manifest_key(&job.name);
         let good = manifest(&job, &store);
         let mut bad = Vec::new();
         for (pointer, value) in [
             ("/attempt", serde_json::json!(1)),
+            ("/instance", serde_json::json!("other")),
+            ("/job", serde_json::json!("ty-other-7-train-2")),
             ("/artifacts/0/output", serde_json::json!("weights")),
             ("/artifacts/0/uri", serde_json::json!("s3://elsewhere/x")),
             ("/artifacts/0/sha256", serde_json::json!("AB".repeat(32))),
@@ -995,18 +1032,18 @@ mod tests {
         let job = running_script(job(&scratch.path().join("job")), &[]);
         stage(store, &job).await;
         let mut job = job;
-        job.inputs[0].key = artifacts::output_key(job.run_id, "prepare", "data");
+        job.inputs[0].key = artifacts::output_key("test", job.run_id, "prepare", "data");
 
         let (ended, message) = run(&job, store, scratch.path()).await;
 
         assert_eq!(
             message,
-            r#"input "runs/7/prepare/data" is not in the artifact store"#
+            r#"input "test/runs/7/prepare/data" is not in the artifact store"#
         );
         assert_eq!(ended, Ended::failed(1, message.clone()));
         assert_eq!(
             stored_log(store, &job).await,
-            "trainyard: input \"runs/7/prepare/data\" is not in the artifact store\n",
+            "trainyard: input \"test/runs/7/prepare/data\" is not in the artifact store\n",
             "the program never ran"
         );
         assert_eq!(outcome(store, &job).await.expect("outcome"), None);

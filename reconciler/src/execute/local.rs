@@ -55,7 +55,7 @@ struct Entry {
 
 impl LocalExecutor {
     /// An executor that keeps each job's files under `work_root/<job name>/` and pushes
-    /// terminal states to `events`.
+    /// to `events` when an attempt's program starts and when the attempt ends.
     pub fn new(
         artifacts: ArtifactStore,
         work_root: PathBuf,
@@ -250,7 +250,7 @@ fn log_note(state: &JobState) -> Option<String> {
     match state {
         JobState::Failed { reason, .. } => Some(format!("trainyard: {reason}\n")),
         JobState::Cancelled => Some("trainyard: cancelled\n".to_owned()),
-        JobState::Pending | JobState::Running | JobState::Succeeded { .. } => None,
+        JobState::Pending | JobState::Running { .. } | JobState::Succeeded { .. } => None,
     }
 }
 
@@ -334,7 +334,15 @@ async fn attempt(
             reason: "the started program has no process id".to_owned(),
         };
     };
-    inner.set_state(&job.name, JobState::Running);
+    let running = JobState::Running {
+        since: chrono::Utc::now(),
+    };
+    inner.set_state(&job.name, running.clone());
+    // A closed channel means the runtime is shutting down; the state stays observable.
+    let _ = inner.events.send(JobEvent {
+        name: job.name.clone(),
+        state: running,
+    });
 
     let outcome = tokio::select! {
         status = child.wait() => Outcome::Exited(status),
@@ -845,7 +853,8 @@ mod tests {
 
         let state = h.wait(&job.name).await;
         assert!(matches!(state, JobState::Succeeded { .. }), "{state:?}");
-        let key = artifacts::output_key(job.run_id, "train", "cwd");
+        let key =
+            artifacts::output_key(crate::execute::suite::INSTANCE, job.run_id, "train", "cwd");
         let written = h.artifacts.get_bytes(&key).await.expect("read");
         let expected = std::fs::canonicalize(&workdir).expect("canonical workdir");
         assert_eq!(
@@ -915,7 +924,12 @@ mod tests {
         job.outputs.push(StepOutput {
             name: "model".to_owned(),
             path: stale,
-            key: artifacts::output_key(job.run_id, "train", "model"),
+            key: artifacts::output_key(
+                crate::execute::suite::INSTANCE,
+                job.run_id,
+                "train",
+                "model",
+            ),
         });
         h.executor.submit(job.clone()).await.expect("submit");
 

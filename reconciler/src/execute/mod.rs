@@ -6,6 +6,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::artifacts;
@@ -24,12 +25,20 @@ pub use local::LocalExecutor;
 /// Kubernetes object names (and so job names) are DNS-1123 labels of at most 63 characters.
 const MAX_JOB_NAME: usize = 63;
 
+/// The longest installation identity: with the longest run id and attempt, a job name then
+/// still keeps eight characters for its step.
+pub const MAX_INSTANCE: usize = 20;
+
 /// One attempt of one step, fully resolved: what to run, with what, and where results go.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepJob {
     /// Unique and deterministic per attempt; see [`job_name`]. Submitting a name again is a
     /// no-op, which is what makes a repeated submit after a crash safe.
     pub name: String,
+    /// The installation that runs this attempt (see [`is_instance`]): part of the job's
+    /// name and labels, so that installations sharing a namespace or an artifact store
+    /// never take each other's Jobs or outputs.
+    pub instance: String,
     /// The run this attempt belongs to.
     pub run_id: i64,
     /// The step's name in its pipeline.
@@ -119,10 +128,15 @@ pub struct ProducedArtifact {
 /// Where an attempt is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobState {
-    /// Accepted; the program has not started yet (inputs may be downloading).
+    /// Accepted; the program has not started yet: queued (a Job suspended by Kueue),
+    /// waiting for a node or an image, or fetching inputs.
     Pending,
     /// The program is running.
-    Running,
+    Running {
+        /// When it started: the main container's `startedAt` on a cluster, the spawn of
+        /// the process locally. Time before it was spent queued or starting.
+        since: DateTime<Utc>,
+    },
     /// The program exited with code 0 and every declared output was stored.
     Succeeded {
         /// The stored outputs, in declaration order.
@@ -142,16 +156,19 @@ pub enum JobState {
 impl JobState {
     /// Whether the attempt has ended; terminal states never change again.
     pub fn is_terminal(&self) -> bool {
-        !matches!(self, JobState::Pending | JobState::Running)
+        !matches!(self, JobState::Pending | JobState::Running { .. })
     }
 }
 
-/// A job reached a terminal state; backends push these so the runtime need not poll.
+/// An attempt started running or ended; backends push these so the runtime need not poll.
+///
+/// Each job gets at most one [`JobState::Running`] event (when its program starts; none if
+/// it ends before a backend saw it run) and exactly one terminal event, after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobEvent {
     /// The job's name.
     pub name: String,
-    /// Its terminal state.
+    /// `Running` or a terminal state.
     pub state: JobState,
 }
 
@@ -183,6 +200,19 @@ pub enum ExecError {
     /// The artifact store failed.
     #[error(transparent)]
     Artifacts(#[from] artifacts::Error),
+    /// A Job of that name exists and is not this attempt's: another installation's (or a
+    /// hand-made one). Nothing of it may be taken as this attempt's work.
+    #[error(
+        "a Job named {name} already exists and belongs to {}",
+        describe_owner(owner.as_ref())
+    )]
+    Foreign {
+        /// The job's name.
+        name: String,
+        /// Whose attempt the existing Job says it is; None when it carries no Trainyard
+        /// labels.
+        owner: Option<Owner>,
+    },
     /// The cluster's API refused or failed a request after the retries it deserves.
     #[error("{what}: {reason}")]
     Cluster {
@@ -193,24 +223,55 @@ pub enum ExecError {
     },
 }
 
+/// Whose attempt a job is, as its labels say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The installation (`trainyard.dev/instance`).
+    pub instance: String,
+    /// The run (`trainyard.dev/run`).
+    pub run_id: i64,
+    /// The step (`trainyard.dev/step`).
+    pub step: String,
+    /// The attempt (`trainyard.dev/attempt`).
+    pub attempt: u32,
+}
+
+fn describe_owner(owner: Option<&Owner>) -> String {
+    match owner {
+        Some(o) => format!(
+            "installation {} (run {}, step {}, attempt {})",
+            o.instance, o.run_id, o.step, o.attempt
+        ),
+        None => {
+            "no Trainyard installation (it carries no installation, run, step and attempt labels)"
+                .to_owned()
+        }
+    }
+}
+
 /// Runs step attempts somewhere: processes on this machine, Jobs on a cluster.
 ///
-/// Terminal states are also pushed as [`JobEvent`]s on the channel given to the backend's
-/// constructor.
+/// When an attempt starts running and when it ends, its state is also pushed as a
+/// [`JobEvent`] on the channel given to the backend's constructor.
 pub trait Executor: Send + Sync + 'static {
-    /// Starts `job`. Idempotent by job.name: submitting a name that exists is success and
-    /// starts nothing.
+    /// Starts `job`. Idempotent by job.name: submitting a name that exists as this very
+    /// attempt (same installation, run, step and attempt) is success and starts nothing;
+    /// a name taken by anything else is [`ExecError::Foreign`].
     fn submit(&self, job: StepJob) -> impl Future<Output = Result<(), ExecError>> + Send;
 
-    /// The job's current state; None if this executor does not know the name.
+    /// The job's current state; None if this executor does not know the name. For a job
+    /// that ended and whose outcome was not yet worked out (one found on the cluster, not
+    /// submitted by this process), this waits for the outcome.
     fn observe(
         &self,
         name: &str,
     ) -> impl Future<Output = Result<Option<JobState>, ExecError>> + Send;
 
-    /// Stops the job (the whole process tree locally). Idempotent; unknown names are Ok.
-    /// The terminal state follows as an event once the job has stopped; a job that has
-    /// already finished keeps the state it finished with.
+    /// Stops the job (the whole process tree locally). Idempotent and cheap to repeat: a
+    /// caller may call it on every pass while a run is cancelling, and only the first call
+    /// sends anything. Unknown names are Ok. The job is `Cancelled` (and the event pushed)
+    /// only once its processes are gone; a job that has already finished keeps the state
+    /// it finished with.
     fn cancel(&self, name: &str) -> impl Future<Output = Result<(), ExecError>> + Send;
 
     /// Combined stdout/stderr so far (live while running, stored after).
@@ -229,15 +290,17 @@ pub trait Executor: Send + Sync + 'static {
     fn runs_here(&self) -> bool;
 }
 
-/// The name of attempt `attempt` of `step` in run `run_id`, such as `ty-42-train-1`.
+/// The name of attempt `attempt` of `step` in run `run_id` of installation `instance`, such
+/// as `ty-prod-42-train-1`.
 ///
-/// Always a DNS-1123 label of at most 63 characters. A step name that is too long or not
-/// already a valid label part is shortened and suffixed with a hash of the original, so
-/// distinct steps keep distinct names.
-pub fn job_name(run_id: i64, step: &str, attempt: u32) -> String {
-    let prefix = format!("ty-{run_id}-");
+/// Always a DNS-1123 label of at most 63 characters for an `instance` that
+/// [`is_instance`]. A step name that is too long or not already a valid label part is
+/// shortened and suffixed with a hash of the original, so distinct steps keep distinct
+/// names.
+pub fn job_name(instance: &str, run_id: i64, step: &str, attempt: u32) -> String {
+    let prefix = format!("ty-{instance}-{run_id}-");
     let suffix = format!("-{attempt}");
-    let budget = MAX_JOB_NAME - prefix.len() - suffix.len();
+    let budget = MAX_JOB_NAME.saturating_sub(prefix.len() + suffix.len());
     let sanitized: String = step
         .chars()
         .map(|c| match c.to_ascii_lowercase() {
@@ -266,11 +329,20 @@ pub fn job_name(run_id: i64, step: &str, attempt: u32) -> String {
     format!("{prefix}{middle}{suffix}")
 }
 
-/// The run a job belongs to, read back from a name [`job_name`] made (`ty-42-train-1` → 42).
-pub fn run_of_job(name: &str) -> Option<i64> {
-    let rest = name.strip_prefix("ty-")?;
-    let (run, _) = rest.split_once('-')?;
+/// The run a job of installation `instance` belongs to, read back from a name [`job_name`]
+/// made (`ty-prod-42-train-1` → 42); None for names of other installations or not made by
+/// it.
+pub fn run_of_job(instance: &str, name: &str) -> Option<i64> {
+    let rest = name.strip_prefix("ty-")?.strip_prefix(instance)?;
+    let (run, _) = rest.strip_prefix('-')?.split_once('-')?;
     run.parse().ok()
+}
+
+/// Whether `instance` can identify an installation: a DNS-1123 label of at most
+/// [`MAX_INSTANCE`] characters (lower-case letters, digits and `-`, starting and ending
+/// with a letter or digit), which fits in job names and label values.
+pub fn is_instance(instance: &str) -> bool {
+    instance.len() <= MAX_INSTANCE && is_job_name(instance)
 }
 
 /// Whether `name` is a DNS-1123 label: what [`job_name`] produces and what backends accept.
@@ -288,57 +360,124 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_short_step_keeps_its_name() {
-        assert_eq!(job_name(42, "train", 1), "ty-42-train-1");
-        assert!(is_job_name(&job_name(42, "train", 1)));
+    fn a_short_step_keeps_its_name_after_the_installation_and_run() {
+        assert_eq!(job_name("prod", 42, "train", 1), "ty-prod-42-train-1");
+        assert!(is_job_name(&job_name("prod", 42, "train", 1)));
+    }
+
+    #[test]
+    fn two_installations_never_share_a_job_name() {
+        assert_ne!(
+            job_name("a", 1, "prepare", 1),
+            job_name("b", 1, "prepare", 1)
+        );
+        assert_ne!(
+            job_name("a", 1, "prepare", 1),
+            job_name("ab", 1, "prepare", 1)
+        );
+        // Names are not a proof of ownership: instance `a-1`'s run 2 step `x` and instance
+        // `a`'s run 1 step `2-x` share a name. Labels decide (see ExecError::Foreign).
+        assert_eq!(job_name("a-1", 2, "x", 1), job_name("a", 1, "2-x", 1));
     }
 
     #[test]
     fn long_step_names_are_shortened_but_stay_unique() {
+        let instance = "i".repeat(MAX_INSTANCE);
         let long_a = format!("{}-a", "x".repeat(60));
         let long_b = format!("{}-b", "x".repeat(60));
-        let a = job_name(i64::MAX, &long_a, u32::MAX);
-        let b = job_name(i64::MAX, &long_b, u32::MAX);
+        let a = job_name(&instance, i64::MAX, &long_a, u32::MAX);
+        let b = job_name(&instance, i64::MAX, &long_b, u32::MAX);
         assert!(is_job_name(&a), "{a}");
         assert!(is_job_name(&b), "{b}");
         assert_eq!(a.len(), MAX_JOB_NAME);
         assert_ne!(a, b);
-        assert!(a.starts_with("ty-9223372036854775807-xxx"), "{a}");
+        assert!(
+            a.starts_with(&format!("ty-{instance}-9223372036854775807-")),
+            "{a}"
+        );
         assert!(a.ends_with("-4294967295"), "{a}");
+        let short = job_name("p", 1, &long_a, 1);
+        assert!(is_job_name(&short), "{short}");
+        assert!(short.starts_with("ty-p-1-xxx"), "{short}");
     }
 
     #[test]
     fn steps_that_differ_only_in_characters_a_label_cannot_hold_get_different_names() {
-        let underscore = job_name(1, "a_b", 1);
-        let dot = job_name(1, "a.b", 1);
-        let dash = job_name(1, "a-b", 1);
-        assert_eq!(dash, "ty-1-a-b-1");
+        let underscore = job_name("p", 1, "a_b", 1);
+        let dot = job_name("p", 1, "a.b", 1);
+        let dash = job_name("p", 1, "a-b", 1);
+        assert_eq!(dash, "ty-p-1-a-b-1");
         for name in [&underscore, &dot] {
             assert!(is_job_name(name), "{name}");
         }
         assert_ne!(underscore, dot);
         assert_ne!(underscore, dash);
-        assert!(is_job_name(&job_name(1, "", 1)));
-        assert!(is_job_name(&job_name(1, "---", 1)));
-        assert!(is_job_name(&job_name(1, "Ünïcode", 1)));
+        assert!(is_job_name(&job_name("p", 1, "", 1)));
+        assert!(is_job_name(&job_name("p", 1, "---", 1)));
+        assert!(is_job_name(&job_name("p", 1, "Ünïcode", 1)));
     }
 
     #[test]
-    fn the_run_is_read_back_from_a_job_name() {
-        assert_eq!(run_of_job(&job_name(42, "train", 1)), Some(42));
+    fn the_run_is_read_back_from_a_job_name_of_the_same_installation() {
         assert_eq!(
-            run_of_job(&job_name(i64::MAX, &"x".repeat(80), 9)),
+            run_of_job("prod", &job_name("prod", 42, "train", 1)),
+            Some(42)
+        );
+        assert_eq!(
+            run_of_job(
+                "prod-eu",
+                &job_name("prod-eu", i64::MAX, &"x".repeat(80), 9)
+            ),
             Some(i64::MAX)
         );
-        assert_eq!(run_of_job("ty-x-train-1"), None);
-        assert_eq!(run_of_job("other-42-train-1"), None);
-        assert_eq!(run_of_job("ty-42"), None);
+        assert_eq!(
+            run_of_job("prod", &job_name("staging", 42, "train", 1)),
+            None
+        );
+        assert_eq!(run_of_job("prod", "ty-prod-x-train-1"), None);
+        assert_eq!(run_of_job("prod", "other-prod-42-train-1"), None);
+        assert_eq!(run_of_job("prod", "ty-prod-42"), None);
+        assert_eq!(run_of_job("pro", "ty-prod-42-train-1"), None);
     }
 
     #[test]
     fn names_are_deterministic() {
-        assert_eq!(job_name(7, "prepare", 3), job_name(7, "prepare", 3));
-        assert_ne!(job_name(7, "prepare", 3), job_name(7, "prepare", 4));
+        assert_eq!(
+            job_name("p", 7, "prepare", 3),
+            job_name("p", 7, "prepare", 3)
+        );
+        assert_ne!(
+            job_name("p", 7, "prepare", 3),
+            job_name("p", 7, "prepare", 4)
+        );
+    }
+
+    #[test]
+    fn an_installation_is_a_short_dns_label() {
+        assert!(is_instance("prod-eu-1"));
+        assert!(is_instance(&"a".repeat(MAX_INSTANCE)));
+        assert!(!is_instance(&"a".repeat(MAX_INSTANCE + 1)));
+        assert!(!is_instance(""));
+        assert!(!is_instance("Prod"));
+        assert!(!is_instance("-prod"));
+        assert!(!is_instance("prod_eu"));
+    }
+
+    #[test]
+    fn a_foreign_job_is_described_by_whose_it_is() {
+        let error = ExecError::Foreign {
+            name: "ty-a-1-prepare-1".to_owned(),
+            owner: Some(Owner {
+                instance: "b".to_owned(),
+                run_id: 1,
+                step: "prepare".to_owned(),
+                attempt: 1,
+            }),
+        };
+        assert_eq!(
+            error.to_string(),
+            "a Job named ty-a-1-prepare-1 already exists and belongs to installation b (run 1, step prepare, attempt 1)"
+        );
     }
 
     #[test]

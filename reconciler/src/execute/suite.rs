@@ -15,6 +15,9 @@ use crate::artifacts::{self, ArtifactStore};
 /// How long any single step in the suite may take before the test gives up.
 const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The installation every job of the suite belongs to; a backend under test must run it.
+pub const INSTANCE: &str = "suite";
+
 /// An executor under test with its event stream, its artifact store and a scratch directory
 /// that both the test and the steps can see.
 pub struct Harness<E> {
@@ -47,10 +50,12 @@ impl<E: Executor> Harness<E> {
     pub fn job(&mut self, step: &str, argv: &[&str]) -> StepJob {
         self.next_run += 1;
         let run_id = self.next_run;
-        let name = super::job_name(run_id, step, 1);
+        let name = super::job_name(INSTANCE, run_id, step, 1);
         StepJob {
             job_dir: self.executor.job_dir(&name),
+            log_key: artifacts::log_key(&name),
             name,
+            instance: INSTANCE.to_owned(),
             run_id,
             step: step.to_owned(),
             attempt: 1,
@@ -63,7 +68,6 @@ impl<E: Executor> Harness<E> {
             source: None,
             inputs: Vec::new(),
             outputs: Vec::new(),
-            log_key: artifacts::log_key(run_id, step, 1),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             secrets: Vec::new(),
@@ -76,7 +80,7 @@ impl<E: Executor> Harness<E> {
         job.outputs.push(StepOutput {
             name: name.to_owned(),
             path: path.clone(),
-            key: artifacts::output_key(job.run_id, &job.step, name),
+            key: artifacts::output_key(INSTANCE, job.run_id, &job.step, name),
         });
         path_text(&path)
     }
@@ -96,18 +100,29 @@ impl<E: Executor> Harness<E> {
         path_text(&self.scratch.join(name))
     }
 
-    /// Waits for the terminal event of job `name`.
-    pub async fn wait(&mut self, name: &str) -> JobState {
+    /// The next event, which must be about job `name`.
+    async fn next_event(&mut self, name: &str) -> JobState {
         let event = tokio::time::timeout(PATIENCE, self.events.recv())
             .await
             .unwrap_or_else(|_| panic!("no event for {name} within {PATIENCE:?}"))
             .expect("the executor keeps its event channel open");
         assert_eq!(event.name, name, "events arrive for the job under test");
-        assert!(
-            event.state.is_terminal(),
-            "only terminal states are pushed: {event:?}"
-        );
         event.state
+    }
+
+    /// Waits for the terminal event of job `name`, past at most one `Running` event.
+    pub async fn wait(&mut self, name: &str) -> JobState {
+        let state = self.next_event(name).await;
+        if let JobState::Running { .. } = state {
+            let after = self.next_event(name).await;
+            assert!(
+                after.is_terminal(),
+                "one Running event, then the end: {after:?}"
+            );
+            return after;
+        }
+        assert!(state.is_terminal(), "pushed: {state:?}");
+        state
     }
 
     /// Asserts that no event is waiting.
@@ -198,7 +213,7 @@ pub async fn a_step_that_succeeds_stores_its_output<E: Executor>(h: &mut Harness
     h.submit(&job).await;
 
     let state = h.wait(&job.name).await;
-    let key = artifacts::output_key(job.run_id, "train", "model");
+    let key = artifacts::output_key(INSTANCE, job.run_id, "train", "model");
     let JobState::Succeeded { artifacts } = &state else {
         panic!("expected success, got {state:?}");
     };
@@ -261,14 +276,14 @@ pub async fn a_step_that_does_not_write_an_output_fails<E: Executor>(h: &mut Har
             reason: "output `model` was not written".to_owned()
         }
     );
-    let key = artifacts::output_key(job.run_id, "train", "model");
+    let key = artifacts::output_key(INSTANCE, job.run_id, "train", "model");
     assert_eq!(h.artifacts.get_bytes(&key).await.expect("read"), None);
 }
 
 pub async fn inputs_arrive_at_their_paths_before_the_step_starts<E: Executor>(h: &mut Harness<E>) {
     let dataset = b"id,label\n1,0\n2,1\n".to_vec();
     let mut job = h.job("train", &[]);
-    let key = artifacts::output_key(job.run_id, "prepare", "dataset");
+    let key = artifacts::output_key(INSTANCE, job.run_id, "prepare", "dataset");
     h.artifacts
         .put_bytes(&key, dataset.clone())
         .await
@@ -282,7 +297,7 @@ pub async fn inputs_arrive_at_their_paths_before_the_step_starts<E: Executor>(h:
 
     let state = h.wait(&job.name).await;
     assert!(matches!(state, JobState::Succeeded { .. }), "{state:?}");
-    let copied = artifacts::output_key(job.run_id, "train", "copy");
+    let copied = artifacts::output_key(INSTANCE, job.run_id, "train", "copy");
     assert_eq!(
         h.artifacts.get_bytes(&copied).await.expect("read copy"),
         Some(dataset)
@@ -292,7 +307,7 @@ pub async fn inputs_arrive_at_their_paths_before_the_step_starts<E: Executor>(h:
 pub async fn a_missing_input_fails_the_step_before_it_starts<E: Executor>(h: &mut Harness<E>) {
     let marker = h.scratch_file("started");
     let mut job = h.job("train", &[]);
-    let input = h.add_input(&mut job, "runs/999/prepare/dataset", "dataset");
+    let input = h.add_input(&mut job, "suite/runs/999/prepare/dataset", "dataset");
     job.argv = ["sh", "-c", r#"touch "$1"; cat "$2""#, "sh", &marker, &input]
         .map(str::to_owned)
         .to_vec();
@@ -303,7 +318,8 @@ pub async fn a_missing_input_fails_the_step_before_it_starts<E: Executor>(h: &mu
         state,
         JobState::Failed {
             exit_code: None,
-            reason: r#"input "runs/999/prepare/dataset" is not in the artifact store"#.to_owned()
+            reason: r#"input "suite/runs/999/prepare/dataset" is not in the artifact store"#
+                .to_owned()
         }
     );
     assert!(!Path::new(&marker).exists(), "the program never started");
@@ -340,7 +356,7 @@ pub async fn cancelling_a_running_step_kills_its_tree_and_reports_cancelled<E: E
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let state = h.executor.observe(&job.name).await.expect("observe");
-        if state == Some(JobState::Running) {
+        if let Some(JobState::Running { .. }) = state {
             break;
         }
         assert_eq!(state, Some(JobState::Pending), "the step is still starting");
@@ -355,6 +371,41 @@ pub async fn cancelling_a_running_step_kills_its_tree_and_reports_cancelled<E: E
         h.executor.observe(&job.name).await.expect("observe"),
         Some(JobState::Cancelled)
     );
+    h.assert_no_more_events();
+}
+
+pub async fn a_started_step_is_announced_running_with_its_start_then_its_end<E: Executor>(
+    h: &mut Harness<E>,
+) {
+    let release = h.scratch_file("release-running");
+    let job = h.job(
+        "train",
+        &[
+            "sh",
+            "-c",
+            r#"while [ ! -e "$1" ]; do sleep 0.02; done"#,
+            "sh",
+            &release,
+        ],
+    );
+    // Clusters report start times in whole seconds.
+    let submitted = chrono::Utc::now() - chrono::Duration::seconds(1);
+    h.submit(&job).await;
+
+    let JobState::Running { since } = h.next_event(&job.name).await else {
+        panic!("the first event says the program runs");
+    };
+    assert!(
+        since >= submitted && since <= chrono::Utc::now(),
+        "{since} is when the program started"
+    );
+    assert_eq!(
+        h.executor.observe(&job.name).await.expect("observe"),
+        Some(JobState::Running { since })
+    );
+    std::fs::write(&release, "").expect("release the step");
+    let state = h.next_event(&job.name).await;
+    assert!(matches!(state, JobState::Succeeded { .. }), "{state:?}");
     h.assert_no_more_events();
 }
 
@@ -425,7 +476,7 @@ pub async fn logs_are_readable_while_running_and_after<E: Executor>(h: &mut Harn
 pub async fn an_unknown_name_is_not_observed_and_cancelling_it_is_harmless<E: Executor>(
     h: &mut Harness<E>,
 ) {
-    let name = super::job_name(404, "nothing", 1);
+    let name = super::job_name(INSTANCE, 404, "nothing", 1);
     assert_eq!(h.executor.observe(&name).await.expect("observe"), None);
     h.executor
         .cancel(&name)
@@ -463,7 +514,7 @@ pub async fn argv_reaches_the_program_unchanged_without_a_shell<E: Executor>(h: 
 
     let state = h.wait(&job.name).await;
     assert!(matches!(state, JobState::Succeeded { .. }), "{state:?}");
-    let key = artifacts::output_key(job.run_id, "train", "argv");
+    let key = artifacts::output_key(INSTANCE, job.run_id, "train", "argv");
     let written = h
         .artifacts
         .get_bytes(&key)
@@ -494,7 +545,7 @@ pub async fn the_job_environment_is_added_to_the_services<E: Executor>(h: &mut H
 
     let state = h.wait(&job.name).await;
     assert!(matches!(state, JobState::Succeeded { .. }), "{state:?}");
-    let key = artifacts::output_key(job.run_id, "train", "env");
+    let key = artifacts::output_key(INSTANCE, job.run_id, "train", "env");
     let written = h
         .artifacts
         .get_bytes(&key)
@@ -550,6 +601,7 @@ mod local_backend {
         a_missing_input_fails_the_step_before_it_starts,
         a_timeout_kills_the_whole_process_tree,
         cancelling_a_running_step_kills_its_tree_and_reports_cancelled,
+        a_started_step_is_announced_running_with_its_start_then_its_end,
         submitting_the_same_name_twice_runs_the_command_once,
         logs_are_readable_while_running_and_after,
         an_unknown_name_is_not_observed_and_cancelling_it_is_harmless,

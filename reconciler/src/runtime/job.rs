@@ -61,7 +61,7 @@ pub fn build(
         .map(|o| StepOutput {
             name: o.clone(),
             path: job_dir.join("outputs").join(o),
-            key: artifacts::output_key(run.id, step, o),
+            key: artifacts::output_key(place.installation, run.id, step, o),
         })
         .collect();
     let mut inputs: Vec<StepInput> = Vec::new();
@@ -87,7 +87,7 @@ pub fn build(
                     let path = job_dir.join("inputs").join(from).join(output);
                     if !inputs.iter().any(|i| i.path == path) {
                         inputs.push(StepInput {
-                            key: artifacts::output_key(run.id, from, output),
+                            key: artifacts::output_key(place.installation, run.id, from, output),
                             path: path.clone(),
                         });
                     }
@@ -124,11 +124,6 @@ pub fn build(
         ("trainyard.dev/run".to_owned(), run.id.to_string()),
         ("trainyard.dev/pipeline".to_owned(), run.pipeline.clone()),
         ("trainyard.dev/step".to_owned(), step.to_owned()),
-        (
-            "trainyard.dev/instance".to_owned(),
-            place.installation.to_owned(),
-        ),
-        ("trainyard.dev/attempt".to_owned(), attempt.to_string()),
     ]);
     let mut annotations = BTreeMap::from([
         ("trainyard.dev/commit".to_owned(), run.commit_sha.clone()),
@@ -142,6 +137,7 @@ pub fn build(
     }
     Ok(StepJob {
         name: name.to_owned(),
+        instance: place.installation.to_owned(),
         run_id: run.id,
         step: step.to_owned(),
         attempt,
@@ -155,7 +151,7 @@ pub fn build(
         source: place.source,
         inputs,
         outputs,
-        log_key: artifacts::log_key(run.id, step, attempt),
+        log_key: artifacts::log_key(name),
         labels,
         annotations,
         secrets: definition.env_from_secrets.clone(),
@@ -240,8 +236,8 @@ mod tests {
             job.argv,
             ["train", "--epochs", "5", "out=/work/ty-7-a-1/outputs/m"]
         );
-        assert_eq!(job.labels["trainyard.dev/instance"], "abc");
-        assert_eq!(job.labels["trainyard.dev/attempt"], "1");
+        assert_eq!(job.instance, "abc");
+        assert_eq!(job.log_key, "jobs/ty-abc-7-a-1/log");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub(super) struct Register {
     store: Store,
     artifacts: ArtifactStore,
     instance: Option<String>,
+    installation: String,
     backoff: Backoff,
     errors: u64,
 }
@@ -34,6 +35,7 @@ impl Register {
             store,
             artifacts,
             instance: config.instance.clone(),
+            installation: config.installation.clone(),
             backoff: Backoff::default(),
             errors: 0,
         }
@@ -160,7 +162,12 @@ impl Register {
                     ObjectError::Permanent(format!("its metrics {reference} were not stored"))
                 })?;
                 self.artifacts
-                    .get_bytes(&artifacts::output_key(run.id, &row.step, &row.output))
+                    .get_bytes(&artifacts::output_key(
+                        &self.installation,
+                        run.id,
+                        &row.step,
+                        &row.output,
+                    ))
                     .await?
                     .ok_or_else(|| {
                         ObjectError::Permanent(format!(

@@ -278,10 +278,10 @@ impl<E: Executor> Runs<E> {
                         .await?;
                     ended = true;
                 }
-                Some(JobState::Running) => {
+                Some(JobState::Running { since }) => {
                     if open.running_at.is_none() {
                         self.store
-                            .mark_running(run.id, &step.step.name, open.attempt, now)
+                            .mark_running(run.id, &step.step.name, open.attempt, since)
                             .await?;
                     }
                 }
@@ -523,14 +523,17 @@ impl<E: Executor> Runs<E> {
                     self.backoff.succeeded(&job.name);
                     accepted.push((job.run_id, job.step.clone(), job.attempt));
                 }
-                Err(ExecError::InvalidJob { reason, .. }) => {
+                Err(error @ (ExecError::InvalidJob { .. } | ExecError::Foreign { .. })) => {
                     self.errors += 1;
-                    let outcome = failure(
-                        format!("the executor refused it: {reason}"),
-                        None,
-                        true,
-                        None,
-                    );
+                    // Trying again creates the same refused Job, or meets the same foreign
+                    // one: the attempt fails with the executor's words.
+                    let reason = match &error {
+                        ExecError::InvalidJob { reason, .. } => {
+                            format!("the executor refused it: {reason}")
+                        }
+                        other => other.to_string(),
+                    };
+                    let outcome = failure(reason, None, true, None);
                     if let Err(error) = self
                         .store
                         .finish_attempt(job.run_id, &job.step, job.attempt, &outcome)
@@ -630,7 +633,7 @@ impl<E: Executor> Runs<E> {
                 });
                 failure(reason, exit_code, true, retry_at)
             }
-            JobState::Cancelled | JobState::Pending | JobState::Running => AttemptOutcome {
+            JobState::Cancelled | JobState::Pending | JobState::Running { .. } => AttemptOutcome {
                 state: AttemptState::Cancelled,
                 at: now,
                 exit_code: None,
@@ -668,7 +671,7 @@ impl<E: Executor> Runs<E> {
         step: &str,
         attempt: u32,
     ) -> Result<Result<StepJob, String>, ObjectError> {
-        let name = job_name(run.id, step, attempt);
+        let name = job_name(&self.installation, run.id, step, attempt);
         let settings = self.settings_at(&run.commit_sha).await?;
         let dir = job::step_dir(&pinned.file).to_owned();
         let (workdir, source) = if self.executor.runs_here() {
@@ -813,7 +816,7 @@ impl<E: Executor> Runs<E> {
             }
         };
         for name in jobs {
-            let known = match crate::execute::run_of_job(&name) {
+            let known = match crate::execute::run_of_job(&self.installation, &name) {
                 Some(run) => match self.store.run(run).await {
                     Ok(found) => found.is_some(),
                     Err(error) => {

@@ -492,7 +492,7 @@ async fn a_job_the_executor_accepted_and_lost_ends_with_what_is_known_of_why() {
     service.follow.apply_head().await.expect("apply");
     service.runs.reconcile(&stop()).await;
     let job = executor.created()[0].name.clone();
-    executor.set(&job, Some(JobState::Running));
+    executor.set(&job, Some(JobState::Running { since: Utc::now() }));
     service.runs.reconcile(&stop()).await;
     let attempts = service.store.attempts(1).await.expect("attempts");
     assert!(

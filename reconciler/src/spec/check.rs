@@ -647,15 +647,6 @@ pub fn check_settings(settings: &Settings, line: u32, out: &mut Vec<Finding>) {
     if let Some(image) = &settings.image {
         check_image(&mut c, "image", image);
     }
-    if let Some(ns) = &settings.namespace
-        && !is_dns_label(ns)
-    {
-        c.error(
-            "invalid-namespace",
-            "namespace",
-            format!("namespace {ns:?} is not a valid Kubernetes namespace"),
-        );
-    }
     for (i, path) in settings.policies.iter().enumerate() {
         if path.starts_with('/') || path.split(['/', '\\']).any(|part| part == "..") {
             c.error(

@@ -356,9 +356,6 @@ pub struct Settings {
     /// Image for steps whose pipeline and step name none.
     #[serde(default)]
     pub image: Option<String>,
-    /// Kubernetes namespace for this repository's Jobs.
-    #[serde(default)]
-    pub namespace: Option<String>,
     /// Extra Rego files of this repository, relative to the tracked path.
     #[serde(default)]
     pub policies: Vec<String>,

@@ -433,22 +433,25 @@ fn versions_ignore_formatting_and_comments() {
 
 #[test]
 fn settings_are_checked() {
-    let findings = parse_settings(
-        b"namespace: ML_Team\npolicies: [../x.rego, p.txt]\ndefault_timeout: forever\n",
-    )
-    .findings;
+    let findings =
+        parse_settings(b"policies: [../x.rego, p.txt]\ndefault_timeout: forever\n").findings;
     let codes: Vec<&str> = findings.iter().map(|f| f.code.as_str()).collect();
     assert_eq!(
         codes,
-        [
-            "invalid-namespace",
-            "path-escapes",
-            "invalid-policy-path",
-            "invalid-duration"
-        ]
+        ["path-escapes", "invalid-policy-path", "invalid-duration"]
     );
     let findings = parse_settings(b"allow_emtpy: true\n").findings;
     assert_eq!(findings[0].code, "unknown-field");
+    // The cluster settings decide where Jobs run (the Role is namespaced): a repository
+    // that still names a namespace is told so, at the line that names it.
+    let findings = parse_settings(b"image: x\nnamespace: ml-training\n").findings;
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].code, "unknown-field");
+    assert!(findings[0].message.contains("namespace"), "{findings:?}");
+    assert!(
+        matches!(&findings[0].at, super::diag::At::Position(p) if p.line == 2),
+        "{findings:?}"
+    );
     let empty = parse_settings(b"");
     assert!(empty.findings.is_empty());
     assert_eq!(empty.settings, Settings::default());

@@ -99,6 +99,22 @@ pub fn fire_timers(store: &mut Store, now: Instant) {
                     &json!({"propagationPolicy": "Background"}),
                 );
             }
+            Timer::PodCreateRetry {
+                namespace,
+                name,
+                uid,
+            } => {
+                let same = store
+                    .get(resources::jobs(), &namespace, &name)
+                    .is_some_and(|j| str_at(&j.object, "/metadata/uid") == Some(uid.as_str()));
+                if same {
+                    // The backoff is over: the next sync may create the pod.
+                    if let Some((_, until)) = store.create_backoff.get_mut(&uid) {
+                        *until = Instant::now();
+                    }
+                    store.dirty_jobs.insert((namespace, name));
+                }
+            }
         }
     }
     settle(store);
@@ -281,8 +297,16 @@ fn reconcile_job(store: &mut Store, namespace: &str, name: &str) {
         status = new_job["status"].clone();
     }
 
+    // A create the API refused (a quota, an admission webhook) is tried again after the
+    // controller's backoff; until then the Job has no pod.
+    let created = create_pod
+        && store
+            .create_backoff
+            .get(&uid)
+            .is_none_or(|(_, until)| Instant::now() >= *until)
+        && create_job_pod(store, &job);
     let active_after = if delete_active || create_pod {
-        if create_pod { 1 } else { 0 }
+        if created { 1 } else { 0 }
     } else {
         active.len() as i64
     };
@@ -310,9 +334,6 @@ fn reconcile_job(store: &mut Store, namespace: &str, name: &str) {
             store.delete_pod(ns, pod_name, &json!({}));
         }
     }
-    if create_pod {
-        create_job_pod(store, &job);
-    }
     let finished_now = {
         let mut probe = job.clone();
         probe["status"] = status.clone();
@@ -333,7 +354,9 @@ fn reconcile_job(store: &mut Store, namespace: &str, name: &str) {
     }
 }
 
-fn create_job_pod(store: &mut Store, job: &Value) {
+/// Creates the Job's pod from its template; when the API refuses it, records a
+/// `FailedCreate` event on the Job as kube-controller-manager does and backs off.
+fn create_job_pod(store: &mut Store, job: &Value) -> bool {
     let name = str_at(job, "/metadata/name").unwrap_or("");
     let namespace = str_at(job, "/metadata/namespace")
         .unwrap_or("default")
@@ -351,8 +374,88 @@ fn create_job_pod(store: &mut Store, job: &Value) {
     }]);
     let pod =
         json!({"metadata": metadata, "spec": template.get("spec").cloned().unwrap_or(json!({}))});
-    if let Err(err) = store.create(resources::pods(), &namespace, pod, "job-controller") {
-        tracing::warn!(job = name, %err, "the stand-in job controller could not create a pod");
+    let uid = str_at(job, "/metadata/uid").unwrap_or("").to_string();
+    match store.create(resources::pods(), &namespace, pod, "job-controller") {
+        Ok(_) => {
+            store.create_backoff.remove(&uid);
+            true
+        }
+        Err(err) => {
+            let message = format!("Error creating: {}", err.message);
+            record_warning(store, job, "FailedCreate", &message);
+            let failures = store.create_backoff.get(&uid).map_or(0, |(n, _)| *n) + 1;
+            let delay = Duration::from_secs(10)
+                .saturating_mul(1 << (failures - 1).min(6))
+                .min(Duration::from_secs(360));
+            let until = Instant::now() + delay;
+            store.create_backoff.insert(uid.clone(), (failures, until));
+            store.add_timer(
+                until,
+                Timer::PodCreateRetry {
+                    namespace,
+                    name: name.to_string(),
+                    uid,
+                },
+            );
+            false
+        }
+    }
+}
+
+/// A Warning event about `object` as client-go's recorder writes it: one Event per
+/// (object, reason, message), its `count` and `lastTimestamp` raised when it repeats.
+fn record_warning(store: &mut Store, object: &Value, reason: &str, message: &str) {
+    let events = resources::events();
+    let namespace = str_at(object, "/metadata/namespace")
+        .unwrap_or("default")
+        .to_string();
+    let uid = str_at(object, "/metadata/uid").unwrap_or("").to_string();
+    let now = now_rfc3339();
+    let existing = store
+        .range(events, Some(&namespace), None)
+        .find(|e| {
+            str_at(e, "/involvedObject/uid") == Some(uid.as_str())
+                && str_at(e, "/reason") == Some(reason)
+                && str_at(e, "/message") == Some(message)
+        })
+        .cloned();
+    if let Some(mut event) = existing {
+        let name = str_at(&event, "/metadata/name").unwrap_or("").to_string();
+        let count = event["count"].as_i64().unwrap_or(1) + 1;
+        event["count"] = json!(count);
+        event["lastTimestamp"] = json!(now);
+        if let Some(m) = event["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        let _ = store.update(
+            events,
+            &namespace,
+            &name,
+            event,
+            None,
+            None,
+            "job-controller",
+        );
+        return;
+    }
+    let suffix = store.random_suffix(16);
+    let event = json!({
+        "metadata": {
+            "name": format!("{}.{suffix}", str_at(object, "/metadata/name").unwrap_or("")),
+            "namespace": namespace,
+        },
+        "involvedObject": {
+            "kind": object.get("kind"), "apiVersion": object.get("apiVersion"),
+            "namespace": namespace, "name": object.pointer("/metadata/name"), "uid": uid,
+            "resourceVersion": object.pointer("/metadata/resourceVersion"),
+        },
+        "reason": reason, "message": message, "type": "Warning",
+        "source": {"component": "job-controller"},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        "reportingComponent": "job-controller", "reportingInstance": "",
+    });
+    if let Err(err) = store.create(events, &namespace, event, "job-controller") {
+        tracing::warn!(%err, "the stand-in job controller could not record an event");
     }
 }
 
@@ -709,6 +812,59 @@ mod tests {
         let job_gone = order.iter().rposition(|(k, _)| k == "Job").unwrap();
         assert!(pod_gone < job_gone, "{order:?}");
         assert!(store.get(resources::jobs(), "default", "fg").is_none());
+    }
+
+    #[test]
+    fn a_pod_a_quota_refuses_is_a_failed_create_event_retried_after_a_backoff() {
+        let mut store = Store::new(10_000);
+        store
+            .create(
+                resources::resource_quotas(),
+                "default",
+                json!({"metadata": {"name": "compute"}, "spec": {"hard": {"limits.cpu": "8", "requests.memory": "8Gi"}}}),
+                "t",
+            )
+            .unwrap();
+        let spec = json!({"template": {"spec": {"restartPolicy": "Never",
+            "initContainers": [{"name": "install", "image": "x",
+                "resources": {"limits": {"cpu": "1"}, "requests": {"memory": "1Mi"}}}],
+            "containers": [{"name": "main", "image": "x", "resources": {"limits": {"cpu": "1"}}}]}}});
+        job(&mut store, "quota", spec);
+        assert!(job_pod(&store, "default", "quota").is_none());
+        let events: Vec<Value> = store
+            .range(resources::events(), Some("default"), None)
+            .cloned()
+            .collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let message = events[0]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("Error creating: pods \"quota-")
+                && message.ends_with(
+                    "\" is forbidden: failed quota: compute: must specify requests.memory for: main"
+                ),
+            "{message}"
+        );
+        assert_eq!(events[0]["reason"], "FailedCreate");
+        assert_eq!(events[0]["type"], "Warning");
+        assert_eq!(events[0]["involvedObject"]["kind"], "Job");
+        assert_eq!(events[0]["involvedObject"]["name"], "quota");
+        assert_eq!(current(&store, "quota")["status"]["active"], 0);
+        // Touching the Job before the backoff ends creates nothing and records nothing new.
+        store.dirty_jobs.insert(("default".into(), "quota".into()));
+        settle(&mut store);
+        let count = |store: &Store| {
+            store
+                .range(resources::events(), Some("default"), None)
+                .map(|e| e["count"].as_i64().unwrap())
+                .sum::<i64>()
+        };
+        assert_eq!(count(&store), 1);
+        fire_timers(&mut store, Instant::now() + Duration::from_secs(11));
+        assert_eq!(
+            count(&store),
+            2,
+            "tried again after 10 s; each try names its own pod, so it is an event of its own"
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ const fn rt(
 }
 
 /// Every served resource type.
-pub static ALL: [ResourceType; 9] = [
+pub static ALL: [ResourceType; 10] = [
     rt(0, "batch", "v1", "jobs", "Job", true, true),
     rt(1, "", "v1", "pods", "Pod", true, true),
     rt(2, "", "v1", "events", "Event", true, false),
@@ -77,6 +77,7 @@ pub static ALL: [ResourceType; 9] = [
         true,
         false,
     ),
+    rt(9, "", "v1", "resourcequotas", "ResourceQuota", true, true),
 ];
 
 /// batch/v1 jobs.
@@ -97,6 +98,16 @@ pub fn namespaces() -> &'static ResourceType {
 /// v1 secrets.
 pub fn secrets() -> &'static ResourceType {
     &ALL[5]
+}
+
+/// v1 events (the core group's, which the Job controller writes).
+pub fn events() -> &'static ResourceType {
+    &ALL[2]
+}
+
+/// v1 resourcequotas.
+pub fn resource_quotas() -> &'static ResourceType {
+    &ALL[9]
 }
 
 /// v1 configmaps.

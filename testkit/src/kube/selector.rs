@@ -114,7 +114,8 @@ impl LabelSelector {
 }
 
 /// A parsed `fieldSelector`; the stand-in supports `metadata.name` and `metadata.namespace`
-/// for every resource (as the real server does) plus `status.phase` and `spec.nodeName` for pods.
+/// for every resource (as the real server does) plus `status.phase` and `spec.nodeName` for
+/// pods and `involvedObject.*`, `reason` and `type` for events.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
@@ -135,7 +136,18 @@ impl FieldSelector {
                 )));
             };
             let supported = matches!(field, "metadata.name" | "metadata.namespace")
-                || (kind == "Pod" && matches!(field, "status.phase" | "spec.nodeName"));
+                || (kind == "Pod" && matches!(field, "status.phase" | "spec.nodeName"))
+                || (kind == "Event"
+                    && matches!(
+                        field,
+                        "involvedObject.kind"
+                            | "involvedObject.namespace"
+                            | "involvedObject.name"
+                            | "involvedObject.uid"
+                            | "involvedObject.apiVersion"
+                            | "reason"
+                            | "type"
+                    ));
             if !supported {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {field}"

@@ -38,6 +38,8 @@ pub struct RequestRecord {
     pub name: Option<String>,
     /// The HTTP status answered (200 for a watch that started streaming).
     pub status: u16,
+    /// The client's `User-Agent`, if it sent one.
+    pub user_agent: Option<String>,
 }
 
 /// A failure to answer in place of the next matching requests.
@@ -344,6 +346,7 @@ fn record_of(verb: &str, target: &Target) -> RequestRecord {
         namespace,
         name,
         status: 0,
+        user_agent: None,
     }
 }
 
@@ -409,6 +412,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
                 namespace: None,
                 name: None,
                 status: 404,
+                user_agent: None,
             };
             record.status = err.code;
             lock(&shared.records).push(record);
@@ -417,6 +421,10 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
     };
     let verb = verb_of(&method, &target, &params);
     let mut record = record_of(verb, &target);
+    record.user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let outcome = pre_checks(&shared, &headers, &record);
     let response = match outcome {
         Err(err) => error_response(&err),
@@ -1220,6 +1228,7 @@ pub(crate) fn forbidden_message(
         namespace: Some(ns.into()),
         name: None,
         status: 0,
+        user_agent: None,
     };
     forbidden(user, &record).message
 }

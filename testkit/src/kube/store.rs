@@ -97,6 +97,12 @@ pub enum Timer {
         name: String,
         uid: String,
     },
+    /// The Job controller tries again to create a Job's pod after its backoff.
+    PodCreateRetry {
+        namespace: String,
+        name: String,
+        uid: String,
+    },
 }
 
 /// A stored object with its field ownership.
@@ -155,6 +161,9 @@ pub struct Store {
     dependents: HashMap<String, BTreeSet<(String, String)>>,
     /// Finished pods a Job has counted.
     pub(crate) tallies: HashMap<String, JobTally>,
+    /// Per Job uid: how many pod creates failed in a row, and until when the controller
+    /// waits before it tries again (10 s, doubling up to 6 min, as kube-controller-manager).
+    pub(crate) create_backoff: HashMap<String, (u32, Instant)>,
     /// Where pods bound to the node are announced, when a kubelet runs.
     pub(crate) kubelet: Option<mpsc::UnboundedSender<KubeletWork>>,
     /// Node name pods are bound to when a kubelet runs.
@@ -217,6 +226,7 @@ impl Store {
             timer_seq: 0,
             dependents: HashMap::new(),
             tallies: HashMap::new(),
+            create_backoff: HashMap::new(),
             kubelet: None,
             node_name: None,
             logs: None,
@@ -503,6 +513,7 @@ impl Store {
                 if !causes.is_empty() {
                     return Err(ApiError::invalid(resource, &name, &causes));
                 }
+                self.admit_quota(namespace, &name, &object)?;
                 object["metadata"]["generation"] = json!(1);
                 object["status"] = json!({"phase": "Pending", "qosClass": qos_class(&object)});
                 if let Some(node) = self.node_name.clone() {
@@ -558,6 +569,69 @@ impl Store {
             });
         }
         Ok(object)
+    }
+
+    /// The ResourceQuota admission plugin's check that every container of a pod states the
+    /// compute resources a quota of its namespace limits: a quota on `limits.cpu` admits only
+    /// pods whose every container (init containers too) sets a CPU limit. Usage against
+    /// `hard` is not tracked.
+    fn admit_quota(&self, namespace: &str, name: &str, pod: &Value) -> Result<(), ApiError> {
+        const COMPUTE: [(&str, &str, &str); 6] = [
+            ("cpu", "requests", "cpu"),
+            ("limits.cpu", "limits", "cpu"),
+            ("limits.memory", "limits", "memory"),
+            ("memory", "requests", "memory"),
+            ("requests.cpu", "requests", "cpu"),
+            ("requests.memory", "requests", "memory"),
+        ];
+        let containers: Vec<&Value> = ["initContainers", "containers"]
+            .iter()
+            .filter_map(|list| {
+                pod.pointer(&format!("/spec/{list}"))
+                    .and_then(Value::as_array)
+            })
+            .flatten()
+            .collect();
+        for quota in self.range(resources::resource_quotas(), Some(namespace), None) {
+            let Some(hard) = quota.pointer("/spec/hard").and_then(Value::as_object) else {
+                continue;
+            };
+            let mut missing = Vec::new();
+            for (quota_key, section, resource) in COMPUTE {
+                if !hard.contains_key(quota_key) {
+                    continue;
+                }
+                let lacking: Vec<&str> = containers
+                    .iter()
+                    .filter(|c| {
+                        c.pointer(&format!("/resources/{section}/{resource}"))
+                            .is_none()
+                    })
+                    .filter_map(|c| c.get("name").and_then(Value::as_str))
+                    .collect();
+                if !lacking.is_empty() {
+                    let shown = if quota_key.contains('.') {
+                        quota_key.to_string()
+                    } else {
+                        format!("requests.{quota_key}")
+                    };
+                    missing.push(format!("{shown} for: {}", lacking.join(",")));
+                }
+            }
+            if !missing.is_empty() {
+                let quota_name = str_at(quota, "/metadata/name").unwrap_or("");
+                return Err(ApiError::forbidden(
+                    format!(
+                        "pods \"{name}\" is forbidden: failed quota: {quota_name}: must specify {}",
+                        missing.join("; ")
+                    ),
+                    "pods",
+                    "",
+                    name,
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn after_change(&mut self, resource: &ResourceType, key: &(String, String), object: &Value) {

@@ -533,7 +533,7 @@ async fn print_log(args: LogsArgs) -> Result<()> {
         return Err(missing().into());
     }
     let artifacts = ArtifactStore::open(&location)?;
-    let key = log_key(run, step, attempt.attempt);
+    let key = log_key(&attempt.job);
     let log = artifacts.get_bytes(&key).await?.ok_or_else(missing)?;
     write_stdout(&log)
 }

@@ -16,20 +16,23 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::settings::ClusterSettings;
 use crate::artifacts;
-use crate::execute::{ExecError, StepJob, StepOutput, is_job_name};
+use crate::execute::{
+    ExecError, MAX_INSTANCE, Owner, StepJob, StepOutput, is_instance, is_job_name,
+};
 
 /// The label that marks everything this service creates; the watches select on it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// The value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY: &str = "trainyard";
-/// The label selector of everything this service creates.
-pub const SELECTOR: &str = "app.kubernetes.io/managed-by=trainyard";
+/// The installation a Job belongs to; the watches select on it, so that installations
+/// sharing a namespace never see (or adopt) each other's Jobs.
+pub const INSTANCE_LABEL: &str = "trainyard.dev/instance";
 /// The run a Job belongs to.
 pub const RUN_LABEL: &str = "trainyard.dev/run";
 /// The step a Job runs.
 pub const STEP_LABEL: &str = "trainyard.dev/step";
-/// The attempt a Job is (an annotation: labels select, this only describes).
-pub const ATTEMPT_ANNOTATION: &str = "trainyard.dev/attempt";
+/// The attempt a Job is.
+pub const ATTEMPT_LABEL: &str = "trainyard.dev/attempt";
 /// Where the attempt's log is stored once it ends.
 pub const LOG_KEY_ANNOTATION: &str = "trainyard.dev/log-key";
 /// The step's declared outputs as a JSON list of names, so that a Job adopted after a
@@ -58,6 +61,11 @@ pub const TERMINATION_LOG: &str = "/dev/termination-log";
 const TOOLS_VOLUME: &str = "trainyard-tools";
 const WORK_VOLUME: &str = "trainyard-work";
 const SHM_VOLUME: &str = "dshm";
+
+/// The label selector of everything installation `instance` creates.
+pub fn selector(instance: &str) -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY},{INSTANCE_LABEL}={instance}")
+}
 
 /// The work directory of job `name` inside its pod.
 pub fn job_dir(name: &str) -> PathBuf {
@@ -104,14 +112,33 @@ pub fn build_job(
         })?),
     };
 
+    if !is_instance(&job.instance) {
+        return Err(invalid(format!(
+            "installation {:?} is not a DNS-1123 label of at most {MAX_INSTANCE} characters",
+            job.instance
+        )));
+    }
+    // What says whose attempt a Job is comes from the attempt itself, never from the
+    // labels a caller passed.
     let mut labels = job.labels.clone();
-    labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
+    for (key, value) in [
+        (MANAGED_BY_LABEL, MANAGED_BY.to_owned()),
+        (INSTANCE_LABEL, job.instance.clone()),
+        (RUN_LABEL, job.run_id.to_string()),
+        (STEP_LABEL, job.step.clone()),
+        (ATTEMPT_LABEL, job.attempt.to_string()),
+    ] {
+        labels.insert(key.to_owned(), value);
+    }
     let template_labels = labels.clone();
-    if let Some(queue) = &settings.queue {
+    let queue = match gpu_type {
+        Some(gpu) => gpu.queue.as_ref().or(settings.queue.as_ref()),
+        None => settings.queue.as_ref(),
+    };
+    if let Some(queue) = queue {
         labels.insert(QUEUE_LABEL.to_owned(), queue.clone());
     }
     let mut annotations = job.annotations.clone();
-    annotations.insert(ATTEMPT_ANNOTATION.to_owned(), job.attempt.to_string());
     annotations.insert(LOG_KEY_ANNOTATION.to_owned(), job.log_key.clone());
     let outputs: Vec<&str> = job.outputs.iter().map(|o| o.name.as_str()).collect();
     annotations.insert(
@@ -207,6 +234,8 @@ pub fn build_job(
         ]),
         volume_mounts: Some(vec![tools_mount]),
         security_context: Some(security.clone()),
+        // A namespace with a compute quota refuses pods whose containers set none.
+        resources: Some(settings.init_resources.clone()),
         ..Container::default()
     };
     let main = Container {
@@ -235,6 +264,7 @@ pub fn build_job(
             .filter(|t| !t.tolerations.is_empty())
             .map(|t| t.tolerations.clone()),
         priority_class_name: settings.priority_class.clone(),
+        termination_grace_period_seconds: settings.termination_grace_period_seconds,
         service_account_name: settings.service_account.clone(),
         // Steps run user code: they get no credentials for the cluster's API.
         automount_service_account_token: Some(false),
@@ -264,7 +294,7 @@ pub fn build_job(
                 .timeout
                 .map(|t| i64::try_from(t.as_secs().max(1)).unwrap_or(i64::MAX)),
             ttl_seconds_after_finished: Some(settings.ttl_seconds_after_finished),
-            suspend: settings.queue.as_ref().map(|_| true),
+            suspend: queue.map(|_| true),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(template_labels),
@@ -303,23 +333,28 @@ fn empty_dir(name: &str, medium: Option<&str>, size_limit: Option<String>) -> Vo
     }
 }
 
+/// Whose attempt a Job is, from its labels; None when they do not say.
+pub fn owner_of(job: &Job) -> Option<Owner> {
+    let labels = job.metadata.labels.as_ref()?;
+    Some(Owner {
+        instance: labels.get(INSTANCE_LABEL)?.clone(),
+        run_id: labels.get(RUN_LABEL)?.parse().ok()?,
+        step: labels.get(STEP_LABEL)?.clone(),
+        attempt: labels.get(ATTEMPT_LABEL)?.parse().ok()?,
+    })
+}
+
 /// What the executor needs of a Job it finds on the cluster (perhaps submitted by an
 /// earlier process): the attempt it runs, its outputs and where its log goes. None for a
-/// labelled Job that does not carry a run and step.
+/// labelled Job that does not say whose attempt it is.
 pub fn step_job_of(job: &Job) -> Option<StepJob> {
     let name = job.metadata.name.clone()?;
-    let labels = job.metadata.labels.as_ref()?;
-    let run_id: i64 = labels.get(RUN_LABEL)?.parse().ok()?;
-    let step = labels.get(STEP_LABEL)?.clone();
+    let owner = owner_of(job)?;
     let annotations = job.metadata.annotations.clone().unwrap_or_default();
-    let attempt: u32 = annotations
-        .get(ATTEMPT_ANNOTATION)
-        .and_then(|a| a.parse().ok())
-        .or_else(|| name.rsplit('-').next()?.parse().ok())?;
     let log_key = annotations
         .get(LOG_KEY_ANNOTATION)
         .cloned()
-        .unwrap_or_else(|| artifacts::log_key(run_id, &step, attempt));
+        .unwrap_or_else(|| artifacts::log_key(&name));
     let output_names: Vec<String> = annotations
         .get(OUTPUTS_ANNOTATION)
         .and_then(|o| serde_json::from_str(o).ok())
@@ -329,7 +364,7 @@ pub fn step_job_of(job: &Job) -> Option<StepJob> {
         .into_iter()
         .map(|output| StepOutput {
             path: dir.join("outputs").join(&output),
-            key: artifacts::output_key(run_id, &step, &output),
+            key: artifacts::output_key(&owner.instance, owner.run_id, &owner.step, &output),
             name: output,
         })
         .collect();
@@ -340,14 +375,15 @@ pub fn step_job_of(job: &Job) -> Option<StepJob> {
         .and_then(|p| p.containers.iter().find(|c| c.name == MAIN_CONTAINER))
         .and_then(|c| c.image.clone())
         .unwrap_or_default();
-    let mut job_labels = labels.clone();
+    let mut job_labels = job.metadata.labels.clone().unwrap_or_default();
     job_labels.remove(MANAGED_BY_LABEL);
     job_labels.remove(QUEUE_LABEL);
     Some(StepJob {
         name,
-        run_id,
-        step,
-        attempt,
+        instance: owner.instance,
+        run_id: owner.run_id,
+        step: owner.step,
+        attempt: owner.attempt,
         argv: Vec::new(),
         env: BTreeMap::new(),
         image,
@@ -391,7 +427,8 @@ mod tests {
 
     fn step() -> StepJob {
         StepJob {
-            name: job_name(42, "train", 2),
+            name: job_name("prod", 42, "train", 2),
+            instance: "prod".to_owned(),
             run_id: 42,
             step: "train".to_owned(),
             attempt: 2,
@@ -400,20 +437,20 @@ mod tests {
             image: "ghcr.io/acme/train:3".to_owned(),
             resources: None,
             timeout: Some(Duration::from_secs(4 * 3600)),
-            job_dir: job_dir("ty-42-train-2"),
-            workdir: job_dir("ty-42-train-2"),
+            job_dir: job_dir("ty-prod-42-train-2"),
+            workdir: job_dir("ty-prod-42-train-2"),
             source: None,
             inputs: Vec::new(),
             outputs: vec![StepOutput {
                 name: "model".to_owned(),
-                path: job_dir("ty-42-train-2").join("outputs/model"),
-                key: artifacts::output_key(42, "train", "model"),
+                path: job_dir("ty-prod-42-train-2").join("outputs/model"),
+                key: artifacts::output_key("prod", 42, "train", "model"),
             }],
-            log_key: artifacts::log_key(42, "train", 2),
+            log_key: artifacts::log_key("ty-prod-42-train-2"),
             labels: BTreeMap::from([
-                ("trainyard.dev/run".to_owned(), "42".to_owned()),
                 ("trainyard.dev/pipeline".to_owned(), "churn".to_owned()),
-                ("trainyard.dev/step".to_owned(), "train".to_owned()),
+                // What the attempt is comes from its fields, whatever a caller passes.
+                ("trainyard.dev/run".to_owned(), "7".to_owned()),
             ]),
             annotations: BTreeMap::from([("trainyard.dev/commit".to_owned(), "abc123".to_owned())]),
             secrets: vec!["wandb".to_owned()],
@@ -449,23 +486,24 @@ mod tests {
     #[test]
     fn a_job_is_named_and_labelled_for_its_attempt() {
         let job = build(&step(), &settings());
-        assert_eq!(job["metadata"]["name"], "ty-42-train-2");
+        assert_eq!(job["metadata"]["name"], "ty-prod-42-train-2");
         assert_eq!(job["metadata"]["namespace"], "ml");
         for labels in [
             &job["metadata"]["labels"],
             &job["spec"]["template"]["metadata"]["labels"],
         ] {
             assert_eq!(labels["app.kubernetes.io/managed-by"], "trainyard");
+            assert_eq!(labels["trainyard.dev/instance"], "prod");
             assert_eq!(labels["trainyard.dev/run"], "42");
             assert_eq!(labels["trainyard.dev/pipeline"], "churn");
             assert_eq!(labels["trainyard.dev/step"], "train");
+            assert_eq!(labels["trainyard.dev/attempt"], "2");
         }
         let annotations = &job["metadata"]["annotations"];
         assert_eq!(annotations["trainyard.dev/commit"], "abc123");
-        assert_eq!(annotations["trainyard.dev/attempt"], "2");
         assert_eq!(
             annotations["trainyard.dev/log-key"],
-            "runs/42/train/attempt-2.log"
+            "jobs/ty-prod-42-train-2/log"
         );
         assert_eq!(annotations["trainyard.dev/outputs"], r#"["model"]"#);
     }
@@ -506,6 +544,12 @@ mod tests {
         assert_eq!(
             init["volumeMounts"],
             json!([{"name": "trainyard-tools", "mountPath": "/trainyard/bin"}])
+        );
+        assert_eq!(
+            init["resources"],
+            json!({"requests": {"cpu": "100m", "memory": "64Mi"},
+                   "limits": {"cpu": "1", "memory": "256Mi"}}),
+            "a namespace with a compute quota admits only containers that set both"
         );
         let main = main_container(&job);
         assert_eq!(main["name"], "main");
@@ -614,6 +658,41 @@ mod tests {
     }
 
     #[test]
+    fn a_gpu_types_queue_suspends_its_steps_for_kueue_and_cpu_steps_go_to_their_own() {
+        let mut settings = settings();
+        let gpu_queue = |settings: &ClusterSettings| {
+            let job = build(&gpu_step(), settings);
+            let label = job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"].clone();
+            (label, job["spec"]["suspend"].clone())
+        };
+        let cpu_queue = |settings: &ClusterSettings| {
+            let job = build(&step(), settings);
+            let label = job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"].clone();
+            (label, job["spec"]["suspend"].clone())
+        };
+        if let Some(h100) = settings.gpu_types.get_mut("h100") {
+            h100.queue = Some("h100".to_owned());
+        }
+        assert_eq!(gpu_queue(&settings), (json!("h100"), json!(true)));
+        assert_eq!(
+            cpu_queue(&settings),
+            (Value::Null, Value::Null),
+            "CPU steps are not queued where no queue is set for them"
+        );
+        settings.queue = Some("cpu".to_owned());
+        assert_eq!(gpu_queue(&settings), (json!("h100"), json!(true)));
+        assert_eq!(cpu_queue(&settings), (json!("cpu"), json!(true)));
+        if let Some(h100) = settings.gpu_types.get_mut("h100") {
+            h100.queue = None;
+        }
+        assert_eq!(
+            gpu_queue(&settings),
+            (json!("cpu"), json!(true)),
+            "a GPU type without a queue of its own uses the general one"
+        );
+    }
+
+    #[test]
     fn a_queue_suspends_the_job_for_kueue_and_a_priority_class_is_passed_on() {
         let mut settings = settings();
         settings.queue = Some("team-gpu".to_owned());
@@ -639,6 +718,9 @@ mod tests {
 
     #[test]
     fn names_that_are_not_labels_and_empty_commands_are_refused() {
+        let mut bad_instance = step();
+        bad_instance.instance = "Prod_EU".to_owned();
+        assert!(build_job(&bad_instance, &settings(), Vec::new()).is_err());
         let mut bad_name = step();
         bad_name.name = "Ty_42".to_owned();
         assert!(build_job(&bad_name, &settings(), Vec::new()).is_err());
@@ -657,6 +739,16 @@ mod tests {
         let original = step();
         assert_eq!(back.name, original.name);
         assert_eq!((back.run_id, back.attempt), (42, 2));
+        assert_eq!(back.instance, "prod");
+        assert_eq!(
+            owner_of(&built),
+            Some(Owner {
+                instance: "prod".to_owned(),
+                run_id: 42,
+                step: "train".to_owned(),
+                attempt: 2
+            })
+        );
         assert_eq!(back.step, "train");
         assert_eq!(back.log_key, original.log_key);
         assert_eq!(back.outputs, original.outputs);

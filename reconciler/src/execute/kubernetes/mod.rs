@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event as ApiEvent, Pod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
+use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{ExecError, Executor, JobEvent, JobState, StepJob, launcher};
+use super::{ExecError, Executor, JobEvent, JobState, StepJob, is_instance, launcher};
 use crate::artifacts::ArtifactStore;
 pub use launcher::TerminationReport;
 
@@ -31,16 +32,31 @@ mod watch;
 pub use settings::{ClusterSettings, GpuType};
 
 use api::{RateLimit, status_code};
-use manifest::{JOB_NAME_LABEL, MAIN_CONTAINER, SELECTOR};
+use manifest::{JOB_NAME_LABEL, MAIN_CONTAINER};
 use watch::{Action, Ledger, Tracked};
 
 /// The API access this backend needs, as (API group, resource, verbs): what the service's
 /// Role must grant in the namespace, and nothing more.
 pub const REQUIRED_RULES: &[(&str, &str, &[&str])] = &[
-    ("batch", "jobs", &["create", "delete", "list", "watch"]),
-    ("", "pods", &["list", "watch"]),
+    (
+        "batch",
+        "jobs",
+        &["create", "delete", "get", "list", "watch"],
+    ),
+    ("", "pods", &["delete", "list", "watch"]),
     ("", "pods/log", &["get"]),
+    ("", "events", &["list"]),
 ];
+
+/// The `User-Agent` of every request this service makes, so that audit logs tell
+/// installations, replicas and versions apart: `trainyard/<version> (<who>)`, `who` being
+/// the pod's name or the installation.
+pub fn user_agent(who: &str) -> String {
+    format!("trainyard/{} ({who})", env!("CARGO_PKG_VERSION"))
+}
+
+/// How long a call that needs the watches' first lists waits for them before it fails.
+const FIRST_LIST_WAIT: Duration = Duration::from_secs(10);
 
 /// How many times the outcome of a completed Job is looked up in the artifact store before
 /// the attempt is failed for it.
@@ -57,12 +73,18 @@ pub struct KubernetesExecutor {
 struct Shared {
     jobs_api: Api<Job>,
     pods_api: Api<Pod>,
+    events_api: Api<ApiEvent>,
+    /// The installation whose Jobs these are: every Job is labelled with it, and the
+    /// watches see no other.
+    instance: String,
     settings: ClusterSettings,
     artifacts: ArtifactStore,
     artifacts_url: String,
     events: UnboundedSender<JobEvent>,
     limit: RateLimit,
     ledger: Mutex<Ledger>,
+    /// Woken whenever a job reaches its terminal state, for `observe` waiting on one.
+    finished: Notify,
     /// Whether the watches on Jobs and on Pods have each finished their first list.
     jobs_synced: signal::Sender<bool>,
     pods_synced: signal::Sender<bool>,
@@ -81,12 +103,14 @@ impl Drop for Watches {
 }
 
 impl KubernetesExecutor {
-    /// An executor that creates Jobs in `settings.namespace` through `client`, whose steps
-    /// move artifacts through the store at `artifacts_url` (the store `artifacts` opens),
-    /// and that pushes terminal states to `events`. Starts the watches at once; must be
-    /// called inside a Tokio runtime.
+    /// An executor that creates the Jobs of installation `instance` in
+    /// `settings.namespace` through `client`, whose steps move artifacts through the store
+    /// at `artifacts_url` (the store `artifacts` opens), and that pushes when attempts start
+    /// running and when they end to `events`. Starts the watches at once; must be called
+    /// inside a Tokio runtime.
     pub fn new(
         client: kube::Client,
+        instance: &str,
         settings: ClusterSettings,
         artifacts: ArtifactStore,
         artifacts_url: String,
@@ -98,17 +122,30 @@ impl KubernetesExecutor {
                 reason: "namespace and image must not be empty".to_owned(),
             });
         }
+        if !is_instance(instance) {
+            return Err(ExecError::Cluster {
+                what: "settings".to_owned(),
+                reason: format!(
+                    "installation {instance:?} is not a DNS-1123 label of at most {} characters",
+                    super::MAX_INSTANCE
+                ),
+            });
+        }
         let jobs_api = Api::namespaced(client.clone(), &settings.namespace);
-        let pods_api = Api::namespaced(client, &settings.namespace);
+        let pods_api = Api::namespaced(client.clone(), &settings.namespace);
+        let events_api = Api::namespaced(client, &settings.namespace);
         let shared = Arc::new(Shared {
             jobs_api,
             pods_api,
+            events_api,
+            instance: instance.to_owned(),
             limit: RateLimit::new(settings.api_qps, settings.api_burst),
             settings,
             artifacts,
             artifacts_url,
             events,
             ledger: Mutex::new(Ledger::default()),
+            finished: Notify::new(),
             jobs_synced: signal::channel(false).0,
             pods_synced: signal::channel(false).0,
         });
@@ -122,8 +159,8 @@ impl KubernetesExecutor {
         })
     }
 
-    /// The names of all labelled Jobs on the cluster, whoever submitted them; for finding
-    /// Jobs whose run the database does not know.
+    /// The names of this installation's Jobs on the cluster, whichever process submitted
+    /// them; for finding Jobs whose run the database does not know.
     pub fn jobs(&self) -> Vec<String> {
         let ledger = self.shared.ledger();
         let mut names: Vec<String> = ledger
@@ -144,6 +181,22 @@ impl KubernetesExecutor {
             let _ = receiver.wait_for(|done| *done).await;
         }
     }
+
+    /// Waits a while for both watches' first lists; an error if the API server has not
+    /// answered them yet, so that a caller requeues its work instead of waiting out an
+    /// outage (and telling "gone" from "not seen yet" needs those lists).
+    async fn listed(&self) -> Result<(), ExecError> {
+        match tokio::time::timeout(FIRST_LIST_WAIT, self.synced()).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(ExecError::Cluster {
+                what: "following Jobs".to_owned(),
+                reason: format!(
+                    "the namespace's Jobs and pods are not listed yet (no answer within {}s)",
+                    FIRST_LIST_WAIT.as_secs()
+                ),
+            }),
+        }
+    }
 }
 
 impl Shared {
@@ -157,7 +210,11 @@ impl Shared {
         for action in actions {
             match action {
                 Action::Emit(event) => {
-                    tracing::info!(job = %event.name, state = ?event.state, "step ended");
+                    if event.state.is_terminal() {
+                        tracing::info!(job = %event.name, state = ?event.state, "step ended");
+                    } else {
+                        tracing::info!(job = %event.name, state = ?event.state, "step running");
+                    }
                     // A closed channel means the runtime is shutting down; the state stays
                     // observable.
                     let _ = self.events.send(event);
@@ -171,13 +228,29 @@ impl Shared {
                 Action::CheckStuck { job, at } => {
                     tokio::spawn(Arc::clone(self).check_stuck(job, at));
                 }
+                Action::CheckPodless { job, at } => {
+                    tokio::spawn(Arc::clone(self).check_podless(job, at));
+                }
+                Action::ForceDelete { job, at } => {
+                    tokio::spawn(Arc::clone(self).force_delete(job, at));
+                }
             }
         }
     }
 
     fn finish(self: &Arc<Self>, name: &str, state: JobState) {
         let action = self.ledger().finish(name, state);
+        self.finished.notify_waiters();
         self.perform(action.into_iter().collect());
+    }
+
+    /// Works out the outcome of a finished Job someone now wants, in this task.
+    async fn settle(self: &Arc<Self>, work: Action) {
+        match work {
+            Action::Resolve(name) => Arc::clone(self).resolve(name).await,
+            Action::Diagnose(name) => Arc::clone(self).diagnose(name).await,
+            other => self.perform(vec![other]),
+        }
     }
 
     /// The pods of job `name` read once from the API, for when the Job's watch got ahead of
@@ -282,6 +355,26 @@ impl Shared {
         self.finish(&name, state);
     }
 
+    /// Deletes the Job of an attempt that is being failed for good, so that it does not
+    /// start (or go on) after the attempt has ended.
+    async fn delete_abandoned(self: &Arc<Self>, job: &str) {
+        if let Some(tracked) = self.ledger().jobs.get_mut(job) {
+            tracked.finishing = true;
+        }
+        let params = DeleteParams::background();
+        let deleted = api::call(&self.limit, "delete job", || {
+            self.jobs_api.delete(job, &params)
+        })
+        .await;
+        match deleted {
+            Ok(_) => {}
+            Err(error) if status_code(&error) == Some(404) => {}
+            Err(error) => {
+                tracing::warn!(%job, %error, "could not delete the Job of a failed attempt");
+            }
+        }
+    }
+
     /// A pod of `job` got stuck; at `at`, fail the attempt if it still is.
     async fn check_stuck(self: Arc<Self>, job: String, at: Instant) {
         tokio::time::sleep_until(at).await;
@@ -290,21 +383,7 @@ impl Shared {
             return;
         };
         tracing::info!(%job, %reason, "failing an attempt whose pod cannot start");
-        if let Some(tracked) = self.ledger().jobs.get_mut(&job) {
-            tracked.finishing = true;
-        }
-        let params = DeleteParams::background();
-        let deleted = api::call(&self.limit, "delete job", || {
-            self.jobs_api.delete(&job, &params)
-        })
-        .await;
-        match deleted {
-            Ok(_) => {}
-            Err(error) if status_code(&error) == Some(404) => {}
-            Err(error) => {
-                tracing::warn!(%job, %error, "could not delete the Job of a stuck attempt");
-            }
-        }
+        self.delete_abandoned(&job).await;
         self.finish(
             &job,
             JobState::Failed {
@@ -314,8 +393,89 @@ impl Shared {
         );
     }
 
+    /// `job` had no pod when it was last seen; at `at`, if it still has none, fail the
+    /// attempt with what the Job controller said when it could not create one (its
+    /// `FailedCreate` events: a quota, an admission webhook, a pod security policy…).
+    async fn check_podless(self: Arc<Self>, job: String, at: Instant) {
+        tokio::time::sleep_until(at).await;
+        let grace = self.settings.pending_timeout;
+        if !self.ledger().podless_too_long(&job, Instant::now(), grace) {
+            return;
+        }
+        let uid = self
+            .ledger()
+            .jobs
+            .get(&job)
+            .and_then(|t| t.job.as_ref()?.metadata.uid.clone());
+        let mut fields =
+            format!("involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate");
+        if let Some(uid) = &uid {
+            fields.push_str(&format!(",involvedObject.uid={uid}"));
+        }
+        let params = ListParams::default().fields(&fields);
+        let listed = api::call(&self.limit, "list events", || self.events_api.list(&params)).await;
+        let said = match listed {
+            Ok(list) => list
+                .items
+                .into_iter()
+                .max_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0))
+                .and_then(|e| e.message),
+            Err(error) => {
+                // The attempt is failed all the same: its pod has not come for too long.
+                tracing::warn!(%job, %error, "could not read why the Job has no pod");
+                None
+            }
+        };
+        if !self.ledger().podless_too_long(&job, Instant::now(), grace) {
+            return;
+        }
+        let waited = crate::spec::units::format_duration(grace);
+        let reason = match said {
+            Some(message) => format!(
+                "its pod could not be created for {waited}: {}",
+                message.strip_prefix("Error creating: ").unwrap_or(&message)
+            ),
+            None => format!(
+                "its Job got no pod within {waited}, and the cluster's events do not say why"
+            ),
+        };
+        tracing::info!(%job, %reason, "failing an attempt whose pod is not created");
+        self.delete_abandoned(&job).await;
+        self.finish(
+            &job,
+            JobState::Failed {
+                exit_code: None,
+                reason,
+            },
+        );
+    }
+
+    /// A cancelled `job`'s pods had their grace; at `at`, delete those still there with a
+    /// grace of zero (a node that no longer answers never confirms a graceful stop).
+    async fn force_delete(self: Arc<Self>, job: String, at: Instant) {
+        tokio::time::sleep_until(at).await;
+        let left = self.ledger().left_after_grace(&job);
+        for pod in left {
+            tracing::warn!(%job, %pod, "the pod of a cancelled step outlived its grace; force-deleting it");
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::background()
+            };
+            let deleted = api::call(&self.limit, "delete pod", || {
+                self.pods_api.delete(&pod, &params)
+            })
+            .await;
+            match deleted {
+                Ok(_) => {}
+                Err(error) if status_code(&error) == Some(404) => {}
+                Err(error) => tracing::warn!(%job, %pod, %error, "could not force-delete a pod"),
+            }
+        }
+    }
+
     fn on_job(self: &Arc<Self>, event: Event<Job>) {
         let grace = self.settings.pending_timeout;
+        let now = Instant::now();
         let actions = {
             let mut ledger = self.ledger();
             match event {
@@ -323,23 +483,25 @@ impl Shared {
                     ledger.jobs_listing();
                     Vec::new()
                 }
-                Event::InitApply(job) | Event::Apply(job) => ledger.job_applied(job),
+                Event::InitApply(job) | Event::Apply(job) => ledger.job_applied(job, now, grace),
                 Event::InitDone => {
-                    let actions = ledger.jobs_listed(grace);
+                    let actions = ledger.jobs_listed(now, grace);
                     self.jobs_synced.send_replace(true);
                     actions
                 }
                 Event::Delete(job) => match job.metadata.name {
-                    Some(name) => ledger.job_deleted(&name, grace),
+                    Some(name) => ledger.job_deleted(&name),
                     None => Vec::new(),
                 },
             }
         };
+        self.finished.notify_waiters();
         self.perform(actions);
     }
 
     fn on_pod(self: &Arc<Self>, event: Event<Pod>) {
         let grace = self.settings.pending_timeout;
+        let now = Instant::now();
         let actions = {
             let mut ledger = self.ledger();
             match event {
@@ -347,20 +509,19 @@ impl Shared {
                     ledger.pods_listing();
                     Vec::new()
                 }
-                Event::InitApply(pod) | Event::Apply(pod) => {
-                    ledger.pod_applied(&pod, Instant::now(), grace)
-                }
+                Event::InitApply(pod) | Event::Apply(pod) => ledger.pod_applied(&pod, now, grace),
                 Event::InitDone => {
-                    let actions = ledger.pods_listed(grace);
+                    let actions = ledger.pods_listed(now, grace);
                     self.pods_synced.send_replace(true);
                     actions
                 }
                 Event::Delete(pod) => match (watch::job_of_pod(&pod), pod.metadata.name) {
-                    (Some(job), Some(name)) => ledger.pod_deleted(&job, &name, grace),
+                    (Some(job), Some(name)) => ledger.pod_deleted(&job, &name, now, grace),
                     _ => Vec::new(),
                 },
             }
         };
+        self.finished.notify_waiters();
         self.perform(actions);
     }
 }
@@ -368,7 +529,7 @@ impl Shared {
 /// Follows labelled Jobs: lists them, then watches from the list's resource version, and
 /// lists again when the server says that version is too old (410 Gone).
 async fn watch_jobs(shared: Arc<Shared>) {
-    let config = watcher::Config::default().labels(SELECTOR);
+    let config = watcher::Config::default().labels(&manifest::selector(&shared.instance));
     let mut stream = watcher::watcher(shared.jobs_api.clone(), config)
         .default_backoff()
         .boxed();
@@ -383,7 +544,7 @@ async fn watch_jobs(shared: Arc<Shared>) {
 /// Follows the pods of labelled Jobs, for what the Job's status does not say: whether the
 /// program runs, why it cannot start, how it ended.
 async fn watch_pods(shared: Arc<Shared>) {
-    let config = watcher::Config::default().labels(SELECTOR);
+    let config = watcher::Config::default().labels(&manifest::selector(&shared.instance));
     let mut stream = watcher::watcher(shared.pods_api.clone(), config)
         .default_backoff()
         .boxed();
@@ -442,9 +603,56 @@ pub async fn pod_log(
     pod_log_of(&pods, &limit, &pod).await.map_err(cluster)
 }
 
+impl KubernetesExecutor {
+    /// The create answered 409: whether the Job there is this very attempt (a repeated
+    /// submit: success) or someone else's ([`ExecError::Foreign`]); None if it went away
+    /// in between.
+    async fn existing(&self, job: &StepJob) -> Result<Option<()>, ExecError> {
+        let shared = &self.shared;
+        let read = api::call(&shared.limit, "get job", || shared.jobs_api.get(&job.name)).await;
+        let existing = match read {
+            Ok(existing) => existing,
+            Err(error) if status_code(&error) == Some(404) => return Ok(None),
+            Err(error) => {
+                return Err(ExecError::Cluster {
+                    what: format!("reading the existing job {:?}", job.name),
+                    reason: error.to_string(),
+                });
+            }
+        };
+        let owner = manifest::owner_of(&existing);
+        let ours = owner.as_ref().is_some_and(|o| {
+            (o.instance.as_str(), o.run_id, o.step.as_str(), o.attempt)
+                == (
+                    job.instance.as_str(),
+                    job.run_id,
+                    job.step.as_str(),
+                    job.attempt,
+                )
+        });
+        if ours {
+            Ok(Some(()))
+        } else {
+            Err(ExecError::Foreign {
+                name: job.name.clone(),
+                owner,
+            })
+        }
+    }
+}
+
 impl Executor for KubernetesExecutor {
     async fn submit(&self, job: StepJob) -> Result<(), ExecError> {
         let shared = &self.shared;
+        if job.instance != shared.instance {
+            return Err(ExecError::InvalidJob {
+                name: job.name.clone(),
+                reason: format!(
+                    "it is installation {:?}'s; this executor runs installation {:?}'s",
+                    job.instance, shared.instance
+                ),
+            });
+        }
         let args = launcher::args(&job, &shared.artifacts_url);
         let manifest = manifest::build_job(&job, &shared.settings, args)?;
         let name = job.name.clone();
@@ -453,7 +661,9 @@ impl Executor for KubernetesExecutor {
             if ledger.jobs.contains_key(&name) {
                 false
             } else {
-                ledger.jobs.insert(name.clone(), Tracked::submitted(job));
+                ledger
+                    .jobs
+                    .insert(name.clone(), Tracked::submitted(job.clone()));
                 true
             }
         };
@@ -465,46 +675,86 @@ impl Executor for KubernetesExecutor {
             }
         };
         let params = PostParams::default();
-        let created = api::call(&shared.limit, "create job", || {
-            shared.jobs_api.create(&params, &manifest)
-        })
-        .await;
-        match created {
-            Ok(_) => Ok(()),
-            // The name is the attempt: it exists, so this attempt was submitted before.
-            Err(error) if status_code(&error) == Some(409) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
-                forget();
-                Err(ExecError::InvalidJob {
-                    name: name.clone(),
-                    reason: status.message,
-                })
-            }
-            Err(error) => {
-                forget();
-                Err(ExecError::Cluster {
+        // A Job found by name that is gone when read is created again, once.
+        for _ in 0..2 {
+            let created = api::call(&shared.limit, "create job", || {
+                shared.jobs_api.create(&params, &manifest)
+            })
+            .await;
+            let outcome = match created {
+                Ok(_) => Ok(()),
+                // The name is the attempt; the labels say whether it is this attempt.
+                Err(error) if status_code(&error) == Some(409) => match self.existing(&job).await {
+                    Ok(Some(())) => Ok(()),
+                    Ok(None) => continue,
+                    Err(error) => Err(error),
+                },
+                Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
+                    Err(ExecError::InvalidJob {
+                        name: name.clone(),
+                        reason: status.message,
+                    })
+                }
+                Err(error) => Err(ExecError::Cluster {
                     what: format!("creating job {name:?}"),
                     reason: error.to_string(),
-                })
+                }),
+            };
+            if let Err(error) = &outcome {
+                // A foreign Job of the same name is not this attempt's: forget the entry
+                // even though the watch may never see that Job (it is not labelled ours).
+                if matches!(error, ExecError::Foreign { .. }) && inserted {
+                    shared.ledger().jobs.remove(&name);
+                } else {
+                    forget();
+                }
             }
+            return outcome;
         }
+        forget();
+        Err(ExecError::Cluster {
+            what: format!("creating job {name:?}"),
+            reason: "the Job exists and vanished each time it was read back".to_owned(),
+        })
     }
 
     async fn observe(&self, name: &str) -> Result<Option<JobState>, ExecError> {
         // Before the first list, "not seen" does not yet mean "not there".
-        self.synced().await;
-        Ok(self.shared.ledger().jobs.get(name).map(|t| t.state.clone()))
+        self.listed().await?;
+        let shared = &self.shared;
+        loop {
+            let notified = shared.finished.notified();
+            tokio::pin!(notified);
+            // Registered before the ledger is read, so a finish in between is not missed.
+            notified.as_mut().enable();
+            let (state, work) = {
+                let mut ledger = shared.ledger();
+                let work = ledger.want(name);
+                let Some(tracked) = ledger.jobs.get(name) else {
+                    return Ok(None);
+                };
+                if work.is_none() && (!tracked.finishing || tracked.state.is_terminal()) {
+                    return Ok(Some(tracked.state.clone()));
+                }
+                (tracked.state.clone(), work)
+            };
+            match work {
+                // A finished Job nobody asked about until now: its outcome is read here.
+                Some(work) => shared.settle(work).await,
+                // Another task is working the outcome out; it ends soon (bounded retries).
+                None if !state.is_terminal() => notified.await,
+                None => return Ok(Some(state)),
+            }
+        }
     }
 
     async fn cancel(&self, name: &str) -> Result<(), ExecError> {
+        self.listed().await?;
         let shared = &self.shared;
-        {
-            let mut ledger = shared.ledger();
-            match ledger.jobs.get_mut(name) {
-                Some(tracked) if tracked.state.is_terminal() => return Ok(()),
-                Some(tracked) => tracked.cancelled = true,
-                None => {}
-            }
+        // Only the first call deletes; later ones (a caller repeats cancel on every pass
+        // while the run is cancelling) find the delete sent and wait for the pods to go.
+        if !shared.ledger().start_cancel(name, Instant::now()) {
+            return Ok(());
         }
         // The API's default for Jobs orphans their pods, which would keep the step running.
         let params = DeleteParams::background();
@@ -512,29 +762,26 @@ impl Executor for KubernetesExecutor {
             shared.jobs_api.delete(name, &params)
         })
         .await;
-        match deleted {
-            Ok(_) => Ok(()),
-            Err(error) if status_code(&error) == Some(404) => {
-                // Never created, or already gone: nothing is running.
-                let gone = shared
-                    .ledger()
-                    .jobs
-                    .get(name)
-                    .is_some_and(|t| !t.present && !t.finishing);
-                if gone {
-                    self.shared.finish(name, JobState::Cancelled);
-                }
-                Ok(())
+        let gone = match deleted {
+            Ok(_) => false,
+            // Never created, or already gone; its pods may still be stopping.
+            Err(error) if status_code(&error) == Some(404) => true,
+            Err(error) => {
+                shared.ledger().cancel_failed(name);
+                return Err(ExecError::Cluster {
+                    what: format!("deleting job {name:?}"),
+                    reason: error.to_string(),
+                });
             }
-            Err(error) => Err(ExecError::Cluster {
-                what: format!("deleting job {name:?}"),
-                reason: error.to_string(),
-            }),
-        }
+        };
+        let actions = shared.ledger().cancel_sent(name, Instant::now(), gone);
+        shared.finished.notify_waiters();
+        shared.perform(actions);
+        Ok(())
     }
 
     async fn logs(&self, name: &str) -> Result<String, ExecError> {
-        self.synced().await;
+        self.listed().await?;
         let (pod, log_key) = {
             let ledger = self.shared.ledger();
             let tracked = ledger.jobs.get(name).ok_or_else(|| ExecError::UnknownJob {
@@ -575,7 +822,7 @@ impl Executor for KubernetesExecutor {
     }
 
     async fn known_jobs(&self) -> Result<Vec<String>, ExecError> {
-        self.synced().await;
+        self.listed().await?;
         Ok(self.jobs())
     }
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::{Deserialize, Deserializer};
 
 use crate::spec::units::parse_duration;
@@ -47,10 +48,16 @@ pub struct ClusterSettings {
     /// Per `gpu_type` a step may name: where such GPUs are (node selector, tolerations).
     #[serde(default)]
     pub gpu_types: BTreeMap<String, GpuType>,
-    /// A Kueue LocalQueue: Jobs are created suspended with `kueue.x-k8s.io/queue-name`, and
-    /// Kueue admits them within the queue's quota.
+    /// The Kueue LocalQueue of steps that ask for no GPU type, and of GPU types that name no
+    /// queue of their own: their Jobs are created suspended with
+    /// `kueue.x-k8s.io/queue-name`, and Kueue admits them within the queue's quota. None:
+    /// such steps start at once.
     #[serde(default)]
     pub queue: Option<String>,
+    /// Requests and limits of the init container that installs the launcher (a namespace
+    /// with a compute ResourceQuota admits only pods whose every container sets them).
+    #[serde(default = "default_init_resources")]
+    pub init_resources: ResourceRequirements,
     /// A PriorityClass for step pods.
     #[serde(default)]
     pub priority_class: Option<String>,
@@ -64,6 +71,10 @@ pub struct ClusterSettings {
     /// The ServiceAccount step pods run as; its token is not mounted.
     #[serde(default)]
     pub service_account: Option<String>,
+    /// How long a step's program gets after SIGTERM (on cancel, or a deadline) to stop
+    /// before it is killed; none means Kubernetes' default of 30 seconds.
+    #[serde(default)]
+    pub termination_grace_period_seconds: Option<i64>,
     /// The user id steps run as (never root).
     #[serde(default = "default_run_as_user")]
     pub run_as_user: i64,
@@ -97,6 +108,9 @@ pub struct GpuType {
     /// Taints of those nodes that step pods tolerate, as Kubernetes writes tolerations.
     #[serde(default)]
     pub tolerations: Vec<Toleration>,
+    /// The Kueue LocalQueue of steps that ask for these GPUs (instead of `queue`).
+    #[serde(default)]
+    pub queue: Option<String>,
 }
 
 fn default_namespace() -> String {
@@ -115,12 +129,32 @@ fn default_pending_timeout() -> Duration {
     Duration::from_secs(600)
 }
 
+/// A few hundred requests a second sustained: a thousand Jobs of one busy second go out in
+/// a few seconds, and the API server's Priority and Fairness (which answers 429 with
+/// Retry-After when a flow exceeds its share) is what paces a shared cluster, not a
+/// guess made here.
 fn default_api_qps() -> f64 {
-    20.0
+    200.0
 }
 
+/// About a thousand at once: the burst of a thousand schedules due in the same second.
 fn default_api_burst() -> u32 {
-    40
+    1000
+}
+
+/// Enough to copy a binary of some tens of MiB (the page cache counts against the limit).
+fn default_init_resources() -> ResourceRequirements {
+    let amounts = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(memory.to_owned())),
+        ])
+    };
+    ResourceRequirements {
+        requests: Some(amounts("100m", "64Mi")),
+        limits: Some(amounts("1", "256Mi")),
+        ..ResourceRequirements::default()
+    }
 }
 
 fn duration_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -136,10 +170,12 @@ impl ClusterSettings {
             image: image.into(),
             gpu_types: BTreeMap::new(),
             queue: None,
+            init_resources: default_init_resources(),
             priority_class: None,
             ttl_seconds_after_finished: default_ttl(),
             env_from_secrets: Vec::new(),
             service_account: None,
+            termination_grace_period_seconds: None,
             run_as_user: default_run_as_user(),
             shm_size: None,
             pending_timeout: default_pending_timeout(),
@@ -216,6 +252,20 @@ mod tests {
         assert_eq!(settings.ttl_seconds_after_finished, 3600);
         assert_eq!(settings.run_as_user, 1000);
         assert_eq!(settings.pending_timeout, Duration::from_secs(600));
+        assert_eq!((settings.api_qps, settings.api_burst), (200.0, 1000));
+    }
+
+    #[test]
+    fn the_init_containers_resources_and_per_gpu_queues_are_read() {
+        let settings = parse(
+            "image: t\ninit_resources:\n  requests: {cpu: 50m, memory: 32Mi}\n  limits: {cpu: 200m, memory: 128Mi}\ngpu_types:\n  h100: {queue: gpu}\n",
+        )
+        .expect("valid");
+        let limits = settings.init_resources.limits.expect("limits");
+        assert_eq!(limits["cpu"].0, "200m");
+        assert_eq!(limits["memory"].0, "128Mi");
+        assert_eq!(settings.gpu_types["h100"].queue.as_deref(), Some("gpu"));
+        assert_eq!(settings.queue, None);
     }
 
     #[test]

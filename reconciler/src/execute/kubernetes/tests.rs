@@ -13,6 +13,8 @@ use crate::artifacts::{self, ArtifactStore};
 use crate::execute::{ExecError, Executor, JobEvent, JobState, StepJob, StepOutput, job_name};
 
 const NS: &str = "default";
+/// The installation the tests' executors run.
+const INSTANCE: &str = "test";
 const PATIENCE: Duration = Duration::from_secs(15);
 
 struct Cluster {
@@ -49,9 +51,18 @@ impl Cluster {
         &self,
         settings: ClusterSettings,
     ) -> (KubernetesExecutor, UnboundedReceiver<JobEvent>) {
+        self.executor_of(INSTANCE, settings)
+    }
+
+    fn executor_of(
+        &self,
+        instance: &str,
+        settings: ClusterSettings,
+    ) -> (KubernetesExecutor, UnboundedReceiver<JobEvent>) {
         let (events, received) = mpsc::unbounded_channel();
         let executor = KubernetesExecutor::new(
             self.client.clone(),
+            instance,
             settings,
             self.artifacts.clone(),
             self.artifacts.uri(""),
@@ -63,10 +74,16 @@ impl Cluster {
 }
 
 fn step(run_id: i64) -> StepJob {
-    let name = job_name(run_id, "train", 1);
+    step_of(INSTANCE, run_id)
+}
+
+fn step_of(instance: &str, run_id: i64) -> StepJob {
+    let name = job_name(instance, run_id, "train", 1);
     let dir = super::manifest::job_dir(&name);
     StepJob {
+        log_key: artifacts::log_key(&name),
         name,
+        instance: instance.to_owned(),
         run_id,
         step: "train".to_owned(),
         attempt: 1,
@@ -82,9 +99,8 @@ fn step(run_id: i64) -> StepJob {
         outputs: vec![StepOutput {
             name: "model".to_owned(),
             path: dir.join("outputs/model"),
-            key: artifacts::output_key(run_id, "train", "model"),
+            key: artifacts::output_key(instance, run_id, "train", "model"),
         }],
-        log_key: artifacts::log_key(run_id, "train", 1),
         labels: BTreeMap::from([
             ("trainyard.dev/run".to_owned(), run_id.to_string()),
             ("trainyard.dev/pipeline".to_owned(), "churn".to_owned()),
@@ -95,11 +111,36 @@ fn step(run_id: i64) -> StepJob {
     }
 }
 
+/// The next event that ends an attempt (Running events pass).
 async fn next_event(events: &mut UnboundedReceiver<JobEvent>) -> JobEvent {
-    tokio::time::timeout(PATIENCE, events.recv())
-        .await
-        .expect("an event in time")
-        .expect("the channel stays open")
+    loop {
+        let event = tokio::time::timeout(PATIENCE, events.recv())
+            .await
+            .expect("an event in time")
+            .expect("the channel stays open");
+        if event.state.is_terminal() {
+            return event;
+        }
+    }
+}
+
+/// Waits until `executor` says `name` runs.
+async fn until_running(executor: &KubernetesExecutor, name: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !matches!(
+        executor.observe(name).await.expect("observe"),
+        Some(JobState::Running { .. })
+    ) {
+        assert!(tokio::time::Instant::now() < deadline, "never running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The manifest `launch` stores for `job` with its one output stored as `stored`.
+fn manifest_of(job: &StepJob, stored: &artifacts::Stored) -> serde_json::Value {
+    json!({"instance": job.instance, "job": job.name, "run": job.run_id, "step": job.step,
+        "attempt": job.attempt, "artifacts": [{"output": "model", "uri": stored.uri,
+        "sha256": stored.sha256, "size": stored.size}]})
 }
 
 /// Waits until the stand-in's Job controller has given `job` a pod.
@@ -175,11 +216,10 @@ async fn a_completed_job_succeeds_with_the_outputs_launch_stored() {
         .put_bytes(&job.outputs[0].key, b"weights".to_vec())
         .await
         .expect("store output");
-    let manifest = json!({"run": 3, "step": "train", "attempt": 1, "artifacts": [
-        {"output": "model", "uri": stored.uri, "sha256": stored.sha256, "size": stored.size}]});
+    let manifest = manifest_of(&job, &stored);
     c.artifacts
         .put_bytes(
-            &artifacts::manifest_key(3, "train", 1),
+            &artifacts::manifest_key(&job.name),
             serde_json::to_vec(&manifest).expect("json"),
         )
         .await
@@ -318,11 +358,7 @@ async fn cancelling_deletes_the_job_and_its_pods() {
     executor.submit(job.clone()).await.expect("submit");
     pod_of(&c.server, &job.name).await;
     c.server.run_job(NS, &job.name).expect("run");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while executor.observe(&job.name).await.expect("observe") != Some(JobState::Running) {
-        assert!(tokio::time::Instant::now() < deadline, "never running");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_running(&executor, &job.name).await;
     executor.cancel(&job.name).await.expect("cancel");
     assert_eq!(next_event(&mut events).await.state, JobState::Cancelled);
     assert!(c.server.get("jobs", NS, &job.name).is_none());
@@ -404,7 +440,7 @@ async fn a_new_executor_adopts_the_jobs_it_finds() {
     let (second, mut events) = c.executor(settings());
     assert_eq!(
         second
-            .observe(&job_name(404, "train", 1))
+            .observe(&job_name(INSTANCE, 404, "train", 1))
             .await
             .expect("observe"),
         None,
@@ -412,17 +448,18 @@ async fn a_new_executor_adopts_the_jobs_it_finds() {
     );
     assert_eq!(second.jobs(), [running.name.clone(), finished.name.clone()]);
     assert_eq!(
+        second.observe(&finished.name).await.expect("observe"),
+        Some(failed(Some(1), "exited with code 1")),
+        "a Job that ended before anyone asked is worked out when asked"
+    );
+    assert_eq!(
         next_event(&mut events).await,
         JobEvent {
             name: finished.name.clone(),
             state: failed(Some(1), "exited with code 1")
         }
     );
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while second.observe(&running.name).await.expect("observe") != Some(JobState::Running) {
-        assert!(tokio::time::Instant::now() < deadline, "never running");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_running(&second, &running.name).await;
     c.server
         .append_log(NS, &running.name, "epoch 1\n")
         .expect("log");
@@ -459,4 +496,238 @@ async fn the_executor_needs_only_the_access_it_declares() {
         .filter(|r| r.status == 403)
         .collect();
     assert!(denied.is_empty(), "{denied:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installations_in_one_namespace_run_the_same_attempt_as_their_own_jobs() {
+    let c = cluster().await;
+    let (a, _a_events) = c.executor_of("a", settings());
+    let (b, _b_events) = c.executor_of("b", settings());
+    let (job_a, job_b) = (step_of("a", 1), step_of("b", 1));
+    a.submit(job_a.clone()).await.expect("a submits");
+    b.submit(job_b.clone()).await.expect("b submits");
+    assert_ne!(job_a.name, job_b.name);
+    assert_eq!(c.server.list("jobs", Some(NS)).len(), 2);
+    pod_of(&c.server, &job_a.name).await;
+    pod_of(&c.server, &job_b.name).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while a.jobs().is_empty() || b.jobs().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watches saw nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        a.known_jobs().await.expect("a's jobs"),
+        std::slice::from_ref(&job_a.name)
+    );
+    assert_eq!(
+        b.known_jobs().await.expect("b's jobs"),
+        std::slice::from_ref(&job_b.name)
+    );
+    assert_eq!(
+        a.observe(&job_b.name).await.expect("observe"),
+        None,
+        "a never sees b's Job"
+    );
+    let error = a
+        .submit(job_b)
+        .await
+        .expect_err("b's attempt is not a's to run");
+    assert!(matches!(error, ExecError::InvalidJob { .. }), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_the_same_name_that_is_not_this_attempt_is_refused_with_whose_it_is() {
+    let c = cluster().await;
+    let (executor, _events) = c.executor(settings());
+    let job = step(1);
+    // Installation `test-1`'s run 1 step `train`... and a Job there under this very name
+    // that says it is another installation's attempt.
+    let template = json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "trainyard"}},
+        "spec": {"restartPolicy": "Never",
+                 "containers": [{"name": "main", "image": "busybox", "command": ["true"]}]}});
+    let labels = json!({"app.kubernetes.io/managed-by": "trainyard",
+        "trainyard.dev/instance": "other", "trainyard.dev/run": "1",
+        "trainyard.dev/step": "prepare", "trainyard.dev/attempt": "1"});
+    c.server
+        .put_object(json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": job.name, "namespace": NS, "labels": labels},
+            "spec": {"template": template}}))
+        .expect("a foreign Job");
+    let error = executor.submit(job.clone()).await.expect_err("not ours");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "a Job named {} already exists and belongs to installation other (run 1, step prepare, attempt 1)",
+            job.name
+        )
+    );
+    assert!(matches!(error, ExecError::Foreign { .. }));
+    assert_eq!(
+        executor.observe(&job.name).await.expect("observe"),
+        None,
+        "nothing of the foreign Job is taken as this attempt's"
+    );
+
+    // The same installation, run and step, but another attempt's Job: not this one either.
+    let mut later = step(2);
+    later.attempt = 2;
+    let mut second = step(2);
+    second.name = later.name.clone();
+    executor
+        .submit(second)
+        .await
+        .expect("attempt 1 under attempt 2's name");
+    let error = executor.submit(later).await.expect_err("another attempt");
+    assert!(
+        error
+            .to_string()
+            .ends_with("belongs to installation test (run 2, step train, attempt 1)"),
+        "{error}"
+    );
+    let gets = c.server.request_count("get", "jobs");
+    assert_eq!(gets, 2, "one read per 409");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_a_quota_refuses_fails_the_attempt_with_the_apis_words_after_the_pending_timeout() {
+    let c = cluster().await;
+    c.server
+        .put_object(json!({"apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": "compute", "namespace": NS},
+            "spec": {"hard": {"limits.cpu": "64", "limits.memory": "256Gi"}}}))
+        .expect("quota");
+    let mut settings = settings();
+    settings.pending_timeout = Duration::from_secs(1);
+    let (executor, mut events) = c.executor(settings);
+
+    // Its own resources and the init container's satisfy the quota: it gets its pod.
+    let mut sized = step(1);
+    sized.resources = Some(crate::spec::model::Resources {
+        cpu: Some("1".to_owned()),
+        memory: Some("1Gi".to_owned()),
+        gpu: 0,
+        gpu_type: None,
+    });
+    executor.submit(sized.clone()).await.expect("submit");
+    pod_of(&c.server, &sized.name).await;
+
+    // A step that sets no resources has no pod created; the step says why.
+    let bare = step(2);
+    let started = tokio::time::Instant::now();
+    executor.submit(bare.clone()).await.expect("submit");
+    let event = next_event(&mut events).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(event.name, bare.name);
+    let JobState::Failed {
+        exit_code: None,
+        reason,
+    } = &event.state
+    else {
+        panic!("{event:?}");
+    };
+    let pod = format!("pods \"{}-", bare.name);
+    assert!(
+        reason.starts_with(&format!("its pod could not be created for 1s: {pod}"))
+            && reason.ends_with(
+                "\" is forbidden: failed quota: compute: must specify limits.cpu for: main; limits.memory for: main"
+            ),
+        "{reason}"
+    );
+    assert!(
+        c.server.get("jobs", NS, &bare.name).is_none(),
+        "the Job is deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_repeated_on_every_pass_sends_one_delete() {
+    let c = cluster().await;
+    let (executor, mut events) = c.executor(settings());
+    let job = step(5);
+    executor.submit(job.clone()).await.expect("submit");
+    pod_of(&c.server, &job.name).await;
+    c.server.run_job(NS, &job.name).expect("run");
+    until_running(&executor, &job.name).await;
+    for _ in 0..5 {
+        executor.cancel(&job.name).await.expect("cancel");
+    }
+    assert_eq!(next_event(&mut events).await.state, JobState::Cancelled);
+    executor
+        .cancel(&job.name)
+        .await
+        .expect("cancel after the end");
+    let deletes: Vec<u16> = c
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.verb == "delete" && r.resource == "jobs")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(deletes, [200]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_reads_the_outcome_of_a_finished_job_only_once_it_is_asked_about() {
+    let s3 = trainyard_testkit::s3::S3Server::start().expect("S3 server");
+    let c = cluster().await;
+    let artifacts = crate::artifacts::tests::s3::open(&s3, &format!("{}/t", s3.url()));
+    let executor = |c: &Cluster| {
+        let (events, received) = mpsc::unbounded_channel();
+        let executor = KubernetesExecutor::new(
+            c.client.clone(),
+            INSTANCE,
+            settings(),
+            artifacts.clone(),
+            artifacts.uri(""),
+            events,
+        )
+        .expect("executor");
+        (executor, received)
+    };
+    let (first, _events) = executor(&c);
+    let jobs: Vec<StepJob> = (1..=3).map(step).collect();
+    for job in &jobs {
+        first.submit(job.clone()).await.expect("submit");
+        pod_of(&c.server, &job.name).await;
+    }
+    drop(first);
+    for job in &jobs {
+        let stored = artifacts
+            .put_bytes(&job.outputs[0].key, b"weights".to_vec())
+            .await
+            .expect("output");
+        let manifest = serde_json::to_vec(&manifest_of(job, &stored)).expect("json");
+        artifacts
+            .put_bytes(&artifacts::manifest_key(&job.name), manifest)
+            .await
+            .expect("manifest");
+        c.server.complete_job(NS, &job.name).expect("complete");
+    }
+    let manifest_reads = || {
+        s3.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/manifest.json"))
+            .count()
+    };
+
+    let (second, mut events) = executor(&c);
+    second.synced().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(manifest_reads(), 0, "nothing read at start");
+    assert!(events.try_recv().is_err());
+    let state = second.observe(&jobs[0].name).await.expect("observe");
+    assert!(
+        matches!(state, Some(JobState::Succeeded { .. })),
+        "{state:?}"
+    );
+    assert_eq!(manifest_reads(), 1, "one read, for the job asked about");
+    second.observe(&jobs[0].name).await.expect("observe again");
+    assert_eq!(manifest_reads(), 1, "and never again");
 }

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use tokio::time::Instant;
@@ -68,13 +69,25 @@ pub(super) struct Stuck {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct PodInfo {
     pub(super) name: String,
-    pub(super) running: bool,
+    /// When its main container started running, while it runs.
+    pub(super) running: Option<DateTime<Utc>>,
+    /// How long the kubelet waits after SIGTERM before it kills the pod.
+    pub(super) grace: Duration,
     pub(super) main: Option<Ended>,
     pub(super) init_failed: Option<Ended>,
     pub(super) stuck: Option<Stuck>,
     /// When the pod became stuck for its current reason.
     pub(super) stuck_since: Option<Instant>,
     pub(super) memory_limit: Option<String>,
+}
+
+/// The kubelet's wait between SIGTERM and SIGKILL when a pod names none.
+const DEFAULT_TERMINATION_GRACE: Duration = Duration::from_secs(30);
+
+/// A Kubernetes timestamp as chrono's.
+fn time_of(time: &k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
+    DateTime::from_timestamp(time.as_second(), time.subsec_nanosecond().max(0) as u32)
+        .unwrap_or_else(Utc::now)
 }
 
 /// The reasons a container waits for something that will not come by itself.
@@ -152,8 +165,16 @@ pub(super) fn pod_info(pod: &Pod, before: Option<&PodInfo>, now: Instant) -> Pod
     let main_status = statuses(false).iter().find(|c| c.name == MAIN_CONTAINER);
     let main = main_status.and_then(ended);
     let running = main_status
-        .and_then(|c| c.state.as_ref())
-        .is_some_and(|s| s.running.is_some());
+        .and_then(|c| c.state.as_ref()?.running.as_ref())
+        .map(|r| {
+            r.started_at
+                .as_ref()
+                .map_or_else(Utc::now, |t| time_of(&t.0))
+        });
+    let grace = spec
+        .and_then(|s| s.termination_grace_period_seconds)
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(DEFAULT_TERMINATION_GRACE, Duration::from_secs);
     let init_failed = statuses(true)
         .iter()
         .filter(|c| c.name == INIT_CONTAINER)
@@ -209,6 +230,7 @@ pub(super) fn pod_info(pod: &Pod, before: Option<&PodInfo>, now: Instant) -> Pod
     PodInfo {
         name,
         running,
+        grace,
         main,
         init_failed,
         stuck,
@@ -340,27 +362,49 @@ pub(super) struct Tracked {
     pub(super) job: Option<Job>,
     /// The Job is on the cluster (seen by the watch and not deleted since).
     pub(super) present: bool,
-    /// `cancel` asked for it to stop.
-    pub(super) cancelled: bool,
+    /// Someone wants this job's outcome: this process submitted it, or asked about it. Only
+    /// then is a finished Job's outcome worked out as soon as it finishes (reading the
+    /// artifact store or the API), and events pushed for it; other Jobs found on the
+    /// cluster are worked out when first asked about.
+    pub(super) wanted: bool,
+    /// The Job finished and nobody has asked about it yet: what to do once someone does.
+    pub(super) unresolved: Option<Action>,
+    /// When `cancel` deleted the Job; the attempt is cancelled once its pods are gone.
+    pub(super) cancelled: Option<Instant>,
     /// Its outcome is being worked out; only that work may end it.
     pub(super) finishing: bool,
+    /// Since when the Job is active and unsuspended with no pod, if it is.
+    pub(super) podless_since: Option<Instant>,
+    /// The Running event was pushed.
+    pub(super) announced: bool,
 }
 
 impl Tracked {
     pub(super) fn submitted(step: StepJob) -> Self {
         Tracked {
-            step: Some(step),
+            wanted: true,
+            ..Tracked::found(Some(step))
+        }
+    }
+
+    fn found(step: Option<StepJob>) -> Self {
+        Tracked {
+            step,
             state: JobState::Pending,
             job: None,
             present: false,
-            cancelled: false,
+            wanted: false,
+            unresolved: None,
+            cancelled: None,
             finishing: false,
+            podless_since: None,
+            announced: false,
         }
     }
 }
 
 /// Work the watches ask the executor to do.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Action {
     /// Push this event.
     Emit(JobEvent),
@@ -370,6 +414,10 @@ pub(super) enum Action {
     Diagnose(String),
     /// A pod got stuck: check again when the grace ends.
     CheckStuck { job: String, at: Instant },
+    /// The Job has no pod: at `at`, ask the API's events why its pod cannot be created.
+    CheckPodless { job: String, at: Instant },
+    /// A cancelled Job's pods had their grace: at `at`, force-delete those left.
+    ForceDelete { job: String, at: Instant },
 }
 
 /// Everything the watches have told, per job name.
@@ -383,7 +431,8 @@ pub(super) struct Ledger {
 }
 
 impl Ledger {
-    /// Sets the terminal state of `name` unless it has one; the event to push if it changed.
+    /// Sets the terminal state of `name` unless it has one; the event to push if it changed
+    /// and someone wants it.
     pub(super) fn finish(&mut self, name: &str, state: JobState) -> Option<Action> {
         let tracked = self.jobs.get_mut(name)?;
         if tracked.state.is_terminal() {
@@ -391,10 +440,13 @@ impl Ledger {
         }
         tracked.state = state.clone();
         tracked.finishing = false;
-        Some(Action::Emit(JobEvent {
-            name: name.to_owned(),
-            state,
-        }))
+        tracked.unresolved = None;
+        tracked.wanted.then(|| {
+            Action::Emit(JobEvent {
+                name: name.to_owned(),
+                state,
+            })
+        })
     }
 
     /// The pod that tells most about job `name`: one that ran, else any.
@@ -402,8 +454,85 @@ impl Ledger {
         let pods = self.pods.get(name)?;
         pods.values()
             .find(|p| p.main.is_some() || p.init_failed.is_some())
-            .or_else(|| pods.values().find(|p| p.running))
+            .or_else(|| pods.values().find(|p| p.running.is_some()))
             .or_else(|| pods.values().next())
+    }
+
+    fn has_pods(&self, name: &str) -> bool {
+        self.pods.get(name).is_some_and(|pods| !pods.is_empty())
+    }
+
+    /// Someone asks about `name`: from now on its outcome is worked out as it comes. The
+    /// work a finished Job was waiting for, if any.
+    pub(super) fn want(&mut self, name: &str) -> Option<Action> {
+        let tracked = self.jobs.get_mut(name)?;
+        tracked.wanted = true;
+        let action = tracked.unresolved.take();
+        if action.is_some() {
+            tracked.finishing = true;
+        }
+        action
+    }
+
+    /// `cancel` is about to delete the Job: whether it should (it was not deleted before and
+    /// has not ended); unknown names have nothing to delete.
+    pub(super) fn start_cancel(&mut self, name: &str, now: Instant) -> bool {
+        match self.jobs.get_mut(name) {
+            Some(t) if !t.state.is_terminal() && t.cancelled.is_none() => {
+                t.cancelled = Some(now);
+                t.wanted = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The delete `cancel` sent failed: a later `cancel` tries again.
+    pub(super) fn cancel_failed(&mut self, name: &str) {
+        if let Some(t) = self.jobs.get_mut(name) {
+            t.cancelled = None;
+        }
+    }
+
+    /// The Job `cancel` deleted is gone, or was never there (404): cancelled now if no pod is
+    /// left; otherwise once they are, or when their grace is over (force-deleted then).
+    pub(super) fn cancel_sent(&mut self, name: &str, now: Instant, gone: bool) -> Vec<Action> {
+        if gone && let Some(t) = self.jobs.get_mut(name) {
+            t.present = false;
+        }
+        let Some(tracked) = self.jobs.get(name) else {
+            return Vec::new();
+        };
+        if tracked.state.is_terminal() || tracked.finishing {
+            return Vec::new();
+        }
+        // A Job this delete removed is confirmed gone by its watch event.
+        if gone && !self.has_pods(name) {
+            return self.finish(name, JobState::Cancelled).into_iter().collect();
+        }
+        let grace = self
+            .pods
+            .get(name)
+            .and_then(|pods| pods.values().map(|p| p.grace).max())
+            .unwrap_or(DEFAULT_TERMINATION_GRACE);
+        // A kubelet kills the pod at the end of its grace; a little later it should be gone.
+        let at = now + grace + Duration::from_secs(5);
+        vec![Action::ForceDelete {
+            job: name.to_owned(),
+            at,
+        }]
+    }
+
+    /// The pods of a cancelled `job` still there when their grace is over.
+    pub(super) fn left_after_grace(&self, job: &str) -> Vec<String> {
+        match self.jobs.get(job) {
+            Some(t) if t.cancelled.is_some() && !t.state.is_terminal() => self
+                .pods
+                .get(job)
+                .map(|pods| pods.keys().cloned().collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
     }
 
     /// A watch started listing (again); what it does not list by the end is gone.
@@ -417,7 +546,7 @@ impl Ledger {
 
     /// The list is complete: Jobs that were present and are not listed were deleted while
     /// the watch was away.
-    pub(super) fn jobs_listed(&mut self, stuck_grace: Duration) -> Vec<Action> {
+    pub(super) fn jobs_listed(&mut self, now: Instant, stuck_grace: Duration) -> Vec<Action> {
         let Some(listed) = self.listing_jobs.take() else {
             return Vec::new();
         };
@@ -429,12 +558,16 @@ impl Ledger {
             .collect();
         let mut actions = Vec::new();
         for name in gone {
-            actions.extend(self.job_deleted(&name, stuck_grace));
+            actions.extend(self.job_deleted(&name));
+        }
+        let names: Vec<String> = self.jobs.keys().cloned().collect();
+        for name in names {
+            actions.extend(self.refresh(&name, now, stuck_grace));
         }
         actions
     }
 
-    pub(super) fn pods_listed(&mut self, stuck_grace: Duration) -> Vec<Action> {
+    pub(super) fn pods_listed(&mut self, now: Instant, stuck_grace: Duration) -> Vec<Action> {
         let Some(listed) = self.listing_pods.take() else {
             return Vec::new();
         };
@@ -446,85 +579,135 @@ impl Ledger {
             .collect();
         let mut actions = Vec::new();
         for (job, pod) in gone {
-            actions.extend(self.pod_deleted(&job, &pod, stuck_grace));
+            actions.extend(self.pod_deleted(&job, &pod, now, stuck_grace));
         }
         actions
     }
 
     /// A Job was added or changed.
-    pub(super) fn job_applied(&mut self, job: Job) -> Vec<Action> {
+    pub(super) fn job_applied(
+        &mut self,
+        job: Job,
+        now: Instant,
+        stuck_grace: Duration,
+    ) -> Vec<Action> {
         let Some(name) = job.metadata.name.clone() else {
             return Vec::new();
         };
         if let Some(listing) = &mut self.listing_jobs {
             listing.insert(name.clone());
         }
-        let tracked = self.jobs.entry(name.clone()).or_insert_with(|| Tracked {
-            step: step_job_of(&job),
-            state: JobState::Pending,
-            job: None,
-            present: true,
-            cancelled: false,
-            finishing: false,
-        });
+        let tracked = self
+            .jobs
+            .entry(name.clone())
+            .or_insert_with(|| Tracked::found(step_job_of(&job)));
+        if tracked.step.is_none() {
+            tracked.step = step_job_of(&job);
+        }
         tracked.present = true;
         let phase = phase(&job);
-        let suspended = job.spec.as_ref().and_then(|s| s.suspend) == Some(true);
         tracked.job = Some(job);
-        if tracked.state.is_terminal() || tracked.finishing {
+        if tracked.state.is_terminal() || tracked.finishing || tracked.unresolved.is_some() {
             return Vec::new();
         }
-        match phase {
-            Phase::Complete => {
-                tracked.finishing = true;
-                vec![Action::Resolve(name)]
-            }
-            Phase::Failed { .. } => {
-                tracked.finishing = true;
-                vec![Action::Diagnose(name)]
-            }
-            Phase::Active => {
-                if !suspended {
-                    self.refresh_running(&name);
-                }
-                Vec::new()
-            }
+        let work = match phase {
+            Phase::Complete => Action::Resolve(name.clone()),
+            Phase::Failed { .. } => Action::Diagnose(name.clone()),
+            Phase::Active => return self.refresh(&name, now, stuck_grace),
+        };
+        let Some(tracked) = self.jobs.get_mut(&name) else {
+            return Vec::new();
+        };
+        if tracked.wanted {
+            tracked.finishing = true;
+            vec![work]
+        } else {
+            tracked.unresolved = Some(work);
+            Vec::new()
         }
     }
 
-    /// Pending or Running, from the pods of an active job.
-    fn refresh_running(&mut self, name: &str) {
+    /// Pending or Running, from the Job and the pods of an active job; and the checks a Job
+    /// without pods needs.
+    fn refresh(&mut self, name: &str, now: Instant, stuck_grace: Duration) -> Vec<Action> {
         let running = self
             .pods
             .get(name)
-            .is_some_and(|pods| pods.values().any(|p| p.running));
-        if let Some(tracked) = self.jobs.get_mut(name)
-            && !tracked.state.is_terminal()
-            && !tracked.finishing
+            .and_then(|pods| pods.values().filter_map(|p| p.running).min());
+        let has_pods = self.has_pods(name);
+        let Some(tracked) = self.jobs.get_mut(name) else {
+            return Vec::new();
+        };
+        let Some(job) = &tracked.job else {
+            return Vec::new();
+        };
+        if tracked.state.is_terminal()
+            || tracked.finishing
+            || tracked.unresolved.is_some()
+            || phase(job) != Phase::Active
         {
-            tracked.state = if running {
-                JobState::Running
-            } else {
-                JobState::Pending
-            };
+            return Vec::new();
         }
+        // A Job that Kueue holds (or preempted) is queued, whatever its pods last said.
+        let suspended = job.spec.as_ref().and_then(|s| s.suspend) == Some(true);
+        let mut actions = Vec::new();
+        if suspended || has_pods || tracked.cancelled.is_some() {
+            tracked.podless_since = None;
+        } else if tracked.podless_since.is_none() {
+            tracked.podless_since = Some(now);
+            actions.push(Action::CheckPodless {
+                job: name.to_owned(),
+                at: now + stuck_grace,
+            });
+        }
+        tracked.state = match running {
+            Some(since) if !suspended => JobState::Running { since },
+            _ => JobState::Pending,
+        };
+        if let JobState::Running { .. } = tracked.state
+            && !tracked.announced
+            && tracked.wanted
+        {
+            tracked.announced = true;
+            actions.push(Action::Emit(JobEvent {
+                name: name.to_owned(),
+                state: tracked.state.clone(),
+            }));
+        }
+        actions
+    }
+
+    /// Whether `job` still has no pod at `now`, a whole grace after it was first seen so.
+    pub(super) fn podless_too_long(&self, job: &str, now: Instant, grace: Duration) -> bool {
+        self.jobs.get(job).is_some_and(|t| {
+            !t.state.is_terminal()
+                && !t.finishing
+                && t.cancelled.is_none()
+                && t.podless_since.is_some_and(|since| now >= since + grace)
+        }) && !self.has_pods(job)
     }
 
     /// A Job is gone from the cluster.
-    pub(super) fn job_deleted(&mut self, name: &str, _stuck_grace: Duration) -> Vec<Action> {
+    pub(super) fn job_deleted(&mut self, name: &str) -> Vec<Action> {
+        let has_pods = self.has_pods(name);
         let Some(tracked) = self.jobs.get_mut(name) else {
             return Vec::new();
         };
         tracked.present = false;
+        tracked.podless_since = None;
         if tracked.state.is_terminal() || tracked.finishing {
             return Vec::new();
         }
-        if tracked.cancelled {
+        if tracked.cancelled.is_some() {
             // Its pods are being stopped; the attempt has ended once they are gone.
-            if self.pods.get(name).is_some_and(|pods| !pods.is_empty()) {
+            if has_pods {
                 return Vec::new();
             }
             return self.finish(name, JobState::Cancelled).into_iter().collect();
+        }
+        if tracked.unresolved.is_some() {
+            // It finished before it went (its TTL, say); its outcome is what it finished with.
+            return Vec::new();
         }
         self.finish(
             name,
@@ -562,15 +745,9 @@ impl Ledger {
             _ => None,
         };
         pods.insert(pod_name, info);
-        let active = self
-            .jobs
-            .get(&job)
-            .and_then(|t| t.job.as_ref())
-            .is_some_and(|j| phase(j) == Phase::Active);
-        if active {
-            self.refresh_running(&job);
-        }
-        check.into_iter().collect()
+        let mut actions: Vec<Action> = check.into_iter().collect();
+        actions.extend(self.refresh(&job, now, stuck_grace));
+        actions
     }
 
     /// A pod is gone.
@@ -578,21 +755,22 @@ impl Ledger {
         &mut self,
         job: &str,
         pod: &str,
-        _stuck_grace: Duration,
+        now: Instant,
+        stuck_grace: Duration,
     ) -> Vec<Action> {
         let Some(pods) = self.pods.get_mut(job) else {
             return Vec::new();
         };
         pods.remove(pod);
         if !pods.is_empty() {
-            return Vec::new();
+            return self.refresh(job, now, stuck_grace);
         }
         self.pods.remove(job);
         match self.jobs.get(job) {
-            Some(t) if t.cancelled && !t.present => {
+            Some(t) if t.cancelled.is_some() && !t.present => {
                 self.finish(job, JobState::Cancelled).into_iter().collect()
             }
-            _ => Vec::new(),
+            _ => self.refresh(job, now, stuck_grace),
         }
     }
 
@@ -605,7 +783,7 @@ impl Ledger {
         grace: Duration,
     ) -> Option<String> {
         let tracked = self.jobs.get(job)?;
-        if tracked.state.is_terminal() || tracked.finishing || tracked.cancelled {
+        if tracked.state.is_terminal() || tracked.finishing || tracked.cancelled.is_some() {
             return None;
         }
         self.pods.get(job)?.values().find_map(|p| {
@@ -620,13 +798,31 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const NAME: &str = "ty-t-1-train-1";
+    const POD: &str = "ty-t-1-train-1-abcde";
+    const GRACE: Duration = Duration::from_secs(600);
+
+    fn running() -> serde_json::Value {
+        json!({"phase": "Running", "containerStatuses": [{"name": "main", "image": "x",
+            "imageID": "", "ready": true, "restartCount": 0,
+            "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]})
+    }
+
+    fn started() -> DateTime<Utc> {
+        "2026-01-01T00:00:00Z".parse().expect("a time")
+    }
+
+    fn submitted() -> StepJob {
+        step_job_of(&job(json!({}))).expect("labelled")
+    }
+
     fn job(status: serde_json::Value) -> Job {
         serde_json::from_value(json!({
             "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": "ty-1-train-1", "labels": {
-                "app.kubernetes.io/managed-by": "trainyard",
-                "trainyard.dev/run": "1", "trainyard.dev/step": "train"},
-                "annotations": {"trainyard.dev/attempt": "1", "trainyard.dev/outputs": "[\"model\"]"}},
+            "metadata": {"name": NAME, "uid": "u-1", "labels": {
+                "app.kubernetes.io/managed-by": "trainyard", "trainyard.dev/instance": "t",
+                "trainyard.dev/run": "1", "trainyard.dev/step": "train", "trainyard.dev/attempt": "1"},
+                "annotations": {"trainyard.dev/outputs": "[\"model\"]"}},
             "spec": {"activeDeadlineSeconds": 14400, "backoffLimit": 0, "template": {"spec": {
                 "restartPolicy": "Never", "containers": [{"name": "main", "image": "pytorch"}]}}},
             "status": status
@@ -637,9 +833,9 @@ mod tests {
     fn pod(status: serde_json::Value) -> Pod {
         serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "ty-1-train-1-abcde", "labels": {
-                "batch.kubernetes.io/job-name": "ty-1-train-1"}},
-            "spec": {"containers": [{"name": "main", "image": "ghcr.io/acme/train:1",
+            "metadata": {"name": POD, "labels": {
+                "batch.kubernetes.io/job-name": NAME}},
+            "spec": {"terminationGracePeriodSeconds": 7, "containers": [{"name": "main", "image": "ghcr.io/acme/train:1",
                 "resources": {"limits": {"memory": "4Gi"}}}],
                 "initContainers": [{"name": "install-trainyard", "image": "trainyard"}]},
             "status": status
@@ -713,7 +909,7 @@ mod tests {
             exit_code,
             reason: reason.to_owned(),
         };
-        let missing = r#"input "runs/9/prepare/data" is not in the artifact store"#;
+        let missing = r#"input "t/runs/9/prepare/data" is not in the artifact store"#;
         let report = |code: Option<i32>, reason: &str| {
             serde_json::to_string(&TerminationReport {
                 exit_code: code,
@@ -805,41 +1001,74 @@ mod tests {
     }
 
     #[test]
-    fn a_completed_job_is_resolved_once_and_a_later_change_does_not_end_it_again() {
+    fn a_submitted_job_is_resolved_once_it_completes_and_a_later_change_does_not_end_it_again() {
         let mut ledger = Ledger::default();
+        ledger
+            .jobs
+            .insert(NAME.to_owned(), Tracked::submitted(submitted()));
+        let now = Instant::now();
         let complete = job(json!({"conditions": [{"type": "Complete", "status": "True"}]}));
         assert_eq!(
-            ledger.job_applied(complete.clone()),
-            vec![Action::Resolve("ty-1-train-1".to_owned())]
+            ledger.job_applied(complete.clone(), now, GRACE),
+            vec![Action::Resolve(NAME.to_owned())]
         );
-        assert!(ledger.job_applied(complete.clone()).is_empty());
+        assert!(ledger.job_applied(complete.clone(), now, GRACE).is_empty());
         let artifacts = Vec::new();
         assert!(
             ledger
-                .finish("ty-1-train-1", JobState::Succeeded { artifacts })
+                .finish(NAME, JobState::Succeeded { artifacts })
                 .is_some()
         );
-        assert!(ledger.job_applied(complete).is_empty());
-        assert!(ledger.finish("ty-1-train-1", JobState::Cancelled).is_none());
-        let tracked = &ledger.jobs["ty-1-train-1"];
-        let step = tracked.step.as_ref().expect("read back from labels");
+        assert!(ledger.job_applied(complete, now, GRACE).is_empty());
+        assert!(ledger.finish(NAME, JobState::Cancelled).is_none());
+        let step = ledger.jobs[NAME].step.as_ref().expect("known");
         assert_eq!(
-            (step.run_id, step.step.as_str(), step.attempt),
-            (1, "train", 1)
+            (
+                step.instance.as_str(),
+                step.run_id,
+                step.step.as_str(),
+                step.attempt
+            ),
+            ("t", 1, "train", 1)
         );
-        assert_eq!(step.outputs[0].key, "runs/1/train/model");
+        assert_eq!(step.outputs[0].key, "t/runs/1/train/model");
+    }
+
+    #[test]
+    fn a_job_found_finished_is_worked_out_only_when_someone_asks_about_it() {
+        let mut ledger = Ledger::default();
+        let now = Instant::now();
+        let complete = job(json!({"conditions": [{"type": "Complete", "status": "True"}]}));
+        assert!(
+            ledger.job_applied(complete, now, GRACE).is_empty(),
+            "nobody asked: nothing is read"
+        );
+        assert_eq!(ledger.jobs[NAME].state, JobState::Pending);
+        assert_eq!(ledger.want(NAME), Some(Action::Resolve(NAME.to_owned())));
+        assert!(ledger.jobs[NAME].finishing);
+        assert_eq!(ledger.want(NAME), None, "asked once, worked out once");
+        let failed = job(json!({"conditions": [{"type": "Failed", "status": "True",
+            "reason": "BackoffLimitExceeded"}]}));
+        let mut other = Ledger::default();
+        assert!(other.job_applied(failed, now, GRACE).is_empty());
+        assert!(other.job_deleted(NAME).is_empty(), "its TTL removed it");
+        assert_eq!(other.want(NAME), Some(Action::Diagnose(NAME.to_owned())));
     }
 
     #[test]
     fn a_job_missing_from_a_relist_was_deleted_while_the_watch_was_away() {
         let mut ledger = Ledger::default();
-        ledger.job_applied(job(json!({})));
+        ledger
+            .jobs
+            .insert(NAME.to_owned(), Tracked::submitted(submitted()));
+        let now = Instant::now();
+        ledger.job_applied(job(json!({})), now, GRACE);
         ledger.jobs_listing();
-        let actions = ledger.jobs_listed(Duration::from_secs(600));
+        let actions = ledger.jobs_listed(now, GRACE);
         assert_eq!(
             actions,
             vec![Action::Emit(JobEvent {
-                name: "ty-1-train-1".to_owned(),
+                name: NAME.to_owned(),
                 state: JobState::Failed {
                     exit_code: None,
                     reason: "its Job was deleted before it finished".to_owned()
@@ -849,25 +1078,102 @@ mod tests {
     }
 
     #[test]
-    fn a_cancelled_job_ends_when_its_last_pod_is_gone() {
+    fn a_running_pod_makes_the_attempt_running_since_its_start_announced_once() {
         let mut ledger = Ledger::default();
-        let grace = Duration::from_secs(600);
-        ledger.job_applied(job(json!({"active": 1})));
-        let running = json!({"phase": "Running", "containerStatuses": [{"name": "main", "image": "x",
-            "imageID": "", "ready": true, "restartCount": 0,
-            "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]});
-        ledger.pod_applied(&pod(running), Instant::now(), grace);
-        assert_eq!(ledger.jobs["ty-1-train-1"].state, JobState::Running);
         ledger
             .jobs
-            .get_mut("ty-1-train-1")
-            .expect("tracked")
-            .cancelled = true;
-        assert!(ledger.job_deleted("ty-1-train-1", grace).is_empty());
+            .insert(NAME.to_owned(), Tracked::submitted(submitted()));
+        let now = Instant::now();
+        ledger.job_applied(job(json!({"active": 1})), now, GRACE);
+        let since = started();
         assert_eq!(
-            ledger.pod_deleted("ty-1-train-1", "ty-1-train-1-abcde", grace),
+            ledger.pod_applied(&pod(running()), now, GRACE),
             vec![Action::Emit(JobEvent {
-                name: "ty-1-train-1".to_owned(),
+                name: NAME.to_owned(),
+                state: JobState::Running { since }
+            })]
+        );
+        assert!(ledger.pod_applied(&pod(running()), now, GRACE).is_empty());
+        assert_eq!(ledger.jobs[NAME].state, JobState::Running { since });
+    }
+
+    #[test]
+    fn a_job_kueue_holds_is_pending_even_with_a_pod_still_running() {
+        let mut ledger = Ledger::default();
+        let now = Instant::now();
+        let mut suspended = job(json!({"active": 1}));
+        if let Some(spec) = suspended.spec.as_mut() {
+            spec.suspend = Some(true);
+        }
+        ledger.pod_applied(&pod(running()), now, GRACE);
+        assert!(ledger.job_applied(suspended, now, GRACE).is_empty());
+        assert_eq!(ledger.jobs[NAME].state, JobState::Pending);
+    }
+
+    #[test]
+    fn a_job_without_a_pod_asks_for_a_check_when_the_grace_ends() {
+        let mut ledger = Ledger::default();
+        let now = Instant::now();
+        assert_eq!(
+            ledger.job_applied(job(json!({"active": 0})), now, GRACE),
+            vec![Action::CheckPodless {
+                job: NAME.to_owned(),
+                at: now + GRACE
+            }]
+        );
+        assert!(!ledger.podless_too_long(NAME, now + GRACE / 2, GRACE));
+        assert!(ledger.podless_too_long(NAME, now + GRACE, GRACE));
+        ledger.pod_applied(&pod(json!({"phase": "Pending"})), now, GRACE);
+        assert!(!ledger.podless_too_long(NAME, now + GRACE, GRACE));
+    }
+
+    #[test]
+    fn a_cancelled_job_is_deleted_once_and_ends_when_its_last_pod_is_gone() {
+        let mut ledger = Ledger::default();
+        ledger
+            .jobs
+            .insert(NAME.to_owned(), Tracked::submitted(submitted()));
+        let now = Instant::now();
+        ledger.job_applied(job(json!({"active": 1})), now, GRACE);
+        ledger.pod_applied(&pod(running()), now, GRACE);
+        assert!(ledger.start_cancel(NAME, now));
+        assert!(!ledger.start_cancel(NAME, now), "deleted once");
+        assert!(
+            !ledger.start_cancel("ty-t-9-other-1", now),
+            "unknown: nothing"
+        );
+        assert_eq!(
+            ledger.cancel_sent(NAME, now, false),
+            vec![Action::ForceDelete {
+                job: NAME.to_owned(),
+                at: now + Duration::from_secs(7 + 5)
+            }],
+            "the pod's own grace, then a little more"
+        );
+        assert!(ledger.job_deleted(NAME).is_empty(), "its pod still stops");
+        assert_eq!(ledger.left_after_grace(NAME), [POD]);
+        assert_eq!(
+            ledger.pod_deleted(NAME, POD, now, GRACE),
+            vec![Action::Emit(JobEvent {
+                name: NAME.to_owned(),
+                state: JobState::Cancelled
+            })]
+        );
+        assert!(ledger.left_after_grace(NAME).is_empty());
+    }
+
+    #[test]
+    fn a_cancel_of_a_job_already_gone_without_pods_ends_at_once() {
+        let mut ledger = Ledger::default();
+        ledger
+            .jobs
+            .insert(NAME.to_owned(), Tracked::submitted(submitted()));
+        let now = Instant::now();
+        assert!(ledger.start_cancel(NAME, now));
+        assert_eq!(
+            ledger.cancel_sent(NAME, now, true),
+            vec![Action::Emit(JobEvent {
+                name: NAME.to_owned(),
                 state: JobState::Cancelled
             })]
         );
@@ -876,9 +1182,9 @@ mod tests {
     #[test]
     fn a_stuck_pod_asks_for_a_check_when_its_grace_ends() {
         let mut ledger = Ledger::default();
-        let grace = Duration::from_secs(600);
-        ledger.job_applied(job(json!({"active": 1})));
+        let grace = GRACE;
         let now = Instant::now();
+        ledger.job_applied(job(json!({"active": 1})), now, grace);
         let stuck = pod(
             json!({"phase": "Pending", "containerStatuses": [{"name": "main",
             "image": "x", "imageID": "", "ready": false, "restartCount": 0,
@@ -888,7 +1194,7 @@ mod tests {
         assert_eq!(
             ledger.pod_applied(&stuck, now, grace),
             vec![Action::CheckStuck {
-                job: "ty-1-train-1".to_owned(),
+                job: NAME.to_owned(),
                 at: now + grace
             }]
         );
@@ -897,14 +1203,9 @@ mod tests {
                 .pod_applied(&stuck, now + grace / 2, grace)
                 .is_empty()
         );
+        assert_eq!(ledger.stuck_too_long(NAME, now + grace / 2, grace), None);
         assert_eq!(
-            ledger.stuck_too_long("ty-1-train-1", now + grace / 2, grace),
-            None
-        );
-        assert_eq!(
-            ledger
-                .stuck_too_long("ty-1-train-1", now + grace, grace)
-                .as_deref(),
+            ledger.stuck_too_long(NAME, now + grace, grace).as_deref(),
             Some(
                 r#"the container could not be created (CreateContainerConfigError): secret "wandb" not found"#
             )
