@@ -680,6 +680,21 @@ impl Drop for Service {
     }
 }
 
+/// The identity the service created for the installation whose SQLite store is `database`
+/// (a fresh database makes up a new one: its Jobs and output keys carry it).
+pub fn installation_of(database: &Path) -> Result<String> {
+    let url = format!("sqlite://{}", database.display());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let store = Store::connect(&url).await?;
+            let id = store.installation(None).await?;
+            store.close().await;
+            Ok(id)
+        })
+}
+
 /// Polls `check` every 50 ms until it answers true; an error naming `what` if it has not
 /// within `limit`, or as soon as it fails.
 pub async fn wait_for(

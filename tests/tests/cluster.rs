@@ -170,18 +170,20 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
     let repo = gpu_sample()?;
     let commit = repo.commit("sample on the GPU cluster")?;
     let data = DataDir::postgres().await?;
-    // A Job labelled as Trainyard's that no run of this database started: reported, and
-    // left alone.
-    let stray = "ty-default-999-stray-1";
+    // The identity this installation's database holds (made up on first use).
+    let id = data.store().await?.installation(None).await?;
+    // A Job labelled as this installation's that no run of this database started:
+    // reported, and left alone.
+    let stray = format!("ty-{id}-999-stray-1");
     cluster.api.put_object(json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": stray, "namespace": NAMESPACE,
                      "labels": {"app.kubernetes.io/managed-by": "trainyard",
-                                "trainyard.dev/instance": "default"}},
+                                "trainyard.dev/instance": id}},
         "spec": {"template": {
             "metadata": {"labels": {"app.kubernetes.io/managed-by": "trainyard",
-                                    "trainyard.dev/instance": "default"}},
+                                    "trainyard.dev/instance": id}},
             "spec": {"restartPolicy": "Never",
                      "containers": [{"name": "main", "image": "busybox", "command": ["true"]}]}}},
     }))?;
@@ -197,7 +199,7 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
 
     // One Job per step, named from run, step and attempt, each created once.
     for step in ["prepare", "train", "evaluate"] {
-        let name = format!("ty-default-1-{step}-1");
+        let name = format!("ty-{id}-1-{step}-1");
         let job = cluster.job(&name)?;
         assert_eq!(job["spec"]["backoffLimit"], 0, "{job}");
         assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
@@ -213,7 +215,7 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
         assert_eq!(job["metadata"]["labels"]["trainyard.dev/run"], "1");
         assert_eq!(
             job["metadata"]["labels"]["trainyard.dev/instance"],
-            "default"
+            id.as_str()
         );
         assert_eq!(job["metadata"]["labels"]["trainyard.dev/attempt"], "1");
         assert_eq!(job["metadata"]["labels"]["trainyard.dev/pipeline"], "iris");
@@ -250,14 +252,14 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
     assert_eq!(
         agents,
         BTreeSet::from([Some(format!(
-            "trainyard/{} (default)",
+            "trainyard/{} ({id})",
             env!("CARGO_PKG_VERSION")
         ))]),
         "every request says who sends it"
     );
     let jobs = cluster.api.list("jobs", Some(NAMESPACE));
     assert_eq!(jobs.len(), 4, "three steps and the stray");
-    assert!(cluster.api.get("jobs", NAMESPACE, stray).is_some());
+    assert!(cluster.api.get("jobs", NAMESPACE, &stray).is_some());
     assert!(
         output.contains(&format!(
             "a job labelled as Trainyard's belongs to no run in this database; left alone job={stray}"
@@ -265,7 +267,7 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
         "{output}"
     );
     // The GPU step: its limit, where such GPUs are, an in-memory /dev/shm, its deadline.
-    let train = cluster.job("ty-default-1-train-1")?;
+    let train = cluster.job(&format!("ty-{id}-1-train-1"))?;
     let pod = &train["spec"]["template"]["spec"];
     let main = &pod["containers"][0];
     assert_eq!(main["resources"]["limits"]["nvidia.com/gpu"], "1", "{main}");
@@ -291,7 +293,7 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
         "{main}"
     );
     assert_eq!(train["spec"]["activeDeadlineSeconds"], 600, "timeout: 10m");
-    let prepare = cluster.job("ty-default-1-prepare-1")?;
+    let prepare = cluster.job(&format!("ty-{id}-1-prepare-1"))?;
     assert!(
         prepare["spec"]["template"]["spec"]["volumes"]
             .as_array()
@@ -378,6 +380,7 @@ spec:
     )])?;
     repo.commit("relay")?;
     let first = DataDir::postgres().await?;
+    let id = first.store().await?.installation(None).await?;
     let second = first.sharing_database()?;
     let mut replicas = BTreeMap::from([
         ("one", replica(&cluster, &repo, &first, "one")?),
@@ -388,7 +391,7 @@ spec:
     wait_for(Duration::from_secs(60), "second step running", async || {
         Ok(cluster
             .api
-            .job_pod(NAMESPACE, "ty-default-1-second-1")
+            .job_pod(NAMESPACE, &format!("ty-{id}-1-second-1"))
             .is_some_and(|pod| pod["status"]["phase"] == "Running"))
     })
     .await
@@ -441,9 +444,9 @@ spec:
     assert_eq!(
         names,
         [
-            "ty-default-1-first-1",
-            "ty-default-1-second-1",
-            "ty-default-1-third-1"
+            format!("ty-{id}-1-first-1"),
+            format!("ty-{id}-1-second-1"),
+            format!("ty-{id}-1-third-1")
         ],
         "{output}"
     );

@@ -2,7 +2,7 @@
 //! applied, its pipeline really trains, the model is registered behind its gates, and the
 //! results are written back as a Git note on the commit.
 
-use trainyard_tests::{Repo, Result, TestResult, trainyard};
+use trainyard_tests::{Repo, Result, TestResult, installation_of, trainyard};
 
 /// The Trainyard note of `commit`, or an empty string.
 fn note(repo: &Repo, commit: git2::Oid) -> Result<String> {
@@ -45,9 +45,10 @@ fn serve_once_trains_registers_and_notes_the_sample_model() -> TestResult {
         model.contains("success — accepted, now champion: accuracy 0.9"),
         "{note}"
     );
+    let id = installation_of(&repo.path().join(".trainyard/trainyard.db"))?;
     let stored = repo
         .path()
-        .join(".trainyard/artifacts/default/runs/1/train/model");
+        .join(format!(".trainyard/artifacts/{id}/runs/1/train/model"));
     let weights = std::fs::read_to_string(&stored)?;
     assert!(
         weights.contains("setosa"),
@@ -156,8 +157,9 @@ fn a_failing_step_is_retried_then_fails_the_run() -> TestResult {
     let run = once(&repo)?;
     assert_eq!(run.code, Some(1), "a failed run fails the pass: {run}");
     assert!(run.stdout.contains("run 1 failed"), "{run}");
+    let id = installation_of(&repo.path().join(".trainyard/trainyard.db"))?;
     assert!(
-        run.stderr.contains("ty-default-1-s-2"),
+        run.stderr.contains(&format!("ty-{id}-1-s-2")),
         "the step was attempted a second time: {run}"
     );
     let note = note(&repo, head)?;
@@ -181,9 +183,10 @@ fn a_queued_manual_run_is_driven_with_its_params() -> TestResult {
     assert!(queued.stdout.contains("run 2 of iris queued"), "{queued}");
     let run = once(&repo)?;
     assert!(run.stdout.contains("run 2 succeeded"), "{run}");
+    let id = installation_of(&repo.path().join(".trainyard/trainyard.db"))?;
     let args = std::fs::read_to_string(
         repo.path()
-            .join(".trainyard/artifacts/jobs/ty-default-2-train-1/log"),
+            .join(format!(".trainyard/artifacts/jobs/ty-{id}-2-train-1/log")),
     )?;
     assert!(
         args.contains("epoch 300") || args.contains("300"),

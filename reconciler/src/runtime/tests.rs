@@ -589,7 +589,10 @@ async fn a_schedule_that_cannot_be_read_stalls_and_the_others_fire() {
     assert!(pass.changed, "the good schedule fired");
     assert!(pass.next.is_some(), "and says when it is due next");
     let good = service.store.ticks("good", 10).await.expect("ticks");
-    assert!(!good.is_empty() && good.iter().all(|t| t.run_id.is_some()));
+    assert!(
+        good.iter().any(|t| t.run_id.is_some()),
+        "a tick of the good schedule started a run: {good:?}"
+    );
     assert!(
         service
             .store
