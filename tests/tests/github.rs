@@ -573,3 +573,137 @@ async fn a_rate_limited_github_gets_everything_later_in_order_and_once() -> Test
     assert_eq!(setup.gh.comments(9).len(), 1, "one comment");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_for_another_repository_are_recorded_as_refused_and_change_nothing() -> TestResult
+{
+    let gh = GithubServer::builder()
+        .repo("acme", "models")
+        .token(TOKEN, "trainyard-bot")
+        .start()
+        .await?;
+    let remote = Remote::new()?;
+    let main = remote.commit(
+        &[],
+        &[("churn.yaml", &pipeline(1))],
+        Some("refs/heads/main"),
+    )?;
+    let setup = Setup::start(gh, remote, main).await?;
+    setup
+        .wait_for_status(main, "trainyard/run/churn", "success")
+        .await?;
+    // The followed repository has an open pull request 7, and bob may write to it.
+    let head = setup.remote.commit(
+        &[main],
+        &[("churn.yaml", &pipeline(2))],
+        Some("refs/pull/7/head"),
+    )?;
+    setup
+        .gh
+        .open_pr(7, &head.to_string())
+        .author("bob")
+        .open()?;
+    setup.gh.set_permission("bob", Permission::Write);
+    let requests_before = setup.gh.requests().len();
+
+    // The App is installed on another repository too: its pull request 7 and bob's command
+    // there are signed with the same secret, and must not touch the followed one.
+    let other = "mallory/models";
+    let asked = "/trainyard run churn epochs=5";
+    for (event, delivery, body) in [
+        (
+            "pull_request",
+            "other-pr",
+            pull_request_payload(
+                other,
+                "opened",
+                7,
+                &head.to_string(),
+                "feature",
+                MAIN,
+                false,
+                "bob",
+                false,
+            ),
+        ),
+        (
+            "issue_comment",
+            "other-comment",
+            issue_comment_payload(other, 7, 4_242, "bob", asked),
+        ),
+        (
+            "push",
+            "other-push",
+            push_payload(other, MAIN, &main.to_string(), &head.to_string()),
+        ),
+    ] {
+        assert_eq!(setup.send(event, delivery, &body).await?, 200, "{delivery}");
+    }
+
+    // A delivery of the followed repository, queued after them, is answered: once its
+    // reply is there, the loop has been past the refused ones, had they been queued.
+    // carol asks for help, which plans nothing and checks no permission: whatever is
+    // posted on pull request 7 besides the help came from a refused delivery.
+    let carol = setup.gh.add_comment_as("carol", 7, "/trainyard help")?;
+    assert_eq!(
+        setup
+            .send(
+                "issue_comment",
+                "own-comment",
+                &issue_comment_payload(REPO, 7, carol, "carol", "/trainyard help"),
+            )
+            .await?,
+        202
+    );
+    setup
+        .wait_for_comment(7, &format!("command-{carol}"), "validates and plans")
+        .await?;
+
+    let store = setup.store().await?;
+    let history: Vec<_> = store
+        .forge_event_history(10)
+        .await?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    for delivery in ["other-pr", "other-comment", "other-push"] {
+        let row = history
+            .iter()
+            .find(|row| row.delivery == delivery)
+            .ok_or_else(|| format!("{delivery} is recorded: {history:#?}"))?;
+        assert_eq!(
+            row.outcome.as_deref(),
+            Some("refused: sent for mallory/models, not the followed acme/models"),
+            "{row:?}"
+        );
+    }
+    let runs = store
+        .list_runs(None, 20)
+        .await?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    assert!(
+        runs.iter().all(|run| run.trigger != Trigger::Preview),
+        "no preview ran: {runs:#?}"
+    );
+    assert!(
+        setup.sticky(7, "command-4242").is_empty() && setup.sticky(7, "plan").is_empty(),
+        "nothing was posted on the followed pull request 7 for the other repository's: {:#?}",
+        setup.gh.comments(7)
+    );
+    assert!(
+        setup.gh.statuses(&head.to_string()).is_empty(),
+        "no status was posted on the head for the other repository's pull request"
+    );
+    // What the service asked GitHub for after the refused deliveries: only what the
+    // reply to carol needs.
+    let asked_for: Vec<_> = setup.gh.requests()[requests_before..]
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        asked_for.iter().all(|r| !r.contains("/collaborators/")
+            && !r.starts_with("POST /repos/acme/models/statuses")),
+        "no permission was checked and no status posted: {asked_for:#?}"
+    );
+    Ok(())
+}

@@ -35,6 +35,7 @@ fn serve(url: &str, data: &DataDir, port: u16, secret_file: &Path) -> Result<Ser
         .arg(format!("127.0.0.1:{port}"))
         .arg("--webhook-secret-file")
         .arg(secret_file)
+        .args(["--webhook-repo", "octo/ml"])
         .env_remove("TRAINYARD_WEBHOOK_SECRET")
         .env_remove("TRAINYARD_POLICY_CONFIG")
         .env("RUST_LOG", "info")

@@ -185,6 +185,11 @@ pub struct ServeArgs {
     /// environment as TRAINYARD_WEBHOOK_SECRET.
     #[arg(long, env = "TRAINYARD_WEBHOOK_SECRET_FILE", value_name = "FILE")]
     webhook_secret_file: Option<PathBuf>,
+    /// The GitHub repository (OWNER/NAME) whose webhook deliveries are acted on; others
+    /// (a GitHub App is sent the events of every repository it is installed on) are
+    /// recorded as refused. Defaults to --github-repo; one of the two is needed for webhooks.
+    #[arg(long, env = "TRAINYARD_WEBHOOK_REPO", value_name = "OWNER/NAME")]
+    webhook_repo: Option<String>,
     #[command(flatten)]
     election: ElectionArgs,
     #[command(flatten)]
@@ -235,6 +240,15 @@ struct GithubArgs {
         requires = "github_app_id"
     )]
     github_installation_id: Option<u64>,
+    /// The login the token's comments carry, for a token that cannot read GET /user (an
+    /// installation token, or Actions' GITHUB_TOKEN: github-actions[bot]).
+    #[arg(
+        long,
+        env = "TRAINYARD_GITHUB_LOGIN",
+        value_name = "LOGIN",
+        conflicts_with = "github_app_id"
+    )]
+    github_login: Option<String>,
     /// Where this service's pages are reachable, for the links of commit statuses.
     #[arg(long, env = "TRAINYARD_PUBLIC_URL", value_name = "URL")]
     public_url: Option<String>,

@@ -193,14 +193,19 @@ async fn cluster_client(who: &str) -> Result<kube::Client> {
     kube::Client::try_from(config).context("cannot build a client for the Kubernetes cluster")
 }
 
+/// `OWNER/NAME` split in two; `None` when it is not that shape.
+fn owner_and_name(full_name: &str) -> Option<(&str, &str)> {
+    full_name
+        .split_once('/')
+        .filter(|(owner, repo)| !owner.is_empty() && !repo.is_empty() && !repo.contains('/'))
+}
+
 /// GitHub when a repository is named, else Git notes in the followed repository.
 fn choose_forge(args: &GithubArgs, repo: &Repo) -> Result<AnyForge> {
     let Some(full_name) = &args.github_repo else {
         return Ok(NotesForge::new(repo.clone()).into());
     };
-    let (owner, repo) = full_name
-        .split_once('/')
-        .filter(|(owner, repo)| !owner.is_empty() && !repo.is_empty() && !repo.contains('/'))
+    let (owner, repo) = owner_and_name(full_name)
         .with_context(|| format!("--github-repo {full_name:?} is not OWNER/NAME"))?;
     let auth = match (&args.github_app_id, &args.github_token_file) {
         (Some(app_id), _) => {
@@ -242,6 +247,7 @@ fn choose_forge(args: &GithubArgs, repo: &Repo) -> Result<AnyForge> {
     let mut config = GithubConfig::new(owner, repo, auth);
     config.api_url = args.github_api_url.clone();
     config.public_url = args.public_url.clone();
+    config.login = args.github_login.clone();
     let forge = GithubForge::new(config).context("cannot set up reporting to GitHub")?;
     tracing::info!(repository = %forge.repository(), "reporting to GitHub");
     Ok(forge.into())
@@ -285,6 +291,22 @@ async fn drive<E: Executor>(
     if webhook_secret.is_some() && args.listen.is_none() && !args.once {
         anyhow::bail!("webhooks are served over HTTP: give --listen ADDR too");
     }
+    let webhook_repo = match (
+        &webhook_secret,
+        &args.webhook_repo,
+        &args.github.github_repo,
+    ) {
+        (None, _, _) => None,
+        (Some(_), Some(name), _) | (Some(_), None, Some(name)) => Some(
+            owner_and_name(name)
+                .map(|_| name.clone())
+                .with_context(|| format!("--webhook-repo {name:?} is not OWNER/NAME"))?,
+        ),
+        (Some(_), None, None) => anyhow::bail!(
+            "webhooks need the repository they are for, so that deliveries for others are \
+             refused: give --webhook-repo OWNER/NAME (or --github-repo)"
+        ),
+    };
     let mut service = Runtime::new(Parts {
         config,
         repo,
@@ -304,8 +326,8 @@ async fn drive<E: Executor>(
                     .await
                     .with_context(|| format!("cannot listen on {address}"))?;
                 let mut state = AppState::new(service.health(), store, service.metrics());
-                if let Some(secret) = webhook_secret {
-                    state = state.with_webhooks(Webhooks::new(secret, service.wake()));
+                if let (Some(secret), Some(repository)) = (webhook_secret, webhook_repo) {
+                    state = state.with_webhooks(Webhooks::new(secret, repository, service.wake()));
                 }
                 tracing::info!(
                     address = %listener.local_addr()?,

@@ -36,6 +36,9 @@ pub const DEFAULT_MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 const SECONDARY_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// Most items GitHub returns on one page.
 const PER_PAGE: usize = 100;
+/// Most pages one paged read follows (5,000 items): a server that keeps saying "next", or
+/// a pull request with more comments than anyone reads, costs a bounded number of requests.
+const MAX_PAGES: u32 = 50;
 /// Commits whose statuses are remembered; past this the memory starts over (a forgotten
 /// commit costs one read).
 const REMEMBERED_COMMITS: usize = 4096;
@@ -94,6 +97,11 @@ pub struct GithubConfig {
     pub public_url: Option<String>,
     /// The least time between two writes.
     pub min_write_interval: Duration,
+    /// The login the token writes as, for tokens that may not read `GET /user` (an
+    /// installation token given as a token, or Actions' `GITHUB_TOKEN`:
+    /// `github-actions[bot]`). Without it, a token's login comes from `GET /user` and an
+    /// App's from `GET /app`.
+    pub login: Option<String>,
 }
 
 impl GithubConfig {
@@ -106,6 +114,7 @@ impl GithubConfig {
             auth,
             public_url: None,
             min_write_interval: DEFAULT_MIN_WRITE_INTERVAL,
+            login: None,
         }
     }
 }
@@ -185,6 +194,14 @@ struct Account {
 #[derive(Deserialize)]
 struct App {
     slug: String,
+}
+
+/// `GET /repos/{owner}/{repo}/commits/{ref}/status`: the latest status of each context.
+#[derive(Deserialize)]
+struct CombinedStatus {
+    statuses: Vec<CommitStatus>,
+    /// Contexts in all, over every page.
+    total_count: usize,
 }
 
 #[derive(Deserialize)]
@@ -297,7 +314,7 @@ impl GithubForge {
                 last_write: tokio::sync::Mutex::new(None),
                 statuses: Mutex::new(HashMap::new()),
                 comments: Mutex::new(HashMap::new()),
-                login: OnceCell::new(),
+                login: OnceCell::new_with(config.login),
                 unauthorized: AtomicBool::new(false),
             }),
         })
@@ -446,16 +463,38 @@ impl Inner {
         if self.lock_statuses().contains_key(commit) {
             return Ok(());
         }
-        let path = self.repo_path(&format!("commits/{commit}/statuses?per_page={PER_PAGE}"));
-        let (list, _) = self.get::<Vec<CommitStatus>>(&path).await?;
+        // The combined status holds one (the latest) status per context, however many
+        // statuses the commit has; its contexts are paged.
         let mut latest: HashMap<String, Posted> = HashMap::new();
-        // Newest first: the first of each context is the one GitHub shows.
-        for status in list {
-            latest.entry(status.context).or_insert(Posted {
-                state: status.state,
-                description: status.description.unwrap_or_default(),
-                target_url: status.target_url,
-            });
+        let mut page = 1;
+        loop {
+            let path = self.repo_path(&format!(
+                "commits/{commit}/status?per_page={PER_PAGE}&page={page}"
+            ));
+            let (combined, headers) = self.get::<CombinedStatus>(&path).await?;
+            let count = combined.statuses.len();
+            for status in combined.statuses {
+                latest.entry(status.context).or_insert(Posted {
+                    state: status.state,
+                    description: status.description.unwrap_or_default(),
+                    target_url: status.target_url,
+                });
+            }
+            if count == 0 || latest.len() >= combined.total_count {
+                break;
+            }
+            match next_page(&headers, page) {
+                Some(next) => page = next,
+                None => {
+                    tracing::warn!(
+                        commit,
+                        read = latest.len(),
+                        total = combined.total_count,
+                        "stopped reading a commit's statuses before the last context"
+                    );
+                    break;
+                }
+            }
         }
         let mut statuses = self.lock_statuses();
         if statuses.len() >= REMEMBERED_COMMITS {
@@ -488,10 +527,18 @@ impl Inner {
                         let app: App = decode("GET /app", &answer.body)?;
                         Ok::<_, ForgeError>(format!("{}[bot]", app.slug))
                     }
-                    None => {
-                        let (account, _) = self.get::<Account>("/user").await?;
-                        Ok(account.login)
-                    }
+                    None => match self.get::<Account>("/user").await {
+                        Ok((account, _)) => Ok(account.login),
+                        // GitHub refuses `GET /user` to installation and Actions tokens.
+                        Err(ForgeError::Permanent { message }) => Err(ForgeError::Permanent {
+                            message: format!(
+                                "{message}; this token cannot say whose it is, so give the \
+                                 login its comments carry with --github-login (Actions' \
+                                 GITHUB_TOKEN writes as github-actions[bot])"
+                            ),
+                        }),
+                        Err(error) => Err(error),
+                    },
                 }
             })
             .await?;
@@ -516,10 +563,13 @@ impl Inner {
             if let Some(comment) = found {
                 return Ok(Some(comment.id));
             }
-            if !has_next_page(&headers) || count == 0 {
+            if count == 0 {
                 return Ok(None);
             }
-            page += 1;
+            match next_page(&headers, page) {
+                Some(next) => page = next,
+                None => return Ok(None),
+            }
         }
     }
 
@@ -769,13 +819,30 @@ fn decode<T: DeserializeOwned>(what: &str, body: &str) -> Result<T, ForgeError> 
 }
 
 /// Whether a `Link` header points to a next page.
-fn has_next_page(headers: &HeaderMap) -> bool {
-    headers
+/// The page to read after `page`: the one the `Link` header's `rel="next"` names, only when
+/// it is `page + 1` and within [`MAX_PAGES`]. A missing link ends the read; so does a link
+/// that repeats a page or jumps (a server in a loop), and so does the cap.
+fn next_page(headers: &HeaderMap, page: u32) -> Option<u32> {
+    let next = headers
         .get_all(http::header::LINK)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|link| link.contains("rel=\"next\""))
+        .find(|link| link.contains("rel=\"next\""))?;
+    let url = next
+        .split(';')
+        .next()?
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>');
+    let (_, query) = url.split_once('?')?;
+    let named = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("page="))?
+        .parse::<u32>()
+        .ok()?;
+    let wanted = page.checked_add(1)?;
+    (named == wanted && wanted <= MAX_PAGES).then_some(wanted)
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -915,20 +982,29 @@ mod tests {
     }
 
     #[test]
-    fn only_a_link_header_with_rel_next_means_another_page() {
-        let next = headers(&[(
-            "link",
-            "<https://api.github.com/x?page=2>; rel=\"next\", <https://api.github.com/x?page=5>; rel=\"last\""
-                .to_owned(),
-        )]);
-        assert!(has_next_page(&next));
-        let last = headers(&[(
-            "link",
-            "<https://api.github.com/x?page=1>; rel=\"first\", <https://api.github.com/x?page=4>; rel=\"prev\""
-                .to_owned(),
-        )]);
-        assert!(!has_next_page(&last));
-        assert!(!has_next_page(&HeaderMap::new()));
+    fn only_a_next_link_to_the_following_page_is_followed() {
+        let link = |value: &str| headers(&[("link", value.to_owned())]);
+        let next = link(
+            "<https://api.github.com/x?per_page=100&page=2>; rel=\"next\", \
+             <https://api.github.com/x?per_page=100&page=5>; rel=\"last\"",
+        );
+        assert_eq!(next_page(&next, 1), Some(2));
+        let last = link(
+            "<https://api.github.com/x?page=1>; rel=\"first\", \
+             <https://api.github.com/x?page=4>; rel=\"prev\"",
+        );
+        assert_eq!(next_page(&last, 5), None);
+        assert_eq!(next_page(&HeaderMap::new(), 1), None);
+        // A server that repeats the link it just gave, or jumps, is not followed.
+        let again = link("<https://api.github.com/x?page=2>; rel=\"next\"");
+        assert_eq!(next_page(&again, 2), None);
+        assert_eq!(next_page(&again, 0), None);
+        // However honest the server, the read stops at the cap.
+        let far = link(&format!(
+            "<https://api.github.com/x?page={}>; rel=\"next\"",
+            MAX_PAGES + 1
+        ));
+        assert_eq!(next_page(&far, MAX_PAGES), None);
     }
 
     #[tokio::test]
@@ -1134,6 +1210,50 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn a_status_among_more_than_a_hundred_contexts_is_not_posted_again() {
+            let server = server().await;
+            let ours = status("trainyard/validate", StatusState::Success, "ok");
+            forge(&server).set_status(&ours).await.expect("set");
+            // Other systems post 129 contexts after it: ours is now the oldest, on the
+            // second page of the combined status.
+            for n in 0..129 {
+                server.add_status_as("ci-bot", HEAD, &format!("ci/{n:03}"), "success", "ok");
+            }
+            server.clear_requests();
+            let restarted = forge(&server);
+            restarted.set_status(&ours).await.expect("set again");
+            assert_eq!(server.statuses(HEAD).len(), 130);
+            let reads = server
+                .requests()
+                .into_iter()
+                .filter(|r| r.method == "GET" && r.path.ends_with("/status"))
+                .count();
+            assert_eq!(reads, 2, "two pages of the combined status");
+        }
+
+        #[tokio::test]
+        async fn a_server_that_repeats_its_next_link_is_read_a_bounded_number_of_times() {
+            let server = server().await;
+            server.open_pr(7, HEAD).open().expect("pr");
+            for n in 0..250 {
+                server
+                    .add_comment_as("someone", 7, &format!("comment {n}"))
+                    .expect("comment");
+            }
+            server.repeat_next_links();
+            forge(&server)
+                .upsert_comment(7, "plan", "## Plan")
+                .await
+                .expect("posted");
+            let listed = server
+                .requests()
+                .into_iter()
+                .filter(|r| r.method == "GET" && r.path.ends_with("/comments"))
+                .count();
+            assert_eq!(listed, 2, "the repeated link is not followed");
+        }
+
+        #[tokio::test]
         async fn a_sticky_comment_is_edited_in_place_even_by_a_restarted_forge() {
             let server = server().await;
             server.open_pr(7, HEAD).open().expect("pr");
@@ -1161,6 +1281,58 @@ mod tests {
                 .filter(|r| r.method == "POST" && r.path.ends_with("/comments"))
                 .count();
             assert_eq!(posts, 1, "edits are PATCHes");
+        }
+
+        #[tokio::test]
+        async fn an_actions_token_finds_its_comments_once_told_its_login() {
+            const ACTIONS: &str = "ghs_actions";
+            let server = GithubServer::builder()
+                .repo("acme", "models")
+                .actions_token(ACTIONS)
+                .start()
+                .await
+                .expect("the stand-in starts");
+            server.add_commit(HEAD);
+            server.open_pr(7, HEAD).open().expect("pr");
+            let actions = |login: Option<&str>| {
+                let mut config =
+                    GithubConfig::new("acme", "models", GithubAuth::Token(ACTIONS.to_owned()));
+                config.api_url = server.url();
+                config.min_write_interval = Duration::from_millis(5);
+                config.login = login.map(str::to_owned);
+                GithubForge::new(config).expect("forge")
+            };
+
+            // GitHub refuses `GET /user` to this token: the error says what to do.
+            let refused = actions(None)
+                .upsert_comment(7, "plan", "## Plan")
+                .await
+                .expect_err("its own login is unknown");
+            assert!(
+                matches!(&refused, ForgeError::Permanent { message }
+                    if message.contains("403") && message.contains("--github-login")),
+                "{refused:?}"
+            );
+            assert!(server.comments(7).is_empty(), "nothing was posted blind");
+            server.clear_requests();
+
+            let told = Some("github-actions[bot]");
+            actions(told)
+                .upsert_comment(7, "plan", "## Plan one")
+                .await
+                .expect("created");
+            actions(told)
+                .upsert_comment(7, "plan", "## Plan two")
+                .await
+                .expect("found again by a new forge and edited");
+            let comments = server.comments(7);
+            assert_eq!(comments.len(), 1, "{comments:?}");
+            assert_eq!(comments[0].author, "github-actions[bot]");
+            assert!(comments[0].body.ends_with("## Plan two"));
+            assert!(
+                server.requests().iter().all(|r| r.path != "/user"),
+                "a told login is not asked for"
+            );
         }
 
         #[tokio::test]

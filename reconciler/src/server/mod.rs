@@ -59,18 +59,23 @@ pub struct AppState {
     pub webhooks: Option<Webhooks>,
 }
 
-/// What the webhook route needs: the shared secret, and the loop to wake.
+/// What the webhook route needs: the shared secret, the repository whose events are acted
+/// on, and the loop to wake.
 #[derive(Clone)]
 pub struct Webhooks {
     secret: Arc<[u8]>,
+    repository: String,
     wake: Wake,
 }
 
 impl Webhooks {
-    /// Webhooks signed with `secret`; each stored event wakes the service's loop.
-    pub fn new(secret: impl Into<Arc<[u8]>>, wake: Wake) -> Self {
+    /// Webhooks signed with `secret` for the GitHub repository `repository` (`OWNER/NAME`);
+    /// each stored event wakes the service's loop. Deliveries for other repositories are
+    /// recorded as refused.
+    pub fn new(secret: impl Into<Arc<[u8]>>, repository: impl Into<String>, wake: Wake) -> Self {
         Webhooks {
             secret: secret.into(),
+            repository: repository.into(),
             wake,
         }
     }
@@ -81,6 +86,7 @@ impl std::fmt::Debug for Webhooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Webhooks")
             .field("secret", &"<redacted>")
+            .field("repository", &self.repository)
             .finish_non_exhaustive()
     }
 }
@@ -268,8 +274,11 @@ mod tests {
     async fn hooked() -> (tempfile::TempDir, Store, Wake, Router) {
         let (dir, store) = store().await;
         let wake = Wake::default();
-        let state =
-            state(store.clone()).with_webhooks(Webhooks::new(SECRET.to_vec(), wake.clone()));
+        let state = state(store.clone()).with_webhooks(Webhooks::new(
+            SECRET.to_vec(),
+            "octo/ml",
+            wake.clone(),
+        ));
         (dir, store, wake, router(state))
     }
 

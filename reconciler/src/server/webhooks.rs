@@ -1,6 +1,8 @@
 //! GitHub webhooks: checking a delivery's signature and reading the few events Trainyard
 //! acts on (pushes, pull requests, comments on pull requests) into [`ForgeEvent`]s, which
-//! the store queues for the service's loop.
+//! the store queues for the service's loop. A GitHub App receives the events of every
+//! repository it is installed on: only those of the followed repository are queued; the
+//! others are recorded as refused and never acted on.
 
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use serde_json::Value;
@@ -93,18 +95,52 @@ fn decode_hex(hex: &str) -> Option<[u8; SIGNATURE_BYTES]> {
     Some(out)
 }
 
+/// An event read from a delivery, with the repository it was sent for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// What happened.
+    pub event: ForgeEvent,
+    /// `repository.full_name` of the payload (`OWNER/NAME`); `None` only for a ping, which
+    /// an App's own hook sends without one.
+    pub repository: Option<String>,
+}
+
+impl Delivery {
+    /// Whether the delivery was sent for `followed` (`OWNER/NAME`; GitHub compares
+    /// repository names without regard to case). A ping is for whoever receives it.
+    pub fn is_for(&self, followed: &str) -> bool {
+        match &self.repository {
+            Some(name) => name.eq_ignore_ascii_case(followed),
+            None => matches!(self.event, ForgeEvent::Ping),
+        }
+    }
+}
+
 /// Reads a delivery of `event` (the `X-GitHub-Event` header). `None` for events and actions
 /// Trainyard does not act on: other events, tag pushes, branch deletions, pull request
 /// actions other than opened/synchronize/reopened/closed, comments that are not new, not on
 /// a pull request, or written by a bot.
-pub fn parse(event: &str, body: &[u8]) -> Result<Option<ForgeEvent>, WebhookError> {
-    match event {
-        "ping" => Ok(Some(ForgeEvent::Ping)),
-        "push" => Payload::read(event, body)?.push(),
-        "pull_request" => Payload::read(event, body)?.pull_request(),
-        "issue_comment" => Payload::read(event, body)?.issue_comment(),
-        _ => Ok(None),
-    }
+pub fn parse(event: &str, body: &[u8]) -> Result<Option<Delivery>, WebhookError> {
+    let payload = match event {
+        "ping" => {
+            return Ok(Some(Delivery {
+                event: ForgeEvent::Ping,
+                repository: None,
+            }));
+        }
+        "push" | "pull_request" | "issue_comment" => Payload::read(event, body)?,
+        _ => return Ok(None),
+    };
+    let read = match event {
+        "push" => payload.push()?,
+        "pull_request" => payload.pull_request()?,
+        _ => payload.issue_comment()?,
+    };
+    let Some(read) = read else { return Ok(None) };
+    Ok(Some(Delivery {
+        event: read,
+        repository: Some(payload.repository()?),
+    }))
 }
 
 /// A payload with the event it came as, to name fields in errors.
@@ -188,6 +224,18 @@ impl<'a> Payload<'a> {
             Ok(name.to_owned())
         } else {
             Err(self.error(path, "is not a valid branch name"))
+        }
+    }
+
+    /// `repository.full_name`, which every repository event carries.
+    fn repository(&self) -> Result<String, WebhookError> {
+        let path = ["repository", "full_name"];
+        let name = self.string(&path)?;
+        match name.split_once('/') {
+            Some((owner, repo)) if !owner.is_empty() && !repo.is_empty() && !repo.contains('/') => {
+                Ok(name.to_owned())
+            }
+            _ => Err(self.error(&path, "is not OWNER/NAME")),
         }
     }
 
@@ -326,15 +374,37 @@ pub(super) async fn github_webhook(
             "missing X-GitHub-Delivery header\n".to_owned(),
         );
     };
-    let parsed = match parse(event, &body) {
-        Ok(Some(ForgeEvent::Ping)) => return (StatusCode::OK, "pong\n".to_owned()),
-        Ok(Some(parsed)) => parsed,
+    let delivered = match parse(event, &body) {
+        Ok(Some(Delivery {
+            event: ForgeEvent::Ping,
+            ..
+        })) => return (StatusCode::OK, "pong\n".to_owned()),
+        Ok(Some(delivered)) => delivered,
         Ok(None) => return (StatusCode::OK, "ignored\n".to_owned()),
         Err(error) => {
             tracing::warn!(%error, %delivery, "refused a malformed webhook delivery");
             return (StatusCode::BAD_REQUEST, format!("{error}\n"));
         }
     };
+    if !delivered.is_for(&webhooks.repository) {
+        // Recorded, so that an operator can see what was sent, but finished at once: the
+        // loop never sees it, and nothing is checked or posted for it.
+        let from = delivered.repository.as_deref().unwrap_or("no repository");
+        let why = format!(
+            "refused: sent for {from}, not the followed {}",
+            webhooks.repository
+        );
+        tracing::warn!(%event, %delivery, repository = %from, "refused a webhook delivery for another repository");
+        return match state
+            .store
+            .record_refused_forge_event(delivery, &delivered.event, &why, chrono::Utc::now())
+            .await
+        {
+            Ok(_) => (StatusCode::OK, format!("{why}\n")),
+            Err(error) => unqueued(delivery, &error),
+        };
+    }
+    let parsed = delivered.event;
     match state
         .store
         .record_forge_event(delivery, &parsed, chrono::Utc::now())
@@ -346,16 +416,21 @@ pub(super) async fn github_webhook(
             (StatusCode::ACCEPTED, "queued\n".to_owned())
         }
         Ok(false) => (StatusCode::OK, "duplicate delivery\n".to_owned()),
-        Err(StoreError::Invalid(problem)) => (StatusCode::BAD_REQUEST, format!("{problem}\n")),
-        Err(error) => {
-            tracing::error!(%error, %delivery, "queueing a webhook event failed");
-            // 5xx: the delivery shows as failed in GitHub, where it can be redelivered.
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the event could not be queued; redeliver it later\n".to_owned(),
-            )
-        }
+        Err(error) => unqueued(delivery, &error),
     }
+}
+
+/// The answer to a delivery the store could not record.
+fn unqueued(delivery: &str, error: &StoreError) -> (StatusCode, String) {
+    if let StoreError::Invalid(problem) = error {
+        return (StatusCode::BAD_REQUEST, format!("{problem}\n"));
+    }
+    tracing::error!(%error, %delivery, "recording a webhook event failed");
+    // 5xx: the delivery shows as failed in GitHub, where it can be redelivered.
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the event could not be queued; redeliver it later\n".to_owned(),
+    )
 }
 
 #[cfg(test)]
@@ -363,6 +438,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    /// The event of a delivery, without its repository.
+    fn event_of(event: &str, body: &[u8]) -> Result<Option<ForgeEvent>, WebhookError> {
+        parse(event, body).map(|read| read.map(|delivery| delivery.event))
+    }
 
     const SECRET: &[u8] = b"It's a Secret to Everybody";
     const SHA: &str = "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c";
@@ -518,23 +598,23 @@ mod tests {
     #[test]
     fn a_ping_is_read_whatever_its_body() {
         assert_eq!(
-            parse("ping", b"{\"zen\": \"Keep it logically awesome.\"}"),
+            event_of("ping", b"{\"zen\": \"Keep it logically awesome.\"}"),
             Ok(Some(ForgeEvent::Ping))
         );
-        assert_eq!(parse("ping", b""), Ok(Some(ForgeEvent::Ping)));
+        assert_eq!(event_of("ping", b""), Ok(Some(ForgeEvent::Ping)));
     }
 
     #[test]
     fn a_branch_push_is_read() {
         assert_eq!(
-            parse("push", &push_payload("refs/heads/main", SHA, false)),
+            event_of("push", &push_payload("refs/heads/main", SHA, false)),
             Ok(Some(ForgeEvent::Push {
                 branch: "main".to_owned(),
                 after: SHA.to_owned()
             }))
         );
         assert_eq!(
-            parse("push", &push_payload("refs/heads/team/nightly", SHA, false)),
+            event_of("push", &push_payload("refs/heads/team/nightly", SHA, false)),
             Ok(Some(ForgeEvent::Push {
                 branch: "team/nightly".to_owned(),
                 after: SHA.to_owned()
@@ -545,31 +625,31 @@ mod tests {
     #[test]
     fn tag_pushes_and_branch_deletions_are_ignored() {
         assert_eq!(
-            parse("push", &push_payload("refs/tags/v1", SHA, false)),
+            event_of("push", &push_payload("refs/tags/v1", SHA, false)),
             Ok(None)
         );
         assert_eq!(
-            parse(
+            event_of(
                 "push",
                 &push_payload("refs/heads/main", &"0".repeat(40), true)
             ),
             Ok(None)
         );
         assert_eq!(
-            parse("push", &push_payload("refs/heads/main", SHA, true)),
+            event_of("push", &push_payload("refs/heads/main", SHA, true)),
             Ok(None)
         );
     }
 
     #[test]
     fn a_push_with_a_bad_commit_id_names_the_field() {
-        match parse("push", &push_payload("refs/heads/main", "HEAD~1", false)) {
+        match event_of("push", &push_payload("refs/heads/main", "HEAD~1", false)) {
             Err(WebhookError::Malformed { event, field, .. }) => {
                 assert_eq!((event.as_str(), field.as_str()), ("push", "after"));
             }
             other => panic!("expected a malformed payload, got {other:?}"),
         }
-        match parse(
+        match event_of(
             "push",
             &push_payload("refs/heads/--upload-pack=x", SHA, false),
         ) {
@@ -586,7 +666,7 @@ mod tests {
             ("reopened", PrAction::Reopened),
         ] {
             assert_eq!(
-                parse("pull_request", &pr_payload(action, false, own_repo())),
+                event_of("pull_request", &pr_payload(action, false, own_repo())),
                 Ok(Some(ForgeEvent::PullRequest {
                     action: expected,
                     number: 42,
@@ -603,7 +683,7 @@ mod tests {
     #[test]
     fn a_closed_pull_request_says_whether_it_was_merged() {
         for merged in [true, false] {
-            match parse("pull_request", &pr_payload("closed", merged, own_repo())) {
+            match event_of("pull_request", &pr_payload("closed", merged, own_repo())) {
                 Ok(Some(ForgeEvent::PullRequest { action, .. })) => {
                     assert_eq!(action, PrAction::Closed { merged });
                 }
@@ -616,7 +696,7 @@ mod tests {
     fn a_pull_request_from_a_fork_or_a_deleted_fork_is_marked() {
         let fork = json!({"id": 9, "name": "ml", "full_name": "mallory/ml", "fork": true});
         for head_repo in [fork, Value::Null] {
-            match parse("pull_request", &pr_payload("opened", false, head_repo)) {
+            match event_of("pull_request", &pr_payload("opened", false, head_repo)) {
                 Ok(Some(ForgeEvent::PullRequest { from_fork, .. })) => assert!(from_fork),
                 other => panic!("expected a pull request, got {other:?}"),
             }
@@ -633,7 +713,7 @@ mod tests {
             "ready_for_review",
         ] {
             assert_eq!(
-                parse("pull_request", &pr_payload(action, false, own_repo())),
+                event_of("pull_request", &pr_payload(action, false, own_repo())),
                 Ok(None),
                 "{action}"
             );
@@ -648,7 +728,7 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("sha");
-        match parse("pull_request", &body(payload)) {
+        match event_of("pull_request", &body(payload)) {
             Err(error @ WebhookError::Malformed { .. }) => {
                 assert_eq!(
                     error.to_string(),
@@ -662,7 +742,7 @@ mod tests {
     #[test]
     fn a_new_comment_on_a_pull_request_is_read() {
         assert_eq!(
-            parse(
+            event_of(
                 "issue_comment",
                 &comment_payload("created", true, "User", "/trainyard plan")
             ),
@@ -684,7 +764,7 @@ mod tests {
             comment_payload("created", false, "User", text),
             comment_payload("created", true, "Bot", text),
         ] {
-            assert_eq!(parse("issue_comment", &payload), Ok(None));
+            assert_eq!(event_of("issue_comment", &payload), Ok(None));
         }
     }
 
@@ -697,14 +777,14 @@ mod tests {
             "create",
             "star",
         ] {
-            assert_eq!(parse(event, b"not even JSON"), Ok(None), "{event}");
+            assert_eq!(event_of(event, b"not even JSON"), Ok(None), "{event}");
         }
     }
 
     #[test]
     fn a_body_that_is_not_a_json_object_is_malformed() {
         for bad in [&b"not json"[..], b"[]", b"null", b"\"text\"", b""] {
-            match parse("push", bad) {
+            match event_of("push", bad) {
                 Err(WebhookError::Malformed { field, .. }) => assert_eq!(field, "body"),
                 other => panic!("expected a malformed body for {bad:?}, got {other:?}"),
             }
@@ -747,7 +827,7 @@ mod tests {
             event in prop::sample::select(vec!["push", "pull_request", "issue_comment", "ping", "x"]),
             body in prop::collection::vec(any::<u8>(), 0..512),
         ) {
-            let _ = parse(event, &body);
+            let _ = event_of(event, &body);
         }
 
         #[test]
@@ -755,7 +835,7 @@ mod tests {
             event in prop::sample::select(vec!["push", "pull_request", "issue_comment"]),
             json in arbitrary_json(),
         ) {
-            let _ = parse(event, &body(json));
+            let _ = event_of(event, &body(json));
         }
 
         #[test]

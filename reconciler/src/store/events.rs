@@ -8,6 +8,19 @@ use sqlx::Row;
 
 use super::{Cells, Result, Store, StoreError, millis, to_json};
 
+/// One recorded delivery, as the queue's history shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForgeEventRow {
+    /// The delivery id (`X-GitHub-Delivery`).
+    pub delivery: String,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+    /// When the loop finished it, or when it was refused; `None` while queued.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// What became of it: `handled`, why it was dropped, or why it was refused.
+    pub outcome: Option<String>,
+}
+
 /// Longest delivery id kept; GitHub's are UUIDs.
 const MAX_DELIVERY_LEN: usize = 200;
 
@@ -20,6 +33,31 @@ impl Store {
         event: &E,
         now: DateTime<Utc>,
     ) -> Result<bool> {
+        self.insert_forge_event(delivery, event, None, now).await
+    }
+
+    /// Records `event` as already finished with `outcome` (why it was refused), so that it
+    /// shows in the queue's history but is never handed out. False when that delivery was
+    /// recorded before.
+    pub async fn record_refused_forge_event<E: Serialize>(
+        &self,
+        delivery: &str,
+        event: &E,
+        outcome: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.insert_forge_event(delivery, event, Some(outcome), now)
+            .await
+    }
+
+    /// Inserts a delivery: queued when `refused` is `None`, else finished with that outcome.
+    async fn insert_forge_event<E: Serialize>(
+        &self,
+        delivery: &str,
+        event: &E,
+        refused: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         if delivery.is_empty() || delivery.len() > MAX_DELIVERY_LEN {
             return Err(StoreError::Invalid(format!(
                 "a delivery id must have 1 to {MAX_DELIVERY_LEN} bytes, not {}",
@@ -30,13 +68,15 @@ impl Store {
         // One statement, so that concurrent recorders of one delivery race on the unique
         // index and exactly one of them inserts.
         let inserted = sqlx::query(
-            "INSERT INTO forge_events (delivery, event, received_at, finished_at)
-             VALUES ($1, $2, $3, NULL)
+            "INSERT INTO forge_events (delivery, event, received_at, finished_at, outcome)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (delivery) DO NOTHING RETURNING id",
         )
         .bind(delivery)
         .bind(json)
         .bind(millis(now))
+        .bind(refused.map(|_| millis(now)))
+        .bind(refused)
         .fetch_optional(&self.pool)
         .await?;
         Ok(inserted.is_some())
@@ -58,6 +98,31 @@ impl Store {
             .map(|row| {
                 let id: i64 = row.try_get("id")?;
                 Ok((id, Cells::new(row, "forge_events", id).json("event")))
+            })
+            .collect()
+    }
+
+    /// The newest `limit` deliveries, newest first, whatever became of them.
+    pub async fn forge_event_history(&self, limit: u32) -> Result<Vec<Result<ForgeEventRow>>> {
+        let rows = sqlx::query(
+            "SELECT id, delivery, received_at, finished_at, outcome FROM forge_events
+             ORDER BY id DESC LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: i64 = row.try_get("id")?;
+                let cells = Cells::new(row, "forge_events", id);
+                Ok((|| {
+                    Ok(ForgeEventRow {
+                        delivery: cells.get("delivery")?,
+                        received_at: cells.time("received_at")?,
+                        finished_at: cells.opt_time("finished_at")?,
+                        outcome: cells.get("outcome")?,
+                    })
+                })())
             })
             .collect()
     }

@@ -18,6 +18,7 @@ mod types;
 mod tests;
 
 pub use commits::FOLLOWED_CURSOR;
+pub use events::ForgeEventRow;
 pub use installation::{MAX_INSTALLATION_LEN, is_installation_name};
 pub use pulls::PullRequestRow;
 pub use types::*;

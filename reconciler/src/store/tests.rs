@@ -210,6 +210,7 @@ on_both_backends!(
     a_comment_starts_one_preview_pinned_to_its_head_version,
     a_report_waiting_for_its_retry_holds_back_newer_ones,
     a_delivery_recorded_twice_stores_one_event,
+    a_refused_delivery_is_recorded_finished_and_never_handed_out,
     pending_events_come_in_order_and_finished_ones_do_not,
     concurrent_recorders_of_one_delivery_store_one_event,
     delivery_ids_must_be_sensible,
@@ -1900,6 +1901,54 @@ async fn a_delivery_recorded_twice_stores_one_event(store: Store) {
             .expect("pending")
             .is_empty()
     );
+}
+
+async fn a_refused_delivery_is_recorded_finished_and_never_handed_out(store: Store) {
+    let event = push_event(&"a".repeat(40));
+    let why = "refused: sent for mallory/ml, not the followed octo/ml";
+    assert!(
+        store
+            .record_refused_forge_event("d-1", &event, why, t(0))
+            .await
+            .expect("record")
+    );
+    assert!(
+        store
+            .pending_forge_events::<ForgeEvent>(10)
+            .await
+            .expect("pending")
+            .is_empty(),
+        "the loop never sees it"
+    );
+    // Its id is taken: the same delivery cannot be queued later.
+    assert!(
+        !store
+            .record_forge_event("d-1", &event, t(1))
+            .await
+            .expect("record again")
+    );
+    store
+        .record_forge_event("d-2", &event, t(2))
+        .await
+        .expect("record another");
+    let history: Vec<_> = store
+        .forge_event_history(10)
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|row| row.expect("readable"))
+        .collect();
+    let shown: Vec<_> = history
+        .iter()
+        .map(|row| {
+            (
+                row.delivery.as_str(),
+                row.finished_at,
+                row.outcome.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(shown, [("d-2", None, None), ("d-1", Some(t(0)), Some(why))]);
 }
 
 async fn pending_events_come_in_order_and_finished_ones_do_not(store: Store) {

@@ -31,7 +31,7 @@
 //!   (create, list with `Link` pagination, get, PATCH, DELETE; POST to a comment's URL is
 //!   404 as on GitHub), pull requests (get, `commits/{sha}/pulls` by head or merge commit),
 //!   collaborator permission, `GET /user` (personal tokens only: GitHub answers 403 to
-//!   installation tokens), `GET /app`, `GET /repos/{o}/{r}/installation`.
+//!   installation tokens and to Actions' `GITHUB_TOKEN`), `GET /app`, `GET /repos/{o}/{r}/installation`.
 //! * Validation answers as GitHub does: 422 `Validation Failed` with `errors` for a bad
 //!   `state`, a description over 140 characters, a missing or over-65,536-character
 //!   comment body; 422 `No commit found for SHA: …` for unknown commits; 400 `Problems
@@ -192,6 +192,8 @@ pub enum TokenKind {
     Personal(String),
     /// An installation access token of this installation.
     Installation(u64),
+    /// Actions' `GITHUB_TOKEN` (an installation token of the GitHub Actions app).
+    Actions,
     /// An App JWT.
     AppJwt,
 }
@@ -220,6 +222,7 @@ pub struct GithubServerBuilder {
     repo: String,
     private: bool,
     tokens: Vec<(String, String)>,
+    actions_tokens: Vec<String>,
     app_id: u64,
     app_slug: String,
     installation_id: u64,
@@ -237,6 +240,7 @@ impl Default for GithubServerBuilder {
             repo: "models".into(),
             private: false,
             tokens: Vec::new(),
+            actions_tokens: Vec::new(),
             app_id: 4242,
             app_slug: "trainyard".into(),
             installation_id: 777,
@@ -266,6 +270,13 @@ impl GithubServerBuilder {
     /// Accepts `token` as a personal access token of `login`.
     pub fn token(mut self, token: impl Into<String>, login: impl Into<String>) -> Self {
         self.tokens.push((token.into(), login.into()));
+        self
+    }
+
+    /// Accepts `token` as Actions' `GITHUB_TOKEN`: it writes as `github-actions[bot]` and,
+    /// like every installation token, is refused `GET /user`.
+    pub fn actions_token(mut self, token: impl Into<String>) -> Self {
+        self.actions_tokens.push(token.into());
         self
     }
 
@@ -314,6 +325,9 @@ impl GithubServerBuilder {
         let mut state = State::new();
         for (token, login) in self.tokens {
             state.tokens.insert(token, state::Principal::User(login));
+        }
+        for token in self.actions_tokens {
+            state.tokens.insert(token, state::Principal::Actions);
         }
         let site = Site {
             api: format!("http://{addr}"),
@@ -565,6 +579,29 @@ impl GithubServer {
         Ok(id)
     }
 
+    /// Posts a status on `sha` as `login` (another CI system, say), outside any request.
+    pub fn add_status_as(
+        &self,
+        login: &str,
+        sha: &str,
+        context: &str,
+        state: &str,
+        description: &str,
+    ) {
+        let mut held = self.shared.state();
+        let id = held.id();
+        held.statuses.push(StatusRecord {
+            id,
+            sha: sha.to_string(),
+            state: state.to_string(),
+            context: context.to_string(),
+            description: Some(description.to_string()),
+            target_url: None,
+            creator: login.to_string(),
+            created_at: Utc::now(),
+        });
+    }
+
     /// The statuses posted on `sha`, oldest first.
     pub fn statuses(&self, sha: &str) -> Vec<StatusRecord> {
         let state = self.shared.state();
@@ -629,6 +666,13 @@ impl GithubServer {
                 *expires = now;
             }
         }
+    }
+
+    /// From now on every list answers with a `next` link to page 2, whatever page it
+    /// served, as a misbehaving server or proxy might: a client that follows it blindly
+    /// never stops.
+    pub fn repeat_next_links(&self) {
+        self.shared.state().looping_links = true;
     }
 
     /// How many installation tokens were issued.

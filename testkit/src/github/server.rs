@@ -255,6 +255,12 @@ fn authenticate(shared: &Shared, auth: Option<&str>) -> Result<Caller, (TokenKin
             kind: TokenKind::Installation(*installation),
             app: Some(shared.site.app_id),
         }),
+        Some(Principal::Actions) => Ok(Caller {
+            key: credential.to_string(),
+            login: "github-actions[bot]".to_owned(),
+            kind: TokenKind::Actions,
+            app: None,
+        }),
         _ => Err(rejected()),
     }
 }
@@ -502,7 +508,7 @@ fn repo_route(
             list_statuses(shared, &reference.join("/"), query, rest)
         }
         (Method::GET, ["commits", reference @ .., "status"]) if !reference.is_empty() => {
-            combined_status(shared, &reference.join("/"))
+            combined_status(shared, &reference.join("/"), query, rest)
         }
         (Method::GET, ["commits", sha, "pulls"]) => pulls_of_commit(shared, sha, query, rest),
         (Method::GET, ["pulls", n]) => {
@@ -624,7 +630,9 @@ fn create_status(shared: &Shared, sha: &str, bytes: &[u8], caller: &Caller) -> R
         created_at: Utc::now(),
     };
     state.statuses.push(status.clone());
-    Reply::json(201, shared.site.status(&status))
+    // GitHub answers a created status with its URL in `Location`, as for any creation.
+    let location = format!("{}/statuses/{sha}", shared.site.repo_url());
+    Reply::json(201, shared.site.status(&status)).header("location", location)
 }
 
 /// `per_page` (default 30, at most 100) and `page` (from 1).
@@ -646,6 +654,7 @@ fn page_params(query: Option<&str>) -> (usize, usize) {
 fn paginate(shared: &Shared, rest: &[&str], query: Option<&str>, items: Vec<Value>) -> Reply {
     let (per_page, page) = page_params(query);
     let last = items.len().div_ceil(per_page).max(1);
+    let looping = shared.state().looping_links;
     let shown: Vec<Value> = items
         .into_iter()
         .skip((page - 1) * per_page)
@@ -658,7 +667,10 @@ fn paginate(shared: &Shared, rest: &[&str], query: Option<&str>, items: Vec<Valu
     if page > 1 {
         links.push(link(page - 1, "prev"));
     }
-    if page < last {
+    if looping {
+        // A misbehaving server (or proxy): "next" is always page 2, for ever.
+        links.push(link(2, "next"));
+    } else if page < last {
         links.push(link(page + 1, "next"));
         links.push(link(last, "last"));
     }
@@ -689,40 +701,48 @@ fn list_statuses(shared: &Shared, reference: &str, query: Option<&str>, rest: &[
     paginate(shared, rest, query, items)
 }
 
-fn combined_status(shared: &Shared, reference: &str) -> Reply {
-    let state = shared.state();
-    let Some(sha) = state.resolve(reference) else {
-        return Reply::message(422, &format!("No commit found for SHA: {reference}"));
-    };
-    let mut latest: Vec<&StatusRecord> = Vec::new();
-    for s in state.statuses.iter().rev().filter(|s| s.sha == sha) {
-        if !latest.iter().any(|l| l.context == s.context) {
-            latest.push(s);
-        }
-    }
-    let combined = if latest
-        .iter()
-        .any(|s| s.state == "error" || s.state == "failure")
-    {
-        "failure"
-    } else if latest.is_empty() || latest.iter().any(|s| s.state == "pending") {
-        "pending"
-    } else {
-        "success"
-    };
+/// The combined status: the latest status of each context, newest first, paged like a list
+/// (`per_page` at most 100, `Link` header) with `total_count` counting every context, and
+/// `state` combined over all of them, not only the page's.
+fn combined_status(shared: &Shared, reference: &str, query: Option<&str>, rest: &[&str]) -> Reply {
     let site = &shared.site;
-    Reply::json(
-        200,
-        json!({
-            "state": combined,
-            "statuses": latest.iter().map(|s| site.status(s)).collect::<Vec<_>>(),
-            "sha": sha,
-            "total_count": latest.len(),
-            "repository": site.repository(&site.owner, false),
-            "commit_url": format!("{}/commits/{sha}", site.repo_url()),
-            "url": format!("{}/commits/{sha}/status", site.repo_url())
-        }),
-    )
+    let (sha, combined, items) = {
+        let state = shared.state();
+        let Some(sha) = state.resolve(reference) else {
+            return Reply::message(422, &format!("No commit found for SHA: {reference}"));
+        };
+        let mut latest: Vec<&StatusRecord> = Vec::new();
+        for s in state.statuses.iter().rev().filter(|s| s.sha == sha) {
+            if !latest.iter().any(|l| l.context == s.context) {
+                latest.push(s);
+            }
+        }
+        let combined = if latest
+            .iter()
+            .any(|s| s.state == "error" || s.state == "failure")
+        {
+            "failure"
+        } else if latest.is_empty() || latest.iter().any(|s| s.state == "pending") {
+            "pending"
+        } else {
+            "success"
+        };
+        let items: Vec<Value> = latest.iter().map(|s| site.status(s)).collect();
+        (sha.to_owned(), combined, items)
+    };
+    let total = items.len();
+    let mut page = paginate(shared, rest, query, items);
+    let shown = page.body.take().unwrap_or_else(|| json!([]));
+    page.body = Some(json!({
+        "state": combined,
+        "statuses": shown,
+        "sha": sha,
+        "total_count": total,
+        "repository": site.repository(&site.owner, false),
+        "commit_url": format!("{}/commits/{sha}", site.repo_url()),
+        "url": format!("{}/commits/{sha}/status", site.repo_url())
+    }));
+    page
 }
 
 fn pulls_of_commit(shared: &Shared, sha: &str, query: Option<&str>, rest: &[&str]) -> Reply {

@@ -93,6 +93,8 @@ pub(crate) enum Principal {
     User(String),
     /// An installation access token.
     Installation { installation: u64, expires: Instant },
+    /// Actions' `GITHUB_TOKEN`, which writes as `github-actions[bot]`.
+    Actions,
 }
 
 /// Per-token rate-limit bookkeeping.
@@ -121,6 +123,8 @@ pub(crate) struct State {
     pub(crate) records: Vec<RequestRecord>,
     pub(crate) next_id: u64,
     pub(crate) issued: u64,
+    /// Every list's `next` link names page 2, whatever page was asked for.
+    pub(crate) looping_links: bool,
 }
 
 impl State {
@@ -138,6 +142,7 @@ impl State {
             records: Vec::new(),
             next_id: 1_000_001,
             issued: 0,
+            looping_links: false,
         }
     }
 
