@@ -487,6 +487,70 @@ async fn writes_past_the_secondary_limit_get_403_with_retry_after() {
 }
 
 #[tokio::test]
+async fn the_hourly_content_limit_holds_across_minutes_and_may_answer_429() {
+    init();
+    let gh = GithubServer::builder()
+        .token("ghp_alice", "alice")
+        .secondary_limit(100, Duration::from_secs(1))
+        .hourly_write_limit(4)
+        .secondary_limit_answers_429()
+        .start()
+        .await
+        .unwrap();
+    gh.add_commit(SHA);
+    let octo = client(&gh, "ghp_alice");
+    let repos = octo.repos("acme", "models");
+    for _ in 0..2 {
+        repos
+            .create_status(SHA.into(), StatusState::Success)
+            .send()
+            .await
+            .unwrap();
+    }
+    // Past the per-"minute" window, the hour still remembers them.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..2 {
+        repos
+            .create_status(SHA.into(), StatusState::Success)
+            .send()
+            .await
+            .unwrap();
+    }
+    let (code, err) = github_error(
+        repos
+            .create_status(SHA.into(), StatusState::Success)
+            .send()
+            .await,
+    );
+    assert_eq!(code, 429);
+    assert!(err.message.contains("secondary rate limit"));
+    let retry_after: u64 = err.headers.unwrap()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3590..=3600).contains(&retry_after), "{retry_after}");
+    assert_eq!(gh.statuses(SHA).len(), 4);
+}
+
+#[tokio::test]
+async fn a_stalled_answer_arrives_late_as_a_bad_gateway() {
+    let gh = server().await;
+    gh.fail_next(1, FaultKind::Stall { seconds: 1 });
+    let octo = client(&gh, "ghp_alice");
+    let started = std::time::Instant::now();
+    let (code, _) = github_error(
+        octo.repos("acme", "models")
+            .create_status(SHA.into(), StatusState::Success)
+            .send()
+            .await,
+    );
+    assert_eq!(code, 502);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(gh.requests().len(), 1, "recorded once");
+}
+
+#[tokio::test]
 async fn injected_faults_answer_in_place_of_matching_requests_then_stop() {
     let gh = server().await;
     gh.open_pr(5, SHA).open().unwrap();

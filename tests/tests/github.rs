@@ -9,7 +9,7 @@ use std::time::Duration;
 use git2::{Oid, Repository, Signature};
 use trainyard::store::{RunState, Store, Trigger};
 use trainyard_testkit::github::{
-    CommentRecord, FaultKind, GithubServer, Permission, issue_comment_payload,
+    CommentRecord, Fault, FaultKind, GithubServer, Permission, issue_comment_payload,
     pull_request_payload, push_payload, send_webhook, send_webhook_signed,
 };
 use trainyard_tests::{DataDir, PINNED_IMAGE, Result, Service, TestResult, temp_dir, wait_for};
@@ -108,6 +108,8 @@ struct Setup {
     data: DataDir,
     service: Option<Service>,
     hook: String,
+    /// The service's arguments after `--repo`, for a restart.
+    args: Vec<String>,
     _files: tempfile::TempDir,
 }
 
@@ -122,35 +124,44 @@ impl Setup {
         let data = DataDir::new()?;
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
-        let api = gh.url();
-        let service = Service::start_following(
-            &remote.url(),
-            files.path(),
-            &data,
-            &[
-                "--listen",
-                &listen,
-                "--poll-seconds",
-                "3600",
-                "--webhook-secret-file",
-                &path(&secret),
-                "--github-repo",
-                REPO,
-                "--github-api-url",
-                &api,
-                "--github-token-file",
-                &path(&token),
-            ],
-            &[],
-        )?;
-        Ok(Setup {
+        let args = vec![
+            "--listen".to_owned(),
+            listen.clone(),
+            "--poll-seconds".to_owned(),
+            "3600".to_owned(),
+            "--webhook-secret-file".to_owned(),
+            path(&secret),
+            "--github-repo".to_owned(),
+            REPO.to_owned(),
+            "--github-api-url".to_owned(),
+            gh.url(),
+            "--github-token-file".to_owned(),
+            path(&token),
+        ];
+        let mut setup = Setup {
             gh,
             remote,
             data,
-            service: Some(service),
+            service: None,
             hook: format!("http://{listen}/webhooks/github"),
+            args,
             _files: files,
-        })
+        };
+        setup.restart()?;
+        Ok(setup)
+    }
+
+    /// Starts the service (again) on the same store, repository and GitHub.
+    fn restart(&mut self) -> Result<()> {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.service = Some(Service::start_following(
+            &self.remote.url(),
+            self._files.path(),
+            &self.data,
+            &args,
+            &[],
+        )?);
+        Ok(())
     }
 
     async fn send(&self, event: &str, delivery: &str, body: &serde_json::Value) -> Result<u16> {
@@ -214,20 +225,6 @@ impl Drop for Setup {
 
 fn path(p: &Path) -> String {
     p.display().to_string()
-}
-
-fn pr_payload(action: &str, number: u64, head: Oid, author: &str) -> serde_json::Value {
-    pull_request_payload(
-        REPO,
-        action,
-        number,
-        &head.to_string(),
-        "feature",
-        MAIN,
-        false,
-        author,
-        false,
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,7 +349,7 @@ async fn a_pull_request_keeps_one_plan_comment_and_previews_run_only_for_writers
         .send(
             "pull_request",
             "pr-1",
-            &pr_payload("opened", 7, head, "bob"),
+            &setup.gh.pull_request_event("opened", 7)?,
         )
         .await?;
     setup
@@ -379,7 +376,7 @@ async fn a_pull_request_keeps_one_plan_comment_and_previews_run_only_for_writers
             .send(
                 "pull_request",
                 &format!("pr-{n}"),
-                &pr_payload("synchronize", 7, latest, "bob"),
+                &setup.gh.pull_request_event("synchronize", 7)?,
             )
             .await?;
     }
@@ -481,17 +478,7 @@ async fn a_pull_request_keeps_one_plan_comment_and_previews_run_only_for_writers
         .send(
             "pull_request",
             "pr-4",
-            &pull_request_payload(
-                REPO,
-                "closed",
-                7,
-                &latest.to_string(),
-                "feature",
-                MAIN,
-                false,
-                "bob",
-                true,
-            ),
+            &setup.gh.pull_request_event("closed", 7)?,
         )
         .await?;
     setup
@@ -535,7 +522,7 @@ async fn a_rate_limited_github_gets_everything_later_in_order_and_once() -> Test
         .send(
             "pull_request",
             "pr-9",
-            &pr_payload("opened", 9, head, "bob"),
+            &setup.gh.pull_request_event("opened", 9)?,
         )
         .await?;
     setup
@@ -705,5 +692,59 @@ async fn deliveries_for_another_repository_are_recorded_as_refused_and_change_no
             && !r.starts_with("POST /repos/acme/models/statuses")),
         "no permission was checked and no status posted: {asked_for:#?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_does_not_wait_for_a_stalled_github_and_the_report_survives_it() -> TestResult {
+    let gh = GithubServer::builder()
+        .repo("acme", "models")
+        .token(TOKEN, "trainyard-bot")
+        .start()
+        .await?;
+    // The first status write is held for longer than the service may take to stop.
+    gh.fail_next_matching(Fault {
+        remaining: 1,
+        kind: FaultKind::Stall { seconds: 120 },
+        writes_only: true,
+        path_prefix: Some("/repos/acme/models/statuses".to_owned()),
+    });
+    let remote = Remote::new()?;
+    let main = remote.commit(
+        &[],
+        &[("churn.yaml", &pipeline(1))],
+        Some("refs/heads/main"),
+    )?;
+    let mut setup = Setup::start(gh, remote, main).await?;
+    let stalled = |setup: &Setup| {
+        setup
+            .gh
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.starts_with("/repos/acme/models/statuses"))
+            .count()
+    };
+    wait_for(LIMIT, "a status write in flight", async || {
+        Ok(stalled(&setup) == 1)
+    })
+    .await?;
+
+    // SIGINT while the write hangs: the service stops (within the harness's limit, far
+    // below the stall and the delivery timeout) and cleanly.
+    let service = setup.service.take().ok_or("the service runs")?;
+    assert_eq!(service.stop()?, Some(0), "{}", setup.data.service_output());
+    assert!(
+        setup.gh.statuses(&main.to_string()).is_empty(),
+        "the stalled write never landed"
+    );
+
+    // The report was not lost with the interrupted delivery: after a restart it arrives.
+    setup.restart()?;
+    setup
+        .wait_for_status(main, "trainyard/validate", "success")
+        .await?;
+    setup
+        .wait_for_status(main, "trainyard/run/churn", "success")
+        .await?;
     Ok(())
 }

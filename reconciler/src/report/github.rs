@@ -7,7 +7,7 @@
 //! comment. Errors are sorted into [`ForgeError::Transient`] (with how long GitHub asked to
 //! wait) and [`ForgeError::Permanent`] (with GitHub's message).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +32,9 @@ use super::{
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
 /// Content-creating requests GitHub allows are about 80 a minute; one a second stays under.
 pub const DEFAULT_MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// Content-creating requests GitHub allows an hour (its second secondary limit); a write
+/// past it is held back without being sent.
+pub const DEFAULT_MAX_WRITES_PER_HOUR: usize = 500;
 /// GitHub's advice for a secondary rate limit that does not say how long to wait.
 const SECONDARY_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// Most items GitHub returns on one page.
@@ -97,6 +100,8 @@ pub struct GithubConfig {
     pub public_url: Option<String>,
     /// The least time between two writes.
     pub min_write_interval: Duration,
+    /// The most writes sent in any hour.
+    pub max_writes_per_hour: usize,
     /// The login the token writes as, for tokens that may not read `GET /user` (an
     /// installation token given as a token, or Actions' `GITHUB_TOKEN`:
     /// `github-actions[bot]`). Without it, a token's login comes from `GET /user` and an
@@ -114,6 +119,7 @@ impl GithubConfig {
             auth,
             public_url: None,
             min_write_interval: DEFAULT_MIN_WRITE_INTERVAL,
+            max_writes_per_hour: DEFAULT_MAX_WRITES_PER_HOUR,
             login: None,
         }
     }
@@ -165,8 +171,10 @@ struct Inner {
     repo: String,
     public_url: Option<String>,
     min_write_interval: Duration,
-    /// When the last write started; held across a write so writes go out one at a time.
-    last_write: tokio::sync::Mutex<Option<Instant>>,
+    max_writes_per_hour: usize,
+    /// When the writes of the last hour started; held across a write so writes go out one
+    /// at a time.
+    writes: tokio::sync::Mutex<VecDeque<Instant>>,
     /// Per commit (present once its statuses were read), the latest status per context.
     statuses: Mutex<HashMap<String, HashMap<String, Posted>>>,
     /// The id of the sticky comment per (pull request, key).
@@ -311,7 +319,8 @@ impl GithubForge {
                     .public_url
                     .map(|url| url.trim_end_matches('/').to_owned()),
                 min_write_interval: config.min_write_interval,
-                last_write: tokio::sync::Mutex::new(None),
+                max_writes_per_hour: config.max_writes_per_hour.max(1),
+                writes: tokio::sync::Mutex::new(VecDeque::new()),
                 statuses: Mutex::new(HashMap::new()),
                 comments: Mutex::new(HashMap::new()),
                 login: OnceCell::new_with(config.login),
@@ -400,11 +409,31 @@ impl Inner {
         path: &str,
         body: &serde_json::Value,
     ) -> Result<Answer, ForgeError> {
-        let mut last = self.last_write.lock().await;
-        if let Some(previous) = *last {
-            tokio::time::sleep_until(previous + self.min_write_interval).await;
+        const HOUR: Duration = Duration::from_secs(3600);
+        let mut writes = self.writes.lock().await;
+        if let Some(previous) = writes.back() {
+            tokio::time::sleep_until(*previous + self.min_write_interval).await;
         }
-        *last = Some(Instant::now());
+        let now = Instant::now();
+        while writes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= HOUR)
+        {
+            writes.pop_front();
+        }
+        if writes.len() >= self.max_writes_per_hour
+            && let Some(oldest) = writes.front()
+        {
+            return Err(ForgeError::Transient {
+                message: format!(
+                    "holding writes back: {} went out in the last hour, GitHub's limit for \
+                     content-creating requests",
+                    writes.len()
+                ),
+                retry_after: Some(HOUR.saturating_sub(now.duration_since(*oldest))),
+            });
+        }
+        writes.push_back(now);
         self.send(&self.api, method, path, Some(body)).await
     }
 
@@ -1432,6 +1461,59 @@ mod tests {
             assert!(matches!(err, ForgeError::Transient { .. }), "{err:?}");
             forge.set_status(&s).await.expect("later it goes through");
             assert_eq!(server.statuses(HEAD).len(), 1);
+        }
+
+        #[tokio::test]
+        async fn a_429_secondary_limit_without_retry_after_waits_a_minute() {
+            let server = server().await;
+            server.fail_next(1, FaultKind::TooManyRequests { retry_after: None });
+            let err = forge(&server)
+                .set_status(&status("trainyard/plan", StatusState::Pending, "x"))
+                .await
+                .expect_err("limited");
+            assert!(
+                matches!(&err, ForgeError::Transient { retry_after: Some(w), .. } if *w == SECONDARY_LIMIT_WAIT),
+                "{err:?}"
+            );
+        }
+
+        #[tokio::test]
+        async fn writes_past_the_hourly_budget_are_held_back_unsent() {
+            let server = server().await;
+            let mut config = config(&server, Duration::from_millis(1));
+            config.max_writes_per_hour = 2;
+            let forge = GithubForge::new(config).expect("forge");
+            for (i, context) in ["trainyard/a", "trainyard/b", "trainyard/c"]
+                .into_iter()
+                .enumerate()
+            {
+                let result = forge
+                    .set_status(&status(context, StatusState::Pending, "x"))
+                    .await;
+                if i < 2 {
+                    result.expect("within the budget");
+                    continue;
+                }
+                let err = result.expect_err("over the budget");
+                let ForgeError::Transient {
+                    retry_after: Some(wait),
+                    message,
+                } = &err
+                else {
+                    panic!("{err:?}");
+                };
+                assert!(
+                    wait.as_secs() >= 3590,
+                    "until the oldest is an hour old: {wait:?}"
+                );
+                assert!(message.contains("last hour"), "{message}");
+            }
+            let posted = server
+                .requests()
+                .iter()
+                .filter(|r| r.method == "POST")
+                .count();
+            assert_eq!(posted, 2, "the third was never sent");
         }
 
         #[tokio::test]

@@ -39,8 +39,10 @@
 //! * Limits: every answer carries `x-ratelimit-limit/remaining/reset/used/resource`; a
 //!   token over its hourly budget gets 403 with `x-ratelimit-remaining: 0`; more than the
 //!   configured content-creating requests (POST, PATCH, PUT, DELETE; default 80) per
-//!   minute per token get 403 with `retry-after` (GitHub's secondary limit).
-//!   [`GithubServer::fail_next`] injects secondary/primary limits, 5xx and 404.
+//!   minute, or 500 per hour, per token get 403 (or 429, as GitHub also sends) with
+//!   `retry-after` (GitHub's secondary limits). [`GithubServer::fail_next`] injects
+//!   secondary/primary limits (403 or 429, with or without `retry-after`), 5xx, a stalled
+//!   answer and 404.
 //!
 //! Choices where GitHub's behaviour varies: the collaborator-permission endpoint answers a
 //! user the test never named with `read` on a public repository and `none` on a private
@@ -162,6 +164,17 @@ pub enum FaultKind {
         /// Seconds until `x-ratelimit-reset`.
         reset_in: u64,
     },
+    /// 429 with GitHub's secondary-rate-limit message, with or without `retry-after`
+    /// (GitHub documents both 403 and 429 for secondary limits).
+    TooManyRequests {
+        /// Seconds for `retry-after`, when sent.
+        retry_after: Option<u64>,
+    },
+    /// Holds the request this long, then answers 502: a stalled front end.
+    Stall {
+        /// Seconds before the answer.
+        seconds: u64,
+    },
     /// A bare 5xx from the front end (502 and 503 are what GitHub clients see).
     ServerError(u16),
     /// 404 `Not Found`.
@@ -231,6 +244,8 @@ pub struct GithubServerBuilder {
     rate_limit: u64,
     secondary_limit: usize,
     secondary_window: Duration,
+    hourly_write_limit: usize,
+    secondary_status: u16,
 }
 
 impl Default for GithubServerBuilder {
@@ -249,6 +264,8 @@ impl Default for GithubServerBuilder {
             rate_limit: 5000,
             secondary_limit: 80,
             secondary_window: Duration::from_secs(60),
+            hourly_write_limit: 500,
+            secondary_status: 403,
         }
     }
 }
@@ -314,6 +331,18 @@ impl GithubServerBuilder {
         self
     }
 
+    /// Content-creating requests allowed per hour per token (GitHub: 500).
+    pub fn hourly_write_limit(mut self, requests: usize) -> Self {
+        self.hourly_write_limit = requests;
+        self
+    }
+
+    /// Answers secondary limits with 429 instead of 403 (GitHub sends either).
+    pub fn secondary_limit_answers_429(mut self) -> Self {
+        self.secondary_status = 429;
+        self
+    }
+
     /// Starts listening on 127.0.0.1 with a random port.
     pub async fn start(self) -> Result<GithubServer, Error> {
         let decoding = jsonwebtoken::DecodingKey::from_rsa_pem(self.app_public_key.as_bytes())
@@ -347,6 +376,8 @@ impl GithubServerBuilder {
             rate_limit: self.rate_limit,
             secondary_limit: self.secondary_limit,
             secondary_window: self.secondary_window,
+            hourly_write_limit: self.hourly_write_limit,
+            secondary_status: self.secondary_status,
         });
         let app = axum::Router::new()
             .fallback(server::handle)
@@ -420,6 +451,12 @@ impl PullBuilder<'_> {
         }
         let mut pull = self.pull;
         pull.id = state.id();
+        // As on GitHub, the base commit is the base branch's tip when the pull is opened.
+        if pull.base_sha.bytes().all(|b| b == b'0')
+            && let Some(tip) = state.branches.get(&pull.base_ref)
+        {
+            pull.base_sha = tip.clone();
+        }
         state.commits.insert(pull.head_sha.clone());
         state.commits.insert(pull.base_sha.clone());
         state.pulls.insert(pull.number, pull.clone());
@@ -493,6 +530,42 @@ impl GithubServer {
                 closed_at: None,
             },
         }
+    }
+
+    /// The `pull_request` webhook payload GitHub sends for `action` on pull request
+    /// `number` as it stands now: its real head, base and (once merged) merge commit.
+    pub fn pull_request_event(&self, action: &str, number: u64) -> Result<Value, Error> {
+        let pull = self.pull(number).ok_or(Error::NoSuchPull(number))?;
+        let site = &self.shared.site;
+        let mut payload = pull_request_payload(
+            &format!("{}/{}", site.owner, site.repo),
+            action,
+            number,
+            &pull.head_sha,
+            &pull.head_ref,
+            &pull.base_ref,
+            pull.from_fork,
+            &pull.author,
+            pull.merged,
+        );
+        let pr = &mut payload["pull_request"];
+        pr["base"]["sha"] = Value::from(pull.base_sha.clone());
+        pr["merge_commit_sha"] = pull
+            .merge_commit_sha
+            .clone()
+            .map_or(Value::Null, Value::from);
+        pr["title"] = Value::from(pull.title.clone());
+        pr["state"] = Value::from(pull.state.clone());
+        pr["created_at"] = Value::from(pull.created_at.to_rfc3339());
+        pr["updated_at"] = Value::from(pull.updated_at.to_rfc3339());
+        pr["closed_at"] = pull
+            .closed_at
+            .map_or(Value::Null, |t| Value::from(t.to_rfc3339()));
+        pr["merged_at"] = match (pull.merged, pull.closed_at) {
+            (true, Some(t)) => Value::from(t.to_rfc3339()),
+            _ => Value::Null,
+        };
+        Ok(payload)
     }
 
     /// Moves a pull request's head to a new commit, as a push to its branch does.

@@ -35,6 +35,10 @@ pub(crate) struct Shared {
     pub(crate) rate_limit: u64,
     pub(crate) secondary_limit: usize,
     pub(crate) secondary_window: Duration,
+    /// Content-creating requests per hour per token (GitHub: 500).
+    pub(crate) hourly_write_limit: usize,
+    /// What a secondary limit answers: GitHub documents 403 or 429.
+    pub(crate) secondary_status: u16,
 }
 
 /// An answer before the rate-limit headers are added.
@@ -42,6 +46,8 @@ struct Reply {
     status: u16,
     body: Option<Value>,
     headers: Vec<(&'static str, String)>,
+    /// How long to hold the answer back (a stalled front end).
+    delay: Option<Duration>,
 }
 
 impl Reply {
@@ -50,6 +56,7 @@ impl Reply {
             status,
             body: Some(body),
             headers: Vec::new(),
+            delay: None,
         }
     }
 
@@ -141,6 +148,9 @@ pub(crate) async fn handle(AxumState(shared): AxumState<Arc<Shared>>, req: Reque
             (reply, caller.key)
         }
     };
+    if let Some(delay) = reply.delay {
+        tokio::time::sleep(delay).await;
+    }
     finish(&shared, reply, Some(&key))
 }
 
@@ -353,19 +363,20 @@ fn limited(shared: &Shared, method: &Method, path: &str, caller: &Caller) -> Opt
     usage.used += 1;
     // Minting installation tokens is not content creation.
     if write && caller.kind != TokenKind::AppJwt {
-        let recent = state.recent_writes(&caller.key, shared.secondary_window, now);
-        if recent >= shared.secondary_limit {
-            let oldest = state
-                .usage
-                .get(&caller.key)
-                .and_then(|u| u.writes.front().copied())
-                .unwrap_or(now);
-            let wait = shared
-                .secondary_window
-                .saturating_sub(now.duration_since(oldest))
-                .as_secs()
-                .max(1);
-            return Some(secondary(wait));
+        const HOUR: Duration = Duration::from_secs(3600);
+        // GitHub's two secondary limits on content creation: per minute and per hour.
+        for (limit, window) in [
+            (shared.secondary_limit, shared.secondary_window),
+            (shared.hourly_write_limit, HOUR),
+        ] {
+            let (recent, oldest) = state.recent_writes(&caller.key, window, window.max(HOUR), now);
+            if recent >= limit {
+                let wait = window
+                    .saturating_sub(oldest.map_or(Duration::ZERO, |t| now.duration_since(t)))
+                    .as_secs()
+                    .max(1);
+                return Some(secondary(shared.secondary_status, Some(wait)));
+            }
         }
         if let Some(u) = state.usage.get_mut(&caller.key) {
             u.writes.push_back(now);
@@ -374,17 +385,25 @@ fn limited(shared: &Shared, method: &Method, path: &str, caller: &Caller) -> Opt
     None
 }
 
-fn secondary(retry_after: u64) -> Reply {
-    Reply::message(
-        403,
+fn secondary(status: u16, retry_after: Option<u64>) -> Reply {
+    let reply = Reply::message(
+        status,
         "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. If you reach out to GitHub Support for help, please include the request ID 0000:0000:0000000:0000000:00000000.",
-    )
-    .header("retry-after", retry_after.to_string())
+    );
+    match retry_after {
+        Some(seconds) => reply.header("retry-after", seconds.to_string()),
+        None => reply,
+    }
 }
 
 fn fault_reply(shared: &Shared, kind: &FaultKind) -> Reply {
     match kind {
-        FaultKind::SecondaryRateLimit { retry_after } => secondary(*retry_after),
+        FaultKind::SecondaryRateLimit { retry_after } => secondary(403, Some(*retry_after)),
+        FaultKind::TooManyRequests { retry_after } => secondary(429, *retry_after),
+        FaultKind::Stall { seconds } => Reply {
+            delay: Some(Duration::from_secs(*seconds)),
+            ..Reply::message(502, "Server Error")
+        },
         FaultKind::PrimaryRateLimit { reset_in } => Reply::message(
             403,
             "API rate limit exceeded for installation ID. If you reach out to GitHub Support for help, please include the request ID 0000:0000:0000000:0000000:00000000.",
@@ -396,6 +415,7 @@ fn fault_reply(shared: &Shared, kind: &FaultKind) -> Reply {
             status: *code,
             body: Some(json!({"message": "Server Error"})),
             headers: Vec::new(),
+            delay: None,
         },
         FaultKind::NotFound => Reply::not_found(),
     }
@@ -909,6 +929,7 @@ fn delete_comment(shared: &Shared, id: &str, caller: &Caller) -> Reply {
         status: 204,
         body: None,
         headers: Vec::new(),
+        delay: None,
     }
 }
 

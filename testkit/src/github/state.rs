@@ -104,7 +104,7 @@ pub(crate) struct Usage {
     pub(crate) used: u64,
     /// When the current window started.
     pub(crate) window_start: Option<Instant>,
-    /// Content-creating requests in the last `secondary_window`.
+    /// Content-creating requests of the last hour (or `secondary_window`, if longer).
     pub(crate) writes: VecDeque<Instant>,
 }
 
@@ -164,16 +164,27 @@ impl State {
     }
 
     /// Drops write timestamps older than `window`, returning how many remain.
-    pub(crate) fn recent_writes(&mut self, key: &str, window: Duration, now: Instant) -> usize {
+    pub(crate) fn recent_writes(
+        &mut self,
+        key: &str,
+        window: Duration,
+        kept: Duration,
+        now: Instant,
+    ) -> (usize, Option<Instant>) {
         let usage = self.usage.entry(key.to_string()).or_default();
         while usage
             .writes
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
+            .is_some_and(|t| now.duration_since(*t) >= kept)
         {
             usage.writes.pop_front();
         }
-        usage.writes.len()
+        let mut recent = usage
+            .writes
+            .iter()
+            .filter(|t| now.duration_since(**t) < window);
+        let oldest = recent.next().copied();
+        (oldest.map_or(0, |_| 1 + recent.count()), oldest)
     }
 }
 
