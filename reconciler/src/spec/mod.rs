@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod check;
 pub mod cron;
 pub mod diag;
+pub mod layout;
 pub mod locate;
 pub mod model;
 pub mod schema;
