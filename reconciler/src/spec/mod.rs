@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod check;
 pub mod cron;
 pub mod diag;
+pub mod layout;
 pub mod locate;
 pub mod model;
 pub mod schema;
@@ -147,6 +148,28 @@ fn yaml_finding(error: &serde_saphyr::Error) -> Finding {
     }
 }
 
+/// Turns an indentation problem the parser let through into a syntax finding.
+fn layout_finding(problem: layout::Problem) -> Finding {
+    Finding {
+        at: At::Position(Position {
+            line: problem.line,
+            column: problem.column,
+        }),
+        hint: problem.hint,
+        ..Finding::file_error("yaml", problem.message)
+    }
+}
+
+/// The syntax errors of `text` that the parser does not report itself (see [`layout`]).
+/// A file with any of them yields only them: what the parser made of the misplaced lines is
+/// not what the author meant, so its semantic findings would point elsewhere.
+fn layout_findings(text: &str) -> Vec<Finding> {
+    layout::check(text)
+        .into_iter()
+        .map(layout_finding)
+        .collect()
+}
+
 /// The version of a document: the sha256 of its canonical JSON form.
 pub fn version_of(document: &Document) -> String {
     let json = match document {
@@ -181,6 +204,13 @@ pub fn parse_file(bytes: &[u8]) -> ParsedFile {
         Ok(text) => text,
         Err(finding) => return ParsedFile::refused(finding),
     };
+    let misplaced = layout_findings(text);
+    if !misplaced.is_empty() {
+        return ParsedFile {
+            documents: Vec::new(),
+            findings: misplaced,
+        };
+    }
     let mut parsed = ParsedFile::default();
     for raw in deserialize_documents(text, &mut parsed.findings) {
         let line = u32::try_from(raw.referenced.line()).unwrap_or(u32::MAX);
@@ -257,6 +287,13 @@ pub fn parse_settings(bytes: &[u8]) -> ParsedSettings {
             };
         }
     };
+    let misplaced = layout_findings(text);
+    if !misplaced.is_empty() {
+        return ParsedSettings {
+            findings: misplaced,
+            ..ParsedSettings::default()
+        };
+    }
     match serde_saphyr::from_str_with_options::<Option<Spanned<Settings>>>(text, options()) {
         Ok(None) => ParsedSettings::default(),
         Ok(Some(settings)) => {

@@ -456,3 +456,174 @@ fn settings_are_checked() {
     assert!(empty.findings.is_empty());
     assert_eq!(empty.settings, Settings::default());
 }
+
+// Syntax errors the parser lets through (issue 11): each at its own line and column, and
+// nothing else for the file, since what the parser made of a misplaced line is not what its
+// author meant.
+
+#[test]
+fn a_quoted_scalar_continued_left_of_its_block_is_a_syntax_error_there() {
+    // The parser folds line 10 into the quoted value, and the step's timeout became
+    // "1h " with a duration error on line 9.
+    let yaml = pipeline("  steps:\n    - name: train\n      run: [x]\n      timeout: \"1h\n  \"\n");
+    let diags = diagnostics(&yaml);
+    assert_eq!(
+        diags
+            .iter()
+            .map(|d| (d.line, d.column, d.code.as_str()))
+            .collect::<Vec<_>>(),
+        [(10, 3, "yaml")]
+    );
+    assert_eq!(
+        diags[0].message,
+        "this line is indented less than the block it belongs to (line 7); it continues the \
+         quoted scalar that starts on line 9"
+    );
+    assert_eq!(
+        diags[0].hint.as_deref(),
+        Some("indent it further than line 7, or close the quoted scalar on the line it starts")
+    );
+}
+
+#[test]
+fn a_flow_collection_continued_left_of_its_block_is_a_syntax_error_there() {
+    // Line 9 reads like `spec`'s next key, but the unclosed `[` takes it into `run`.
+    let yaml =
+        pipeline("  steps:\n    - name: train\n      run: [python3, train.py,\n  image: other]\n");
+    let diags = diagnostics(&yaml);
+    assert_eq!(
+        diags
+            .iter()
+            .map(|d| (d.line, d.column, d.code.as_str()))
+            .collect::<Vec<_>>(),
+        [(9, 3, "yaml")]
+    );
+    assert!(
+        diags[0]
+            .message
+            .contains("continues the flow sequence that starts on line 8"),
+        "{diags:?}"
+    );
+    // The same with a flow mapping, and with a line the parser took silently.
+    let yaml = pipeline(
+        "  steps:\n    - name: train\n      run: [x]\n      resources: {cpu: 1,\n memory: 2Gi}\n",
+    );
+    assert_eq!(check(&yaml), [(10, 2, "yaml".to_owned())]);
+    let yaml = pipeline("  steps:\n    - name: train\n      run: [python3,\n    train.py]\n");
+    assert_eq!(check(&yaml), [(9, 5, "yaml".to_owned())]);
+}
+
+#[test]
+fn a_tab_in_front_of_a_nested_block_is_a_syntax_error_at_the_tab() {
+    let yaml = pipeline(
+        "  steps:\n    - name: train\n      run: [x]\n      resources:\n        \tcpu: 1\n",
+    );
+    let diags = diagnostics(&yaml);
+    assert_eq!(
+        diags
+            .iter()
+            .map(|d| (d.line, d.column, d.code.as_str()))
+            .collect::<Vec<_>>(),
+        [(10, 9, "yaml")]
+    );
+    assert_eq!(
+        diags[0].message,
+        "a tab indents this block; YAML indents with spaces only"
+    );
+    let yaml = pipeline("  steps:\n    -\tname: train\n      run: [x]\n");
+    assert_eq!(check(&yaml), [(7, 6, "yaml".to_owned())]);
+    // Tabs the parser refuses itself keep its message and position.
+    let yaml =
+        pipeline("  steps:\n    - name: train\n      run: [x]\n      resources:\n      \tcpu: 1\n");
+    assert_eq!(check(&yaml), [(10, 8, "yaml".to_owned())]);
+    let yaml = pipeline("  steps:\n\t- name: train\n");
+    assert_eq!(check(&yaml), [(7, 2, "yaml".to_owned())]);
+    let yaml = pipeline("  steps:\n    - name: train\n      run: [x]\n\ttimeout: 1h\n");
+    assert_eq!(check(&yaml), [(9, 2, "yaml".to_owned())]);
+}
+
+#[test]
+fn a_file_with_a_syntax_error_reports_only_its_syntax_errors() {
+    let yaml = format!(
+        "{}---\n{}",
+        pipeline("  steps: [{name: s, run: [x], typo: 1}]\n"),
+        pipeline("  steps:\n    - name: s\n      run: [x,\n y]\n").replace("churn", "other")
+    );
+    assert_eq!(check(&yaml), [(16, 2, "yaml".to_owned())]);
+    let parsed = parse_file(yaml.as_bytes());
+    assert!(parsed.documents.is_empty());
+    let findings =
+        parse_settings(b"policies: [a.rego,\n  b.rego]\nbase:\n  image: [x,\n y]\n").findings;
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(
+        findings[0].at,
+        At::Position(Position { line: 5, column: 2 })
+    );
+}
+
+#[test]
+fn under_indented_block_lines_stay_the_parser_s_errors_at_their_place() {
+    // A key one column left of its siblings in a step.
+    let yaml = pipeline("  steps:\n    - name: a\n      run: [x]\n     outputs: [o]\n");
+    assert_eq!(check(&yaml), [(9, 6, "yaml".to_owned())]);
+    // A sequence item left of its siblings.
+    let yaml = pipeline("  steps:\n    - name: a\n      run:\n        - x\n       - y\n");
+    assert_eq!(check(&yaml), [(10, 8, "yaml".to_owned())]);
+    // A plain scalar continued left of its key.
+    let yaml = pipeline("  steps:\n    - name: a\n      run: [x]\n      timeout: 1h\n     30m\n");
+    assert_eq!(check(&yaml), [(10, 6, "yaml".to_owned())]);
+}
+
+#[test]
+fn duplicate_keys_point_at_the_second_key() {
+    let yaml = pipeline("  steps: [{name: s, run: [x]}]\n  steps: []\n");
+    assert_eq!(check(&yaml), [(7, 3, "yaml".to_owned())]);
+    let yaml = pipeline("  steps:\n    - name: s\n      run: [x]\n      name: t\n");
+    assert_eq!(check(&yaml), [(9, 7, "yaml".to_owned())]);
+}
+
+#[test]
+fn legal_indentation_that_looks_loose_is_accepted() {
+    let yaml = pipeline(concat!(
+        "  # a comment at the block's indentation\n",
+        "# and one at none\n",
+        "  steps:\n",
+        "  - name: prepare\n", // a sequence at its key's indentation
+        "    run:\n",
+        "    - python3\n",
+        "    - p.py\n",
+        "    outputs: [data]\n",
+        "  - name: train\n",
+        "    needs: [\n",
+        "      prepare,\n",
+        "# a comment inside a flow collection, at column 1\n",
+        "    ]\n",
+        "    run: [python3, t.py,\n",
+        "      '{{ steps.prepare.outputs.data }}']\n",
+        "    env: {\n",
+        "      MODE: \"a long\n",
+        "        quoted value\",\n",
+        "      NOTE: a plain\n",
+        "        value\n",
+        "    }\n", // closed at its key's column, as libyaml allows
+        "    env_from_secrets: [\n",
+        "\n",
+        "      creds]\n",
+        "    timeout: 1h\n",
+        "      30m\n",       // a plain scalar continued further right
+        "    retries:\t2\n", // a tab separating a value
+        "  model:\n",
+        "    name: >-\n",
+        "      churn\n",
+        "      model\n",
+        "    artifact: steps.train.outputs.model\n",
+    ));
+    let parsed = parse_file(yaml.as_bytes());
+    let findings: Vec<_> = parsed
+        .findings
+        .iter()
+        .filter(|f| f.code == "yaml")
+        .collect();
+    assert_eq!(findings, Vec::<&Finding>::new());
+    assert_eq!(parsed.documents.len(), 1, "{:?}", parsed.findings);
+}
