@@ -19,3 +19,10 @@ pub mod server;
 pub mod source;
 pub mod spec;
 pub mod store;
+
+/// The `User-Agent` of every request this service makes, to the cluster and to GitHub, so
+/// that audit logs tell installations, replicas and versions apart:
+/// `trainyard/<version> (<who>)`, `who` being the pod's name or the installation.
+pub fn user_agent(who: &str) -> String {
+    format!("trainyard/{} ({who})", env!("CARGO_PKG_VERSION"))
+}

@@ -106,8 +106,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     // One client for everything that talks to the cluster (the executor, the election).
     let cluster = if args.executor == ExecutorKind::Kubernetes || args.election.leader_election {
-        let who = std::env::var("POD_NAME").unwrap_or_else(|_| installation.clone());
-        Some(cluster_client(&who).await?)
+        Some(cluster_client(&who_of(&installation)).await?)
     } else {
         None
     };
@@ -180,7 +179,7 @@ async fn cluster_client(who: &str) -> Result<kube::Client> {
     let mut config = kube::Config::infer()
         .await
         .context("cannot find a Kubernetes cluster (KUBECONFIG, ~/.kube/config or in-cluster)")?;
-    let agent = trainyard::execute::kubernetes::user_agent(who);
+    let agent = trainyard::user_agent(who);
     let value = http::HeaderValue::from_str(&agent)
         .with_context(|| format!("{agent:?} cannot be a User-Agent"))?;
     config.headers.push((http::header::USER_AGENT, value));
@@ -193,6 +192,11 @@ async fn cluster_client(who: &str) -> Result<kube::Client> {
     kube::Client::try_from(config).context("cannot build a client for the Kubernetes cluster")
 }
 
+/// Who this replica is, for its User-Agent: the pod's name, or the installation.
+fn who_of(installation: &str) -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| installation.to_owned())
+}
+
 /// `OWNER/NAME` split in two; `None` when it is not that shape.
 fn owner_and_name(full_name: &str) -> Option<(&str, &str)> {
     full_name
@@ -201,7 +205,7 @@ fn owner_and_name(full_name: &str) -> Option<(&str, &str)> {
 }
 
 /// GitHub when a repository is named, else Git notes in the followed repository.
-fn choose_forge(args: &GithubArgs, repo: &Repo) -> Result<AnyForge> {
+fn choose_forge(args: &GithubArgs, repo: &Repo, installation: &str) -> Result<AnyForge> {
     let Some(full_name) = &args.github_repo else {
         return Ok(NotesForge::new(repo.clone()).into());
     };
@@ -248,6 +252,7 @@ fn choose_forge(args: &GithubArgs, repo: &Repo) -> Result<AnyForge> {
     config.api_url = args.github_api_url.clone();
     config.public_url = args.public_url.clone();
     config.login = args.github_login.clone();
+    config.user_agent = trainyard::user_agent(&who_of(installation));
     let forge = GithubForge::new(config).context("cannot set up reporting to GitHub")?;
     tracing::info!(repository = %forge.repository(), "reporting to GitHub");
     Ok(forge.into())
@@ -269,7 +274,7 @@ async fn drive<E: Executor>(
         cluster,
         installation,
     } = setting;
-    let forge = choose_forge(&args.github, &repo)?;
+    let forge = choose_forge(&args.github, &repo, &installation)?;
     let config = Config {
         branch: args.branch.clone(),
         subdir: args.path.trim_matches('/').to_owned(),

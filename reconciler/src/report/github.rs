@@ -102,6 +102,8 @@ pub struct GithubConfig {
     pub min_write_interval: Duration,
     /// The most writes sent in any hour.
     pub max_writes_per_hour: usize,
+    /// The `User-Agent` of every request (GitHub refuses requests without one).
+    pub user_agent: String,
     /// The login the token writes as, for tokens that may not read `GET /user` (an
     /// installation token given as a token, or Actions' `GITHUB_TOKEN`:
     /// `github-actions[bot]`). Without it, a token's login comes from `GET /user` and an
@@ -120,6 +122,7 @@ impl GithubConfig {
             public_url: None,
             min_write_interval: DEFAULT_MIN_WRITE_INTERVAL,
             max_writes_per_hour: DEFAULT_MAX_WRITES_PER_HOUR,
+            user_agent: crate::user_agent(&format!("{owner}/{repo}")),
             login: None,
         }
     }
@@ -279,7 +282,10 @@ impl GithubForge {
                     message: e.to_string(),
                 })
                 .map(|b| {
-                    b.add_retry_config(RetryConfig::None)
+                    // Sent after octocrab's own `User-Agent: octocrab`, which it always
+                    // adds; replacing it would mean building octocrab's HTTP stack here.
+                    b.add_header(http::header::USER_AGENT, config.user_agent.clone())
+                        .add_retry_config(RetryConfig::None)
                         .set_connect_timeout(Some(CONNECT_TIMEOUT))
                         .set_read_timeout(Some(IO_TIMEOUT))
                         .set_write_timeout(Some(IO_TIMEOUT))
@@ -1310,6 +1316,40 @@ mod tests {
                 .filter(|r| r.method == "POST" && r.path.ends_with("/comments"))
                 .count();
             assert_eq!(posts, 1, "edits are PATCHes");
+        }
+
+        #[tokio::test]
+        async fn every_request_names_trainyard_and_who_sent_it_once() {
+            let server = server().await;
+            server.open_pr(7, HEAD).open().expect("pr");
+            let mut config = config(&server, Duration::from_millis(5));
+            config.user_agent = crate::user_agent("trainyard-0");
+            let forge = GithubForge::new(config).expect("forge");
+            forge
+                .set_status(&status("trainyard/plan", StatusState::Pending, "x"))
+                .await
+                .expect("status");
+            forge
+                .upsert_comment(7, "plan", "## Plan")
+                .await
+                .expect("comment");
+            let requests = server.requests();
+            assert!(requests.len() >= 3, "{requests:?}");
+            // octocrab always sends its own `User-Agent: octocrab` first and appends extra
+            // headers after it; GitHub reads the two as one list.
+            let expected = format!(
+                "octocrab, trainyard/{} (trainyard-0)",
+                env!("CARGO_PKG_VERSION")
+            );
+            for request in &requests {
+                assert_eq!(
+                    request.user_agent.as_deref(),
+                    Some(expected.as_str()),
+                    "{} {}",
+                    request.method,
+                    request.path
+                );
+            }
         }
 
         #[tokio::test]

@@ -226,6 +226,8 @@ pub struct RequestRecord {
     pub token: TokenKind,
     /// The JSON body it carried, if any.
     pub body: Option<Value>,
+    /// Its `User-Agent` values, joined with ", " when it sent more than one.
+    pub user_agent: Option<String>,
 }
 
 /// Builds a [`GithubServer`].

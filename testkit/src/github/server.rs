@@ -120,6 +120,13 @@ pub(crate) async fn handle(AxumState(shared): AxumState<Arc<Shared>>, req: Reque
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let agents: Vec<&str> = req
+        .headers()
+        .get_all(header::USER_AGENT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let user_agent = (!agents.is_empty()).then(|| agents.join(", "));
     let bytes = match to_bytes(req.into_body(), 32 * 1024 * 1024).await {
         Ok(b) => b,
         Err(_) => return finish(&shared, Reply::message(413, "Payload too large"), None),
@@ -127,24 +134,27 @@ pub(crate) async fn handle(AxumState(shared): AxumState<Arc<Shared>>, req: Reque
     let body = parse_body(&bytes);
 
     let caller = authenticate(&shared, auth.as_deref());
+    let record = |status: u16, token: TokenKind| {
+        shared.state().records.push(RequestRecord {
+            method: method.to_string(),
+            path: path.clone(),
+            query: query.clone(),
+            status,
+            token,
+            body: body.clone(),
+            user_agent: user_agent.clone(),
+        });
+    };
     let (reply, key) = match caller {
         Err((kind, reply)) => {
-            record(&shared, &method, &path, &query, reply.status, kind, body);
+            record(reply.status, kind);
             return finish(&shared, reply, None);
         }
         Ok(caller) => {
             let reply = limited(&shared, &method, &path, &caller).unwrap_or_else(|| {
                 route(&shared, &method, &path, query.as_deref(), &bytes, &caller)
             });
-            record(
-                &shared,
-                &method,
-                &path,
-                &query,
-                reply.status,
-                caller.kind.clone(),
-                body,
-            );
+            record(reply.status, caller.kind.clone());
             (reply, caller.key)
         }
     };
@@ -152,25 +162,6 @@ pub(crate) async fn handle(AxumState(shared): AxumState<Arc<Shared>>, req: Reque
         tokio::time::sleep(delay).await;
     }
     finish(&shared, reply, Some(&key))
-}
-
-fn record(
-    shared: &Shared,
-    method: &Method,
-    path: &str,
-    query: &Option<String>,
-    status: u16,
-    token: TokenKind,
-    body: Option<Value>,
-) {
-    shared.state().records.push(RequestRecord {
-        method: method.to_string(),
-        path: path.to_string(),
-        query: query.clone(),
-        status,
-        token,
-        body,
-    });
 }
 
 /// Adds the rate-limit headers GitHub sends on every answer and builds the response.

@@ -48,13 +48,6 @@ pub const REQUIRED_RULES: &[(&str, &str, &[&str])] = &[
     ("", "events", &["list"]),
 ];
 
-/// The `User-Agent` of every request this service makes, so that audit logs tell
-/// installations, replicas and versions apart: `trainyard/<version> (<who>)`, `who` being
-/// the pod's name or the installation.
-pub fn user_agent(who: &str) -> String {
-    format!("trainyard/{} ({who})", env!("CARGO_PKG_VERSION"))
-}
-
 /// How long a call that needs the watches' first lists waits for them before it fails.
 const FIRST_LIST_WAIT: Duration = Duration::from_secs(10);
 
