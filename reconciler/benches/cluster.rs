@@ -10,25 +10,26 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Timelike, Utc};
 use futures::StreamExt as _;
-use git2::{Repository, Signature};
+use git2::Repository;
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::watcher::{self, Event};
 use trainyard::artifacts::{ArtifactStore, manifest_key};
 use trainyard::store::{RunState, Store};
 use trainyard_testkit::kube::ApiServer;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
-type Result<T, E = Error> = std::result::Result<T, E>;
+mod support;
+use support::{POSTGRES, ServiceProcess, commit, create_schema, drop_schema, path_text};
+
+use support::{Error, Result};
 
 const SIZES: [usize; 2] = [100, 1_000];
 const NAMESPACE: &str = "trainyard";
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
 const IMAGE: &str =
     "reg.example.com/ml@sha256:4f3c9d2e8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e";
 /// The client-side rate limit the service gets, so that the bench measures the service
@@ -73,99 +74,6 @@ fn schedules(n: usize, due: DateTime<Utc>) -> String {
         ));
     }
     text
-}
-
-fn commit(repo: &Repository) -> Result<()> {
-    let mut index = repo.index()?;
-    index.add_all(["*"], git2::IndexAddOption::DEFAULT, None)?;
-    index.write()?;
-    let tree = repo.find_tree(index.write_tree()?)?;
-    let sig = Signature::now("bench", "bench@example.com")?;
-    repo.commit(Some("HEAD"), &sig, &sig, "bench", &tree, &[])?;
-    Ok(())
-}
-
-/// A PostgreSQL schema of its own, dropped by [`drop_schema`].
-async fn create_schema() -> Result<String> {
-    use sqlx::Connection as _;
-    let schema = format!(
-        "bench_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos()
-    );
-    let mut connection = sqlx::PgConnection::connect(POSTGRES).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut connection)
-        .await?;
-    Ok(schema)
-}
-
-async fn drop_schema(schema: &str) -> Result<()> {
-    use sqlx::Connection as _;
-    let mut connection = sqlx::PgConnection::connect(POSTGRES).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&mut connection)
-        .await?;
-    Ok(())
-}
-
-/// The service process; killed if the bench fails while it runs.
-struct ServiceProcess(Child);
-
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl ServiceProcess {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    /// CPU seconds (user + system) the process has used so far.
-    fn cpu_seconds(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // Fields after the parenthesised command name, which may contain spaces.
-        let rest = stat.rsplit_once(')').ok_or("unreadable stat")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3.
-        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-        // SAFETY: sysconf only reads a configuration value.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        Ok(ticks as f64 / per_second as f64)
-    }
-
-    /// Peak resident memory in KiB (VmHWM).
-    fn peak_rss_kib(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .ok_or("no VmHWM")?;
-        Ok(line
-            .split_whitespace()
-            .nth(1)
-            .ok_or("unreadable VmHWM")?
-            .parse()?)
-    }
-
-    /// Stops the service as Kubernetes would (SIGTERM) and waits for it.
-    fn stop(mut self) -> Result<()> {
-        // SAFETY: signals the child this bench started and has not yet reaped.
-        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
-        let started = Instant::now();
-        while self.0.try_wait()?.is_none() {
-            if started.elapsed() > Duration::from_secs(30) {
-                return Err("the service did not stop within 30 s of SIGTERM".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
 }
 
 /// When each Job was first seen, by name.
@@ -246,10 +154,6 @@ async fn launch(api: &ApiServer, artifacts: &ArtifactStore, job: &Job, name: &st
 fn percentile(samples: &mut [f64], p: f64) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[((samples.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn path_text(path: &Path) -> Result<&str> {
-    path.to_str().ok_or_else(|| "paths are UTF-8".into())
 }
 
 async fn measure(n: usize) -> Result<Measured> {
@@ -425,8 +329,10 @@ async fn run_service(
     }
     let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut first_job = Vec::with_capacity(n);
+    // The installation the service created in its store names its Jobs.
+    let installation = store.installation(None).await?;
     for run in &runs {
-        let name = format!("ty-{}-s1-1", run.id);
+        let name = trainyard::execute::job_name(&installation, run.id, "s1", 1);
         let at = seen
             .get(&name)
             .ok_or_else(|| fail(format!("job {name} was never seen")))?;
