@@ -106,12 +106,16 @@ pub fn check(files: &Files<'_>) -> Checked {
         let placed = Diagnostic::resolve(path, text, &mine);
         assert_eq!(placed.len(), mine.len());
         if let Some(text) = text {
-            let lines = text.lines().count() as u32 + 1;
+            // Lines as YAML counts them: `\r\n`, `\n` or a lone `\r` ends one.
+            let lines = text.replace("\r\n", "\n").split(['\n', '\r']).count() as u32;
             for d in &placed {
                 assert!(
                     d.line <= lines,
                     "{d:?} is past the end of a {lines}-line file"
                 );
+                if d.line > 0 && d.line < lines {
+                    assert!(d.source_line.is_some(), "{d:?} shows no source line");
+                }
             }
         }
         diagnostics.extend(placed);
