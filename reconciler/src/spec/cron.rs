@@ -59,6 +59,17 @@ pub fn parse_cron(expr: &str) -> Result<Cron, String> {
                  or 6 with seconds first"
             ));
         }
+        // croner reads an empty list item (`,` or `1,,2`) as matching nothing, and a
+        // search for the next fire then steps through every minute up to its year limit.
+        if let Some(field) = trimmed
+            .split_whitespace()
+            .find(|field| field.split(',').any(str::is_empty))
+        {
+            return Err(format!(
+                "cron {expr:?} has an empty list item in {field:?}; separate values with \
+                 single commas, such as 0,30"
+            ));
+        }
     }
     // `@midnight` is a common alias croner does not know; it means `@daily`.
     let pattern = if trimmed.eq_ignore_ascii_case("@midnight") {
@@ -221,6 +232,9 @@ mod tests {
             "61 * * * *",
             "0 25 * * *",
             "",
+            ", * * * * *",
+            "0 1,,2 * * *",
+            "0,5, * * * *",
         ] {
             assert!(parse_cron(bad).is_err(), "{bad:?} should be refused");
         }
