@@ -252,8 +252,9 @@ fn finding(violation: &Violation, line: u32) -> Finding {
     }
 }
 
-/// The Rego input for one pipeline: its document and facts derived from it.
-fn pipeline_input(entry: &Entry<Pipeline>, settings: &Settings) -> Value {
+/// The Rego input for one pipeline: its document and facts derived from it. Public so the
+/// fuzz targets can build it from arbitrary documents.
+pub fn pipeline_input(entry: &Entry<Pipeline>, settings: &Settings) -> Value {
     let pipeline = &entry.value;
     json!({
         "name": pipeline.metadata.name,
@@ -294,8 +295,8 @@ fn pipeline_facts(pipeline: &Pipeline, settings: &Settings) -> Value {
 }
 
 /// The Rego input for one schedule: its document, its pipeline's name, owner and facts, and
-/// its shortest interval between fires.
-fn schedule_input(
+/// its shortest interval between fires. Public so the fuzz targets can build it.
+pub fn schedule_input(
     entry: &Entry<Schedule>,
     target: Option<&Entry<Pipeline>>,
     settings: &Settings,

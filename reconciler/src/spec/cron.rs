@@ -59,6 +59,17 @@ pub fn parse_cron(expr: &str) -> Result<Cron, String> {
                  or 6 with seconds first"
             ));
         }
+        // croner reads an empty list item (`,` or `1,,2`) as matching nothing, and a
+        // search for the next fire then steps through every minute up to its year limit.
+        if let Some(field) = trimmed
+            .split_whitespace()
+            .find(|field| field.split(',').any(str::is_empty))
+        {
+            return Err(format!(
+                "cron {expr:?} has an empty list item in {field:?}; separate values with \
+                 single commas, such as 0,30"
+            ));
+        }
     }
     // `@midnight` is a common alias croner does not know; it means `@daily`.
     let pattern = if trimmed.eq_ignore_ascii_case("@midnight") {
@@ -74,6 +85,43 @@ pub fn parse_cron(expr: &str) -> Result<Cron, String> {
         .map_err(|e| format!("invalid cron {expr:?}: {e}"))
 }
 
+/// Years the check that a cron fires at all searches. The Gregorian calendar repeats every
+/// 400 years, so a pattern that fires at all fires within any 400 of them.
+const FIRE_SEARCH_YEARS: i32 = 400;
+/// First year of that search (the year the check was written).
+const FIRE_SEARCH_FROM: i32 = 2026;
+
+/// Whether the valid cron `expr` fires at all. Searched with the years bounded: otherwise
+/// croner walks a pattern that never fires (`0 0 30 2 *`) day by day up to the year 5000,
+/// on every check of that schedule, which broke the fuzz targets' 1 s bound under
+/// instrumentation. Time zones cannot make a pattern that fires in UTC never fire (a
+/// skipped local time fires at the next valid instant), so the search is in UTC.
+fn fires_at_all(expr: &str) -> bool {
+    let trimmed = expr.trim();
+    if trimmed.starts_with('@') {
+        return true;
+    }
+    let seconds = if trimmed.split_whitespace().count() == 5 {
+        "0 "
+    } else {
+        ""
+    };
+    let last = FIRE_SEARCH_FROM + FIRE_SEARCH_YEARS - 1;
+    let bounded = format!("{seconds}{trimmed} {FIRE_SEARCH_FROM}-{last}");
+    let Ok(cron) = CronParser::builder()
+        .seconds(Seconds::Required)
+        .year(Year::Required)
+        .build()
+        .parse(&bounded)
+    else {
+        return false;
+    };
+    let Some(start) = DateTime::<Utc>::from_timestamp(1_767_225_600, 0) else {
+        return false;
+    };
+    cron.find_next_occurrence(&start, true).is_ok()
+}
+
 impl CronSchedule {
     /// Validates `expr` in `timezone`, and that it fires at all.
     pub fn new(expr: &str, tz: Tz) -> Result<Self, String> {
@@ -81,8 +129,7 @@ impl CronSchedule {
             cron: parse_cron(expr)?,
             tz,
         };
-        let reference = DateTime::<Utc>::from_timestamp(1_767_225_600, 0).unwrap_or_default();
-        if schedule.next_after(reference).is_none() {
+        if !fires_at_all(expr) {
             return Err(format!(
                 "cron {expr:?} never fires (no such date in any year)"
             ));
@@ -185,6 +232,9 @@ mod tests {
             "61 * * * *",
             "0 25 * * *",
             "",
+            ", * * * * *",
+            "0 1,,2 * * *",
+            "0,5, * * * *",
         ] {
             assert!(parse_cron(bad).is_err(), "{bad:?} should be refused");
         }
@@ -194,6 +244,19 @@ mod tests {
     fn a_cron_that_never_fires_is_refused() {
         let err = CronSchedule::new("0 0 30 2 *", Tz::UTC).expect_err("February 30th");
         assert!(err.contains("never fires"), "{err}");
+    }
+
+    #[test]
+    fn a_cron_that_fires_rarely_is_accepted_and_one_that_never_fires_is_refused() {
+        // Every leap year but 2100, and only the Februaries of 29 days that start on a
+        // Monday: gaps of up to 40 years are still found.
+        for rare in ["0 0 29 2 *", "0 0 * 2 MON#5", "0 0 0 29 2 *"] {
+            assert!(CronSchedule::new(rare, Tz::UTC).is_ok(), "{rare} fires");
+        }
+        for never in ["0 0 30 2 *", "0 0 31 4 *", "0 0 0 31 11 *"] {
+            let tz = parse_timezone("America/New_York").expect("known");
+            assert!(CronSchedule::new(never, tz).is_err(), "{never} never fires");
+        }
     }
 
     #[test]

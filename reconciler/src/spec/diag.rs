@@ -92,6 +92,25 @@ impl Finding {
     }
 }
 
+/// Line `line` (1-based) of `text`, counted as YAML counts lines: a lone `\r` ends a line
+/// too, so a file with old Mac line endings shows the line its positions point at.
+fn yaml_line(text: &str, line: u32) -> Option<&str> {
+    let mut rest = text;
+    for _ in 1..line {
+        let end = rest.find(['\n', '\r'])?;
+        let width = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = &rest[end + width..];
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    Some(&rest[..rest.find(['\n', '\r']).unwrap_or(rest.len())])
+}
+
 /// A finding placed in its file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Diagnostic {
@@ -143,10 +162,8 @@ impl Diagnostic {
                         }
                     }
                 };
-                let source_line = pos.and_then(|p| {
-                    text.and_then(|t| t.lines().nth(p.line.saturating_sub(1) as usize))
-                        .map(str::to_owned)
-                });
+                let source_line =
+                    pos.and_then(|p| text.and_then(|t| yaml_line(t, p.line)).map(str::to_owned));
                 Diagnostic {
                     severity: f.severity,
                     file: file.to_owned(),
@@ -216,6 +233,25 @@ pub fn did_you_mean<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_lines_are_counted_as_yaml_counts_them() {
+        // Lines ended by a lone CR (old Mac files): YAML, and so every position, counts them.
+        let text = "a: 1\rb: [\r\nc: 2\n";
+        let at = |line| Finding {
+            at: At::Position(Position { line, column: 1 }),
+            ..Finding::file_error("yaml", "bad")
+        };
+        let lines: Vec<Option<String>> =
+            Diagnostic::resolve("p.yaml", Some(text), &[at(2), at(3), at(4)])
+                .into_iter()
+                .map(|d| d.source_line)
+                .collect();
+        assert_eq!(
+            lines,
+            [Some("b: [".to_owned()), Some("c: 2".to_owned()), None]
+        );
+    }
 
     #[test]
     fn rendering_uses_the_gnu_short_form_with_a_caret_under_the_value() {
