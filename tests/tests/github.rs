@@ -223,27 +223,38 @@ impl Drop for Setup {
     }
 }
 
+/// The stand-in GitHub of `acme/models`, with the service's token.
+async fn standin() -> Result<GithubServer> {
+    Ok(GithubServer::builder()
+        .repo("acme", "models")
+        .token(TOKEN, "trainyard-bot")
+        .start()
+        .await?)
+}
+
+/// The service following a repository whose main holds the churn pipeline, once the run of
+/// that commit has succeeded and said so on it; returns the commit too.
+async fn following_churn(gh: GithubServer) -> Result<(Setup, Oid)> {
+    let remote = Remote::new()?;
+    let main = remote.commit(
+        &[],
+        &[("churn.yaml", &pipeline(1))],
+        Some("refs/heads/main"),
+    )?;
+    let setup = Setup::start(gh, remote, main).await?;
+    setup
+        .wait_for_status(main, "trainyard/run/churn", "success")
+        .await?;
+    Ok((setup, main))
+}
+
 fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_push_runs_at_once_and_bad_or_replayed_deliveries_do_nothing() -> TestResult {
-    let gh = GithubServer::builder()
-        .repo("acme", "models")
-        .token(TOKEN, "trainyard-bot")
-        .start()
-        .await?;
-    let remote = Remote::new()?;
-    let first = remote.commit(
-        &[],
-        &[("churn.yaml", &pipeline(1))],
-        Some("refs/heads/main"),
-    )?;
-    let setup = Setup::start(gh, remote, first).await?;
-    setup
-        .wait_for_status(first, "trainyard/run/churn", "success")
-        .await?;
+    let (setup, first) = following_churn(standin().await?).await?;
 
     let second = setup.remote.commit(
         &[first],
@@ -318,21 +329,7 @@ async fn a_signed_push_runs_at_once_and_bad_or_replayed_deliveries_do_nothing() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_request_keeps_one_plan_comment_and_previews_run_only_for_writers() -> TestResult {
-    let gh = GithubServer::builder()
-        .repo("acme", "models")
-        .token(TOKEN, "trainyard-bot")
-        .start()
-        .await?;
-    let remote = Remote::new()?;
-    let main = remote.commit(
-        &[],
-        &[("churn.yaml", &pipeline(1))],
-        Some("refs/heads/main"),
-    )?;
-    let setup = Setup::start(gh, remote, main).await?;
-    setup
-        .wait_for_status(main, "trainyard/run/churn", "success")
-        .await?;
+    let (setup, main) = following_churn(standin().await?).await?;
 
     // Opened: one plan comment, both statuses on the head.
     let head = setup.remote.commit(
@@ -564,21 +561,7 @@ async fn a_rate_limited_github_gets_everything_later_in_order_and_once() -> Test
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_for_another_repository_are_recorded_as_refused_and_change_nothing() -> TestResult
 {
-    let gh = GithubServer::builder()
-        .repo("acme", "models")
-        .token(TOKEN, "trainyard-bot")
-        .start()
-        .await?;
-    let remote = Remote::new()?;
-    let main = remote.commit(
-        &[],
-        &[("churn.yaml", &pipeline(1))],
-        Some("refs/heads/main"),
-    )?;
-    let setup = Setup::start(gh, remote, main).await?;
-    setup
-        .wait_for_status(main, "trainyard/run/churn", "success")
-        .await?;
+    let (setup, main) = following_churn(standin().await?).await?;
     // The followed repository has an open pull request 7, and bob may write to it.
     let head = setup.remote.commit(
         &[main],
@@ -697,11 +680,7 @@ async fn deliveries_for_another_repository_are_recorded_as_refused_and_change_no
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_does_not_wait_for_a_stalled_github_and_the_report_survives_it() -> TestResult {
-    let gh = GithubServer::builder()
-        .repo("acme", "models")
-        .token(TOKEN, "trainyard-bot")
-        .start()
-        .await?;
+    let gh = standin().await?;
     // The first status write is held for longer than the service may take to stop.
     gh.fail_next_matching(Fault {
         remaining: 1,
