@@ -61,6 +61,15 @@ fn github_error<T: std::fmt::Debug>(result: octocrab::Result<T>) -> (u16, octocr
     }
 }
 
+/// The seconds of a refusal's `retry-after` header.
+fn retry_after(err: &octocrab::GitHubError) -> u64 {
+    err.headers.as_ref().unwrap()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_status_is_created_listed_newest_first_and_combined() {
     let gh = server().await;
@@ -475,11 +484,7 @@ async fn writes_past_the_secondary_limit_get_403_with_retry_after() {
     );
     assert_eq!(code, 403);
     assert!(err.message.contains("secondary rate limit"));
-    let retry_after: u64 = err.headers.unwrap()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after = retry_after(&err);
     assert!((1..=60).contains(&retry_after));
     // Reads are not content creation.
     assert!(repos.list_statuses(SHA.into()).send().await.is_ok());
@@ -524,11 +529,7 @@ async fn the_hourly_content_limit_holds_across_minutes_and_may_answer_429() {
     );
     assert_eq!(code, 429);
     assert!(err.message.contains("secondary rate limit"));
-    let retry_after: u64 = err.headers.unwrap()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after = retry_after(&err);
     assert!((3590..=3600).contains(&retry_after), "{retry_after}");
     assert_eq!(gh.statuses(SHA).len(), 4);
 }
