@@ -1,5 +1,5 @@
-//! The stand-in API server driven by the real `kube` client, kube-runtime's watcher and
-//! kube-lease-manager, as the reconciler will drive it.
+//! The stand-in API server driven by the real `kube` client and kube-runtime's watcher, as
+//! the reconciler drives it.
 
 use std::time::{Duration, Instant};
 
@@ -376,48 +376,69 @@ async fn a_lease_update_from_a_stale_version_conflicts() {
 }
 
 #[tokio::test]
-async fn one_of_two_lease_managers_leads_and_the_other_takes_over_after_release() {
+async fn a_watch_by_name_sees_only_its_lease_and_a_stale_update_is_refused() {
+    // How leader election follows and writes its Lease: a watch selected by name, and
+    // `update`s carrying the resourceVersion read.
     let server = ApiServer::start().await.unwrap();
-    let build = |identity: &'static str| {
-        let server = &server;
-        async move {
-            kube_lease_manager::LeaseManagerBuilder::new(client(server).await, "trainyard-leader")
-                .with_identity(identity)
-                .with_duration(2)
-                .with_grace(1)
-                .build()
-                .await
-                .unwrap()
-        }
+    let leases: Api<Lease> = Api::namespaced(client(&server).await, "default");
+    let lease = |name: &str, holder: &str| -> Lease {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 2}
+        }))
+        .unwrap()
     };
-    let a = build("replica-a").await;
-    let b = build("replica-b").await;
-    assert!(
-        tokio::time::timeout(Duration::from_secs(5), a.changed())
-            .await
-            .unwrap()
-            .unwrap()
-    );
-    // b cannot lock while a holds and renews; it keeps trying in the background.
-    let b_task = tokio::spawn(async move {
-        let became = b.changed().await.unwrap();
-        (became, b)
-    });
-    let renew = tokio::time::timeout(Duration::from_secs(3), a.changed()).await;
-    assert!(renew.is_err(), "a stays leader while it renews");
-    assert_eq!(
-        server.get("leases", "default", "trainyard-leader").unwrap()["spec"]["holderIdentity"],
-        "replica-a"
-    );
-    a.release().await.unwrap();
-    let (became, _b) = tokio::time::timeout(Duration::from_secs(10), b_task)
+    let created = leases
+        .create(&PostParams::default(), &lease("leader", "a"))
+        .await
+        .unwrap();
+    leases
+        .create(&PostParams::default(), &lease("other", "a"))
+        .await
+        .unwrap();
+    let params = WatchParams::default().fields("metadata.name=leader");
+    let version = created.metadata.resource_version.clone().unwrap();
+    let mut events = leases.watch(&params, &version).await.unwrap().boxed();
+
+    let mut other = leases.get("other").await.unwrap();
+    other.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    leases
+        .replace("other", &PostParams::default(), &other)
+        .await
+        .unwrap();
+    let mut taken = created.clone();
+    taken.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    let written = leases
+        .replace("leader", &PostParams::default(), &taken)
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), events.try_next())
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
-    assert!(became);
+    let WatchEvent::Modified(seen) = event else {
+        panic!("expected the leader's update, got {event:?}");
+    };
+    assert_eq!(seen.metadata.name.as_deref(), Some("leader"));
     assert_eq!(
-        server.get("leases", "default", "trainyard-leader").unwrap()["spec"]["holderIdentity"],
-        "replica-b"
+        seen.metadata.resource_version,
+        written.metadata.resource_version
+    );
+
+    // The first writer won; a second write from the same read is refused.
+    let mut late = created;
+    late.spec.as_mut().unwrap().holder_identity = Some("c".into());
+    let err = api_error(
+        leases
+            .replace("leader", &PostParams::default(), &late)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 409);
+    assert_eq!(
+        server.get("leases", "default", "leader").unwrap()["spec"]["holderIdentity"],
+        "b"
     );
 }
 

@@ -1,8 +1,9 @@
 //! Failover of `trainyard serve --leader-election`: two replicas of the real binary on one
 //! PostgreSQL store and one repository, electing a leader on a Lease of the stand-in
 //! Kubernetes API server (which allows only what the deployed Role grants). Exactly one
-//! acts; when it is killed the other takes over within the lease duration, and a schedule
-//! firing every second gets exactly one run per tick, none lost, none repeated.
+//! acts; when it is killed the other takes over within the lease duration, when it stops it
+//! hands over within a second, and a schedule firing every second gets exactly one run per
+//! tick, none lost, none repeated.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -233,8 +234,65 @@ async fn one_replica_acts_and_the_other_takes_over_when_it_dies_losing_and_repea
     )
     .await?;
 
-    // B stops gracefully: it releases the Lease.
+    // A third replica stands by, following the Lease through its watch.
+    let mut c = Replica::start("replica-c", &repo, a.data.sharing_database()?, &kubeconfig)?;
+    wait_for(
+        Duration::from_secs(60),
+        "replica-c watches the lease",
+        async || {
+            Ok(api.requests().iter().any(|r| {
+                r.resource == "leases"
+                    && r.verb == "watch"
+                    && r.user_agent
+                        .as_deref()
+                        .is_some_and(|ua| ua.contains("replica-c"))
+            }))
+        },
+    )
+    .await?;
+    // The leader's Lease traffic is one update per renewal (every DURATION − GRACE), and
+    // the standby, watching, sends nothing but its watch.
+    let lease_requests = |who: &str| {
+        api.requests()
+            .iter()
+            .filter(|r| {
+                r.resource == "leases"
+                    && r.verb != "watch"
+                    && r.user_agent.as_deref().is_some_and(|ua| ua.contains(who))
+            })
+            .count()
+    };
+    let (b_before, c_before) = (lease_requests("replica-b"), lease_requests("replica-c"));
+    let window = 3 * (DURATION - GRACE);
+    std::thread::sleep(Duration::from_secs(window));
+    let b_sent = lease_requests("replica-b") - b_before;
+    assert!(
+        (2..=4).contains(&b_sent),
+        "the leader sent {b_sent} Lease requests in {window} s"
+    );
+    assert_eq!(
+        lease_requests("replica-c") - c_before,
+        0,
+        "the standby polled"
+    );
+
+    // B stops gracefully: it releases the Lease, and the standby's watch sees it at once,
+    // long before the Lease would have expired.
     assert_eq!(b.service.take().ok_or("b is gone")?.stop()?, Some(0));
+    let released = Instant::now();
+    wait_for(
+        Duration::from_secs(DURATION),
+        "replica-c takes over",
+        async || Ok(holder(&api).as_deref() == Some("replica-c")),
+    )
+    .await?;
+    let handover = released.elapsed();
+    eprintln!("replica-c took over {handover:?} after replica-b released the lease");
+    assert!(
+        handover < Duration::from_secs(1),
+        "took over {handover:?} after the release"
+    );
+    assert_eq!(c.service.take().ok_or("c is gone")?.stop()?, Some(0));
     let released = api
         .get("leases", NAMESPACE, LEASE)
         .ok_or("the lease is gone")?;
@@ -277,5 +335,6 @@ async fn one_replica_acts_and_the_other_takes_over_when_it_dies_losing_and_repea
     }
     drop(a);
     drop(b);
+    drop(c);
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! A stand-in Kubernetes API server that the real `kube` client, kube-runtime's watcher
-//! and kube-lease-manager talk to unchanged, with a Job controller and an optional
+//! A stand-in Kubernetes API server that the real `kube` client and kube-runtime's watcher
+//! talk to unchanged, with a Job controller and an optional
 //! stand-in kubelet that runs pods as local processes.
 //!
 //! # Using it
