@@ -891,3 +891,45 @@ async fn pod_logs_honour_tail_lines_and_limit_bytes() {
     );
     assert_eq!(server.request_count("get", "pods/log"), 4);
 }
+
+#[tokio::test]
+async fn chaos_fails_requests_as_asked_and_a_dropped_answer_can_hide_a_create_that_happened() {
+    let server = ApiServer::start().await.unwrap();
+    let jobs: Api<Job> = Api::namespaced(client_with_retry(&server, false).await, "default");
+    server.chaos(7, 1.0);
+    let mut errors = Vec::new();
+    for n in 0..40 {
+        let name = format!("chaos-{n}");
+        let answer = jobs
+            .create(&PostParams::default(), &job(&name, json!({})))
+            .await;
+        errors.push(answer.expect_err("every request meets a fault"));
+    }
+    server.calm();
+    let records: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.verb == "create" && r.resource == "jobs")
+        .collect();
+    assert_eq!(records.len(), 40);
+    let count = |f: &dyn Fn(&trainyard_testkit::kube::RequestRecord) -> bool| {
+        records.iter().filter(|r| f(r)).count()
+    };
+    let (internal, throttled) = (count(&|r| r.status == 500), count(&|r| r.status == 429));
+    let unanswered = count(&|r| r.dropped && r.status == 0);
+    let lost = count(&|r| r.dropped && r.status == 201);
+    assert!(internal > 0 && throttled > 0 && unanswered > 0 && lost > 0);
+    assert_eq!(internal + throttled + unanswered + lost, 40);
+    // The API's errors come as Status objects; dropped connections as transport errors.
+    let api_errors = errors
+        .iter()
+        .filter(|e| matches!(e, kube::Error::Api(s) if s.code == 500 || s.code == 429))
+        .count();
+    assert_eq!(api_errors, internal + throttled, "{errors:?}");
+    // Exactly the creates whose answer was lost took effect.
+    assert_eq!(server.list("jobs", Some("default")).len(), lost);
+    // Calm again: requests are answered.
+    jobs.create(&PostParams::default(), &job("calm", json!({})))
+        .await
+        .unwrap();
+}

@@ -15,6 +15,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 use trainyard::store::Store;
 
+pub mod cluster;
+
 /// Any error a helper can return.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 /// The result of a helper.

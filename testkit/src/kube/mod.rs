@@ -27,7 +27,9 @@
 //! * Errors are `Status` objects worded like the real server's: 404, 409 AlreadyExists /
 //!   Conflict, 422 Invalid with causes, 410 Expired after [`ApiServer::compact`], 429 with
 //!   `Retry-After` from [`ApiServer::fail_next`], 401 without the token, 403 after
-//!   [`ApiServer::enforce_rbac`].
+//!   [`ApiServer::enforce_rbac`]; [`ApiServer::chaos`] answers a seeded random share of
+//!   requests with 500, 429 or a dropped connection (before or after the request took
+//!   effect).
 //! * The Job controller creates one pod per unsuspended Job, counts finished pods, applies
 //!   `backoffLimit`, `activeDeadlineSeconds` and `ttlSecondsAfterFinished`, and writes
 //!   `FailureTarget`/`Failed` and `SuccessCriteriaMet`/`Complete` conditions. Without a
@@ -50,6 +52,7 @@
 //! fails the pod without the `Init:Error` text, which only kubectl derives; `dryRun` is
 //! not supported.
 
+mod chaos;
 mod controller;
 mod kubelet;
 mod logs;
@@ -185,6 +188,7 @@ impl ApiServerBuilder {
                 .user
                 .unwrap_or_else(|| "system:serviceaccount:default:trainyard".to_string()),
             faults: Mutex::new(Vec::new()),
+            chaos: chaos::Chaos::default(),
             records: Mutex::new(Vec::new()),
             rbac: Mutex::new(None),
             bookmark_interval: self.bookmark_interval.unwrap_or(Duration::from_secs(5)),
@@ -525,6 +529,20 @@ impl ApiServer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(fault);
+    }
+
+    /// From now on `rate` (0.0–1.0) of all requests, after authentication, are answered 500,
+    /// 429 with `Retry-After: 1`, or with a dropped connection — before the request takes
+    /// effect, or after it (the answer is lost) — drawn in equal shares from `seed`. The
+    /// same seed draws the same sequence; which request meets which draw depends on the
+    /// order requests arrive in. [`RequestRecord::dropped`] marks the dropped ones.
+    pub fn chaos(&self, seed: u64, rate: f64) {
+        self.shared.chaos.start(seed, rate);
+    }
+
+    /// Ends [`ApiServer::chaos`]: every request is answered normally again.
+    pub fn calm(&self) {
+        self.shared.chaos.stop();
     }
 
     /// Ends every fault still pending: the outage is over.

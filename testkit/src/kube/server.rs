@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
+use super::chaos::{self, Draw};
 use super::controller;
 use super::logs::{Logs, tail_lines};
 use super::patch::{self, PatchType};
@@ -40,6 +41,10 @@ pub struct RequestRecord {
     pub status: u16,
     /// The client's `User-Agent`, if it sent one.
     pub user_agent: Option<String>,
+    /// The connection was dropped instead of answering (by [`crate::kube::ApiServer::chaos`]);
+    /// `status` is what the request did before that: 0 when it was dropped unanswered, the
+    /// status it would have had when it took effect and only the answer was lost.
+    pub dropped: bool,
 }
 
 /// A failure to answer in place of the next matching requests.
@@ -64,6 +69,7 @@ pub struct Shared {
     pub(crate) token: Option<String>,
     pub(crate) user: String,
     pub(crate) faults: Mutex<Vec<Fault>>,
+    pub(crate) chaos: super::chaos::Chaos,
     pub(crate) records: Mutex<Vec<RequestRecord>>,
     pub(crate) rbac: Mutex<Option<Value>>,
     pub(crate) bookmark_interval: Duration,
@@ -347,6 +353,7 @@ fn record_of(verb: &str, target: &Target) -> RequestRecord {
         name,
         status: 0,
         user_agent: None,
+        dropped: false,
     }
 }
 
@@ -413,6 +420,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
                 name: None,
                 status: 404,
                 user_agent: None,
+                dropped: false,
             };
             record.status = err.code;
             lock(&shared.records).push(record);
@@ -425,7 +433,21 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let outcome = pre_checks(&shared, &headers, &record);
+    let mut outcome = pre_checks(&shared, &headers, &record);
+    let mut draw = Draw::Pass;
+    if outcome.is_ok() {
+        draw = shared.chaos.draw();
+        outcome = match draw {
+            Draw::InternalError => Err(ApiError::injected(500, None)),
+            Draw::TooManyRequests => Err(ApiError::injected(429, Some(1))),
+            Draw::DropBefore => {
+                record.dropped = true;
+                lock(&shared.records).push(record);
+                return chaos::dropped();
+            }
+            Draw::Pass | Draw::DropAfter => Ok(()),
+        };
+    }
     let response = match outcome {
         Err(err) => error_response(&err),
         Ok(()) => {
@@ -445,6 +467,11 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         }
     };
     record.status = response.status().as_u16();
+    if draw == Draw::DropAfter {
+        record.dropped = true;
+        lock(&shared.records).push(record);
+        return chaos::dropped();
+    }
     lock(&shared.records).push(record);
     response
 }
@@ -1229,6 +1256,7 @@ pub(crate) fn forbidden_message(
         name: None,
         status: 0,
         user_agent: None,
+        dropped: false,
     };
     forbidden(user, &record).message
 }
