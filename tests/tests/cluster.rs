@@ -1,6 +1,6 @@
 //! End-to-end on a cluster: the real binary with `--executor kubernetes` against the
 //! stand-in API server (whose kubelet runs each pod's containers as local processes, so the
-//! real `trainyard launch` moves every input and output), a real S3 server (moto) for
+//! real static `trainyard-launch` moves every input and output), a real S3 server (moto) for
 //! artifacts, PostgreSQL for the store, and the deployed Role enforced on every request.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -8,11 +8,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use trainyard::execute::kubernetes::manifest::IMAGE_BINARY;
 use trainyard::store::RunState;
 use trainyard_testkit::kube::ApiServer;
 use trainyard_testkit::s3::S3Server;
 use trainyard_tests::{
-    DataDir, PINNED_IMAGE, Repo, Result, Service, TestResult, trainyard_bin, wait_for,
+    DataDir, PINNED_IMAGE, Repo, Result, Service, TestResult, launcher_bin, wait_for,
     workspace_root,
 };
 
@@ -32,7 +33,7 @@ struct Cluster {
 
 impl Cluster {
     /// A stand-in cluster that allows only what the deployed Role grants, whose kubelet runs
-    /// the real binary, with the object store's credentials in a Secret (steps get them from
+    /// the real static launcher, with the object store's credentials in a Secret (steps get them from
     /// it, as in the deployment) and a real S3 server.
     async fn start(queue: Option<&str>) -> Result<Cluster> {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -42,7 +43,7 @@ impl Cluster {
             .start()
             .await?;
         api.create_namespace(NAMESPACE)?;
-        api.map_path("/usr/local/bin/trainyard", trainyard_bin()?);
+        api.map_path(IMAGE_BINARY, launcher_bin()?);
         let text = std::fs::read_to_string(workspace_root().join("deploy/base/role.yaml"))?;
         let role: Value = serde_saphyr::from_str(&text)?;
         api.enforce_rbac(role["rules"].clone());

@@ -113,12 +113,12 @@ pub fn output_key(instance: &str, run: i64, step: &str, output: &str) -> String 
 }
 
 /// The key of one attempt's combined log: `jobs/<job name>/log`. Job names carry the
-/// installation, run, step and attempt (see `execute::job_name`).
+/// installation, run, step and attempt (see `trainyard::execute::job_name`).
 pub fn log_key(job: &str) -> String {
     format!("jobs/{job}/log")
 }
 
-/// The key of the manifest `trainyard launch` writes, last, after storing a successful
+/// The key of the manifest `trainyard-launch` writes, last, after storing a successful
 /// attempt's outputs: `jobs/<job name>/manifest.json`.
 pub fn manifest_key(job: &str) -> String {
     format!("jobs/{job}/manifest.json")
@@ -295,7 +295,7 @@ impl ArtifactStore {
     }
 
     /// The path or URL this store was opened with, for handing to another process (such as
-    /// `trainyard launch` in a pod) that opens the same store.
+    /// `trainyard-launch` in a pod) that opens the same store.
     pub fn location(&self) -> &str {
         &self.location
     }
@@ -769,12 +769,12 @@ pub(crate) mod tests {
         listing_finds_whole_components_under_the_prefix(&store).await;
     }
 
-    pub(crate) mod s3 {
+    mod s3 {
         use trainyard_testkit::s3::S3Server;
 
         use super::*;
 
-        pub(crate) fn open(server: &S3Server, url: &str) -> ArtifactStore {
+        fn open(server: &S3Server, url: &str) -> ArtifactStore {
             let _ = rustls::crypto::ring::default_provider().install_default();
             ArtifactStore::open_with_env(url, server.env()).expect("open S3 store")
         }
