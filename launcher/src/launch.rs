@@ -343,11 +343,20 @@ async fn attempt(
     let Some((program, rest)) = args.argv.split_first() else {
         return Err(Ended::failed(EXIT_FAILURE, "argv is empty"));
     };
+    let stdin = match empty_input() {
+        Ok(stdin) => stdin,
+        Err(error) => {
+            return Err(Ended::failed(
+                EXIT_FAILURE,
+                format!("could not make the program's stdin: {error}"),
+            ));
+        }
+    };
     let mut command = Command::new(program);
     command
         .args(rest)
         .current_dir(&args.workdir)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -437,6 +446,14 @@ async fn attempt(
     store_outputs(store, &args.outputs)
         .await
         .map_err(|reason| Ended::after_exit(EXIT_FAILURE, 0, reason))
+}
+
+/// A stdin that is at its end at once, as `/dev/null` would be: the read end of a pipe
+/// whose write end is closed. It needs no `/dev/null`, which a minimal root may not have.
+fn empty_input() -> io::Result<Stdio> {
+    let (reader, writer) = io::pipe()?;
+    drop(writer);
+    Ok(reader.into())
 }
 
 fn signal_exit_code(signal: libc::c_int) -> u8 {
@@ -636,6 +653,18 @@ mod tests {
         };
         assert!(!bare.to_args().contains(&"--source".to_owned()));
         assert_eq!(parse(&bare.to_args()), bare);
+    }
+
+    #[test]
+    fn the_programs_stdin_is_empty_without_dev_null() {
+        let stdin = empty_input().expect("a pipe");
+        let output = std::process::Command::new("sh")
+            .args(["-c", "wc -c"])
+            .stdin(stdin)
+            .output()
+            .expect("sh runs");
+        assert!(output.status.success());
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "0");
     }
 
     #[test]
