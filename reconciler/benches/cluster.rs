@@ -4,7 +4,7 @@
 //! until every run finished, the API requests the service made, and its CPU time and peak
 //! memory. Run with `cargo bench -p trainyard --bench cluster`.
 //!
-//! No kubelet runs pods: the bench plays kubelet and `trainyard launch` itself, following
+//! No kubelet runs pods: the bench plays kubelet and `trainyard-launch` itself, following
 //! Jobs through a watch and, for each new one, storing the manifest launch would and
 //! completing the Job's pod.
 
@@ -79,7 +79,7 @@ fn schedules(n: usize, due: DateTime<Utc>) -> String {
 /// When each Job was first seen, by name.
 type Seen = Arc<Mutex<HashMap<String, DateTime<Utc>>>>;
 
-/// Plays kubelet and `trainyard launch`: for every new Job, stores the manifest of a
+/// Plays kubelet and `trainyard-launch`: for every new Job, stores the manifest of a
 /// launch that succeeded with no outputs and completes the Job's pod. The watch is
 /// cluster-wide so that its requests (namespace-less) are told apart from the service's.
 async fn play_kubelet(
@@ -118,7 +118,7 @@ async fn play_kubelet(
     }
 }
 
-/// What `trainyard launch` of a step with no outputs leaves behind, then the pod's exit 0.
+/// What `trainyard-launch` of a step with no outputs leaves behind, then the pod's exit 0.
 async fn launch(api: &ApiServer, artifacts: &ArtifactStore, job: &Job, name: &str) -> Result<()> {
     let labels = job.metadata.labels.clone().unwrap_or_default();
     let run: i64 = labels

@@ -2,7 +2,8 @@
 //! `main.rs` wires them into the `trainyard` binary.
 
 pub mod apply;
-pub mod artifacts;
+/// The artifact store lives with the in-pod launcher, which builds without the service.
+pub use trainyard_launch::artifacts;
 pub mod config;
 pub mod definitions;
 pub mod execute;

@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use trainyard_testkit::kube::ApiServer;
 use trainyard_testkit::s3::S3Server;
 
-use crate::{DataDir, Repo, Result, Service, trainyard_bin, workspace_root};
+use trainyard::execute::kubernetes::manifest::IMAGE_BINARY;
+
+use crate::{DataDir, Repo, Result, Service, launcher_bin, workspace_root};
 
 /// The namespace the service runs its Jobs in.
 pub const NAMESPACE: &str = "trainyard";
@@ -32,7 +34,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// A stand-in cluster that allows only what the deployed Role grants, whose kubelet runs
-    /// the real binary, with the object store's credentials in a Secret (steps get them from
+    /// the real static launcher, with the object store's credentials in a Secret (steps get them from
     /// it, as in the deployment) and a real S3 server.
     pub async fn start(queue: Option<&str>) -> Result<Cluster> {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -42,7 +44,7 @@ impl Cluster {
             .start()
             .await?;
         api.create_namespace(NAMESPACE)?;
-        api.map_path("/usr/local/bin/trainyard", trainyard_bin()?);
+        api.map_path(IMAGE_BINARY, launcher_bin()?);
         let text = std::fs::read_to_string(workspace_root().join("deploy/base/role.yaml"))?;
         let role: Value = serde_saphyr::from_str(&text)?;
         api.enforce_rbac(role["rules"].clone());

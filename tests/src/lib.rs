@@ -1,7 +1,8 @@
-//! Support for the end-to-end tests of the `trainyard` binary: finding (and building) the
-//! binary, running it with a time limit, reading its JSON output, creating the directories
-//! and Git repositories it reads, and running `trainyard serve` as a long-lived child that a
-//! test can stop gracefully or kill outright while it reads the service's store.
+//! Support for the end-to-end tests of the `trainyard` binary: finding (and building) it and
+//! the static `trainyard-launch`, running it with a time limit, reading its JSON output,
+//! creating the directories and Git repositories it reads, and running `trainyard serve` as a
+//! long-lived child that a test can stop gracefully or kill outright while it reads the
+//! service's store.
 //!
 //! Every fallible helper returns [`Result`], so tests can return [`TestResult`] and use `?`.
 
@@ -58,34 +59,85 @@ pub fn trainyard_bin() -> Result<&'static Path> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| match std::env::var_os("TRAINYARD_BIN") {
         Some(path) => Ok(PathBuf::from(path)),
-        None => build_binary().map_err(|e| e.to_string()),
+        None => build_binary("trainyard", "trainyard", None, None).map_err(|e| e.to_string()),
     })
     .as_deref()
     .map_err(|e| Error::from(e.clone()))
 }
 
-/// Runs `cargo build` for the binary and returns the executable Cargo reports.
-fn build_binary() -> Result<PathBuf> {
+/// The target the in-pod launcher is built for: statically linked, so it runs in any image.
+pub const LAUNCHER_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The `trainyard-launch` binary that step pods run, built on first use as the image builds
+/// it: static, for [`LAUNCHER_TARGET`], in the target directory of the test run (see
+/// [`trainyard_bin`] for why Cargo is asked). The tests that play kubelet run this binary,
+/// so they exercise what the image ships.
+///
+/// Setting `TRAINYARD_LAUNCH_BIN` to the path of an already built launcher skips the build.
+pub fn launcher_bin() -> Result<&'static Path> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| match std::env::var_os("TRAINYARD_LAUNCH_BIN") {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => build_binary(
+            "trainyard-launch",
+            "trainyard-launch",
+            Some(LAUNCHER_TARGET),
+            Some(LAUNCHER_PROFILE),
+        )
+        .map_err(|e| e.to_string()),
+    })
+    .as_deref()
+    .map_err(|e| Error::from(e.clone()))
+}
+
+/// The Cargo profile tests build the launcher with: unoptimized like `dev`, but without
+/// debug info. Every step pod of a test copies the launcher, so its size is paid per pod
+/// (about 100 MB with debug info; a suite of 150 pods would copy 15 GB).
+pub const LAUNCHER_PROFILE: &str = "launcher-test";
+
+/// Runs `cargo build` for binary `bin` of `package` (for `target`, or the host; with
+/// `profile`, or `dev`) and returns the executable Cargo reports.
+fn build_binary(
+    package: &str,
+    bin: &str,
+    target: Option<&str>,
+    profile: Option<&str>,
+) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = workspace_root();
-    let output = Command::new(&cargo)
+    let mut command = Command::new(&cargo);
+    command
         .current_dir(&root)
         .arg("build")
         .arg("--manifest-path")
         .arg(root.join("Cargo.toml"))
         .args([
             "-p",
-            "trainyard",
+            package,
             "--bin",
-            "trainyard",
+            bin,
             "--message-format=json-render-diagnostics",
-        ])
+        ]);
+    if let Some(target) = target {
+        command.args(["--target", target]);
+    }
+    if let Some(profile) = profile {
+        command.args(["--profile", profile]);
+    }
+    let output = command
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
     if !output.status.success() {
+        let hint = match target {
+            Some(target) => format!(
+                " (building for {target} needs `rustup target add {target}` and, for ring's C \
+                 code, `apt-get install musl-tools`)"
+            ),
+            None => String::new(),
+        };
         return Err(format!(
-            "building trainyard failed ({}):\n{}",
+            "building {bin} failed ({}){hint}:\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         )
@@ -94,14 +146,14 @@ fn build_binary() -> Result<PathBuf> {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "trainyard")
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
         .filter(|m| {
             m["target"]["kind"]
                 .as_array()
                 .is_some_and(|kinds| kinds.iter().any(|k| k == "bin"))
         })
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| "cargo build reported no trainyard executable".into())
+        .ok_or_else(|| format!("cargo build reported no {bin} executable").into())
 }
 
 /// What one run of the binary did.

@@ -1,6 +1,6 @@
 //! End-to-end on a cluster: the real binary with `--executor kubernetes` against the
 //! stand-in API server (whose kubelet runs each pod's containers as local processes, so the
-//! real `trainyard launch` moves every input and output), a real S3 server (moto) for
+//! real static `trainyard-launch` moves every input and output), a real S3 server (moto) for
 //! artifacts, PostgreSQL for the store, and the deployed Role enforced on every request.
 
 use std::collections::{BTreeMap, BTreeSet};

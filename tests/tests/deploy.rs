@@ -17,7 +17,12 @@ use trainyard::execute::kubernetes::manifest::IMAGE_BINARY as INIT_CONTAINER_SOU
 use trainyard::execute::kubernetes::{ClusterSettings, REQUIRED_RULES as EXECUTOR_RULES};
 use trainyard::leader;
 use trainyard::server::{HEALTHZ, READYZ};
-use trainyard_tests::{DataDir, Repo, Result, TestResult, free_port, http_get, workspace_root};
+use trainyard_tests::{
+    DataDir, LAUNCHER_TARGET, Repo, Result, TestResult, free_port, http_get, workspace_root,
+};
+
+/// Where the image keeps the service's binary, its entrypoint.
+const SERVICE_BINARY: &str = "/usr/local/bin/trainyard";
 
 fn deploy_dir() -> PathBuf {
     workspace_root().join("deploy")
@@ -531,8 +536,8 @@ fn the_cluster_settings_name_the_roles_namespace_and_the_overlay_queues_only_gpu
 }
 
 #[test]
-fn the_image_runs_as_a_numeric_non_root_user_with_the_binary_where_steps_copy_it_from() -> TestResult
-{
+fn the_image_runs_as_a_numeric_non_root_user_with_the_launcher_where_steps_copy_it_from()
+-> TestResult {
     let text = std::fs::read_to_string(deploy_dir().join("Dockerfile"))?;
     let instructions: Vec<(String, String)> = text
         .lines()
@@ -568,11 +573,31 @@ fn the_image_runs_as_a_numeric_non_root_user_with_the_binary_where_steps_copy_it
         .and_then(|p| p.security_context)
         .and_then(|c| c.run_as_user);
     assert_eq!(pod_uid.map(|u| u.to_string()).as_deref(), Some(uid));
+    for path in [INIT_CONTAINER_SOURCE, SERVICE_BINARY] {
+        assert!(
+            runtime.iter().any(|(w, rest)| w == "COPY"
+                && rest.starts_with("--from=")
+                && rest.ends_with(&format!(" {path}"))),
+            "nothing is copied to {path}"
+        );
+    }
+    // The launcher the steps copy is the static one: built for musl, taken from that
+    // target's output.
+    let commands = text.replace("\\\n", " ");
+    let builds_static_launcher = commands.lines().any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words.first() == Some(&"RUN")
+            && words.windows(2).any(|w| w == ["-p", "trainyard-launch"])
+            && words.windows(2).any(|w| w == ["--target", LAUNCHER_TARGET])
+            && words.iter().any(|w| {
+                w.starts_with(&format!(
+                    "target/{LAUNCHER_TARGET}/release/trainyard-launch"
+                ))
+            })
+    });
     assert!(
-        runtime.iter().any(|(w, rest)| w == "COPY"
-            && rest.starts_with("--from=")
-            && rest.ends_with(&format!(" {INIT_CONTAINER_SOURCE}"))),
-        "the binary is not copied to {INIT_CONTAINER_SOURCE}"
+        builds_static_launcher,
+        "the build stage does not build and take trainyard-launch for {LAUNCHER_TARGET}"
     );
     let entrypoint = runtime
         .iter()
@@ -580,7 +605,7 @@ fn the_image_runs_as_a_numeric_non_root_user_with_the_binary_where_steps_copy_it
         .map(|(_, e)| e.clone())
         .ok_or("no ENTRYPOINT")?;
     let entrypoint: Vec<String> = serde_json::from_str(&entrypoint)?;
-    assert_eq!(entrypoint, [INIT_CONTAINER_SOURCE]);
+    assert_eq!(entrypoint, [SERVICE_BINARY]);
     // The Deployment's arguments go to that entrypoint.
     assert_eq!(deployment_container.command, None);
     assert_eq!(

@@ -1,6 +1,7 @@
 //! The shared executor suite against the Kubernetes backend: real `kube` client and
 //! watchers, the stand-in API server, and its kubelet running each pod's init and main
-//! containers as local processes, so the real `trainyard launch` moves inputs and outputs.
+//! containers as local processes, so the real static `trainyard-launch` moves inputs and
+//! outputs.
 
 use std::time::Duration;
 
@@ -8,22 +9,23 @@ use tokio::sync::mpsc;
 use trainyard::artifacts::ArtifactStore;
 use trainyard::execute::KubernetesExecutor;
 use trainyard::execute::kubernetes::ClusterSettings;
+use trainyard::execute::kubernetes::manifest::IMAGE_BINARY;
 use trainyard::execute::suite::{self, Harness};
 use trainyard_testkit::kube::ApiServer;
-use trainyard_tests::trainyard_bin;
+use trainyard_tests::launcher_bin;
 
-/// A Kubernetes executor over a fresh stand-in cluster whose kubelet runs the real binary;
+/// A Kubernetes executor over a fresh stand-in cluster whose kubelet runs the real launcher;
 /// everything lives as long as the returned guards.
 async fn kubernetes_harness() -> (Harness<KubernetesExecutor>, ApiServer, tempfile::TempDir) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let binary = trainyard_bin().expect("the trainyard binary");
+    let binary = launcher_bin().expect("the trainyard-launch binary");
     let dir = tempfile::tempdir().expect("temp dir");
     let server = ApiServer::builder()
         .kubelet(dir.path().join("kubelet"))
         .start()
         .await
         .expect("stand-in cluster");
-    server.map_path("/usr/local/bin/trainyard", binary);
+    server.map_path(IMAGE_BINARY, binary);
     let location = dir.path().join("artifacts");
     let location = location.to_str().expect("UTF-8 path").to_owned();
     let artifacts = ArtifactStore::open(&location).expect("artifact store");

@@ -1,4 +1,4 @@
-//! `trainyard launch` as a pod runs it: the real binary against a real S3 server, with the
+//! `trainyard-launch` as a pod runs it: the real (static) binary against a real S3 server, with the
 //! step's source and input placed in the bucket the way the service and an earlier step
 //! leave them.
 
@@ -8,10 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use trainyard::artifacts::{self, ArtifactStore};
-use trainyard::execute::launcher::{self, LaunchArgs, SourceMarker, TerminationReport};
+use trainyard::execute::launcher::{self, SourceMarker, TerminationReport};
 use trainyard::execute::{StepInput, StepJob, StepOutput, StepSource, job_name};
 use trainyard_testkit::s3::S3Server;
-use trainyard_tests::{Result, TestResult, trainyard_bin};
+use trainyard_tests::{Result, TestResult, launcher_bin};
 
 const SCRIPT: &str = "#!/bin/sh\nset -e\necho \"training on $(cat \"$1\")\"\ntrap 'echo stopping; echo bye > \"$4\"; exit 0' TERM\nif [ -n \"$4\" ]; then : > \"$5\"; while :; do sleep 0.05; done; fi\ncp \"$1\" \"$2\"\nexit \"${3:-0}\"\n";
 
@@ -106,13 +106,12 @@ impl Pod {
         self.dir.path().join("termination-log")
     }
 
-    /// `trainyard launch …` with the S3 settings in its environment, as the pod spec sets.
+    /// `trainyard-launch …` with the S3 settings in its environment, as the pod spec sets.
     fn command(&self) -> Result<Command> {
-        let mut args = LaunchArgs::for_job(&self.job, &self.url);
+        let mut args = launcher::launch_args(&self.job, &self.url);
         args.termination_log = Some(self.termination_log());
-        let mut command = Command::new(trainyard_bin()?);
+        let mut command = Command::new(launcher_bin()?);
         command
-            .arg("launch")
             .args(args.to_args())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

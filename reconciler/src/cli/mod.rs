@@ -1,9 +1,8 @@
-//! Command-line interface: `validate`, `plan`, `schema`, the service (`serve`, `run`),
-//! views of its state (`runs`, `logs`, `schedules`, `models`) and `launch`, which a step's
-//! pod runs. Exit status 0 on success, 1 for invalid definitions, policy denials, failed
-//! runs and unknown ids, 2 for usage and I/O errors; `launch` exits with its step's status.
+//! Command-line interface: `validate`, `plan`, `schema`, the service (`serve`, `run`) and
+//! views of its state (`runs`, `logs`, `schedules`, `models`). Exit status 0 on success, 1
+//! for invalid definitions, policy denials, failed runs and unknown ids, 2 for usage and I/O
+//! errors. A step's pod runs the separate `trainyard-launch` binary.
 
-mod launch;
 mod views;
 
 use std::io::Write as _;
@@ -90,9 +89,6 @@ enum Command {
     Schedules(views::SchedulesArgs),
     /// List registered model versions, rejected ones and aliases.
     Models(views::ModelsArgs),
-    /// Run one step attempt where it was scheduled (a pod): fetch its source and inputs
-    /// from the artifact store, run it, store its outputs, log and manifest.
-    Launch(Box<trainyard::execute::launcher::LaunchArgs>),
 }
 
 /// Where the service keeps its state: the database and the artifact store.
@@ -379,7 +375,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Logs(args) => views::logs(args),
         Command::Schedules(args) => views::schedules(args),
         Command::Models(args) => views::models(args),
-        Command::Launch(args) => launch::run(*args),
     }
 }
 

@@ -3,27 +3,23 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{
-    ExecError, Executor, JobEvent, JobState, ProducedArtifact, StepInput, StepJob, StepOutput,
-    is_job_name,
+use trainyard_launch::process::{
+    Failure, LOG_FILE, ProcessGroup, append_to_log, exit_failure, stage, store_outputs,
 };
+
+use super::{ExecError, Executor, JobEvent, JobState, StepJob, is_job_name};
 use crate::artifacts::{self, ArtifactStore};
 use crate::spec::units::format_duration;
-
-/// The combined stdout and stderr of an attempt, inside its work directory.
-pub(super) const LOG_FILE: &str = "step.log";
 
 /// How long a stopped step may take to exit after SIGTERM before its group gets SIGKILL;
 /// Kubernetes' default termination grace, so a step sees the same grace on either backend.
@@ -254,22 +250,6 @@ fn log_note(state: &JobState) -> Option<String> {
     }
 }
 
-pub(super) async fn append_to_log(path: &Path, note: &str) {
-    let written = async {
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await?;
-        file.write_all(note.as_bytes()).await?;
-        file.flush().await
-    }
-    .await;
-    if let Err(error) = written {
-        tracing::warn!(log = %path.display(), %error, "could not append to the step's log");
-    }
-}
-
 /// How the wait for the program ended.
 enum Outcome {
     Exited(io::Result<ExitStatus>),
@@ -370,8 +350,14 @@ async fn attempt(
             reason: format!("could not wait for the program: {error}"),
         },
         Ok(status) => match exit_failure(status) {
-            Some(failure) => failure,
-            None => store_outputs(&inner.artifacts, &job.outputs).await,
+            Some(Failure { exit_code, reason }) => JobState::Failed { exit_code, reason },
+            None => match store_outputs(&inner.artifacts, &job.outputs).await {
+                Ok(artifacts) => JobState::Succeeded { artifacts },
+                Err(reason) => JobState::Failed {
+                    exit_code: Some(0),
+                    reason,
+                },
+            },
         },
     }
 }
@@ -429,58 +415,6 @@ async fn prepare(
         .await;
     stage(artifacts, &job.workdir, &job.inputs, &job.outputs).await?;
     Ok(log)
-}
-
-/// What every backend does before a step's program starts: checks its working directory,
-/// fetches its inputs, and clears the paths of its outputs, so a file left by an earlier
-/// attempt cannot pass for this attempt's output. The error is a reason for people.
-pub(super) async fn stage(
-    artifacts: &ArtifactStore,
-    workdir: &Path,
-    inputs: &[StepInput],
-    outputs: &[StepOutput],
-) -> Result<(), String> {
-    let shown = |path: &Path, error: io::Error| format!("{}: {error}", path.display());
-    match tokio::fs::metadata(workdir).await {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => {
-            return Err(format!(
-                "working directory {} is not a directory",
-                workdir.display()
-            ));
-        }
-        Err(error) => return Err(format!("working directory {}", shown(workdir, error))),
-    }
-    for input in inputs {
-        artifacts
-            .get_to_file(&input.key, &input.path)
-            .await
-            .map_err(|error| match error {
-                artifacts::Error::NotFound { key } => {
-                    format!("input {key:?} is not in the artifact store")
-                }
-                error => format!("could not fetch input {:?}: {error}", input.key),
-            })?;
-    }
-    for output in outputs {
-        if let Some(parent) = output.path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|error| format!("could not create {}", shown(parent, error)))?;
-        }
-        match tokio::fs::remove_file(&output.path).await {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => {
-                return Err(format!(
-                    "could not clear output `{}` at {}",
-                    output.name,
-                    shown(&output.path, error)
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 async fn spawn(job: &StepJob, log: std::fs::File) -> io::Result<Child> {
@@ -593,156 +527,10 @@ mod spawner {
     }
 }
 
-/// The process group a step's program leads. Dropped while still armed (the supervising
-/// task was dropped, for example when the runtime shuts down), it kills the whole group.
-pub(super) struct ProcessGroup {
-    id: libc::pid_t,
-    armed: bool,
-}
-
-impl ProcessGroup {
-    /// The group led by process `pid`, which was started with `process_group(0)`.
-    pub(super) fn led_by(pid: u32) -> Option<Self> {
-        libc::pid_t::try_from(pid)
-            .ok()
-            .map(|id| Self { id, armed: true })
-    }
-
-    pub(super) fn signal(&self, signal: libc::c_int) {
-        // SAFETY: killpg touches no memory of this process. The group id stays reserved
-        // while any member lives; it is signalled right after its leader is reaped at the
-        // latest, long before pid numbers wrap around to reuse it.
-        let result = unsafe { libc::killpg(self.id, signal) };
-        if result == -1 {
-            let error = io::Error::last_os_error();
-            // ESRCH: the group is already gone, which is what signalling it is for.
-            if error.raw_os_error() != Some(libc::ESRCH) {
-                tracing::warn!(group = self.id, signal, %error, "could not signal a step's processes");
-            }
-        }
-    }
-
-    /// Kills what is left of the group after its leader exited.
-    pub(super) fn kill_rest(mut self) {
-        self.signal(libc::SIGKILL);
-        self.armed = false;
-    }
-
-    /// SIGTERM to the group, then SIGKILL to whatever is left after `grace`.
-    async fn stop(mut self, leader: &mut Child, grace: Duration) {
-        self.signal(libc::SIGTERM);
-        // Timing out here is expected for programs that ignore SIGTERM; SIGKILL follows.
-        let _ = tokio::time::timeout(grace, leader.wait()).await;
-        self.signal(libc::SIGKILL);
-        self.armed = false;
-        if let Err(error) = leader.wait().await {
-            tracing::warn!(group = self.id, %error, "could not reap a stopped step");
-        }
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        if self.armed {
-            self.signal(libc::SIGKILL);
-        }
-    }
-}
-
-/// The failed state for a non-zero exit or a death by signal; None for exit code 0.
-pub(super) fn exit_failure(status: ExitStatus) -> Option<JobState> {
-    if let Some(code) = status.code() {
-        return (code != 0).then(|| JobState::Failed {
-            exit_code: Some(code),
-            reason: format!("exited with code {code}"),
-        });
-    }
-    let reason = match status.signal() {
-        Some(signal) => match signal_name(signal) {
-            Some(name) => format!("killed by signal {signal} ({name})"),
-            None => format!("killed by signal {signal}"),
-        },
-        None => format!("ended abnormally ({status})"),
-    };
-    Some(JobState::Failed {
-        exit_code: None,
-        reason,
-    })
-}
-
-pub(super) fn signal_name(signal: libc::c_int) -> Option<&'static str> {
-    Some(match signal {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGXCPU => "SIGXCPU",
-        libc::SIGXFSZ => "SIGXFSZ",
-        libc::SIGSYS => "SIGSYS",
-        _ => return None,
-    })
-}
-
-/// Stores every declared output after a successful exit; a missing one fails the attempt.
-pub(super) async fn store_outputs(artifacts: &ArtifactStore, outputs: &[StepOutput]) -> JobState {
-    let failed = |reason: String| JobState::Failed {
-        exit_code: Some(0),
-        reason,
-    };
-    let mut produced = Vec::with_capacity(outputs.len());
-    for output in outputs {
-        match tokio::fs::metadata(&output.path).await {
-            Ok(meta) if meta.is_file() => {}
-            Ok(_) => {
-                return failed(format!(
-                    "output `{}` is not a file; write a single file (an archive for a directory)",
-                    output.name
-                ));
-            }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                return failed(format!("output `{}` was not written", output.name));
-            }
-            Err(error) => {
-                return failed(format!(
-                    "output `{}` could not be read: {error}",
-                    output.name
-                ));
-            }
-        }
-        match artifacts.put_file(&output.key, &output.path).await {
-            Ok(stored) => produced.push(ProducedArtifact {
-                output: output.name.clone(),
-                uri: stored.uri,
-                sha256: stored.sha256,
-                size: stored.size,
-            }),
-            Err(error) => {
-                return failed(format!(
-                    "output `{}` could not be stored: {error}",
-                    output.name
-                ));
-            }
-        }
-    }
-    JobState::Succeeded {
-        artifacts: produced,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::execute::StepOutput;
     use crate::execute::suite::{assert_process_ends, local_harness, read_pid};
 
     #[tokio::test]

@@ -21,6 +21,8 @@ pub mod suite;
 
 pub use kubernetes::KubernetesExecutor;
 pub use local::LocalExecutor;
+/// The files a step reads and writes; the in-pod launcher shares them.
+pub use trainyard_launch::step::{ProducedArtifact, StepInput, StepOutput};
 
 /// Kubernetes object names (and so job names) are DNS-1123 labels of at most 63 characters.
 const MAX_JOB_NAME: usize = 63;
@@ -90,39 +92,6 @@ pub struct StepSource {
     /// The folder, relative to the uploaded root, where the step runs (the pipeline file's
     /// folder).
     pub dir: PathBuf,
-}
-
-/// An artifact a step reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StepInput {
-    /// Its key in the artifact store.
-    pub key: String,
-    /// Where the program expects the file.
-    pub path: PathBuf,
-}
-
-/// A file a step writes and the store keeps.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StepOutput {
-    /// The output's name as declared in the pipeline (`model`).
-    pub name: String,
-    /// Where the program writes the file.
-    pub path: PathBuf,
-    /// Its key in the artifact store.
-    pub key: String,
-}
-
-/// An output stored after a successful attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProducedArtifact {
-    /// The output's declared name.
-    pub output: String,
-    /// Where it was stored.
-    pub uri: String,
-    /// Lowercase hex sha256 of its content.
-    pub sha256: String,
-    /// Its length in bytes.
-    pub size: u64,
 }
 
 /// Where an attempt is in its life.

@@ -607,7 +607,7 @@ impl ApiServer {
     }
 
     /// Maps a path inside every container to a host path (kubelet only), e.g.
-    /// `map_path("/usr/local/bin/trainyard", real_binary)`.
+    /// `map_path("/usr/local/bin/trainyard-launch", real_binary)`.
     pub fn map_path(&self, container_path: &str, host_path: impl Into<PathBuf>) {
         if let Some(kubelet) = &self.kubelet {
             kubelet.map_path(container_path, host_path.into());

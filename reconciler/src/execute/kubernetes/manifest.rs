@@ -47,16 +47,19 @@ pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 
 /// The container that runs the step.
 pub const MAIN_CONTAINER: &str = "main";
-/// The init container that copies the binary into the pod.
+/// The init container that copies the launcher into the pod.
 pub const INIT_CONTAINER: &str = "install-trainyard";
-/// Where the binary lives in the Trainyard image.
-pub const IMAGE_BINARY: &str = "/usr/local/bin/trainyard";
-/// The shared directory the init container copies the binary into.
+/// Where the launcher lives in the Trainyard image: `trainyard-launch`, a static binary that
+/// needs nothing from the step's image, so any image of the node's architecture can run it.
+pub const IMAGE_BINARY: &str = "/usr/local/bin/trainyard-launch";
+/// The shared directory the init container copies the launcher into.
 pub const TOOLS_DIR: &str = "/trainyard/bin";
+/// The launcher's path in the step's container.
+pub const LAUNCHER: &str = "/trainyard/bin/trainyard-launch";
 /// Where every job keeps its inputs and outputs inside the pod.
 pub const WORK_DIR: &str = "/trainyard/work";
-/// Where `trainyard launch` writes why the step ended, for the pod's status.
-pub const TERMINATION_LOG: &str = "/dev/termination-log";
+/// Where `trainyard-launch` writes why the step ended, for the pod's status.
+pub const TERMINATION_LOG: &str = trainyard_launch::launch::TERMINATION_LOG;
 
 const TOOLS_VOLUME: &str = "trainyard-tools";
 const WORK_VOLUME: &str = "trainyard-work";
@@ -72,8 +75,8 @@ pub fn job_dir(name: &str) -> PathBuf {
     Path::new(WORK_DIR).join(name)
 }
 
-/// The Job that runs `job` in `settings.namespace`; `launch_args` follow
-/// `trainyard launch` in the main container.
+/// The Job that runs `job` in `settings.namespace`; `launch_args` are the arguments of
+/// `trainyard-launch` in the main container.
 pub fn build_job(
     job: &StepJob,
     settings: &ClusterSettings,
@@ -230,7 +233,7 @@ pub fn build_job(
         command: Some(vec![
             "cp".to_owned(),
             IMAGE_BINARY.to_owned(),
-            format!("{TOOLS_DIR}/trainyard"),
+            LAUNCHER.to_owned(),
         ]),
         volume_mounts: Some(vec![tools_mount]),
         security_context: Some(security.clone()),
@@ -241,7 +244,7 @@ pub fn build_job(
     let main = Container {
         name: MAIN_CONTAINER.to_owned(),
         image: Some(job.image.clone()),
-        command: Some(vec![format!("{TOOLS_DIR}/trainyard"), "launch".to_owned()]),
+        command: Some(vec![LAUNCHER.to_owned()]),
         args: Some(launch_args),
         env: (!env.is_empty()).then_some(env),
         env_from: (!env_from.is_empty()).then_some(env_from),
@@ -539,7 +542,11 @@ mod tests {
         assert_eq!(init["image"], "ghcr.io/acme/trainyard:1.4");
         assert_eq!(
             init["command"],
-            json!(["cp", "/usr/local/bin/trainyard", "/trainyard/bin/trainyard"])
+            json!([
+                "cp",
+                "/usr/local/bin/trainyard-launch",
+                "/trainyard/bin/trainyard-launch"
+            ])
         );
         assert_eq!(
             init["volumeMounts"],
@@ -554,10 +561,7 @@ mod tests {
         let main = main_container(&job);
         assert_eq!(main["name"], "main");
         assert_eq!(main["image"], "ghcr.io/acme/train:3");
-        assert_eq!(
-            main["command"],
-            json!(["/trainyard/bin/trainyard", "launch"])
-        );
+        assert_eq!(main["command"], json!(["/trainyard/bin/trainyard-launch"]));
         assert_eq!(main["args"], json!(["--run", "42", "--", "python"]));
         assert_eq!(main["env"], json!([{"name": "LR", "value": "0.1"}]));
         assert_eq!(main["terminationMessagePath"], "/dev/termination-log");

@@ -1,6 +1,6 @@
 //! The Kubernetes executor: every step attempt is a batch/v1 Job, followed through one
 //! shared watch on labelled Jobs and one on their Pods (never by polling a Job), with its
-//! outcome read from what `trainyard launch` stored in the artifact store.
+//! outcome read from what `trainyard-launch` stored in the artifact store.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

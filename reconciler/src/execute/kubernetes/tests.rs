@@ -677,7 +677,9 @@ async fn a_cancel_repeated_on_every_pass_sends_one_delete() {
 async fn a_restart_reads_the_outcome_of_a_finished_job_only_once_it_is_asked_about() {
     let s3 = trainyard_testkit::s3::S3Server::start().expect("S3 server");
     let c = cluster().await;
-    let artifacts = crate::artifacts::tests::s3::open(&s3, &format!("{}/t", s3.url()));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let artifacts =
+        ArtifactStore::open_with_env(&format!("{}/t", s3.url()), s3.env()).expect("open S3 store");
     let executor = |c: &Cluster| {
         let (events, received) = mpsc::unbounded_channel();
         let executor = KubernetesExecutor::new(

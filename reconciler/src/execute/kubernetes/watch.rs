@@ -239,7 +239,7 @@ pub(super) fn pod_info(pod: &Pod, before: Option<&PodInfo>, now: Instant) -> Pod
     }
 }
 
-/// Reads the [`TerminationReport`] `trainyard launch` writes as the termination message.
+/// Reads the [`TerminationReport`] `trainyard-launch` writes as the termination message.
 /// Anything else is not launch's: the tail of the log Kubernetes falls back to when the
 /// container wrote no message, or a message from a container that never ran launch.
 pub(super) fn launch_report(message: &str) -> Option<TerminationReport> {

@@ -12,7 +12,7 @@ use object_store::buffered::{BufReader, BufWriter};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{Certificate, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -113,12 +113,12 @@ pub fn output_key(instance: &str, run: i64, step: &str, output: &str) -> String 
 }
 
 /// The key of one attempt's combined log: `jobs/<job name>/log`. Job names carry the
-/// installation, run, step and attempt (see `execute::job_name`).
+/// installation, run, step and attempt (see `trainyard::execute::job_name`).
 pub fn log_key(job: &str) -> String {
     format!("jobs/{job}/log")
 }
 
-/// The key of the manifest `trainyard launch` writes, last, after storing a successful
+/// The key of the manifest `trainyard-launch` writes, last, after storing a successful
 /// attempt's outputs: `jobs/<job name>/manifest.json`.
 pub fn manifest_key(job: &str) -> String {
     format!("jobs/{job}/manifest.json")
@@ -295,7 +295,7 @@ impl ArtifactStore {
     }
 
     /// The path or URL this store was opened with, for handing to another process (such as
-    /// `trainyard launch` in a pod) that opens the same store.
+    /// `trainyard-launch` in a pod) that opens the same store.
     pub fn location(&self) -> &str {
         &self.location
     }
@@ -475,7 +475,11 @@ where
             "an S3 URL needs a bucket, such as s3://bucket/prefix".to_owned(),
         ));
     }
-    let mut builder = AmazonS3Builder::new();
+    // Before the variables: they may set client options (AWS_ALLOW_HTTP), which replacing
+    // the options afterwards would drop.
+    let options = client_options()
+        .map_err(|error| invalid(format!("cannot load the root certificates: {error}")))?;
+    let mut builder = AmazonS3Builder::new().with_client_options(options);
     for (key, value) in vars {
         let key = key.as_ref();
         if !key.starts_with("AWS_") {
@@ -507,6 +511,18 @@ where
         base_uri,
         location: location.to_owned(),
     })
+}
+
+/// The HTTP client's options: Mozilla's root certificates on top of the system's. A minimal
+/// step image has no CA bundle, and without any roots the TLS client cannot even be built
+/// (for an `http://` endpoint too); an image's own roots, or `SSL_CERT_FILE`, still count.
+fn client_options() -> object_store::Result<ClientOptions> {
+    webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().try_fold(
+        ClientOptions::new(),
+        |options, der| {
+            Certificate::from_der(der).map(|certificate| options.with_root_certificate(certificate))
+        },
+    )
 }
 
 /// BufWriter reports store failures as `io::Error`; this keeps them attributed to the key.
@@ -769,12 +785,12 @@ pub(crate) mod tests {
         listing_finds_whole_components_under_the_prefix(&store).await;
     }
 
-    pub(crate) mod s3 {
+    mod s3 {
         use trainyard_testkit::s3::S3Server;
 
         use super::*;
 
-        pub(crate) fn open(server: &S3Server, url: &str) -> ArtifactStore {
+        fn open(server: &S3Server, url: &str) -> ArtifactStore {
             let _ = rustls::crypto::ring::default_provider().install_default();
             ArtifactStore::open_with_env(url, server.env()).expect("open S3 store")
         }
