@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use trainyard::artifacts::ArtifactStore;
-use trainyard::execute::KubernetesExecutor;
+use trainyard::execute::{Executor as _, JobState, KubernetesExecutor};
 use trainyard::execute::kubernetes::ClusterSettings;
 use trainyard::execute::kubernetes::manifest::IMAGE_BINARY;
 use trainyard::execute::suite::{self, Harness};
@@ -17,6 +17,13 @@ use trainyard_tests::launcher_bin;
 /// A Kubernetes executor over a fresh stand-in cluster whose kubelet runs the real launcher;
 /// everything lives as long as the returned guards.
 async fn kubernetes_harness() -> (Harness<KubernetesExecutor>, ApiServer, tempfile::TempDir) {
+    kubernetes_harness_with(|_| ()).await
+}
+
+/// [`kubernetes_harness`] with cluster settings changed by `change`.
+async fn kubernetes_harness_with(
+    change: impl FnOnce(&mut ClusterSettings),
+) -> (Harness<KubernetesExecutor>, ApiServer, tempfile::TempDir) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let binary = launcher_bin().expect("the trainyard-launch binary");
     let dir = tempfile::tempdir().expect("temp dir");
@@ -35,6 +42,7 @@ async fn kubernetes_harness() -> (Harness<KubernetesExecutor>, ApiServer, tempfi
     let client = kube::Client::try_from(config).expect("client");
     let mut settings = ClusterSettings::new("trainyard:test");
     settings.pending_timeout = Duration::from_secs(10);
+    change(&mut settings);
     let (events, received) = mpsc::unbounded_channel();
     let executor = KubernetesExecutor::new(
         client,
@@ -78,3 +86,67 @@ kubernetes_suite!(
     argv_reaches_the_program_unchanged_without_a_shell,
     the_job_environment_is_added_to_the_services,
 );
+
+/// Whether process `pid` has ended (gone, or a zombie no one has reaped yet).
+fn has_ended(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_step_that_ignores_sigterm_is_cancelled_only_once_it_has_stopped() {
+    let (mut h, server, _dir) =
+        kubernetes_harness_with(|s| s.termination_grace_period_seconds = Some(2)).await;
+    let pid_file = h.scratch_file("stubborn.pid");
+    let job = h.job(
+        "train",
+        &[
+            "sh",
+            "-c",
+            r#"trap '' TERM; echo $$ > "$1"; while :; do sleep 0.1; done"#,
+            "sh",
+            &pid_file,
+        ],
+    );
+    h.submit(&job).await;
+    let pid = suite::read_pid(&pid_file).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !matches!(
+        h.executor.observe(&job.name).await.expect("observe"),
+        Some(JobState::Running { .. })
+    ) {
+        assert!(tokio::time::Instant::now() < deadline, "the step never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The step shrugs off SIGTERM: it is cancelled when its grace is over and it was
+    // killed, not when the Job's delete was answered.
+    for _ in 0..3 {
+        h.executor.cancel(&job.name).await.expect("cancel");
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(!has_ended(pid), "SIGTERM is ignored for the grace");
+    let state = h.executor.observe(&job.name).await.expect("observe");
+    assert!(
+        matches!(state, Some(JobState::Running { .. })),
+        "still running while its pod stops, not {state:?}"
+    );
+    assert_eq!(h.wait(&job.name).await, JobState::Cancelled);
+    assert!(has_ended(pid), "cancelled while the step still ran");
+    assert!(
+        server.list("pods", Some("default")).is_empty(),
+        "cancelled while its pod was still there"
+    );
+    let deletes: Vec<u16> = server
+        .requests()
+        .iter()
+        .filter(|r| r.verb == "delete" && r.resource == "jobs")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(deletes, [200], "one delete of the Job");
+}
