@@ -795,6 +795,7 @@ mod tests {
         let body = check_run_payload("requested_action", pulls.clone(), "User");
         let delivery = parse("check_run", &body).expect("reads").expect("an event");
         assert_eq!(delivery.repository.as_deref(), Some("acme/ml"));
+        assert!(delivery.is_for("ACME/ml") && !delivery.is_for("acme/other"));
         assert_eq!(
             delivery.event,
             ForgeEvent::CheckRunAction {
