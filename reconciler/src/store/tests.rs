@@ -1732,6 +1732,56 @@ async fn a_bare_path_names_a_sqlite_file_that_survives_reconnecting() {
     again.close().await;
 }
 
+#[tokio::test]
+async fn reports_queued_before_check_runs_survive_the_upgrade_and_check_runs_are_taken() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("old.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    sqlx::any::install_default_drivers();
+    let old = sqlx::AnyPool::connect(&url).await.expect("a database");
+    let full = migrator(Backend::Sqlite);
+    let before: Vec<Migration> = full
+        .migrations
+        .iter()
+        .filter(|m| m.version < 5)
+        .cloned()
+        .collect();
+    Migrator::with_migrations(before)
+        .run(&old)
+        .await
+        .expect("the schema before check runs");
+    sqlx::query(
+        "INSERT INTO outbox (commit_sha, kind, report_key, payload, state, attempts,
+             next_attempt_at, created_at)
+         VALUES ('c1', 'status', 'trainyard/validate', '{\"kind\":\"status\"}', 'pending', 2,
+             0, 0)",
+    )
+    .execute(&old)
+    .await
+    .expect("a queued status");
+    old.close().await;
+
+    let store = Store::connect(&url).await.expect("upgraded");
+    let due = store.due_reports::<Value>(t(1), 10).await.expect("due");
+    assert_eq!(due.len(), 1, "the queued status is still there");
+    let row = due[0].1.as_ref().expect("readable");
+    assert_eq!((row.kind, row.attempts), (ReportKind::Status, 2));
+    let check = NewReport {
+        commit_sha: "c1".to_owned(),
+        kind: ReportKind::CheckRun,
+        key: "trainyard/validate".to_owned(),
+        payload: json!({"kind": "check_run"}),
+    };
+    store
+        .enqueue_reports(&[check], t(2))
+        .await
+        .expect("the new kind is taken");
+    let due = store.due_reports::<Value>(t(3), 10).await.expect("due");
+    assert_eq!(due.len(), 2);
+    assert!(due[1].0 > due[0].0, "ids keep growing after the copy");
+    store.close().await;
+}
+
 #[test]
 fn database_urls_pick_their_backend() {
     let resolved = |url: &str| resolve_url(url).expect("a supported URL");
