@@ -1,7 +1,8 @@
 //! End to end with GitHub: the real binary follows a remote repository (a bare repository
 //! reached over `file://`, whose `refs/pull/N/head` the test sets as GitHub does), takes
 //! signed webhooks, and reports to the stand-in GitHub API. Assertions are on what the
-//! stand-in holds at the end: statuses per commit and comments per pull request.
+//! stand-in holds at the end: statuses and check runs per commit and comments per pull
+//! request. The service signs in with a token, or as the stand-in's GitHub App.
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,8 +10,8 @@ use std::time::Duration;
 use git2::{Oid, Repository, Signature};
 use trainyard::store::{RunState, Store, Trigger};
 use trainyard_testkit::github::{
-    CommentRecord, Fault, FaultKind, GithubServer, Permission, issue_comment_payload,
-    pull_request_payload, push_payload, send_webhook, send_webhook_signed,
+    CheckRunRecord, CommentRecord, Fault, FaultKind, GithubServer, Permission, TEST_APP_KEY,
+    issue_comment_payload, pull_request_payload, push_payload, send_webhook, send_webhook_signed,
 };
 use trainyard_tests::{DataDir, PINNED_IMAGE, Result, Service, TestResult, temp_dir, wait_for};
 
@@ -115,12 +116,23 @@ struct Setup {
 
 impl Setup {
     async fn start(gh: GithubServer, remote: Remote, main: Oid) -> Result<Setup> {
+        Setup::start_signed_in(gh, remote, main, false).await
+    }
+
+    async fn start_signed_in(
+        gh: GithubServer,
+        remote: Remote,
+        main: Oid,
+        app: bool,
+    ) -> Result<Setup> {
         gh.set_branch(MAIN, &main.to_string());
         let files = temp_dir()?;
         let secret = files.path().join("webhook-secret");
         std::fs::write(&secret, SECRET)?;
         let token = files.path().join("token");
         std::fs::write(&token, TOKEN)?;
+        let key = files.path().join("app-key.pem");
+        std::fs::write(&key, TEST_APP_KEY)?;
         let data = DataDir::new()?;
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
@@ -135,9 +147,20 @@ impl Setup {
             REPO.to_owned(),
             "--github-api-url".to_owned(),
             gh.url(),
-            "--github-token-file".to_owned(),
-            path(&token),
         ];
+        let mut args = args;
+        if app {
+            args.extend([
+                "--github-app-id".to_owned(),
+                gh.app_id().to_string(),
+                "--github-private-key-file".to_owned(),
+                path(&key),
+                "--github-installation-id".to_owned(),
+                gh.installation_id().to_string(),
+            ]);
+        } else {
+            args.extend(["--github-token-file".to_owned(), path(&token)]);
+        }
         let mut setup = Setup {
             gh,
             remote,
@@ -202,6 +225,33 @@ impl Setup {
         .await
     }
 
+    /// The newest check run `name` on `sha` once it is completed as `conclusion`.
+    async fn wait_for_check_run(
+        &self,
+        sha: Oid,
+        name: &str,
+        conclusion: &str,
+    ) -> Result<CheckRunRecord> {
+        let sha = sha.to_string();
+        let newest = || {
+            self.gh
+                .check_runs(&sha)
+                .into_iter()
+                .rfind(|r| r.name == name)
+        };
+        wait_for(
+            LIMIT,
+            &format!("check run {name} {conclusion} on {sha}"),
+            async || {
+                Ok(newest().is_some_and(|r| {
+                    r.status == "completed" && r.conclusion.as_deref() == Some(conclusion)
+                }))
+            },
+        )
+        .await?;
+        newest().ok_or_else(|| format!("check run {name}").into())
+    }
+
     async fn wait_for_comment(&self, pr: u64, key: &str, text: &str) -> Result<CommentRecord> {
         wait_for(
             LIMIT,
@@ -235,13 +285,17 @@ async fn standin() -> Result<GithubServer> {
 /// The service following a repository whose main holds the churn pipeline, once the run of
 /// that commit has succeeded and said so on it; returns the commit too.
 async fn following_churn(gh: GithubServer) -> Result<(Setup, Oid)> {
+    following_churn_signed_in(gh, false).await
+}
+
+async fn following_churn_signed_in(gh: GithubServer, app: bool) -> Result<(Setup, Oid)> {
     let remote = Remote::new()?;
     let main = remote.commit(
         &[],
         &[("churn.yaml", &pipeline(1))],
         Some("refs/heads/main"),
     )?;
-    let setup = Setup::start(gh, remote, main).await?;
+    let setup = Setup::start_signed_in(gh, remote, main, app).await?;
     setup
         .wait_for_status(main, "trainyard/run/churn", "success")
         .await?;
@@ -359,6 +413,10 @@ async fn a_pull_request_keeps_one_plan_comment_and_previews_run_only_for_writers
         .wait_for_comment(7, "plan", &head.to_string()[..12])
         .await?;
     assert!(plan.body.contains("`nightly`"), "{}", plan.body);
+    assert!(
+        setup.gh.check_runs(&head.to_string()).is_empty(),
+        "a token gets statuses, no check runs"
+    );
 
     // Synchronized twice: the same comment, edited.
     let mut latest = head;
@@ -725,5 +783,273 @@ async fn a_shutdown_does_not_wait_for_a_stalled_github_and_the_report_survives_i
     setup
         .wait_for_status(main, "trainyard/run/churn", "success")
         .await?;
+    Ok(())
+}
+
+/// Pipeline `name` with a misspelt field (`timout`) on line 9, column 7.
+fn misspelt(name: &str) -> String {
+    format!(
+        "apiVersion: trainyard.dev/v1
+kind: Pipeline
+metadata: {{name: {name}, owner: team-a}}
+spec:
+  image: {PINNED_IMAGE}
+  steps:
+    - name: train
+      run: [python3, -c, \"print('trained')\"]
+      timout: 1h
+"
+    )
+}
+
+/// The check-run writes GitHub accepted.
+fn check_run_writes(gh: &GithubServer) -> usize {
+    gh.requests()
+        .iter()
+        .filter(|r| matches!(r.method.as_str(), "POST" | "PATCH"))
+        .filter(|r| r.path.contains("/check-runs"))
+        .filter(|r| (200..300).contains(&r.status))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_app_every_finding_is_an_annotation_on_its_line_once() -> TestResult {
+    let (setup, main) = following_churn_signed_in(standin().await?, true).await?;
+    // Sixty broken files: more annotations than one request carries.
+    let names: Vec<String> = (0..60).map(|n| format!("bad-{n:02}")).collect();
+    let files: Vec<(String, String)> = names
+        .iter()
+        .map(|name| (format!("{name}.yaml"), misspelt(name)))
+        .collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let head = setup
+        .remote
+        .commit(&[main], &files, Some("refs/pull/7/head"))?;
+    setup
+        .gh
+        .open_pr(7, &head.to_string())
+        .author("bob")
+        .open()?;
+    setup
+        .send(
+            "pull_request",
+            "pr-1",
+            &setup.gh.pull_request_event("opened", 7)?,
+        )
+        .await?;
+    let validate = setup
+        .wait_for_check_run(head, "trainyard/validate", "failure")
+        .await?;
+    assert_eq!(validate.annotations.len(), 60, "every finding arrives");
+    let on_seven: Vec<_> = validate
+        .annotations
+        .iter()
+        .filter(|a| a.path == "bad-07.yaml")
+        .collect();
+    assert_eq!(on_seven.len(), 1, "{:#?}", validate.annotations);
+    let annotation = on_seven[0];
+    assert_eq!((annotation.start_line, annotation.end_line), (9, 9));
+    assert_eq!(annotation.start_column, Some(7));
+    assert_eq!(annotation.level, "failure");
+    assert!(
+        annotation.message.contains("timout"),
+        "{}",
+        annotation.message
+    );
+    let plan = setup
+        .wait_for_check_run(head, "trainyard/plan", "failure")
+        .await?;
+    assert!(
+        plan.actions.is_empty(),
+        "nothing to preview in a broken head"
+    );
+    assert!(
+        plan.summary
+            .as_deref()
+            .unwrap_or("")
+            .contains("Trainyard plan"),
+        "{:?}",
+        plan.summary
+    );
+    let statuses = setup.gh.latest_statuses(&head.to_string());
+    assert!(
+        !statuses.contains_key("trainyard/validate") && !statuses.contains_key("trainyard/plan"),
+        "an App reports check runs instead of statuses: {statuses:?}"
+    );
+    setup
+        .wait_for_comment(7, "plan", &head.to_string()[..12])
+        .await?;
+
+    // Redelivered, and planned again on request: nothing new on GitHub.
+    let writes = check_run_writes(&setup.gh);
+    setup
+        .send(
+            "pull_request",
+            "pr-2",
+            &setup.gh.pull_request_event("synchronize", 7)?,
+        )
+        .await?;
+    let replan = "/trainyard plan";
+    let comment = setup.gh.add_comment_as("bob", 7, replan)?;
+    setup
+        .send(
+            "issue_comment",
+            "c-1",
+            &issue_comment_payload(REPO, 7, comment, "bob", replan),
+        )
+        .await?;
+    let store = setup.store().await?;
+    wait_for(LIMIT, "the redelivered events handled", async || {
+        let reports = store
+            .reports_of_commit::<serde_json::Value>(&head.to_string())
+            .await?;
+        let check_runs = reports
+            .iter()
+            .filter(|r| r.key == "trainyard/validate")
+            .count();
+        Ok(check_runs >= 3
+            && reports
+                .iter()
+                .all(|r| r.state != trainyard::store::ReportState::Pending))
+    })
+    .await?;
+    let runs = setup.gh.check_runs(&head.to_string());
+    assert_eq!(runs.len(), 2, "one check run per name: {runs:#?}");
+    assert_eq!(check_run_writes(&setup.gh), writes, "nothing written again");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_app_a_long_plan_is_cut_within_githubs_summary_limit() -> TestResult {
+    let (setup, main) = following_churn_signed_in(standin().await?, true).await?;
+    // Six hundred pipelines with long names, in one file: a plan of about 70,000 characters.
+    let many: String = (0..600)
+        .map(|n| {
+            pipeline(1).replace(
+                "name: churn",
+                &format!("name: a-pipeline-with-a-long-name-number-{n:03}"),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n");
+    let head = setup
+        .remote
+        .commit(&[main], &[("many.yaml", &many)], Some("refs/pull/8/head"))?;
+    setup
+        .gh
+        .open_pr(8, &head.to_string())
+        .author("bob")
+        .open()?;
+    setup
+        .send(
+            "pull_request",
+            "pr-1",
+            &setup.gh.pull_request_event("opened", 8)?,
+        )
+        .await?;
+    let plan = setup
+        .wait_for_check_run(head, "trainyard/plan", "success")
+        .await?;
+    let summary = plan.summary.unwrap_or_default();
+    assert!(
+        summary.chars().count() <= 65_535,
+        "{}",
+        summary.chars().count()
+    );
+    assert!(
+        summary.contains("Trainyard cut this summary"),
+        "{}",
+        &summary[summary.len() - 300..]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_check_runs_button_starts_a_preview_for_writers_only() -> TestResult {
+    let (setup, main) = following_churn_signed_in(standin().await?, true).await?;
+    let head = setup.remote.commit(
+        &[main],
+        &[("churn.yaml", &pipeline(3))],
+        Some("refs/pull/7/head"),
+    )?;
+    setup
+        .gh
+        .open_pr(7, &head.to_string())
+        .author("bob")
+        .open()?;
+    setup
+        .send(
+            "pull_request",
+            "pr-1",
+            &setup.gh.pull_request_event("opened", 7)?,
+        )
+        .await?;
+    let plan = setup
+        .wait_for_check_run(head, "trainyard/plan", "success")
+        .await?;
+    assert_eq!(
+        plan.actions
+            .iter()
+            .map(|a| a.identifier.as_str())
+            .collect::<Vec<_>>(),
+        ["preview"],
+        "the head changes churn: it can be previewed"
+    );
+    let store = setup.store().await?;
+    let previews = async || -> Result<Vec<trainyard::store::RunRow>> {
+        Ok(store
+            .list_runs(None, 20)
+            .await?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|r| r.trigger == Trigger::Preview)
+            .collect())
+    };
+
+    // A reader presses it: refused with the reason, nothing runs.
+    setup.gh.set_permission("carol", Permission::Read);
+    let pressed = |who: &str| {
+        setup
+            .gh
+            .check_run_requested_action_event(plan.id, "preview", who)
+            .ok_or("the check run")
+    };
+    setup.send("check_run", "a-1", &pressed("carol")?).await?;
+    setup
+        .wait_for_comment(7, &format!("action-{}", plan.id), "write permission")
+        .await?;
+    assert!(previews().await?.is_empty(), "a reader starts nothing");
+
+    // A writer presses it: a preview of the head's churn with its defaults.
+    setup.gh.set_permission("bob", Permission::Write);
+    setup.send("check_run", "a-2", &pressed("bob")?).await?;
+    wait_for(LIMIT, "a preview run", async || {
+        Ok(!previews().await?.is_empty())
+    })
+    .await?;
+    // Pressed again (or the event handled twice): still one preview.
+    setup.send("check_run", "a-3", &pressed("bob")?).await?;
+    let found = previews().await?;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let preview = &found[0];
+    assert_eq!(preview.commit_sha, head.to_string());
+    assert_eq!(
+        serde_json::to_value(&preview.params)?,
+        serde_json::json!({"epochs": 3})
+    );
+    let result = setup
+        .wait_for_comment(7, &format!("run-{}", preview.id), "succeeded")
+        .await?;
+    assert!(result.body.contains("Preview run"), "{}", result.body);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        previews().await?.len(),
+        1,
+        "pressing again starts nothing new"
+    );
     Ok(())
 }

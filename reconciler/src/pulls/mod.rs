@@ -1,6 +1,6 @@
-//! Pull requests: the plan of every pull request's head against its base branch, the
-//! commands people write in comments (re-plan, preview runs), and the preview runs they
-//! start.
+//! Pull requests: the plan of every pull request's head against its base branch (statuses,
+//! or check runs on a forge that shows them), the commands people write in comments (re-plan,
+//! preview runs) or press on the plan's check run, and the preview runs they start.
 //!
 //! Everything here ends in reports enqueued in the outbox (statuses and sticky comments are
 //! upserts), so handling an event twice, after a crash, changes nothing the forge shows; a
@@ -16,15 +16,17 @@ use thiserror::Error;
 
 use crate::config::Config;
 use crate::definitions::{DefinitionsError, Evaluation, SharedDefinitions};
+use crate::plan::Action;
 use crate::plan::{Plan, Planner};
 use crate::report::bodies::{
-    command_key, comment_report, plan_reports, preview_comment, run_key, short, sticky,
+    PREVIEW_ACTION, command_key, comment_report, plan_check_reports, plan_reports, preview_comment,
+    run_key, short, sticky,
 };
 use crate::report::{Forge, ForgeError};
 use crate::source::{Repo, Snapshot, SourceError};
-use crate::spec::Catalog;
 use crate::spec::check::{resolve_params, typed_params};
 use crate::spec::model::Previews;
+use crate::spec::{Catalog, Kind};
 use crate::store::{
     NewRun, PipelineUpsert, PullRequestRow, RunRow, RunState, Store, StoreError, Trigger,
 };
@@ -153,6 +155,27 @@ pub struct Checked {
     pub head_catalog: Catalog,
     /// The base branch's settings (`trainyard.yaml`): who may approve runs from forks.
     pub base_previews: Previews,
+    /// The pipelines the head adds or changes that a preview can run with their default
+    /// params, when the head has no errors.
+    pub previewable: Vec<String>,
+}
+
+/// The pipelines `plan` adds or changes that run as previews of `head` without params.
+fn previewable(plan: &Plan, head: &str, catalog: &Catalog) -> Vec<String> {
+    if plan.has_errors() {
+        return Vec::new();
+    }
+    plan.changes
+        .iter()
+        .filter(|c| c.kind == Kind::Pipeline && matches!(c.action, Action::Added | Action::Changed))
+        .filter(|c| preview_run(head, catalog, &c.name, &BTreeMap::new()).is_ok())
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// The sticky reply to the button of check run `check_run`.
+pub fn action_key(check_run: u64) -> String {
+    format!("action-{check_run}")
 }
 
 /// Plans pull requests and answers commands: built once, over the followed repository, the
@@ -164,6 +187,8 @@ pub struct Pulls {
     branch: Option<String>,
     subdir: String,
     instance: Option<String>,
+    /// Whether plans are reported as check runs (the forge shows them) or statuses.
+    check_runs: bool,
 }
 
 impl Pulls {
@@ -176,7 +201,144 @@ impl Pulls {
             branch: config.branch.clone(),
             subdir: config.subdir.clone(),
             instance: config.instance.clone(),
+            check_runs: false,
         }
+    }
+
+    /// Reports plans as check runs (`true`: the forge shows them) or as statuses.
+    pub fn with_check_runs(mut self, check_runs: bool) -> Self {
+        self.check_runs = check_runs;
+        self
+    }
+
+    /// Answers `sender` pressing the button `identifier` of check run `check_run_id` (on
+    /// `head`) of pull request `number`: [`PREVIEW_ACTION`] starts a preview of each
+    /// pipeline the head adds or changes, as `/trainyard run` does (the same permission
+    /// check, fork rule and recording: one run per check run and pipeline). Refusals are
+    /// answered in the sticky reply `action-<check_run_id>`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn on_check_action<F: Forge>(
+        &self,
+        forge: &F,
+        check_run_id: u64,
+        number: u64,
+        head: &str,
+        identifier: &str,
+        sender: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), PullsError> {
+        if identifier != PREVIEW_ACTION {
+            tracing::info!(
+                pr = number,
+                identifier,
+                "ignored a check run button Trainyard does not offer"
+            );
+            return Ok(());
+        }
+        let store = &self.store;
+        if !store.previews_of_check_run(check_run_id).await?.is_empty() {
+            return Ok(());
+        }
+        let key = action_key(check_run_id);
+        let reply = |text: &str| comment_report(head, Some(number), &key, &sticky(&key, text));
+        let Some(pr) = store.pull_request(number).await? else {
+            let text = format!(
+                "@{sender} nothing runs: Trainyard has not seen pull request #{number} yet; \
+                 comment `/trainyard plan` first."
+            );
+            store.enqueue_reports(&[reply(&text)], now).await?;
+            return Ok(());
+        };
+        if !pr.open {
+            let text = format!("@{sender} this pull request is closed: nothing runs from it.");
+            store.enqueue_reports(&[reply(&text)], now).await?;
+            return Ok(());
+        }
+        let permission = match forge.permission_of(sender).await {
+            Ok(permission) => permission,
+            Err(error @ ForgeError::Transient { .. }) => return Err(PullsError::Forge(error)),
+            Err(ForgeError::Permanent { message }) => {
+                let text = format!(
+                    "@{sender} nothing runs: Trainyard could not check your permission on this \
+                     repository ({message})."
+                );
+                store.enqueue_reports(&[reply(&text)], now).await?;
+                return Ok(());
+            }
+        };
+        let Some(checked) = self.plan(&pr, now).await? else {
+            let text = format!(
+                "@{sender} nothing runs: this pull request does not merge into the branch \
+                 Trainyard follows, or its head commit cannot be read."
+            );
+            store.enqueue_reports(&[reply(&text)], now).await?;
+            return Ok(());
+        };
+        if !checked.head.eq_ignore_ascii_case(head) {
+            let text = format!(
+                "@{sender} nothing runs: that button belongs to head `{}`, and the pull request \
+                 is at `{}` now; use the button of its latest plan.",
+                short(head),
+                short(&checked.head)
+            );
+            store.enqueue_reports(&[reply(&text)], now).await?;
+            return Ok(());
+        }
+        if let Err(reason) = may_preview(
+            sender,
+            permission.can_write(),
+            pr.from_fork,
+            &checked.base_previews,
+        ) {
+            store.enqueue_reports(&[reply(&reason)], now).await?;
+            return Ok(());
+        }
+        if checked.previewable.is_empty() {
+            let text = format!(
+                "@{sender} nothing runs: this head adds or changes no pipeline that runs with \
+                 its default params; comment `/trainyard run PIPELINE key=value …`."
+            );
+            store.enqueue_reports(&[reply(&text)], now).await?;
+            return Ok(());
+        }
+        for pipeline in &checked.previewable {
+            let (version, run) = match preview_run(
+                &checked.head,
+                &checked.head_catalog,
+                pipeline,
+                &BTreeMap::new(),
+            ) {
+                Ok(found) => found,
+                Err(reason) => {
+                    let text = format!("@{sender} nothing runs: {reason}");
+                    store.enqueue_reports(&[reply(&text)], now).await?;
+                    continue;
+                }
+            };
+            let queued = |id: i64| {
+                let body = preview_comment(
+                    &RunRow::queued(id, &run, now),
+                    RunState::Pending,
+                    &[],
+                    &format!(
+                        "Asked for by @{sender} from the plan's check run; waiting for its turn."
+                    ),
+                );
+                vec![comment_report(
+                    &run.commit_sha,
+                    Some(pr.number),
+                    &run_key(id),
+                    &body,
+                )]
+            };
+            let (id, created) = store
+                .create_action_preview(check_run_id, pr.number, &version, &run, queued, now)
+                .await?;
+            if created {
+                tracing::info!(pr = pr.number, run = id, pipeline = %pipeline, head = %short(&checked.head), "preview run queued from a check run");
+            }
+        }
+        Ok(())
     }
 
     /// Records pull request `pr` as the forge describes it and, while it is open, plans its
@@ -372,13 +534,32 @@ impl Pulls {
         let Some((checked, plan)) = checked else {
             return Ok(None);
         };
-        let reports = plan_reports(
-            pr.number,
-            &checked.head,
-            &pr.base_ref,
-            &plan,
-            self.instance.as_deref(),
-        );
+        let reports = if self.check_runs {
+            // A fork's pull request is not among its check runs' pull requests on GitHub,
+            // so a button there could not say which pull request it is for.
+            let previewable: &[String] = if pr.from_fork {
+                &[]
+            } else {
+                &checked.previewable
+            };
+            plan_check_reports(
+                pr.number,
+                &checked.head,
+                &pr.base_ref,
+                &plan,
+                self.instance.as_deref(),
+                &self.subdir,
+                previewable,
+            )
+        } else {
+            plan_reports(
+                pr.number,
+                &checked.head,
+                &pr.base_ref,
+                &plan,
+                self.instance.as_deref(),
+            )
+        };
         self.store.enqueue_reports(&reports, now).await?;
         tracing::info!(pr = pr.number, head = %short(&checked.head), "planned the pull request");
         Ok(Some(checked))
@@ -430,12 +611,14 @@ impl Checking {
             evaluation.diagnostics,
             now,
         );
+        let previewable = previewable(&plan, &head, &evaluation.catalog);
         Ok(Some((
             Checked {
                 head,
                 base,
                 head_catalog: evaluation.catalog,
                 base_previews: base_catalog.settings.previews.clone(),
+                previewable,
             },
             plan,
         )))

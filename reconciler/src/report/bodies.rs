@@ -1,5 +1,5 @@
-//! What Trainyard writes on the forge, as reports for the outbox: commit statuses, and the
-//! bodies of its sticky comments (a pull request's plan, a preview run's progress, the
+//! What Trainyard writes on the forge, as reports for the outbox: commit statuses (or check
+//! runs with annotations, on a forge that shows them), and the bodies of its sticky comments (a pull request's plan, a preview run's progress, the
 //! results of a merged change).
 //!
 //! Every comment starts with the hidden marker of its key, so the forge finds and edits the
@@ -15,7 +15,10 @@ use crate::store::{
     StoreError, Trigger,
 };
 
-use super::{Report, Status, StatusState, context, fit_description, marker};
+use super::{
+    Annotation, AnnotationLevel, CheckAction, CheckRun, Conclusion, Report, Status, StatusState,
+    context, fit_description, marker,
+};
 
 /// A report as the outbox holds it.
 pub type Outgoing = NewReport<Report>;
@@ -24,6 +27,9 @@ pub type Outgoing = NewReport<Report>;
 pub const PLAN_KEY: &str = "plan";
 /// The sticky comment holding the results of the runs a merged change started.
 pub const RESULTS_KEY: &str = "results";
+
+/// The identifier of the plan check run's button that starts preview runs.
+pub const PREVIEW_ACTION: &str = "preview";
 
 /// The sticky comment of preview run `run`.
 pub fn run_key(run: i64) -> String {
@@ -62,15 +68,15 @@ pub fn sticky(key: &str, text: &str) -> String {
     format!("{}\n{text}", marker(key))
 }
 
-/// What the plan of pull request `pr`'s head `head` against `base_ref` posts: the
-/// `validate` and `plan` statuses on the head and the sticky plan comment.
-pub fn plan_reports(
-    pr: u64,
-    head: &str,
-    base_ref: &str,
-    plan: &Plan,
-    instance: Option<&str>,
-) -> Vec<Outgoing> {
+/// What a plan says, in the words both statuses and check runs use.
+struct Verdicts {
+    validate: StatusState,
+    validated: String,
+    planned: StatusState,
+    summary: String,
+}
+
+fn verdicts(plan: &Plan) -> Verdicts {
     let errors: Vec<String> = plan
         .diagnostics
         .iter()
@@ -113,6 +119,15 @@ pub fn plan_reports(
             format!("cannot be applied as is: {}", plural(errors.len(), "error")),
         )
     };
+    Verdicts {
+        validate,
+        validated,
+        planned,
+        summary,
+    }
+}
+
+fn plan_comment(pr: u64, head: &str, base_ref: &str, plan: &Plan) -> Outgoing {
     let body = sticky(
         PLAN_KEY,
         &format!(
@@ -122,16 +137,164 @@ pub fn plan_reports(
             render_markdown(plan)
         ),
     );
+    comment_report(head, Some(pr), PLAN_KEY, &body)
+}
+
+/// What the plan of pull request `pr`'s head `head` against `base_ref` posts: the
+/// `validate` and `plan` statuses on the head and the sticky plan comment.
+pub fn plan_reports(
+    pr: u64,
+    head: &str,
+    base_ref: &str,
+    plan: &Plan,
+    instance: Option<&str>,
+) -> Vec<Outgoing> {
+    let v = verdicts(plan);
     vec![
         status_report(
             head,
             &context(instance, "validate", None),
-            validate,
-            &validated,
+            v.validate,
+            &v.validated,
         ),
-        status_report(head, &context(instance, "plan", None), planned, &summary),
-        comment_report(head, Some(pr), PLAN_KEY, &body),
+        status_report(
+            head,
+            &context(instance, "plan", None),
+            v.planned,
+            &v.summary,
+        ),
+        plan_comment(pr, head, base_ref, plan),
     ]
+}
+
+/// What the plan posts on a forge with check runs: the `validate` check run with one
+/// annotation per diagnostic (on its file under `subdir`, the tracked directory), the `plan`
+/// check run with the plan as its summary and, when `previewable` names pipelines, the
+/// button that starts their previews; and the sticky plan comment.
+pub fn plan_check_reports(
+    pr: u64,
+    head: &str,
+    base_ref: &str,
+    plan: &Plan,
+    instance: Option<&str>,
+    subdir: &str,
+    previewable: &[String],
+) -> Vec<Outgoing> {
+    let v = verdicts(plan);
+    let conclusion = |state| match state {
+        StatusState::Success => Conclusion::Success,
+        _ => Conclusion::Failure,
+    };
+    let annotations: Vec<Annotation> = plan
+        .diagnostics
+        .iter()
+        .map(|d| annotation(d, subdir))
+        .collect();
+    let mut validation = format!("## Validation of `{}`\n\n", short(head));
+    if plan.diagnostics.is_empty() {
+        validation.push_str("No findings.\n");
+    }
+    for d in &plan.diagnostics {
+        let icon = if d.severity == Severity::Error {
+            "❌"
+        } else {
+            "⚠️"
+        };
+        let place = match d.line {
+            0 => repo_path(subdir, &d.file),
+            line => format!("{}:{line}", repo_path(subdir, &d.file)),
+        };
+        let _ = write!(validation, "- {icon} `{place}` {}", d.message);
+        if let Some(hint) = &d.hint {
+            let _ = write!(validation, " ({hint})");
+        }
+        validation.push('\n');
+    }
+    let mut plan_summary = format!(
+        "Head `{}` of #{pr} against `{base_ref}`.\n\n{}",
+        short(head),
+        render_markdown(plan)
+    );
+    let mut actions = Vec::new();
+    if !previewable.is_empty() {
+        let names: Vec<String> = previewable.iter().map(|p| format!("`{p}`")).collect();
+        let _ = write!(
+            plan_summary,
+            "\n\n**Preview run** starts a preview of {} with default params (or comment \
+             `/trainyard run PIPELINE key=value …`).\n",
+            names.join(", ")
+        );
+        actions.push(CheckAction {
+            label: "Preview run".to_owned(),
+            description: "Run the changed pipelines as previews".to_owned(),
+            identifier: PREVIEW_ACTION.to_owned(),
+        });
+    }
+    vec![
+        check_report(CheckRun {
+            commit: head.to_owned(),
+            name: context(instance, "validate", None),
+            conclusion: conclusion(v.validate),
+            title: fit_description(&v.validated),
+            summary: validation,
+            annotations,
+            actions: Vec::new(),
+        }),
+        check_report(CheckRun {
+            commit: head.to_owned(),
+            name: context(instance, "plan", None),
+            conclusion: conclusion(v.planned),
+            title: fit_description(&v.summary),
+            summary: plan_summary,
+            annotations: Vec::new(),
+            actions,
+        }),
+        plan_comment(pr, head, base_ref, plan),
+    ]
+}
+
+/// A path of the tracked directory `subdir` as a path from the repository's root.
+fn repo_path(subdir: &str, file: &str) -> String {
+    let subdir = subdir.trim_matches('/');
+    if subdir.is_empty() {
+        file.to_owned()
+    } else {
+        format!("{subdir}/{file}")
+    }
+}
+
+/// A diagnostic as an annotation on its file: on its line (the first, for a finding about
+/// the whole file), with its columns when it has them.
+fn annotation(d: &crate::spec::Diagnostic, subdir: &str) -> Annotation {
+    let line = d.line.max(1);
+    let columns = (d.line > 0 && d.column > 0)
+        .then(|| (d.column, d.column.saturating_add(d.width.max(1) - 1)));
+    let message = match &d.hint {
+        Some(hint) => format!("{}\n\n{hint}", d.message),
+        None => d.message.clone(),
+    };
+    Annotation {
+        path: repo_path(subdir, &d.file),
+        start_line: line,
+        end_line: line,
+        columns,
+        level: match d.severity {
+            Severity::Error => AnnotationLevel::Failure,
+            Severity::Warning => AnnotationLevel::Warning,
+        },
+        title: (!d.code.is_empty()).then(|| d.code.clone()),
+        message,
+    }
+}
+
+/// A check run report for the outbox; the newest per (commit, name) is delivered.
+pub fn check_report(check: CheckRun) -> Outgoing {
+    NewReport {
+        commit_sha: check.commit.clone(),
+        kind: ReportKind::CheckRun,
+        key: check.name.clone(),
+        payload: Report::CheckRun(check),
+    }
 }
 
 pub fn plural(n: usize, what: &str) -> String {
@@ -450,6 +613,90 @@ mod tests {
         assert_eq!(found[1].1["state"], "failure");
         let body = found[2].1["body"].as_str().unwrap_or_default();
         assert!(body.contains("b.yaml:4"), "{body}");
+    }
+
+    #[test]
+    fn with_check_runs_each_diagnostic_is_an_annotation_on_its_file_from_the_root() {
+        let base = catalog(&[("a.yaml", &pipeline("churn", 1))]);
+        let head = catalog(&[("a.yaml", &pipeline("churn", 2))]);
+        let diagnostic = |severity, line, column| crate::spec::Diagnostic {
+            severity,
+            file: "b.yaml".to_owned(),
+            line,
+            column,
+            code: "yaml".into(),
+            message: "unknown field `stepz`".into(),
+            hint: Some("did you mean `steps`?".into()),
+            source_line: None,
+            width: 5,
+        };
+        let diagnostics = vec![
+            diagnostic(Severity::Error, 4, 2),
+            diagnostic(Severity::Warning, 0, 0),
+        ];
+        let plan = Planner::default().plan("b", "h", &base, &head, diagnostics, Utc::now());
+        let reports = plan_check_reports(7, HEAD, "main", &plan, Some("eu"), "ml/", &[]);
+        assert_eq!(
+            reports.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            ["trainyard/eu/validate", "trainyard/eu/plan", "plan"]
+        );
+        assert_eq!(reports[0].kind, ReportKind::CheckRun);
+        let Report::CheckRun(validate) = &reports[0].payload else {
+            panic!("a check run: {:?}", reports[0].payload);
+        };
+        assert_eq!(validate.conclusion, Conclusion::Failure);
+        assert_eq!(validate.annotations.len(), 2);
+        let error = &validate.annotations[0];
+        assert_eq!(error.path, "ml/b.yaml");
+        assert_eq!((error.start_line, error.end_line), (4, 4));
+        assert_eq!(error.columns, Some((2, 6)));
+        assert_eq!(error.level, AnnotationLevel::Failure);
+        assert!(
+            error.message.ends_with("did you mean `steps`?"),
+            "{}",
+            error.message
+        );
+        let warning = &validate.annotations[1];
+        assert_eq!((warning.start_line, warning.columns), (1, None));
+        assert_eq!(warning.level, AnnotationLevel::Warning);
+        assert!(
+            validate.summary.contains("`ml/b.yaml:4`"),
+            "{}",
+            validate.summary
+        );
+        let Report::CheckRun(planned) = &reports[1].payload else {
+            panic!("a check run");
+        };
+        assert_eq!(planned.conclusion, Conclusion::Failure);
+        assert!(planned.actions.is_empty(), "nothing to preview");
+        assert!(
+            planned.summary.contains("of #7 against `main`"),
+            "{}",
+            planned.summary
+        );
+    }
+
+    #[test]
+    fn the_plan_check_run_offers_a_preview_when_one_is_possible() {
+        let base = catalog(&[("a.yaml", &pipeline("churn", 1))]);
+        let head = catalog(&[("a.yaml", &pipeline("churn", 2))]);
+        let plan = Planner::default().plan("b", "h", &base, &head, Vec::new(), Utc::now());
+        let reports = plan_check_reports(7, HEAD, "main", &plan, None, "", &["churn".to_owned()]);
+        let Report::CheckRun(planned) = &reports[1].payload else {
+            panic!("a check run");
+        };
+        assert_eq!(planned.name, "trainyard/plan");
+        assert_eq!(planned.conclusion, Conclusion::Success);
+        assert_eq!(planned.actions.len(), 1);
+        let action = &planned.actions[0];
+        assert_eq!(action.identifier, PREVIEW_ACTION);
+        assert!(action.label.chars().count() <= 20 && action.description.chars().count() <= 40);
+        assert!(planned.summary.contains("`churn`"), "{}", planned.summary);
+        let Report::CheckRun(validate) = &reports[0].payload else {
+            panic!("a check run");
+        };
+        assert_eq!(validate.conclusion, Conclusion::Success);
+        assert!(validate.annotations.is_empty());
     }
 
     fn run(id: i64, state: RunState, trigger: Trigger) -> RunRow {

@@ -44,6 +44,19 @@ pub enum ForgeEvent {
         /// The comment's text (markdown).
         body: String,
     },
+    /// Someone pressed a button of one of Trainyard's check runs.
+    CheckRunAction {
+        /// The check run's id.
+        check_run_id: u64,
+        /// The commit it is on.
+        head_sha: String,
+        /// The pull request it is for.
+        pr: u64,
+        /// The button's identifier.
+        identifier: String,
+        /// Login of whoever pressed it.
+        sender: String,
+    },
 }
 
 /// What happened to a pull request.

@@ -1,11 +1,14 @@
-//! The GitHub forge: commit statuses, sticky pull-request comments, the pull request of a
-//! commit and a user's permission, through GitHub's REST API (octocrab), authenticated by a
-//! token or as a GitHub App installation, paced under GitHub's secondary rate limits.
+//! The GitHub forge: commit statuses, check runs ([`checks`], signed in as an App), sticky
+//! pull-request comments, the pull request of a commit and a user's permission, through
+//! GitHub's REST API (octocrab), authenticated by a token or as a GitHub App installation,
+//! paced under GitHub's secondary rate limits.
 //!
 //! Requests go out once: octocrab's own retries are off, because the outbox already retries
 //! with backoff and an inner retry of a write would both break the pacing and risk a second
 //! comment. Errors are sorted into [`ForgeError::Transient`] (with how long GitHub asked to
 //! wait) and [`ForgeError::Permanent`] (with GitHub's message).
+
+mod checks;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -24,8 +27,8 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::{
-    COMMENT_CHARS, Forge, ForgeError, Permission, Status, StatusState, fit_comment_within,
-    fit_description, marker,
+    COMMENT_CHARS, CheckRun, Forge, ForgeError, Permission, Status, StatusState,
+    fit_comment_within, fit_description, marker,
 };
 
 /// GitHub's public API.
@@ -170,6 +173,8 @@ struct Inner {
     api: Octocrab,
     /// Signed in as the app itself (its JWT), to learn the app's bot login.
     app: Option<Octocrab>,
+    /// The App's id, when signed in as one: only Apps write check runs.
+    app_id: Option<u64>,
     owner: String,
     repo: String,
     public_url: Option<String>,
@@ -182,6 +187,8 @@ struct Inner {
     statuses: Mutex<HashMap<String, HashMap<String, Posted>>>,
     /// The id of the sticky comment per (pull request, key).
     comments: Mutex<HashMap<(u64, String), u64>>,
+    /// The check run Trainyard last wrote per (commit, name).
+    checks: Mutex<HashMap<(String, String), checks::Held>>,
     /// The login comments are written under.
     login: OnceCell<String>,
     /// Whether the last answer was 401: the first one may be an expired token, the second is not.
@@ -291,6 +298,10 @@ impl GithubForge {
                         .set_write_timeout(Some(IO_TIMEOUT))
                 })
         };
+        let app_id = match &config.auth {
+            GithubAuth::App { app_id, .. } => Some(*app_id),
+            GithubAuth::Token(_) => None,
+        };
         let (api, app) = match &config.auth {
             GithubAuth::Token(token) => {
                 let api = builder()?
@@ -319,6 +330,7 @@ impl GithubForge {
             inner: Arc::new(Inner {
                 api,
                 app,
+                app_id,
                 owner: config.owner,
                 repo: config.repo,
                 public_url: config
@@ -329,6 +341,7 @@ impl GithubForge {
                 writes: tokio::sync::Mutex::new(VecDeque::new()),
                 statuses: Mutex::new(HashMap::new()),
                 comments: Mutex::new(HashMap::new()),
+                checks: Mutex::new(HashMap::new()),
                 login: OnceCell::new_with(config.login),
                 unauthorized: AtomicBool::new(false),
             }),
@@ -356,6 +369,14 @@ impl Forge for GithubForge {
 
     async fn permission_of(&self, user: &str) -> Result<Permission, ForgeError> {
         self.inner.permission_of(user).await
+    }
+
+    fn has_check_runs(&self) -> bool {
+        self.inner.app_id.is_some()
+    }
+
+    async fn upsert_check_run(&self, check: &CheckRun) -> Result<(), ForgeError> {
+        self.inner.upsert_check_run(check).await
     }
 }
 

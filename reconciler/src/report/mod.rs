@@ -1,5 +1,6 @@
-//! Results reported back where a change was made: commit statuses and one sticky comment per
-//! pull request, through a [`Forge`]. The embedded default forge writes Git notes ([`notes`]).
+//! Results reported back where a change was made: commit statuses (or, on a forge that has
+//! them, check runs with annotations) and one sticky comment per pull request, through a
+//! [`Forge`]. The embedded default forge writes Git notes ([`notes`]).
 //!
 //! Reports travel through the store's outbox as JSON ([`Report`], built by [`bodies`]); the
 //! delivery loop hands each to [`deliver`], retries [`ForgeError::Transient`] after
@@ -26,6 +27,10 @@ use thiserror::Error;
 pub const DESCRIPTION_CHARS: usize = 140;
 /// Longest comment body GitHub accepts, in characters.
 pub const COMMENT_CHARS: usize = 65_536;
+/// Longest check run summary (and text) GitHub accepts, in characters.
+pub const SUMMARY_CHARS: usize = 65_535;
+/// Most annotations GitHub takes in one request; more are sent in further updates.
+pub const ANNOTATIONS_PER_REQUEST: usize = 50;
 /// Longest wait between two delivery attempts, unless the forge asks for longer.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -79,6 +84,128 @@ pub struct Status {
     pub target_url: Option<String>,
 }
 
+/// How a completed check run concluded; the ones Trainyard writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Conclusion {
+    /// It passed.
+    Success,
+    /// It failed because of the change.
+    Failure,
+    /// Nothing to judge.
+    Neutral,
+}
+
+impl Conclusion {
+    /// The conclusion as GitHub spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Conclusion::Success => "success",
+            Conclusion::Failure => "failure",
+            Conclusion::Neutral => "neutral",
+        }
+    }
+
+    /// The commit status that says the same, for forges without check runs.
+    pub fn state(self) -> StatusState {
+        match self {
+            Conclusion::Success | Conclusion::Neutral => StatusState::Success,
+            Conclusion::Failure => StatusState::Failure,
+        }
+    }
+}
+
+/// How serious an annotation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnnotationLevel {
+    /// For information.
+    Notice,
+    /// A warning.
+    Warning,
+    /// An error.
+    Failure,
+}
+
+impl AnnotationLevel {
+    /// The level as GitHub spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnnotationLevel::Notice => "notice",
+            AnnotationLevel::Warning => "warning",
+            AnnotationLevel::Failure => "failure",
+        }
+    }
+}
+
+/// A finding shown on a file's line in the pull request's diff.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Annotation {
+    /// The file, relative to the repository's root.
+    pub path: String,
+    /// First line, from 1.
+    pub start_line: u32,
+    /// Last line.
+    pub end_line: u32,
+    /// First and last column, only when the annotation is on one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<(u32, u32)>,
+    /// How serious it is.
+    pub level: AnnotationLevel,
+    /// Its title (the check that found it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// What it says.
+    pub message: String,
+}
+
+/// A button on a check run; pressing it sends a `requested_action` webhook naming
+/// `identifier`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CheckAction {
+    /// What the button says (GitHub: at most 20 characters).
+    pub label: String,
+    /// Its tooltip (at most 40).
+    pub description: String,
+    /// What the webhook names (at most 20).
+    pub identifier: String,
+}
+
+/// A completed check run: one per (commit, name), the latest one wins, like a status, with
+/// a markdown summary and annotations on files and lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRun {
+    /// The full commit id.
+    pub commit: String,
+    /// Its name, such as `trainyard/validate`; see [`context`].
+    pub name: String,
+    /// How it concluded.
+    pub conclusion: Conclusion,
+    /// One line for people (the status description on forges without check runs).
+    pub title: String,
+    /// Markdown; forges cut it to [`SUMMARY_CHARS`].
+    pub summary: String,
+    /// Findings on files and lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub annotations: Vec<Annotation>,
+    /// Buttons (GitHub: at most three).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<CheckAction>,
+}
+
+impl CheckRun {
+    /// The commit status that says the same, for forges without check runs.
+    pub fn as_status(&self) -> Status {
+        Status {
+            commit: self.commit.clone(),
+            context: self.name.clone(),
+            state: self.conclusion.state(),
+            description: fit_description(&self.title),
+            target_url: None,
+        }
+    }
+}
+
 /// One report waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -99,6 +226,8 @@ pub enum Report {
         /// Markdown.
         body: String,
     },
+    /// Create or update a check run (a status on forges without them).
+    CheckRun(CheckRun),
 }
 
 /// Why a forge did not take a report.
@@ -151,6 +280,23 @@ pub trait Forge: Send + Sync + 'static {
         &self,
         user: &str,
     ) -> impl Future<Output = Result<Permission, ForgeError>> + Send;
+
+    /// Whether the forge shows check runs (GitHub, signed in as an App); the others get
+    /// statuses.
+    fn has_check_runs(&self) -> bool {
+        false
+    }
+
+    /// Creates the check run `check.name` on `check.commit`, or brings the one there up to
+    /// date, writing nothing when it already shows `check`. A forge without check runs sets
+    /// the status that says the same.
+    fn upsert_check_run(
+        &self,
+        check: &CheckRun,
+    ) -> impl Future<Output = Result<(), ForgeError>> + Send {
+        let status = check.as_status();
+        async move { self.set_status(&status).await }
+    }
 }
 
 /// A user's role on the repository, GitHub's five plus none.
@@ -231,6 +377,20 @@ impl Forge for AnyForge {
             AnyForge::Github(forge) => forge.permission_of(user).await,
         }
     }
+
+    fn has_check_runs(&self) -> bool {
+        match self {
+            AnyForge::Notes(forge) => forge.has_check_runs(),
+            AnyForge::Github(forge) => forge.has_check_runs(),
+        }
+    }
+
+    async fn upsert_check_run(&self, check: &CheckRun) -> Result<(), ForgeError> {
+        match self {
+            AnyForge::Notes(forge) => forge.upsert_check_run(check).await,
+            AnyForge::Github(forge) => forge.upsert_check_run(check).await,
+        }
+    }
 }
 
 /// What became of a delivered report.
@@ -248,6 +408,10 @@ pub async fn deliver<F: Forge>(forge: &F, report: &Report) -> Result<Delivery, F
     match report {
         Report::Status(status) => {
             forge.set_status(status).await?;
+            Ok(Delivery::Delivered)
+        }
+        Report::CheckRun(check) => {
+            forge.upsert_check_run(check).await?;
             Ok(Delivery::Delivered)
         }
         Report::Comment {
@@ -308,13 +472,25 @@ pub fn fit_comment(body: &str) -> String {
 /// [`fit_comment`] for a body that must leave room for something else (a marker line) in the
 /// forge's [`COMMENT_CHARS`]: it keeps at most `limit` characters.
 pub fn fit_comment_within(body: &str, limit: usize) -> String {
+    fit_markdown(body, limit, "comment", COMMENT_CHARS)
+}
+
+/// A check run summary within [`SUMMARY_CHARS`] characters, cut like [`fit_comment`].
+pub fn fit_summary(summary: &str) -> String {
+    fit_markdown(summary, SUMMARY_CHARS, "summary", SUMMARY_CHARS)
+}
+
+/// `body` within `limit` characters: a longer one is cut on a character boundary, a code
+/// block the cut leaves open is closed, and a note says that the `what` was cut and that
+/// the forge keeps at most `kept`.
+fn fit_markdown(body: &str, limit: usize, what: &str, kept: usize) -> String {
     let total = body.chars().count();
     if total <= limit {
         return body.to_owned();
     }
     let note = format!(
-        "\n\n---\n*Trainyard cut this comment: it was {total} characters long and the forge \
-         keeps at most {COMMENT_CHARS}.*\n"
+        "\n\n---\n*Trainyard cut this {what}: it was {total} characters long and the forge \
+         keeps at most {kept}.*\n"
     );
     let fence = "\n```";
     let room = limit.saturating_sub(note.chars().count() + fence.len());
@@ -418,6 +594,42 @@ mod tests {
     }
 
     #[test]
+    fn a_long_summary_is_cut_within_githubs_limit_on_a_char_boundary() {
+        let summary = format!("## Plan\n```diff\n{}", "ü".repeat(70_000));
+        let fitted = fit_summary(&summary);
+        assert!(fitted.chars().count() <= SUMMARY_CHARS);
+        assert!(fitted.starts_with("## Plan\n```diff\nüü"));
+        assert!(
+            fitted.ends_with(
+                "```\n\n---\n*Trainyard cut this summary: it was 70016 characters long and the \
+                 forge keeps at most 65535.*\n"
+            ),
+            "{}",
+            &fitted[fitted.len() - 200..]
+        );
+        let exact = "a".repeat(SUMMARY_CHARS);
+        assert_eq!(fit_summary(&exact), exact);
+    }
+
+    #[test]
+    fn a_check_run_reads_as_the_status_that_says_the_same() {
+        let check = CheckRun {
+            commit: "c".repeat(40),
+            name: "trainyard/validate".to_owned(),
+            conclusion: Conclusion::Failure,
+            title: "1 error:\nb.yaml:4".to_owned(),
+            summary: "## Validation".to_owned(),
+            annotations: Vec::new(),
+            actions: Vec::new(),
+        };
+        let status = check.as_status();
+        assert_eq!(status.context, "trainyard/validate");
+        assert_eq!(status.state, StatusState::Failure);
+        assert_eq!(status.description, "1 error: b.yaml:4");
+        assert_eq!(Conclusion::Neutral.state(), StatusState::Success);
+    }
+
+    #[test]
     fn markers_are_hidden_comments_found_by_exact_key() {
         assert_eq!(marker("plan"), "<!-- trainyard:plan -->");
         let body = format!("{}\n## Plan", marker("plan"));
@@ -478,6 +690,27 @@ mod tests {
                 key: "plan".to_owned(),
                 body: "## Plan".to_owned(),
             },
+            Report::CheckRun(CheckRun {
+                commit: "d".repeat(40),
+                name: "trainyard/plan".to_owned(),
+                conclusion: Conclusion::Success,
+                title: "1 to add".to_owned(),
+                summary: "## Plan".to_owned(),
+                annotations: vec![Annotation {
+                    path: "pipelines/a.yaml".to_owned(),
+                    start_line: 4,
+                    end_line: 4,
+                    columns: Some((2, 6)),
+                    level: AnnotationLevel::Warning,
+                    title: Some("yaml".to_owned()),
+                    message: "unknown field".to_owned(),
+                }],
+                actions: vec![CheckAction {
+                    label: "Preview run".to_owned(),
+                    description: "d".to_owned(),
+                    identifier: "preview".to_owned(),
+                }],
+            }),
         ];
         for report in reports {
             let json = serde_json::to_value(&report).expect("serializes");
@@ -489,6 +722,14 @@ mod tests {
             "state": "failure", "description": "1 error"
         });
         let read: Report = serde_json::from_value(json).expect("the outbox's form reads");
+        let check = serde_json::json!({
+            "kind": "check_run", "commit": "e", "name": "trainyard/validate",
+            "conclusion": "failure", "title": "1 error", "summary": "s"
+        });
+        let check: Report = serde_json::from_value(check).expect("a check run reads");
+        assert!(
+            matches!(check, Report::CheckRun(CheckRun { ref annotations, .. }) if annotations.is_empty())
+        );
         assert!(matches!(
             read,
             Report::Status(Status {

@@ -1,5 +1,6 @@
 //! Queued forge events (webhook deliveries), oldest first: a push of the followed branch
-//! makes the branch be looked at now; pull requests and comments go to [`Pulls`].
+//! makes the branch be looked at now; pull requests, comments and check run buttons go to
+//! [`Pulls`].
 //!
 //! Each event is finished with what became of it. One the forge cannot help with now (a rate
 //! limit) or the store cannot record now holds back the events after it, which are taken up
@@ -150,6 +151,25 @@ impl<F: Forge> ForgeEvents<F> {
             } => {
                 self.pulls
                     .on_comment(self.forge.as_ref(), pr, comment_id, &author, &body, now)
+                    .await
+            }
+            ForgeEvent::CheckRunAction {
+                check_run_id,
+                head_sha,
+                pr,
+                identifier,
+                sender,
+            } => {
+                self.pulls
+                    .on_check_action(
+                        self.forge.as_ref(),
+                        check_run_id,
+                        pr,
+                        &head_sha,
+                        &identifier,
+                        &sender,
+                        now,
+                    )
                     .await
             }
         }

@@ -393,7 +393,8 @@ impl<E: Executor, F: Forge> Runtime<E, F> {
         let forge = Arc::new(forge);
         let follow =
             follow::Follow::new(repo.clone(), store.clone(), definitions.clone(), &config).await?;
-        let pulls = Pulls::new(repo.clone(), store.clone(), definitions, &config);
+        let pulls = Pulls::new(repo.clone(), store.clone(), definitions, &config)
+            .with_check_runs(forge.has_check_runs());
         let mut due = Due::default();
         due.all_now();
         Ok(Runtime {

@@ -1,5 +1,6 @@
 //! GitHub webhooks: checking a delivery's signature and reading the few events Trainyard
-//! acts on (pushes, pull requests, comments on pull requests) into [`ForgeEvent`]s, which
+//! acts on (pushes, pull requests, comments on pull requests, buttons pressed on check
+//! runs) into [`ForgeEvent`]s, which
 //! the store queues for the service's loop. A GitHub App receives the events of every
 //! repository it is installed on: only those of the followed repository are queued; the
 //! others are recorded as refused and never acted on.
@@ -119,7 +120,8 @@ impl Delivery {
 /// Reads a delivery of `event` (the `X-GitHub-Event` header). `None` for events and actions
 /// Trainyard does not act on: other events, tag pushes, branch deletions, pull request
 /// actions other than opened/synchronize/reopened/closed, comments that are not new, not on
-/// a pull request, or written by a bot.
+/// a pull request, or written by a bot, check run events other than a pressed button (or one
+/// on a check run of no pull request, as GitHub sends for a fork's).
 pub fn parse(event: &str, body: &[u8]) -> Result<Option<Delivery>, WebhookError> {
     let payload = match event {
         "ping" => {
@@ -128,12 +130,13 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Option<Delivery>, WebhookError>
                 repository: None,
             }));
         }
-        "push" | "pull_request" | "issue_comment" => Payload::read(event, body)?,
+        "push" | "pull_request" | "issue_comment" | "check_run" => Payload::read(event, body)?,
         _ => return Ok(None),
     };
     let read = match event {
         "push" => payload.push()?,
         "pull_request" => payload.pull_request()?,
+        "check_run" => payload.check_run()?,
         _ => payload.issue_comment()?,
     };
     let Some(read) = read else { return Ok(None) };
@@ -314,6 +317,38 @@ impl<'a> Payload<'a> {
             comment_id: self.number(&["comment", "id"])?,
             author: self.string(&["comment", "user", "login"])?.to_owned(),
             body: self.string(&["comment", "body"])?.to_owned(),
+        }))
+    }
+}
+
+impl Payload<'_> {
+    fn check_run(&self) -> Result<Option<ForgeEvent>, WebhookError> {
+        if self.string(&["action"])? != "requested_action" {
+            return Ok(None);
+        }
+        let head_sha = self.sha(&["check_run", "head_sha"])?;
+        let pr = match self.get(&["check_run", "pull_requests"]) {
+            Some(Value::Array(pulls)) => pulls
+                .iter()
+                .filter(|p| {
+                    p.pointer("/head/sha")
+                        .and_then(Value::as_str)
+                        .is_none_or(|sha| sha.eq_ignore_ascii_case(&head_sha))
+                })
+                .find_map(|p| p.get("number").and_then(Value::as_u64)),
+            Some(_) => return Err(self.error(&["check_run", "pull_requests"], "is not an array")),
+            None => None,
+        };
+        let Some(pr) = pr else { return Ok(None) };
+        if matches!(self.get(&["sender", "type"]), Some(Value::String(kind)) if kind == "Bot") {
+            return Ok(None);
+        }
+        Ok(Some(ForgeEvent::CheckRunAction {
+            check_run_id: self.number(&["check_run", "id"])?,
+            head_sha,
+            pr,
+            identifier: self.string(&["requested_action", "identifier"])?.to_owned(),
+            sender: self.string(&["sender", "login"])?.to_owned(),
         }))
     }
 }
@@ -739,6 +774,55 @@ mod tests {
         }
     }
 
+    fn check_run_payload(action: &str, pulls: Value, sender_type: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "action": action,
+            "check_run": {"id": 901, "name": "trainyard/plan", "head_sha": HEAD,
+                          "status": "completed", "conclusion": "success",
+                          "pull_requests": pulls},
+            "requested_action": {"identifier": "preview"},
+            "repository": {"full_name": "acme/ml"},
+            "sender": {"login": "bob", "type": sender_type},
+            "installation": {"id": 777}
+        }))
+        .expect("json")
+    }
+
+    #[test]
+    fn a_pressed_check_run_button_is_read_with_its_pull_request() {
+        let pulls = json!([{"number": 3, "head": {"sha": SHA}, "base": {"sha": SHA}},
+                           {"number": 7, "head": {"sha": HEAD}, "base": {"sha": SHA}}]);
+        let body = check_run_payload("requested_action", pulls.clone(), "User");
+        let delivery = parse("check_run", &body).expect("reads").expect("an event");
+        assert_eq!(delivery.repository.as_deref(), Some("acme/ml"));
+        assert!(delivery.is_for("ACME/ml") && !delivery.is_for("acme/other"));
+        assert_eq!(
+            delivery.event,
+            ForgeEvent::CheckRunAction {
+                check_run_id: 901,
+                head_sha: HEAD.to_owned(),
+                pr: 7,
+                identifier: "preview".to_owned(),
+                sender: "bob".to_owned(),
+            }
+        );
+        for ignored in [
+            check_run_payload("created", pulls.clone(), "User"),
+            check_run_payload("rerequested", pulls.clone(), "User"),
+            check_run_payload("requested_action", json!([]), "User"),
+            check_run_payload("requested_action", pulls, "Bot"),
+        ] {
+            assert_eq!(event_of("check_run", &ignored), Ok(None));
+        }
+        let mut broken: Value = serde_json::from_slice(&body).expect("json");
+        broken["requested_action"] = json!({});
+        let broken = serde_json::to_vec(&broken).expect("json");
+        assert!(matches!(
+            event_of("check_run", &broken),
+            Err(WebhookError::Malformed { field, .. }) if field == "requested_action.identifier"
+        ));
+    }
+
     #[test]
     fn a_new_comment_on_a_pull_request_is_read() {
         assert_eq!(
@@ -771,7 +855,7 @@ mod tests {
     #[test]
     fn events_trainyard_does_not_act_on_are_ignored_unread() {
         for event in [
-            "check_run",
+            "check_suite",
             "issues",
             "pull_request_review",
             "create",

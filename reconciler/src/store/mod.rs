@@ -201,18 +201,20 @@ impl Store {
 
 /// The schema migrations of one backend, embedded in the binary.
 fn migrator(backend: Backend) -> Migrator {
-    let (init, forge_events, pulls, level) = match backend {
+    let (init, forge_events, pulls, level, checks) = match backend {
         Backend::Sqlite => (
             include_str!("../../migrations/sqlite/0001_init.sql"),
             include_str!("../../migrations/sqlite/0002_forge_events.sql"),
             include_str!("../../migrations/sqlite/0003_pulls.sql"),
             include_str!("../../migrations/sqlite/0004_level_triggered.sql"),
+            include_str!("../../migrations/sqlite/0005_check_runs.sql"),
         ),
         Backend::Postgres => (
             include_str!("../../migrations/postgres/0001_init.sql"),
             include_str!("../../migrations/postgres/0002_forge_events.sql"),
             include_str!("../../migrations/postgres/0003_pulls.sql"),
             include_str!("../../migrations/postgres/0004_level_triggered.sql"),
+            include_str!("../../migrations/postgres/0005_check_runs.sql"),
         ),
     };
     let migration = |version, name: &'static str, sql: &'static str| {
@@ -229,6 +231,7 @@ fn migrator(backend: Backend) -> Migrator {
         migration(2, "forge_events", forge_events),
         migration(3, "pulls", pulls),
         migration(4, "level_triggered", level),
+        migration(5, "check_runs", checks),
     ])
 }
 

@@ -111,21 +111,63 @@ impl Store {
         reports: impl FnOnce(i64) -> Vec<NewReport<P>>,
         at: DateTime<Utc>,
     ) -> Result<(i64, bool)> {
+        self.insert_preview(Asker::Comment(comment_id), pr, version, run, reports, at)
+            .await
+    }
+
+    /// Starts the preview run of `run.pipeline` that the button of check run `check_run_id`
+    /// asked for on pull request `pr`, as [`Store::create_preview`] does for a comment: one
+    /// run per check run and pipeline.
+    pub async fn create_action_preview<P: Serialize>(
+        &self,
+        check_run_id: u64,
+        pr: u64,
+        version: &PipelineUpsert,
+        run: &NewRun,
+        reports: impl FnOnce(i64) -> Vec<NewReport<P>>,
+        at: DateTime<Utc>,
+    ) -> Result<(i64, bool)> {
+        self.insert_preview(Asker::CheckRun(check_run_id), pr, version, run, reports, at)
+            .await
+    }
+
+    async fn insert_preview<P: Serialize>(
+        &self,
+        asker: Asker,
+        pr: u64,
+        version: &PipelineUpsert,
+        run: &NewRun,
+        reports: impl FnOnce(i64) -> Vec<NewReport<P>>,
+        at: DateTime<Utc>,
+    ) -> Result<(i64, bool)> {
         if run.trigger != Trigger::Preview
             || run.pipeline != version.name
             || run.pipeline_version != version.version
         {
             return Err(StoreError::Invalid(format!(
-                "a preview of comment {comment_id} must be a preview run of the version it stores"
+                "a preview of {asker} must be a preview run of the version it stores"
             )));
         }
-        let comment = stored_number(comment_id)?;
+        let asked_by = match asker {
+            Asker::Comment(id) | Asker::CheckRun(id) => stored_number(id)?,
+        };
         let mut tx = self.write().await?;
         let existing: Option<i64> =
-            sqlx::query_scalar("SELECT run_id FROM previews WHERE comment_id = $1")
-                .bind(comment)
+            match asker {
+                Asker::Comment(_) => {
+                    sqlx::query_scalar("SELECT run_id FROM previews WHERE comment_id = $1")
+                        .bind(asked_by)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                }
+                Asker::CheckRun(_) => sqlx::query_scalar(
+                    "SELECT run_id FROM action_previews WHERE check_run_id = $1 AND pipeline = $2",
+                )
+                .bind(asked_by)
+                .bind(&run.pipeline)
                 .fetch_optional(&mut *tx)
-                .await?;
+                .await?,
+            };
         if let Some(id) = existing {
             tx.rollback().await?;
             return Ok((id, false));
@@ -149,24 +191,55 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let id = insert_run(&mut tx, run, None, at).await?;
-        sqlx::query("INSERT INTO previews (comment_id, pull_request, run_id) VALUES ($1, $2, $3)")
-            .bind(comment)
-            .bind(stored_number(pr)?)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        match asker {
+            Asker::Comment(_) => {
+                sqlx::query(
+                    "INSERT INTO previews (comment_id, pull_request, run_id) VALUES ($1, $2, $3)",
+                )
+                .bind(asked_by)
+                .bind(stored_number(pr)?)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Asker::CheckRun(_) => {
+                sqlx::query(
+                    "INSERT INTO action_previews (check_run_id, pipeline, pull_request, run_id)
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(asked_by)
+                .bind(&run.pipeline)
+                .bind(stored_number(pr)?)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         enqueue(&mut tx, &reports(id), at).await?;
         tx.commit().await?;
         Ok((id, true))
     }
 
-    /// The pull request whose comment started preview run `run_id`, if one did.
+    /// The preview runs the button of check run `check_run_id` started.
+    pub async fn previews_of_check_run(&self, check_run_id: u64) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT run_id FROM action_previews WHERE check_run_id = $1 ORDER BY run_id",
+        )
+        .bind(stored_number(check_run_id)?)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The pull request whose comment (or check run button) started preview run `run_id`,
+    /// if one did.
     pub async fn pull_request_of_preview(&self, run_id: i64) -> Result<Option<u64>> {
-        let number: Option<i64> =
-            sqlx::query_scalar("SELECT pull_request FROM previews WHERE run_id = $1")
-                .bind(run_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let number: Option<i64> = sqlx::query_scalar(
+            "SELECT pull_request FROM previews WHERE run_id = $1
+             UNION ALL SELECT pull_request FROM action_previews WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?;
         number
             .map(|n| {
                 u64::try_from(n).map_err(|e| StoreError::Corrupt {
@@ -192,4 +265,22 @@ fn pull_request_row(row: &AnyRow) -> Result<PullRequestRow> {
         author: c.get("author")?,
         open: c.flag("is_open")?,
     })
+}
+
+/// What asked for a preview run.
+#[derive(Debug, Clone, Copy)]
+enum Asker {
+    /// A command comment.
+    Comment(u64),
+    /// A check run's button.
+    CheckRun(u64),
+}
+
+impl std::fmt::Display for Asker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Asker::Comment(id) => write!(f, "comment {id}"),
+            Asker::CheckRun(id) => write!(f, "check run {id}"),
+        }
+    }
 }

@@ -208,6 +208,8 @@ on_both_backends!(
     views_list_newest_first,
     pull_requests_are_replaced_by_what_the_forge_says_last,
     a_comment_starts_one_preview_pinned_to_its_head_version,
+    a_check_run_button_starts_one_preview_per_pipeline,
+    check_run_reports_are_kept_and_superseded_like_statuses,
     a_report_waiting_for_its_retry_holds_back_newer_ones,
     a_delivery_recorded_twice_stores_one_event,
     a_refused_delivery_is_recorded_finished_and_never_handed_out,
@@ -325,8 +327,8 @@ async fn migrations_run_twice_safely(store: Store) {
         .await
         .expect("count applied migrations");
     assert_eq!(
-        applied, 4,
-        "init, forge events, pull requests, level-triggered"
+        applied, 5,
+        "init, forge events, pull requests, level-triggered, check runs"
     );
     assert!(
         store
@@ -1730,6 +1732,56 @@ async fn a_bare_path_names_a_sqlite_file_that_survives_reconnecting() {
     again.close().await;
 }
 
+#[tokio::test]
+async fn reports_queued_before_check_runs_survive_the_upgrade_and_check_runs_are_taken() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("old.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    sqlx::any::install_default_drivers();
+    let old = sqlx::AnyPool::connect(&url).await.expect("a database");
+    let full = migrator(Backend::Sqlite);
+    let before: Vec<Migration> = full
+        .migrations
+        .iter()
+        .filter(|m| m.version < 5)
+        .cloned()
+        .collect();
+    Migrator::with_migrations(before)
+        .run(&old)
+        .await
+        .expect("the schema before check runs");
+    sqlx::query(
+        "INSERT INTO outbox (commit_sha, kind, report_key, payload, state, attempts,
+             next_attempt_at, created_at)
+         VALUES ('c1', 'status', 'trainyard/validate', '{\"kind\":\"status\"}', 'pending', 2,
+             0, 0)",
+    )
+    .execute(&old)
+    .await
+    .expect("a queued status");
+    old.close().await;
+
+    let store = Store::connect(&url).await.expect("upgraded");
+    let due = store.due_reports::<Value>(t(1), 10).await.expect("due");
+    assert_eq!(due.len(), 1, "the queued status is still there");
+    let row = due[0].1.as_ref().expect("readable");
+    assert_eq!((row.kind, row.attempts), (ReportKind::Status, 2));
+    let check = NewReport {
+        commit_sha: "c1".to_owned(),
+        kind: ReportKind::CheckRun,
+        key: "trainyard/validate".to_owned(),
+        payload: json!({"kind": "check_run"}),
+    };
+    store
+        .enqueue_reports(&[check], t(2))
+        .await
+        .expect("the new kind is taken");
+    let due = store.due_reports::<Value>(t(3), 10).await.expect("due");
+    assert_eq!(due.len(), 2);
+    assert!(due[1].0 > due[0].0, "ids keep growing after the copy");
+    store.close().await;
+}
+
 #[test]
 fn database_urls_pick_their_backend() {
     let resolved = |url: &str| resolve_url(url).expect("a supported URL");
@@ -1853,6 +1905,64 @@ async fn a_comment_starts_one_preview_pinned_to_its_head_version(store: Store) {
             .await,
         Err(StoreError::Invalid(_))
     ));
+}
+
+async fn a_check_run_button_starts_one_preview_per_pipeline(store: Store) {
+    with_nightly(&store).await;
+    let version = pipeline("churn", "v9");
+    let run = NewRun {
+        pipeline_version: "v9".to_owned(),
+        trigger: Trigger::Preview,
+        ..change_run("head1")
+    };
+    let none = |_: i64| Vec::<NewReport<Value>>::new();
+    let (id, first) = store
+        .create_action_preview(900, 7, &version, &run, none, t(5))
+        .await
+        .expect("preview");
+    let (again, second) = store
+        .create_action_preview(900, 7, &version, &run, none, t(6))
+        .await
+        .expect("preview again");
+    assert!(first && !second);
+    assert_eq!(again, id, "one run per check run and pipeline");
+    // A comment with the same number is another asker.
+    let (other, third) = store
+        .create_preview(900, 7, &version, &run, none, t(7))
+        .await
+        .expect("a comment's preview");
+    assert!(third && other != id);
+    assert_eq!(
+        store.previews_of_check_run(900).await.expect("read"),
+        vec![id]
+    );
+    assert_eq!(
+        store.pull_request_of_preview(id).await.expect("read"),
+        Some(7)
+    );
+    assert_eq!(
+        store.pull_request_of_preview(other).await.expect("read"),
+        Some(7)
+    );
+}
+
+async fn check_run_reports_are_kept_and_superseded_like_statuses(store: Store) {
+    let check = |title: &str| NewReport {
+        commit_sha: "head1".to_owned(),
+        kind: ReportKind::CheckRun,
+        key: "trainyard/validate".to_owned(),
+        payload: json!({"kind": "check_run", "title": title}),
+    };
+    store
+        .enqueue_reports(&[check("first"), check("second")], t(1))
+        .await
+        .expect("enqueued");
+    let due = store.due_reports::<Value>(t(2), 10).await.expect("due");
+    assert_eq!(due.len(), 1, "the newer one supersedes the older");
+    let (_, row) = &due[0];
+    let row = row.as_ref().expect("readable");
+    assert_eq!(row.kind, ReportKind::CheckRun);
+    assert_eq!(row.payload["title"], "second");
 }
 
 fn push_event(after: &str) -> ForgeEvent {

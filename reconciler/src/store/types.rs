@@ -163,6 +163,8 @@ stored_enum! {
         Status => "status",
         /// A comment edited in place; the key is its hidden marker.
         Comment => "comment",
+        /// A check run; the key is its name.
+        CheckRun => "check_run",
     }
 }
 

@@ -41,7 +41,7 @@ pub(crate) fn bot_login(slug: &str) -> String {
 }
 
 impl Site {
-    fn web(&self) -> String {
+    pub(crate) fn web(&self) -> String {
         format!("{}/web", self.api)
     }
 
@@ -208,13 +208,13 @@ impl Site {
             "created_at": "2024-01-01T00:00:00Z",
             "updated_at": "2024-01-01T00:00:00Z",
             "permissions": self.permissions(),
-            "events": ["issue_comment", "pull_request", "push"]
+            "events": ["check_run", "issue_comment", "pull_request", "push"]
         })
     }
 
     pub(crate) fn permissions(&self) -> Value {
-        json!({"contents": "read", "metadata": "read", "pull_requests": "write",
-               "statuses": "write", "issues": "write"})
+        json!({"checks": "write", "contents": "read", "metadata": "read",
+               "pull_requests": "write", "statuses": "write", "issues": "write"})
     }
 
     pub(crate) fn installation(&self) -> Value {
@@ -229,7 +229,7 @@ impl Site {
             "target_id": user_id(&self.owner),
             "target_type": "Organization",
             "permissions": self.permissions(),
-            "events": ["issue_comment", "pull_request", "push"],
+            "events": ["check_run", "issue_comment", "pull_request", "push"],
             "created_at": "2024-01-01T00:00:00Z",
             "updated_at": "2024-01-01T00:00:00Z",
             "single_file_name": null,

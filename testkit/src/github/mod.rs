@@ -30,12 +30,17 @@
 //! * Endpoints: commit statuses (create, list newest first, combined), issue comments
 //!   (create, list with `Link` pagination, get, PATCH, DELETE; POST to a comment's URL is
 //!   404 as on GitHub), pull requests (get, `commits/{sha}/pulls` by head or merge commit),
-//!   collaborator permission, `GET /user` (personal tokens only: GitHub answers 403 to
+//!   collaborator permission, check runs (create, PATCH appending annotations, get, list by
+//!   ref with `check_name`/`filter`/`app_id`, annotations; written only by Apps, a personal
+//!   token gets 403), `GET /user` (personal tokens only: GitHub answers 403 to
 //!   installation tokens and to Actions' `GITHUB_TOKEN`), `GET /app`, `GET /repos/{o}/{r}/installation`.
 //! * Validation answers as GitHub does: 422 `Validation Failed` with `errors` for a bad
 //!   `state`, a description over 140 characters, a missing or over-65,536-character
-//!   comment body; 422 `No commit found for SHA: …` for unknown commits; 400 `Problems
-//!   parsing JSON`.
+//!   comment body; for check runs a missing `name`, `head_sha`, output `title` or `summary`,
+//!   a summary or text over 65,535 characters, more than 50 annotations or 3 actions in one
+//!   request, an incomplete annotation or one with columns over several lines, an action's
+//!   label, description or identifier over 20, 40, 20 characters; 422 `No commit found for
+//!   SHA: …` for unknown commits; 400 `Problems parsing JSON`.
 //! * Limits: every answer carries `x-ratelimit-limit/remaining/reset/used/resource`; a
 //!   token over its hourly budget gets 403 with `x-ratelimit-remaining: 0`; more than the
 //!   configured content-creating requests (POST, PATCH, PUT, DELETE; default 80) per
@@ -64,10 +69,12 @@ use chrono::Utc;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-pub use state::{CommentRecord, PullRecord, StatusRecord};
+pub use state::{
+    ActionRecord, AnnotationRecord, CheckRunRecord, CommentRecord, PullRecord, StatusRecord,
+};
 pub use webhook::{
-    WebhookError, issue_comment_payload, pull_request_payload, push_payload, send_webhook,
-    send_webhook_signed, sign,
+    WebhookError, check_run_requested_action_payload, issue_comment_payload, pull_request_payload,
+    push_payload, send_webhook, send_webhook_signed, sign,
 };
 
 use json::Site;
@@ -695,6 +702,53 @@ impl GithubServer {
             out.insert(s.context.clone(), s);
         }
         out
+    }
+
+    /// The check runs on `sha`, oldest first.
+    pub fn check_runs(&self, sha: &str) -> Vec<CheckRunRecord> {
+        let state = self.shared.state();
+        state
+            .check_runs
+            .values()
+            .filter(|r| r.head_sha == sha)
+            .cloned()
+            .collect()
+    }
+
+    /// The `check_run` webhook payload GitHub sends when `sender` presses the button
+    /// `identifier` of check run `id`: the run as held now, with the open pull requests of
+    /// its commit. `None` for a check run that does not exist.
+    pub fn check_run_requested_action_event(
+        &self,
+        id: u64,
+        identifier: &str,
+        sender: &str,
+    ) -> Option<Value> {
+        let state = self.shared.state();
+        let run = state.check_runs.get(&id)?;
+        let pulls: Vec<(u64, String, String)> = state
+            .pulls
+            .values()
+            .filter(|p| p.state == "open" && !p.from_fork && p.head_sha == run.head_sha)
+            .map(|p| (p.number, p.head_sha.clone(), p.base_sha.clone()))
+            .collect();
+        let site = &self.shared.site;
+        let mut payload = check_run_requested_action_payload(
+            &site.full_name(),
+            id,
+            &run.name,
+            &run.head_sha,
+            &pulls,
+            identifier,
+            sender,
+        );
+        payload["check_run"]["status"] = Value::from(run.status.clone());
+        payload["check_run"]["conclusion"] =
+            run.conclusion.clone().map_or(Value::Null, Value::from);
+        payload["check_run"]["external_id"] =
+            Value::from(run.external_id.clone().unwrap_or_default());
+        payload["check_run"]["app"]["slug"] = Value::from(run.app.clone());
+        Some(payload)
     }
 
     /// The comments on pull request (or issue) `pr`, oldest first.

@@ -1,5 +1,8 @@
 //! The HTTP side: authentication (personal tokens, App JWTs, installation tokens), rate
-//! limits and injected faults, request records, and the REST endpoints.
+//! limits and injected faults, request records, and the REST endpoints ([`checks`] for
+//! check runs).
+
+mod checks;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -514,6 +517,15 @@ fn repo_route(
     let m = method.clone();
     match (m, rest) {
         (Method::POST, ["statuses", sha]) => create_status(shared, sha, bytes, caller),
+        (Method::POST, ["check-runs"]) => checks::create(shared, bytes, caller),
+        (Method::PATCH, ["check-runs", id]) => checks::update(shared, id, bytes, caller),
+        (Method::GET, ["check-runs", id]) => checks::get(shared, id),
+        (Method::GET, ["check-runs", id, "annotations"]) => {
+            checks::annotations(shared, id, query, rest)
+        }
+        (Method::GET, ["commits", reference @ .., "check-runs"]) if !reference.is_empty() => {
+            checks::list_for_ref(shared, &reference.join("/"), query, rest)
+        }
         // A ref may hold slashes (`heads/main`, `feature/x`).
         (Method::GET, ["commits", reference @ .., "statuses"]) if !reference.is_empty() => {
             list_statuses(shared, &reference.join("/"), query, rest)

@@ -1,5 +1,5 @@
-//! What the stand-in holds: the repository's commits, statuses, pull requests, comments,
-//! permissions, issued tokens, rate-limit counters, injected faults and request records.
+//! What the stand-in holds: the repository's commits, statuses, check runs, pull requests,
+//! comments, permissions, issued tokens, rate-limit counters, injected faults and request records.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -49,6 +49,77 @@ pub struct CommentRecord {
     pub edits: u32,
     /// The App id when an installation token created it.
     pub(crate) via_app: Option<u64>,
+}
+
+/// One annotation of a check run, as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnotationRecord {
+    /// The file, relative to the repository's root.
+    pub path: String,
+    /// First line, from 1.
+    pub start_line: u64,
+    /// Last line.
+    pub end_line: u64,
+    /// First column, only when the annotation is on one line.
+    pub start_column: Option<u64>,
+    /// Last column, likewise.
+    pub end_column: Option<u64>,
+    /// notice, warning or failure.
+    pub level: String,
+    /// What it says.
+    pub message: String,
+    /// Its title, if any.
+    pub title: Option<String>,
+    /// Details, if any.
+    pub raw_details: Option<String>,
+}
+
+/// One button of a check run (`actions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionRecord {
+    /// What the button says (at most 20 characters).
+    pub label: String,
+    /// Its tooltip (at most 40 characters).
+    pub description: String,
+    /// What the `requested_action` webhook names (at most 20 characters).
+    pub identifier: String,
+}
+
+/// One check run as held now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRunRecord {
+    /// GitHub's id for it.
+    pub id: u64,
+    /// Its name, such as `trainyard/validate`.
+    pub name: String,
+    /// The commit it is on.
+    pub head_sha: String,
+    /// queued, in_progress or completed.
+    pub status: String,
+    /// Set once completed.
+    pub conclusion: Option<String>,
+    /// The caller's own id for it.
+    pub external_id: Option<String>,
+    /// Its link.
+    pub details_url: Option<String>,
+    /// The output's title.
+    pub title: Option<String>,
+    /// The output's summary (markdown).
+    pub summary: Option<String>,
+    /// The output's text (markdown).
+    pub text: Option<String>,
+    /// Every annotation sent, in order (updates append).
+    pub annotations: Vec<AnnotationRecord>,
+    /// Its buttons.
+    pub actions: Vec<ActionRecord>,
+    /// Slug of the App that created it (only that App may update it).
+    pub app: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it completed.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// How many times it was updated.
+    pub updates: u32,
 }
 
 /// A pull request as the test set it up.
@@ -114,6 +185,7 @@ pub(crate) struct State {
     pub(crate) commits: HashSet<String>,
     pub(crate) branches: HashMap<String, String>,
     pub(crate) statuses: Vec<StatusRecord>,
+    pub(crate) check_runs: BTreeMap<u64, CheckRunRecord>,
     pub(crate) pulls: BTreeMap<u64, PullRecord>,
     pub(crate) comments: BTreeMap<u64, CommentRecord>,
     pub(crate) permissions: HashMap<String, Permission>,
@@ -133,6 +205,7 @@ impl State {
             commits: HashSet::new(),
             branches: HashMap::new(),
             statuses: Vec::new(),
+            check_runs: BTreeMap::new(),
             pulls: BTreeMap::new(),
             comments: BTreeMap::new(),
             permissions: HashMap::new(),

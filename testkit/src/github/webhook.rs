@@ -1,5 +1,6 @@
 //! Webhook deliveries as GitHub sends them: signed with `X-Hub-Signature-256`, with the
-//! payload fields GitHub includes for `push`, `pull_request` and `issue_comment`.
+//! payload fields GitHub includes for `push`, `pull_request`, `issue_comment` and
+//! `check_run` (`requested_action`).
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
@@ -257,6 +258,68 @@ pub fn issue_comment_payload(
     })
 }
 
+/// A `check_run` `requested_action` payload: `sender` pressed the button `identifier` of
+/// check run `id` (`name` on `head_sha`), whose commit heads the pull requests `pulls`
+/// (number, head sha, base sha). As on GitHub, `pull_requests` lists only those in the
+/// repository itself, never a fork's.
+pub fn check_run_requested_action_payload(
+    repo: &str,
+    id: u64,
+    name: &str,
+    head_sha: &str,
+    pulls: &[(u64, String, String)],
+    identifier: &str,
+    sender: &str,
+) -> Value {
+    let (owner, _) = split(repo);
+    let minimal_repo = json!({
+        "id": super::json::user_id(repo),
+        "url": format!("https://api.github.com/repos/{repo}"),
+        "name": split(repo).1
+    });
+    let pull_requests: Vec<Value> = pulls
+        .iter()
+        .map(|(number, head, base)| {
+            json!({
+                "url": format!("https://api.github.com/repos/{repo}/pulls/{number}"),
+                "id": super::json::user_id(&format!("{repo}#{number}")),
+                "number": number,
+                "head": {"ref": format!("feature-{number}"), "sha": head, "repo": minimal_repo},
+                "base": {"ref": "main", "sha": base, "repo": minimal_repo}
+            })
+        })
+        .collect();
+    let suite = super::json::user_id(&format!("{head_sha}@suite"));
+    json!({
+        "action": "requested_action",
+        "check_run": {
+            "id": id,
+            "node_id": format!("CR_kwDO{id:08}"),
+            "name": name,
+            "head_sha": head_sha,
+            "external_id": "",
+            "url": format!("https://api.github.com/repos/{repo}/check-runs/{id}"),
+            "html_url": format!("https://github.com/{repo}/runs/{id}"),
+            "details_url": format!("https://github.com/{repo}/runs/{id}"),
+            "status": "completed",
+            "conclusion": "success",
+            "started_at": "2025-01-01T00:00:00Z",
+            "completed_at": "2025-01-01T00:00:00Z",
+            "output": {"title": name, "summary": "", "text": null, "annotations_count": 0,
+                       "annotations_url": format!("https://api.github.com/repos/{repo}/check-runs/{id}/annotations")},
+            "check_suite": {"id": suite, "head_sha": head_sha, "status": "completed",
+                            "conclusion": "success", "pull_requests": pull_requests.clone()},
+            "app": {"id": super::GithubServerBuilder::default().app_id, "slug": "trainyard",
+                    "owner": user(owner), "name": "trainyard"},
+            "pull_requests": pull_requests
+        },
+        "requested_action": {"identifier": identifier},
+        "repository": repository(repo),
+        "sender": user(sender),
+        "installation": installation()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +353,27 @@ mod tests {
         assert_eq!(p["pull_request"]["head"]["repo"]["fork"], true);
         assert_eq!(p["repository"]["full_name"], "acme/models");
         assert_eq!(p["sender"]["login"], "mallory");
+    }
+
+    #[test]
+    fn a_requested_action_names_the_button_the_run_and_its_pull_requests() {
+        let p = check_run_requested_action_payload(
+            "acme/models",
+            42,
+            "trainyard/plan",
+            "abc",
+            &[(7, "abc".to_owned(), "def".to_owned())],
+            "preview",
+            "bob",
+        );
+        assert_eq!(p["action"], "requested_action");
+        assert_eq!(p["requested_action"]["identifier"], "preview");
+        assert_eq!(p["check_run"]["id"], 42);
+        assert_eq!(p["check_run"]["name"], "trainyard/plan");
+        assert_eq!(p["check_run"]["pull_requests"][0]["number"], 7);
+        assert_eq!(p["check_run"]["pull_requests"][0]["base"]["sha"], "def");
+        assert_eq!(p["sender"]["login"], "bob");
+        assert_eq!(p["repository"]["full_name"], "acme/models");
     }
 
     #[test]
