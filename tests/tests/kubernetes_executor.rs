@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use trainyard::artifacts::ArtifactStore;
-use trainyard::execute::{Executor as _, JobState, KubernetesExecutor};
 use trainyard::execute::kubernetes::ClusterSettings;
 use trainyard::execute::kubernetes::manifest::IMAGE_BINARY;
 use trainyard::execute::suite::{self, Harness};
+use trainyard::execute::{Executor as _, JobState, KubernetesExecutor};
 use trainyard_testkit::kube::ApiServer;
 use trainyard_tests::launcher_bin;
 

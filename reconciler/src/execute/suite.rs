@@ -132,7 +132,8 @@ impl<E: Executor> Harness<E> {
         }
     }
 
-    async fn submit(&self, job: &StepJob) {
+    /// Submits `job`, which the executor must accept.
+    pub async fn submit(&self, job: &StepJob) {
         self.executor
             .submit(job.clone())
             .await

@@ -274,6 +274,14 @@ impl<E: Executor> Runs<E> {
             };
             match seen {
                 Some(state) if state.is_terminal() => {
+                    // The executor had it, so it was accepted, at the latest now: an
+                    // answer to the submit that never arrived (a dropped connection after
+                    // the create) does not leave the attempt looking never submitted.
+                    if open.submitted_at.is_none() {
+                        self.store
+                            .mark_submitted(&[(run.id, step.step.name.clone(), open.attempt)], now)
+                            .await?;
+                    }
                     self.finish_attempt(run, &pinned.pipeline, step, open, state, now)
                         .await?;
                     ended = true;

@@ -34,6 +34,9 @@ struct Remote {
     calls: Arc<AtomicUsize>,
     /// When set, a submission returns only once this many are in flight together.
     together: Option<Arc<tokio::sync::Barrier>>,
+    /// How many submissions to carry out and then answer with an error, as when the
+    /// connection drops after the create took effect.
+    lose_answer: Arc<AtomicUsize>,
 }
 
 impl Remote {
@@ -74,6 +77,16 @@ impl Executor for Remote {
         }
         if let Some(barrier) = &self.together {
             barrier.wait().await;
+        }
+        let lost = self
+            .lose_answer
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lost {
+            return Err(ExecError::Cluster {
+                what: format!("creating job {:?}", job_name_of(&self.created())),
+                reason: "connection closed before message completed".to_owned(),
+            });
         }
         Ok(())
     }
@@ -450,6 +463,38 @@ async fn a_step_the_executor_refuses_is_handed_over_again_until_it_is_created_on
         attempts[0].message, None,
         "the problem is cleared once it is over"
     );
+}
+
+/// The name of the last job created.
+fn job_name_of(created: &[StepJob]) -> String {
+    created.last().map(|j| j.name.clone()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_whose_create_answer_was_lost_and_that_ended_is_recorded_as_submitted() {
+    let f = Fixture::new(&[("pipeline.yaml", &pipeline("p", &["a"], 0))]);
+    let executor = Remote::default();
+    executor.lose_answer.store(1, Ordering::SeqCst);
+    let mut service = f.service("data", executor.clone(), |_| {}).await;
+    service.follow.apply_head().await.expect("apply");
+    service.runs.reconcile(&stop()).await;
+    let job = job_name_of(&executor.created());
+    let attempts = service.store.attempts(1).await.expect("attempts");
+    assert_eq!(
+        attempts[0].submitted_at, None,
+        "its create was not answered"
+    );
+    // The Job ran and ended before the service learned it exists.
+    executor.set(&job, Some(JobState::Succeeded { artifacts: vec![] }));
+    service.runs.reconcile(&stop()).await;
+    let attempts = service.store.attempts(1).await.expect("attempts");
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert!(
+        attempts[0].submitted_at.is_some() && attempts[0].finished_at.is_some(),
+        "an attempt that ended was submitted: {attempts:?}"
+    );
+    assert_eq!(attempts[0].message, None, "{attempts:?}");
+    assert_eq!(executor.created().len(), 1, "created exactly once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,6 +62,58 @@ fn signal_group(pgid: i32, signal: i32) {
     }
 }
 
+/// SIGKILLs a container whose first process leads group `pgid`: that group and every
+/// process descended from its first process, whatever group it moved to. A real kubelet
+/// kills a container through its cgroup, which holds them all; a program that put its
+/// children in a group of their own (the launcher does) must not outlive its container.
+fn kill_container(pgid: i32) {
+    for pid in descendants(pgid) {
+        // SAFETY: kill(2) only sends a signal.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    signal_group(pgid, libc::SIGKILL);
+}
+
+/// The processes descended from `root`, read from `/proc` (children before the walk ends
+/// may be missed; a container forking while it is killed is not a case the tests need).
+fn descendants(root: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The fields after the command name (in parentheses): state, then the parent.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if let Some(parent) = parent {
+            children.entry(parent).or_default().push(pid);
+        }
+    }
+    let mut found = Vec::new();
+    let mut next = vec![root];
+    while let Some(pid) = next.pop() {
+        for &child in children.get(&pid).into_iter().flatten() {
+            found.push(child);
+            next.push(child);
+        }
+    }
+    found
+}
+
 impl Kubelet {
     /// A kubelet keeping pod directories under `root`.
     pub fn new(root: PathBuf) -> Self {
@@ -100,7 +152,7 @@ impl Kubelet {
         running.oom = true;
         match running.pgid {
             Some(pgid) => {
-                signal_group(pgid, libc::SIGKILL);
+                kill_container(pgid);
                 true
             }
             None => false,
@@ -111,7 +163,7 @@ impl Kubelet {
     pub fn kill_all(&self) {
         for running in lock(&self.pods).values() {
             if let Some(pgid) = running.pgid {
-                signal_group(pgid, libc::SIGKILL);
+                kill_container(pgid);
             }
         }
     }
@@ -122,7 +174,7 @@ impl Kubelet {
         if let Some(running) = pods.get_mut(&(namespace.to_string(), pod.to_string())) {
             running.overridden = true;
             if let Some(pgid) = running.pgid {
-                signal_group(pgid, libc::SIGKILL);
+                kill_container(pgid);
             }
         }
     }
@@ -168,12 +220,11 @@ pub async fn run(
                     continue;
                 }
                 if let Some(pgid) = pgid {
-                    let signal = if grace_seconds == 0 {
-                        libc::SIGKILL
+                    if grace_seconds == 0 {
+                        kill_container(pgid);
                     } else {
-                        libc::SIGTERM
-                    };
-                    signal_group(pgid, signal);
+                        signal_group(pgid, libc::SIGTERM);
+                    }
                 }
                 let kubelet = kubelet.clone();
                 tokio::spawn(async move {
@@ -182,7 +233,7 @@ pub async fn run(
                         .get(&(namespace, name))
                         .and_then(|p| p.pgid);
                     if let Some(pgid) = pgid {
-                        signal_group(pgid, libc::SIGKILL);
+                        kill_container(pgid);
                     }
                 });
             }
