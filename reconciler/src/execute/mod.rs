@@ -236,6 +236,17 @@ pub trait Executor: Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = Result<Option<JobState>, ExecError>> + Send;
 
+    /// Asks again, at the source, about a job [`Executor::observe`] did not know, before
+    /// the caller treats a job it once had accepted as gone. A backend whose view can lag
+    /// behind (a watch catching up after an outage, with a Job another replica created
+    /// meanwhile) reads it directly; the local backend's view is the truth.
+    fn recheck(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<JobState>, ExecError>> + Send {
+        self.observe(name)
+    }
+
     /// Stops the job (the whole process tree locally). Idempotent and cheap to repeat: a
     /// caller may call it on every pass while a run is cancelling, and only the first call
     /// sends anything. Unknown names are Ok. The job is `Cancelled` (and the event pushed)

@@ -300,6 +300,12 @@ impl<E: Executor> Runs<E> {
                             .await?;
                     }
                 }
+                None if open.submitted_at.is_some()
+                    && self.executor.recheck(&open.job).await?.is_some() =>
+                {
+                    // The executor's view was behind; it has the job now.
+                    pass.again_after(Duration::ZERO);
+                }
                 None if open.submitted_at.is_some() => {
                     let lost = JobState::Failed {
                         exit_code: None,

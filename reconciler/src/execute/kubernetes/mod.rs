@@ -741,6 +741,29 @@ impl Executor for KubernetesExecutor {
         }
     }
 
+    async fn recheck(&self, name: &str) -> Result<Option<JobState>, ExecError> {
+        self.listed().await?;
+        if !self.shared.ledger().jobs.contains_key(name) {
+            let shared = &self.shared;
+            let read = api::call(&shared.limit, "get job", || shared.jobs_api.get(name)).await;
+            let job = match read {
+                Ok(job) => job,
+                Err(error) if status_code(&error) == Some(404) => return Ok(None),
+                Err(error) => {
+                    return Err(ExecError::Cluster {
+                        what: format!("reading job {name:?}"),
+                        reason: error.to_string(),
+                    });
+                }
+            };
+            // Taken in as the watch would have, which brings it later too.
+            let grace = shared.settings.pending_timeout;
+            let actions = shared.ledger().job_applied(job, Instant::now(), grace);
+            shared.perform(actions);
+        }
+        self.observe(name).await
+    }
+
     async fn cancel(&self, name: &str) -> Result<(), ExecError> {
         self.listed().await?;
         let shared = &self.shared;

@@ -733,3 +733,37 @@ async fn a_restart_reads_the_outcome_of_a_finished_job_only_once_it_is_asked_abo
     second.observe(&jobs[0].name).await.expect("observe again");
     assert_eq!(manifest_reads(), 1, "and never again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_the_watch_has_not_shown_yet_is_found_by_a_recheck_not_taken_for_gone() {
+    let c = cluster().await;
+    let (behind, _events) = c.executor(settings());
+    behind.synced().await;
+    // Its watch drops and cannot come back (as after an outage) ...
+    c.server.fail_next_matching(Fault {
+        remaining: usize::MAX,
+        code: 503,
+        retry_after: None,
+        verb: Some("watch".to_owned()),
+        resource: Some("jobs".to_owned()),
+    });
+    c.server.close_watches();
+    // ... while another replica creates the attempt's Job.
+    let (other, _other_events) = c.executor(settings());
+    other.synced().await;
+    let job = step(90);
+    other.submit(job.clone()).await.expect("submit");
+    assert_eq!(behind.observe(&job.name).await.expect("observe"), None);
+    assert_eq!(
+        behind.recheck(&job.name).await.expect("recheck"),
+        Some(JobState::Pending),
+        "read from the API server, not taken for gone"
+    );
+    assert_eq!(
+        behind.observe(&job.name).await.expect("observe"),
+        Some(JobState::Pending),
+        "and kept"
+    );
+    let unknown = step(91);
+    assert_eq!(behind.recheck(&unknown.name).await.expect("recheck"), None);
+}
