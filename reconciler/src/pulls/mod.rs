@@ -19,8 +19,8 @@ use crate::definitions::{DefinitionsError, Evaluation, SharedDefinitions};
 use crate::plan::Action;
 use crate::plan::{Plan, Planner};
 use crate::report::bodies::{
-    PREVIEW_ACTION, command_key, comment_report, plan_check_reports, plan_reports, preview_comment,
-    run_key, short, sticky,
+    Outgoing, PREVIEW_ACTION, command_key, comment_report, plan_check_reports, plan_reports,
+    preview_comment, run_key, short, sticky,
 };
 use crate::report::{Forge, ForgeError};
 use crate::source::{Repo, Snapshot, SourceError};
@@ -102,6 +102,24 @@ pub fn may_preview(
         });
     }
     Ok(())
+}
+
+/// The comment on pull request `pr` saying preview run `id` of `run` is queued, with
+/// `asked` saying who asked for it and how.
+fn queued_comment(
+    run: &NewRun,
+    id: i64,
+    pr: u64,
+    now: DateTime<Utc>,
+    asked: &str,
+) -> Vec<Outgoing> {
+    let body = preview_comment(&RunRow::queued(id, run, now), RunState::Pending, &[], asked);
+    vec![comment_report(
+        &run.commit_sha,
+        Some(pr),
+        &run_key(id),
+        &body,
+    )]
 }
 
 /// The preview run of `pipeline` as `head`'s `catalog` declares it, with `given` params
@@ -315,22 +333,9 @@ impl Pulls {
                     continue;
                 }
             };
-            let queued = |id: i64| {
-                let body = preview_comment(
-                    &RunRow::queued(id, &run, now),
-                    RunState::Pending,
-                    &[],
-                    &format!(
-                        "Asked for by @{sender} from the plan's check run; waiting for its turn."
-                    ),
-                );
-                vec![comment_report(
-                    &run.commit_sha,
-                    Some(pr.number),
-                    &run_key(id),
-                    &body,
-                )]
-            };
+            let asked =
+                format!("Asked for by @{sender} from the plan's check run; waiting for its turn.");
+            let queued = |id: i64| queued_comment(&run, id, pr.number, now, &asked);
             let (id, created) = store
                 .create_action_preview(check_run_id, pr.number, &version, &run, queued, now)
                 .await?;
@@ -481,20 +486,8 @@ impl Pulls {
                     return Ok(());
                 }
             };
-        let queued = |id: i64| {
-            let body = preview_comment(
-                &RunRow::queued(id, &run, now),
-                RunState::Pending,
-                &[],
-                &format!("Asked for by @{author}; waiting for its turn."),
-            );
-            vec![comment_report(
-                &run.commit_sha,
-                Some(pr.number),
-                &run_key(id),
-                &body,
-            )]
-        };
+        let asked = format!("Asked for by @{author}; waiting for its turn.");
+        let queued = |id: i64| queued_comment(&run, id, pr.number, now, &asked);
         let (id, created) = store
             .create_preview(comment_id, pr.number, &version, &run, queued, now)
             .await?;
