@@ -17,7 +17,7 @@ use trainyard_launch::process::{
     Failure, LOG_FILE, ProcessGroup, append_to_log, exit_failure, stage, store_outputs,
 };
 
-use super::{ExecError, Executor, JobEvent, JobState, StepJob, is_job_name};
+use super::{ExecError, Executor, INTERRUPTED, JobEvent, JobState, StepJob, is_job_name};
 use crate::artifacts::{self, ArtifactStore};
 use crate::spec::units::format_duration;
 
@@ -211,9 +211,22 @@ async fn supervise(
     mut cancel: watch::Receiver<bool>,
     stop_grace: Duration,
 ) {
-    tracing::info!(job = %job.name, "starting step");
     let log_path = dir.join(LOG_FILE);
-    let state = attempt(&inner, &job, &dir, &log_path, &mut cancel, stop_grace).await;
+    // The directory is made just before the program starts and removed once its log is
+    // stored, so finding it here means an earlier life of the service began this attempt
+    // and died with it (the process got SIGKILL with its parent): running it again under
+    // the same attempt would repeat work unseen and spend no retry.
+    let begun = tokio::fs::try_exists(&dir).await.unwrap_or(true);
+    let state = if begun {
+        tracing::warn!(job = %job.name, "found begun by an earlier life of the service");
+        JobState::Failed {
+            exit_code: None,
+            reason: INTERRUPTED.to_owned(),
+        }
+    } else {
+        tracing::info!(job = %job.name, "starting step");
+        attempt(&inner, &job, &dir, &log_path, &mut cancel, stop_grace).await
+    };
     if let Some(note) = log_note(&state) {
         append_to_log(&log_path, &note).await;
     }
@@ -700,6 +713,39 @@ mod tests {
         assert!(matches!(state, JobState::Succeeded { .. }), "{state:?}");
         assert!(!h.executor.job_dir(&job.name).exists());
         assert_eq!(h.executor.logs(&job.name).await.expect("logs"), "");
+    }
+
+    #[tokio::test]
+    async fn an_attempt_begun_by_an_earlier_life_of_the_service_is_not_run_again() {
+        let (mut h, _dir) = local_harness();
+        let marker = h.scratch_file("ran");
+        let job = h.job(
+            "train",
+            &["sh", "-c", r#"echo again > "$1""#, "sh", &marker],
+        );
+        let left = h.executor.job_dir(&job.name);
+        std::fs::create_dir_all(left.join("outputs")).expect("create dir");
+        std::fs::write(left.join(LOG_FILE), "epoch 1\n").expect("write log");
+        h.executor.submit(job.clone()).await.expect("submit");
+
+        assert_eq!(
+            h.wait(&job.name).await,
+            JobState::Failed {
+                exit_code: None,
+                reason: INTERRUPTED.to_owned()
+            }
+        );
+        assert!(
+            !Path::new(&marker).exists(),
+            "the program did not run again"
+        );
+        let log = h.executor.logs(&job.name).await.expect("logs");
+        assert!(
+            log.starts_with("epoch 1\n"),
+            "the earlier life's log is kept: {log}"
+        );
+        assert!(log.contains(INTERRUPTED), "{log}");
+        assert!(!left.exists(), "the directory goes once the log is stored");
     }
 
     #[tokio::test]

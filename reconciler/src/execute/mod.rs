@@ -31,6 +31,10 @@ const MAX_JOB_NAME: usize = 63;
 /// still keeps eight characters for its step.
 pub const MAX_INSTANCE: usize = 20;
 
+/// Why an attempt that a stopped service had begun is failed: its process died with the
+/// service, or nobody can say whether it ran to the end.
+pub const INTERRUPTED: &str = "interrupted: the service stopped while it ran";
+
 /// One attempt of one step, fully resolved: what to run, with what, and where results go.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepJob {

@@ -669,7 +669,7 @@ impl<E: Executor> Runs<E> {
     /// after it finished while no replica watched.
     fn lost_reason(&self) -> &'static str {
         if self.executor.runs_here() {
-            "interrupted: the service stopped while it ran"
+            crate::execute::INTERRUPTED
         } else {
             "its Job is gone from the cluster (deleted, or removed after it finished while the \
              service was away)"
