@@ -1,22 +1,22 @@
 //! Runs, their steps, step attempts and artifacts: what the run loop reads and records.
 //!
 //! The run loop reads all of its work in three queries ([`Store::unfinished_work`]) and
-//! records the attempts a pass starts in one transaction ([`Store::start_attempts`]) before
-//! any is handed to the executor, so a thousand runs due in one second cost a handful of
-//! round trips, not thousands.
+//! records the attempts a pass starts in one transaction of multi-row statements
+//! ([`Store::start_attempts`]) before any is handed to the executor, so a thousand runs due
+//! in one second cost a handful of round trips, not thousands.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use super::outbox::enqueue;
 use super::{
     ArtifactRow, AttemptOutcome, AttemptRow, AttemptState, Cells, NewAttempt, NewReport, NewRun,
-    OpenAttempt, Result, RunRow, RunState, RunWork, StepRow, StepState, StepWork, Store,
-    StoreError, Trigger, millis, opt_millis, to_json,
+    OpenAttempt, ROWS_PER_STATEMENT, Result, RunRow, RunState, RunWork, StepRow, StepState,
+    StepWork, Store, StoreError, Trigger, millis, opt_millis, to_json, value_rows,
 };
 
 /// The columns of [`RunRow`], for `concat!`.
@@ -75,6 +75,77 @@ pub(super) async fn insert_run(
         .await?;
     }
     Ok(id)
+}
+
+/// Inserts the runs of newly recorded ticks (each with its schedule and tick time, which
+/// identify it) and their waiting steps with a few multi-row statements; returns each run's
+/// id by (schedule, tick time in milliseconds).
+pub(super) async fn insert_tick_runs(
+    conn: &mut AnyConnection,
+    runs: &[&NewRun],
+    at: DateTime<Utc>,
+) -> Result<HashMap<(String, i64), i64>> {
+    let mut ids = HashMap::with_capacity(runs.len());
+    for chunk in runs.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO runs (pipeline, pipeline_version, commit_sha, triggered_by, schedule,
+                 scheduled_at, params, state, message, cancel_requested, applied_commit,
+                 created_at, started_at, finished_at)
+             VALUES {}
+             RETURNING id, schedule, scheduled_at",
+            value_rows(
+                chunk.len(),
+                "(?, ?, ?, ?, ?, ?, ?, 'pending', NULL, 0, NULL, ?, NULL, NULL)"
+            )
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for run in chunk {
+            query = query
+                .bind(&run.pipeline)
+                .bind(&run.pipeline_version)
+                .bind(&run.commit_sha)
+                .bind(run.trigger.as_str())
+                .bind(run.schedule.as_deref())
+                .bind(opt_millis(run.scheduled_at))
+                .bind(to_json("a run's params", &run.params)?)
+                .bind(millis(at));
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let schedule: Option<String> = row.try_get("schedule")?;
+            let scheduled_at: Option<i64> = row.try_get("scheduled_at")?;
+            if let (Some(schedule), Some(scheduled_at)) = (schedule, scheduled_at) {
+                ids.insert((schedule, scheduled_at), row.try_get("id")?);
+            }
+        }
+    }
+    if ids.len() != runs.len() {
+        return Err(StoreError::Invalid(format!(
+            "{} tick runs were written for {} ticks: a run without its schedule and tick time, \
+             or two for one tick",
+            ids.len(),
+            runs.len()
+        )));
+    }
+    let steps: Vec<(i64, i64, &str)> = runs
+        .iter()
+        .filter_map(|run| {
+            let key = (run.schedule.clone()?, millis(run.scheduled_at?));
+            Some((*ids.get(&key)?, &run.steps))
+        })
+        .flat_map(|(id, steps)| (0_i64..).zip(steps).map(move |(i, s)| (id, i, s.as_str())))
+        .collect();
+    for chunk in steps.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO steps (run_id, name, ordinal, state, attempt) VALUES {}",
+            value_rows(chunk.len(), "(?, ?, ?, 'waiting', 0)")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (run_id, ordinal, name) in chunk {
+            query = query.bind(*run_id).bind(*name).bind(*ordinal);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(ids)
 }
 
 /// Ends run `run_id` as `state` inside the caller's transaction, enqueueing `reports`.
@@ -364,22 +435,38 @@ impl Store {
         }
         let at = millis(at);
         let mut tx = self.write().await?;
+        // The steps move to their new attempt, unless one as new was started before.
+        let mut moved: HashSet<(i64, String)> = HashSet::new();
+        for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE steps SET state = 'running', attempt = v.column3, job = v.column4,
+                     retry_at = NULL, started_at = COALESCE(started_at, v.column5),
+                     finished_at = NULL, exit_code = NULL, message = NULL
+                 FROM (VALUES {}) AS v
+                 WHERE steps.run_id = v.column1 AND steps.name = v.column2
+                     AND steps.attempt < v.column3
+                 RETURNING run_id, name",
+                value_rows(chunk.len(), "(?, ?, ?, ?, ?)")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for attempt in chunk {
+                query = query
+                    .bind(attempt.run_id)
+                    .bind(&attempt.step)
+                    .bind(i64::from(attempt.attempt))
+                    .bind(&attempt.job)
+                    .bind(at);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                moved.insert((row.try_get("run_id")?, row.try_get("name")?));
+            }
+        }
         let mut new = Vec::with_capacity(attempts.len());
+        let mut started = Vec::new();
         for attempt in attempts {
-            let step = sqlx::query(
-                "UPDATE steps SET state = 'running', attempt = $3, job = $4, retry_at = NULL,
-                     started_at = COALESCE(started_at, $5), finished_at = NULL,
-                     exit_code = NULL, message = NULL
-                 WHERE run_id = $1 AND name = $2 AND attempt < $3",
-            )
-            .bind(attempt.run_id)
-            .bind(&attempt.step)
-            .bind(i64::from(attempt.attempt))
-            .bind(&attempt.job)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            if step.rows_affected() == 0 {
+            let is_new = moved.contains(&(attempt.run_id, attempt.step.clone()));
+            if !is_new {
+                // Rare: a pass that crashed after recording it, or a step that is not there.
                 let exists: Option<i64> =
                     sqlx::query_scalar("SELECT attempt FROM steps WHERE run_id = $1 AND name = $2")
                         .bind(attempt.run_id)
@@ -392,29 +479,45 @@ impl Store {
                         key: format!("{}/{}", attempt.run_id, attempt.step),
                     });
                 }
-                new.push(false);
-                continue;
+            } else {
+                started.push(attempt);
             }
-            sqlx::query(
+            new.push(is_new);
+        }
+        for chunk in started.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
                 "INSERT INTO step_attempts (run_id, step, attempt, job, state, created_at)
-                 VALUES ($1, $2, $3, $4, 'running', $5)",
-            )
-            .bind(attempt.run_id)
-            .bind(&attempt.step)
-            .bind(i64::from(attempt.attempt))
-            .bind(&attempt.job)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE runs SET state = 'running', started_at = $2
-                 WHERE id = $1 AND state = 'pending'",
-            )
-            .bind(attempt.run_id)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            new.push(true);
+                 VALUES {}",
+                value_rows(chunk.len(), "(?, ?, ?, ?, 'running', ?)")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for attempt in chunk {
+                query = query
+                    .bind(attempt.run_id)
+                    .bind(&attempt.step)
+                    .bind(i64::from(attempt.attempt))
+                    .bind(&attempt.job)
+                    .bind(at);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let mut runs: Vec<i64> = started.iter().map(|a| a.run_id).collect();
+        runs.sort_unstable();
+        runs.dedup();
+        for chunk in runs.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE runs SET state = 'running', started_at = $1
+                 WHERE state = 'pending' AND id IN ({})",
+                (2..chunk.len() + 2)
+                    .map(|n| format!("${n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(at);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(new)

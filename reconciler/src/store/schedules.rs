@@ -1,16 +1,16 @@
 //! Schedules and their ticks: what the scheduler loop reads, and the exactly-once record of
 //! each tick with the run it starts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
-use super::runs::insert_run;
+use super::runs::insert_tick_runs;
 use super::{
-    Cells, NewTick, RecordedTick, Result, ScheduleRow, Stalled, Store, StoreError, TickOutcome,
-    TickRow, Trigger, millis,
+    Cells, NewRun, NewTick, ROWS_PER_STATEMENT, RecordedTick, Result, ScheduleRow, Stalled, Store,
+    StoreError, TickOutcome, TickRow, Trigger, millis, value_rows,
 };
 
 /// The columns of [`ScheduleRow`], for `concat!`.
@@ -129,8 +129,11 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut tx = self.write().await?;
-        let recorded = record_in(&mut tx, schedule, ticks, Utc::now())
+        let batch = [(schedule.to_owned(), ticks.to_vec())];
+        let recorded = record_in(&mut tx, &batch, Utc::now())
             .await?
+            .pop()
+            .flatten()
             .ok_or_else(|| StoreError::ScheduleNotActive(schedule.to_owned()))?;
         tx.commit().await?;
         Ok(recorded)
@@ -148,16 +151,8 @@ impl Store {
                 check_tick(schedule, tick)?;
             }
         }
-        let now = Utc::now();
         let mut tx = self.write().await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for (schedule, ticks) in batch {
-            out.push(if ticks.is_empty() {
-                Some(Vec::new())
-            } else {
-                record_in(&mut tx, schedule, ticks, now).await?
-            });
-        }
+        let out = record_in(&mut tx, batch, Utc::now()).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -250,7 +245,9 @@ impl Store {
 fn check_tick(schedule: &str, tick: &NewTick) -> Result<()> {
     match (&tick.run, tick.outcome) {
         (Some(run), TickOutcome::Fired)
-            if run.trigger == Trigger::Schedule && run.schedule.as_deref() == Some(schedule) =>
+            if run.trigger == Trigger::Schedule
+                && run.schedule.as_deref() == Some(schedule)
+                && run.scheduled_at == Some(tick.scheduled_at) =>
         {
             Ok(())
         }
@@ -311,71 +308,123 @@ fn tick_row(row: &AnyRow) -> Result<TickRow> {
     })
 }
 
-/// Records `ticks` of one schedule inside `tx`; `None` when the schedule is not active.
+/// Records the ticks of `batch` in `tx` with a few multi-row statements, whatever its size:
+/// the schedules' rows (locked, so a retirement committed concurrently either comes first
+/// and nothing is recorded for that schedule, which gets `None`, or waits), the ticks, the
+/// runs of the new fired ones with their steps, and the links between them.
 async fn record_in(
     tx: &mut Transaction<'static, Any>,
-    schedule: &str,
-    ticks: &[NewTick],
+    batch: &[(String, Vec<NewTick>)],
     now: DateTime<Utc>,
-) -> Result<Option<Vec<RecordedTick>>> {
-    let Some(newest) = ticks.iter().map(|tick| tick.scheduled_at).max() else {
-        return Ok(Some(Vec::new()));
-    };
-    // Writing the schedule's row first locks it, so a retirement committed concurrently
-    // either comes first (and nothing is recorded) or waits for this transaction.
-    let active = sqlx::query(
-        "UPDATE schedules SET last_tick_at = CASE
-                 WHEN last_tick_at IS NULL OR last_tick_at < $2 THEN $2 ELSE last_tick_at END
-             WHERE name = $1 AND retired_at IS NULL",
-    )
-    .bind(schedule)
-    .bind(millis(newest))
-    .execute(&mut **tx)
-    .await?;
-    if active.rows_affected() == 0 {
-        return Ok(None);
+) -> Result<Vec<Option<Vec<RecordedTick>>>> {
+    let newest: Vec<(&str, i64)> = batch
+        .iter()
+        .filter_map(|(schedule, ticks)| {
+            let newest = ticks.iter().map(|tick| tick.scheduled_at).max()?;
+            Some((schedule.as_str(), millis(newest)))
+        })
+        .collect();
+    let mut active: HashSet<String> = HashSet::new();
+    for chunk in newest.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE schedules SET last_tick_at = CASE
+                 WHEN last_tick_at IS NULL OR last_tick_at < v.column2 THEN v.column2
+                 ELSE last_tick_at END
+             FROM (VALUES {}) AS v
+             WHERE schedules.name = v.column1 AND schedules.retired_at IS NULL
+             RETURNING name",
+            value_rows(chunk.len(), "(?, ?)")
+        );
+        let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+        for (name, newest) in chunk {
+            query = query.bind(*name).bind(*newest);
+        }
+        active.extend(query.fetch_all(&mut **tx).await?);
     }
-    let mut recorded = Vec::with_capacity(ticks.len());
-    for tick in ticks {
-        let inserted: Option<i64> = sqlx::query_scalar(
+
+    let due: Vec<(&str, &NewTick)> = batch
+        .iter()
+        .filter(|(schedule, _)| active.contains(schedule))
+        .flat_map(|(schedule, ticks)| ticks.iter().map(move |tick| (schedule.as_str(), tick)))
+        .collect();
+    // Ticks recorded before are left alone (and their runs not created again).
+    let mut inserted: HashMap<(String, i64), i64> = HashMap::new();
+    for chunk in due.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
             "INSERT INTO ticks (schedule, scheduled_at, recorded_at, outcome, reason, run_id)
-                 VALUES ($1, $2, $3, $4, $5, NULL)
-                 ON CONFLICT (schedule, scheduled_at) DO NOTHING RETURNING id",
-        )
-        .bind(schedule)
-        .bind(millis(tick.scheduled_at))
-        .bind(millis(now))
-        .bind(tick.outcome.as_str())
-        .bind(tick.reason.as_deref())
-        .fetch_optional(&mut **tx)
-        .await?;
-        let (new, run_id) = match (inserted, &tick.run) {
-            (Some(tick_id), Some(run)) => {
-                let run_id = insert_run(tx, run, None, now).await?;
-                sqlx::query("UPDATE ticks SET run_id = $2 WHERE id = $1")
-                    .bind(tick_id)
-                    .bind(run_id)
-                    .execute(&mut **tx)
-                    .await?;
-                (true, Some(run_id))
-            }
-            (Some(_), None) => (true, None),
-            (None, _) => {
+             VALUES {}
+             ON CONFLICT (schedule, scheduled_at) DO NOTHING
+             RETURNING id, schedule, scheduled_at",
+            value_rows(chunk.len(), "(?, ?, ?, ?, ?, NULL)")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (schedule, tick) in chunk {
+            query = query
+                .bind(*schedule)
+                .bind(millis(tick.scheduled_at))
+                .bind(millis(now))
+                .bind(tick.outcome.as_str())
+                .bind(tick.reason.as_deref());
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            let key = (row.try_get("schedule")?, row.try_get("scheduled_at")?);
+            inserted.insert(key, row.try_get("id")?);
+        }
+    }
+
+    let key = |schedule: &str, tick: &NewTick| (schedule.to_owned(), millis(tick.scheduled_at));
+    let starting: Vec<&NewRun> = due
+        .iter()
+        .filter(|(schedule, tick)| inserted.contains_key(&key(schedule, tick)))
+        .filter_map(|(_, tick)| tick.run.as_ref())
+        .collect();
+    let runs = insert_tick_runs(tx, &starting, now).await?;
+    let links: Vec<(i64, i64)> = runs
+        .iter()
+        .filter_map(|(tick, run_id)| Some((*inserted.get(tick)?, *run_id)))
+        .collect();
+    for chunk in links.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE ticks SET run_id = v.column2 FROM (VALUES {}) AS v WHERE ticks.id = v.column1",
+            value_rows(chunk.len(), "(?, ?)")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (tick_id, run_id) in chunk {
+            query = query.bind(*tick_id).bind(*run_id);
+        }
+        query.execute(&mut **tx).await?;
+    }
+
+    let mut out = Vec::with_capacity(batch.len());
+    for (schedule, ticks) in batch {
+        if !ticks.is_empty() && !active.contains(schedule) {
+            out.push(None);
+            continue;
+        }
+        let mut recorded = Vec::with_capacity(ticks.len());
+        for tick in ticks {
+            let key = key(schedule, tick);
+            let (new, run_id) = if inserted.contains_key(&key) {
+                (true, runs.get(&key).copied())
+            } else {
+                // Recorded before, by a pass that crashed or a racing caller: rare, so read
+                // one at a time.
                 let run_id: Option<i64> = sqlx::query_scalar(
                     "SELECT run_id FROM ticks WHERE schedule = $1 AND scheduled_at = $2",
                 )
                 .bind(schedule)
-                .bind(millis(tick.scheduled_at))
+                .bind(key.1)
                 .fetch_one(&mut **tx)
                 .await?;
                 (false, run_id)
-            }
-        };
-        recorded.push(RecordedTick {
-            scheduled_at: tick.scheduled_at,
-            new,
-            run_id,
-        });
+            };
+            recorded.push(RecordedTick {
+                scheduled_at: tick.scheduled_at,
+                new,
+                run_id,
+            });
+        }
+        out.push(Some(recorded));
     }
-    Ok(Some(recorded))
+    Ok(out)
 }

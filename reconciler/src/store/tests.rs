@@ -194,6 +194,7 @@ on_both_backends!(
     schedules_follow_their_declarations,
     a_tick_is_recorded_once,
     a_batch_records_each_schedule_once_and_skips_retired_ones,
+    a_batch_larger_than_one_statement_gives_every_tick_its_own_run,
     concurrent_recorders_of_one_tick_create_one_run,
     ticks_refuse_runs_that_do_not_belong_to_them,
     attempts_start_and_finish_once,
@@ -651,6 +652,107 @@ async fn schedules_follow_their_declarations(store: Store) {
     assert_eq!((row.retired_at, row.active_since), (None, t(800)));
     let active = store.active_schedules().await.expect("list");
     assert_eq!(active.len(), 1);
+}
+
+async fn a_batch_larger_than_one_statement_gives_every_tick_its_own_run(store: Store) {
+    const SCHEDULES: usize = 1_100;
+    let names: Vec<String> = (0..SCHEDULES).map(|i| format!("s{i:04}")).collect();
+    let mut first = commit("c1", t(0));
+    first.pipelines.push(pipeline("churn", "v1"));
+    for name in &names {
+        first.schedules.push(schedule(name, "s1", false));
+    }
+    store.apply_commit(&first).await.expect("apply c1");
+    // Every third schedule recorded its tick before (a pass that crashed after committing).
+    let mut before = Vec::new();
+    for name in names.iter().step_by(3) {
+        let recorded = store
+            .record_ticks(name, &[fired(name, t(100))])
+            .await
+            .expect("record before");
+        before.push((name.clone(), recorded[0].run_id));
+    }
+    let skipped = NewTick {
+        scheduled_at: t(50),
+        outcome: TickOutcome::Skipped,
+        reason: Some("a run is active".to_owned()),
+        run: None,
+    };
+    let batch: Vec<(String, Vec<NewTick>)> = names
+        .iter()
+        .map(|name| (name.clone(), vec![skipped.clone(), fired(name, t(100))]))
+        .collect();
+    let recorded = store.record_ticks_batch(&batch).await.expect("record");
+    assert_eq!(recorded.len(), SCHEDULES);
+    let mut runs = std::collections::HashSet::new();
+    for ((name, _), ticks) in batch.iter().zip(&recorded) {
+        let ticks = ticks.as_ref().expect("every schedule is active");
+        assert_eq!(ticks.len(), 2, "{name}");
+        assert!(
+            ticks[0].new && ticks[0].run_id.is_none(),
+            "{name}: {ticks:?}"
+        );
+        let run_id = ticks[1].run_id.expect("a fired tick has a run");
+        assert!(
+            runs.insert(run_id),
+            "{name}: run {run_id} is another tick's"
+        );
+        let earlier = before.iter().find(|(n, _)| n == name);
+        assert_eq!(ticks[1].new, earlier.is_none(), "{name}");
+        if let Some((_, earlier)) = earlier {
+            assert_eq!(
+                Some(run_id),
+                *earlier,
+                "{name} keeps the run recorded before"
+            );
+        }
+        let run = store.run(run_id).await.expect("read").expect("run");
+        assert_eq!(
+            (run.schedule.as_deref(), run.scheduled_at),
+            (Some(name.as_str()), Some(t(100)))
+        );
+        let last = store.last_tick(name).await.expect("read").expect("tick");
+        assert_eq!(last.run_id, Some(run_id), "{name}: the tick links its run");
+    }
+    let listed = store.runs_listed(None, 5_000).await.expect("list runs");
+    assert_eq!(listed.len(), SCHEDULES, "one run per tick, none more");
+    let steps = store
+        .steps(*runs.iter().max().expect("runs"))
+        .await
+        .expect("steps");
+    let expected = scheduled_run("s0000", t(100)).steps;
+    assert_eq!(
+        steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        expected
+    );
+
+    // The first steps of all of them start in one call, and every run is running.
+    let attempts: Vec<NewAttempt> = runs
+        .iter()
+        .map(|id| NewAttempt {
+            run_id: *id,
+            step: expected[0].clone(),
+            attempt: 1,
+            job: format!("job-{id}"),
+        })
+        .collect();
+    let started = store
+        .start_attempts(&attempts, t(200))
+        .await
+        .expect("start");
+    assert!(started.iter().all(|new| *new));
+    let again = store
+        .start_attempts(&attempts, t(201))
+        .await
+        .expect("again");
+    assert!(again.iter().all(|new| !*new), "an attempt starts once");
+    for id in runs.iter().take(50) {
+        let run = store.run(*id).await.expect("read").expect("run");
+        assert_eq!(run.state, RunState::Running);
+        let attempts = store.attempts(*id).await.expect("attempts");
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].job, format!("job-{id}"));
+    }
 }
 
 async fn a_batch_records_each_schedule_once_and_skips_retired_ones(store: Store) {
