@@ -6,10 +6,11 @@
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
 use serde_saphyr::granit_parser::{Event, Parser, Span, StrInput};
 
 /// A position in a file: line and column, both counted from 1, columns in characters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Position {
     /// 1-based line.
     pub line: u32,
@@ -144,7 +145,12 @@ impl Index {
 
     /// The ordinal of the document whose root starts on `line`.
     pub fn document_at_line(&self, line: u32) -> Option<usize> {
-        self.documents.iter().position(|d| d.root_line == line)
+        // Documents are indexed in file order, so their root lines ascend (an empty document
+        // has none and breaks the order: then look at each).
+        match self.documents.binary_search_by_key(&line, |d| d.root_line) {
+            Ok(found) => Some(found),
+            Err(_) => self.documents.iter().position(|d| d.root_line == line),
+        }
     }
 
     /// The node at `path` in document `doc`, or its nearest recorded ancestor.
