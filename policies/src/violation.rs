@@ -1,9 +1,9 @@
 //! The violations rules report.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How serious a violation is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// From a `deny` set: the document must not be accepted.
@@ -13,7 +13,7 @@ pub enum Severity {
 }
 
 /// Which set of rules reported a violation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Origin {
     /// The platform bundle embedded in Trainyard.
@@ -27,7 +27,7 @@ pub enum Origin {
 }
 
 /// One rule violation of one document.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Violation {
     /// Whether the violation came from a `deny` or a `warn` set.
     pub severity: Severity,

@@ -230,7 +230,7 @@ mod tests {
         Evaluation {
             catalog,
             diagnostics,
-            touched: Default::default(),
+            ..Evaluation::default()
         }
     }
 

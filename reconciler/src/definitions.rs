@@ -4,9 +4,13 @@
 //! The checker keeps the last evaluation, so the next one parses only files whose blob
 //! changed and re-checks only the documents they touch (and the schedules of their
 //! pipelines). A change to `trainyard.yaml` or to a repository policy re-checks everything,
-//! because both feed every document's checks.
+//! because both feed every document's checks. With a cache directory ([`cache`]), what it
+//! parsed and judged outlives the process, so a restart costs what changed meanwhile.
+
+pub mod cache;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
@@ -20,6 +24,10 @@ use crate::spec::catalog::{Assembly, DocumentKey, FileChanges, FileFindings};
 use crate::spec::{
     self, Catalog, Diagnostic, Finding, ParsedFile, ParsedSettings, SETTINGS_FILE, Severity,
 };
+
+/// Files read and parsed together: enough to keep every core busy, few enough that their
+/// text is a small part of the memory of a large repository.
+const PARSE_BATCH: usize = 1024;
 
 /// Errors that stop an evaluation (bad definitions never do: they become diagnostics).
 #[derive(Debug, Error)]
@@ -42,6 +50,10 @@ pub struct Evaluation {
     /// The documents this evaluation re-checked: those of changed files and the schedules of
     /// their pipelines (every document on a full evaluation). Anything else is as before.
     pub touched: BTreeSet<DocumentKey>,
+    /// Files this evaluation parsed (the others came from the last one or the cache).
+    pub parsed_files: usize,
+    /// Documents whose policy verdict this evaluation computed (the others were known).
+    pub judged_documents: usize,
 }
 
 impl Evaluation {
@@ -93,6 +105,9 @@ pub struct Definitions {
     state: Option<State>,
     /// Files parsed by [`Definitions::catalog`], reused by the next evaluation.
     parsed: HashMap<(Arc<str>, Oid), Arc<ParsedFile>>,
+    /// The cache in the data directory, and the parsed files of the last evaluation by blob
+    /// (with those read from the cache that it has not looked at yet).
+    disk: Option<(cache::DiskCache, HashMap<Oid, Arc<ParsedFile>>)>,
 }
 
 impl Definitions {
@@ -102,7 +117,22 @@ impl Definitions {
             policy: PolicyEngine::new(config)?,
             state: None,
             parsed: HashMap::new(),
+            disk: None,
         })
+    }
+
+    /// Keeps what evaluations parse and judge in `dir`, and starts from what an earlier
+    /// process of the same binary kept there.
+    pub fn with_cache(mut self, dir: &Path) -> Self {
+        let (disk, loaded) = cache::DiskCache::open(dir, &cache::binary_identity());
+        tracing::debug!(
+            parsed = loaded.parsed.len(),
+            verdicts = loaded.verdicts.len(),
+            "read the definitions cache"
+        );
+        self.policy.keep(loaded.verdicts);
+        self.disk = Some((disk, loaded.parsed));
+        self
     }
 
     /// Parses, checks and applies policies to `snapshot`; `now` anchors cron-derived facts.
@@ -140,7 +170,7 @@ impl Definitions {
         };
         state.settings = settings;
         state.settings_findings = settings_findings;
-        let changes = self.changes(snapshot, &mut state.blobs, state.commit)?;
+        let (changes, newly_parsed) = self.changes(snapshot, &mut state.blobs, state.commit)?;
         state.commit = snapshot.commit;
         let touched = state.assembly.update(changes);
         let mut fresh = self.policy.check(state.assembly.catalog(), &touched, now)?;
@@ -151,9 +181,28 @@ impl Definitions {
             };
         }
         self.parsed.clear();
-        let evaluation = finish(snapshot, &state, touched)?;
+        let judged_documents = self.save(&state, &newly_parsed);
+        let mut evaluation = finish(snapshot, &state, touched)?;
+        evaluation.parsed_files = newly_parsed.len();
+        evaluation.judged_documents = judged_documents;
         self.state = Some(state);
         Ok(evaluation)
+    }
+
+    /// Brings the cache up to date with an evaluation that parsed `newly_parsed`; returns
+    /// how many verdicts it computed.
+    fn save(&mut self, state: &State, newly_parsed: &[(Oid, Arc<ParsedFile>)]) -> usize {
+        let fresh_verdicts = self.policy.take_fresh();
+        let judged = fresh_verdicts.len();
+        let Some((disk, by_blob)) = self.disk.as_mut() else {
+            return judged;
+        };
+        by_blob.extend(newly_parsed.iter().cloned());
+        let live: std::collections::HashSet<&Oid> = state.blobs.values().collect();
+        by_blob.retain(|blob, _| live.contains(blob));
+        disk.save_parsed(newly_parsed, by_blob.iter());
+        disk.save_verdicts(&fresh_verdicts, self.policy.verdicts());
+        judged
     }
 
     /// The valid documents of `snapshot`, without policies: enough to plan against. Does not
@@ -161,7 +210,7 @@ impl Definitions {
     pub fn catalog(&mut self, snapshot: &Snapshot) -> Result<Catalog, DefinitionsError> {
         let settings = read_settings(snapshot)?;
         let mut blobs = HashMap::new();
-        let changes = self.changes(snapshot, &mut blobs, None)?;
+        let (changes, _) = self.changes(snapshot, &mut blobs, None)?;
         for (path, parsed) in &changes {
             if let (Some(parsed), Some(blob)) = (parsed, blobs.get(path)) {
                 self.parsed.insert((path.clone(), *blob), parsed.clone());
@@ -187,13 +236,15 @@ impl Definitions {
 
     /// The files of `snapshot` that differ from `blobs` (which is brought up to date), parsed:
     /// `None` for files that are gone. When `snapshot` was advanced from `seen`, the commit
-    /// `blobs` describes, only the paths it names are looked at.
+    /// `blobs` describes, only the paths it names are looked at. Also returns the files that
+    /// had to be parsed (found neither in the lent ones nor in the cache), by blob.
+    #[allow(clippy::type_complexity)]
     fn changes(
         &self,
         snapshot: &Snapshot,
         blobs: &mut HashMap<Arc<str>, Oid>,
         seen: Option<Oid>,
-    ) -> Result<FileChanges, SourceError> {
+    ) -> Result<(FileChanges, Vec<(Oid, Arc<ParsedFile>)>), SourceError> {
         let is_document = |f: &&SourceFile| f.is_yaml() && f.path != SETTINGS_FILE;
         let mut changed = Vec::new();
         let candidates: Vec<&SourceFile> = match (&snapshot.changed_since, seen) {
@@ -232,21 +283,40 @@ impl Definitions {
                 continue;
             }
             let path: Arc<str> = Arc::from(file.path.as_str());
-            match self.parsed.get(&(path.clone(), file.blob)) {
+            let kept = self
+                .parsed
+                .get(&(path.clone(), file.blob))
+                .or_else(|| self.disk.as_ref()?.1.get(&file.blob));
+            match kept {
                 Some(parsed) => cached.push((path.clone(), Some(parsed.clone()))),
-                None => to_parse.push((path.clone(), read_or_refuse(snapshot, file)?)),
+                None => to_parse.push((path.clone(), file)),
             }
             blobs.insert(path, file.blob);
         }
-        let contents: Vec<_> = to_parse
-            .iter()
-            .map(|(_, content)| content.clone())
-            .collect();
-        for ((path, _), parsed) in to_parse.into_iter().zip(parse_in_parallel(&contents)) {
-            changed.push((path, Some(Arc::new(parsed))));
+        // Read a batch at a time, so that no more than a batch of source text is held at
+        // once however many files there are (their findings are placed later by reading
+        // the few files that have any again).
+        let mut newly_parsed = Vec::new();
+        for batch in to_parse.chunks(PARSE_BATCH) {
+            let contents = batch
+                .iter()
+                .map(|(_, file)| read_or_refuse(snapshot, file))
+                .collect::<Result<Vec<_>, _>>()?;
+            for (((path, file), content), parsed) in batch
+                .iter()
+                .zip(&contents)
+                .zip(parse_in_parallel(&contents))
+            {
+                let parsed = Arc::new(parsed);
+                // A file refused before parsing (too large, unreadable) says so afresh.
+                if content.is_ok() {
+                    newly_parsed.push((file.blob, parsed.clone()));
+                }
+                changed.push((path.clone(), Some(parsed)));
+            }
         }
         changed.extend(cached);
-        Ok(changed)
+        Ok((changed, newly_parsed))
     }
 }
 
@@ -293,6 +363,8 @@ fn finish(
         catalog,
         diagnostics,
         touched,
+        parsed_files: 0,
+        judged_documents: 0,
     })
 }
 
@@ -489,10 +561,9 @@ mod tests {
         )
     }
 
-    #[test]
-    fn evaluating_commit_after_commit_matches_evaluating_each_afresh() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let repo = Repository::init(dir.path()).expect("init");
+    /// A history of commits (the files each one writes or removes) that exercises every kind
+    /// of change: edits, duplicates, removals, broken files, policy denials, new rules.
+    fn history() -> Vec<Vec<(String, Option<String>)>> {
         let pinned = format!("reg.example.com/ml@sha256:{DIGEST}");
         let mut first: Vec<(String, Option<String>)> = Vec::new();
         for i in 0..12 {
@@ -509,7 +580,7 @@ mod tests {
             "policies/owners.rego".into(),
             Some("package trainyard.repo.owners\n".into()),
         ));
-        let steps: Vec<Vec<(String, Option<String>)>> = vec![
+        vec![
             first,
             // An edit to one pipeline.
             vec![("p/03.yaml".into(), Some(pipeline("p3", 2, &pinned)))],
@@ -528,7 +599,14 @@ mod tests {
             ],
             // Repairs bring documents back.
             vec![("p/05.yaml".into(), Some(pipeline("p5", 3, &pinned))), ("p/06.yaml".into(), Some(pipeline("p6", 1, &pinned)))],
-        ];
+        ]
+    }
+
+    #[test]
+    fn evaluating_commit_after_commit_matches_evaluating_each_afresh() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init(dir.path()).expect("init");
+        let steps = history();
         let mut incremental = Definitions::new(PolicyConfig::default()).expect("policies load");
         let mut followed: Option<Snapshot> = None;
         let now = Utc::now();
@@ -567,6 +645,65 @@ mod tests {
         assert!(
             codes.contains("policy/no-p1") && codes.contains("policy/image-pinned"),
             "{codes:?}"
+        );
+    }
+
+    #[test]
+    fn a_restarted_checker_parses_and_judges_only_what_changed_and_decides_the_same() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init(dir.path()).expect("init");
+        let restarted = || {
+            Definitions::new(PolicyConfig::default())
+                .expect("policies load")
+                .with_cache(cache.path())
+        };
+        let now = Utc::now();
+        for (n, change) in history().iter().enumerate() {
+            let files: Vec<(&str, Option<String>)> = change
+                .iter()
+                .map(|(p, c)| (p.as_str(), c.clone()))
+                .collect();
+            let snapshot = commit(&repo, &files);
+            // A service restarted at every commit, starting from what the last one kept.
+            let step = restarted().evaluate(&snapshot, now).expect("evaluate");
+            let fresh = Definitions::new(PolicyConfig::default())
+                .expect("policies load")
+                .evaluate(&snapshot, now)
+                .expect("evaluate");
+            assert_eq!(outcome(&step), outcome(&fresh), "after commit {n}");
+            let written = files
+                .iter()
+                .filter(|(p, c)| c.is_some() && p.ends_with(".yaml") && *p != SETTINGS_FILE)
+                .count();
+            if n > 0 {
+                assert!(
+                    step.parsed_files <= written,
+                    "commit {n} parsed {} files, wrote {written}",
+                    step.parsed_files
+                );
+            }
+            let again = restarted().evaluate(&snapshot, now).expect("evaluate");
+            assert_eq!(
+                outcome(&again),
+                outcome(&fresh),
+                "commit {n} after a restart"
+            );
+            assert_eq!(again.parsed_files, 0, "commit {n}: nothing parsed again");
+            assert_eq!(
+                again.judged_documents, 0,
+                "commit {n}: nothing judged again"
+            );
+        }
+        // A binary built differently trusts none of it.
+        let snapshot = commit(&repo, &[]);
+        let (_, loaded) = cache::DiskCache::open(cache.path(), "another build");
+        assert!(loaded.parsed.is_empty());
+        let evaluated = restarted().evaluate(&snapshot, now).expect("evaluate");
+        assert!(
+            evaluated.parsed_files > 20,
+            "parsed {}",
+            evaluated.parsed_files
         );
     }
 }

@@ -3,12 +3,15 @@
 //! violations into findings at the offending field.
 //!
 //! Verdicts are cached per document version, so a one-file change evaluates one document.
+//! Their keys name the rules and settings they were made under (the scope), so verdicts
+//! kept across restarts are trusted only under the same rules.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 use trainyard_policies::{Evaluator, PolicyConfig, Severity as PolicySeverity, Violation};
 
@@ -58,21 +61,61 @@ pub struct PolicyEngine {
     load_findings: FileFindings,
     /// Repository settings the verdicts were made with (the default image feeds the rules).
     settings: Option<Settings>,
+    /// Digest of the configuration, repository rules and settings: the first part of every
+    /// verdict key.
+    scope: String,
     verdicts: HashMap<String, Arc<[Violation]>>,
+    /// Verdicts kept from an earlier life of the service, consulted before evaluating.
+    kept: HashMap<String, Arc<[Violation]>>,
+    /// Verdicts evaluated since [`PolicyEngine::take_fresh`] was last called.
+    fresh: Vec<(String, Arc<[Violation]>)>,
 }
 
 impl PolicyEngine {
     /// An engine with the platform rules and `config` (allowed registries, GPU limits).
     pub fn new(config: PolicyConfig) -> Result<Self, PolicyError> {
         let evaluator = Evaluator::new(&config)?;
-        Ok(PolicyEngine {
+        let mut engine = PolicyEngine {
             config,
             evaluator,
             repo_policies: Vec::new(),
             load_findings: Vec::new(),
             settings: None,
+            scope: String::new(),
             verdicts: HashMap::new(),
-        })
+            kept: HashMap::new(),
+            fresh: Vec::new(),
+        };
+        engine.rescope();
+        Ok(engine)
+    }
+
+    /// Recomputes the scope after the rules or settings changed, forgetting verdicts made
+    /// under another.
+    fn rescope(&mut self) {
+        let identity = serde_json::to_vec(&(&self.config, &self.repo_policies, &self.settings))
+            .unwrap_or_default();
+        let digest = Sha256::digest(identity);
+        self.scope = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let scope = &self.scope;
+        self.verdicts
+            .retain(|key, _| key.starts_with(scope.as_str()));
+    }
+
+    /// Verdicts from an earlier life of the service (their keys carry the scope they were
+    /// made under, so only those of the current rules and settings are ever used).
+    pub fn keep(&mut self, verdicts: HashMap<String, Arc<[Violation]>>) {
+        self.kept = verdicts;
+    }
+
+    /// The verdicts evaluated since the last call, to be kept for a later life.
+    pub fn take_fresh(&mut self) -> Vec<(String, Arc<[Violation]>)> {
+        std::mem::take(&mut self.fresh)
+    }
+
+    /// Every verdict of the current scope, by key.
+    pub fn verdicts(&self) -> impl ExactSizeIterator<Item = (&String, &Arc<[Violation]>)> {
+        self.verdicts.iter()
     }
 
     /// Loads the repository's rules, rebuilding the evaluator only when they changed.
@@ -98,7 +141,7 @@ impl PolicyEngine {
         self.evaluator = evaluator;
         self.repo_policies = wanted;
         self.load_findings = findings.clone();
-        self.verdicts.clear();
+        self.rescope();
         Ok(findings)
     }
 
@@ -112,22 +155,27 @@ impl PolicyEngine {
     ) -> Result<HashMap<DocumentKey, FileFindings>, PolicyError> {
         let settings = &catalog.settings;
         if self.settings.as_ref() != Some(settings) {
-            self.verdicts.clear();
             self.settings = Some(settings.clone());
+            self.rescope();
         }
+        let scope = &self.scope;
         let documents: Vec<(DocumentKey, String, Pending<'_>)> = keys
             .iter()
             .filter_map(|key| match key.0 {
                 Kind::Pipeline => {
                     let entry = catalog.pipelines.get(&key.1)?;
-                    Some((key.clone(), pipeline_key(entry), Pending::Pipeline(entry)))
+                    Some((
+                        key.clone(),
+                        pipeline_key(scope, entry),
+                        Pending::Pipeline(entry),
+                    ))
                 }
                 Kind::Schedule => {
                     let entry = catalog.schedules.get(&key.1)?;
                     let target = catalog.pipelines.get(entry.value.spec.pipeline.as_str());
                     Some((
                         key.clone(),
-                        schedule_key(entry, target),
+                        schedule_key(scope, entry, target),
                         Pending::Schedule(entry, target),
                     ))
                 }
@@ -135,11 +183,18 @@ impl PolicyEngine {
             .collect();
         // Documents without a verdict; their Rego input is built one chunk at a time so that
         // memory stays bounded however large the catalog is.
-        let todo: Vec<(String, Pending<'_>)> = documents
-            .iter()
-            .filter(|(_, cache_key, _)| !self.verdicts.contains_key(cache_key))
-            .map(|(_, cache_key, pending)| (cache_key.clone(), *pending))
-            .collect();
+        let mut todo: Vec<(String, Pending<'_>)> = Vec::new();
+        for (_, cache_key, pending) in &documents {
+            if self.verdicts.contains_key(cache_key) {
+                continue;
+            }
+            match self.kept.remove(cache_key) {
+                Some(kept) => {
+                    self.verdicts.insert(cache_key.clone(), kept);
+                }
+                None => todo.push((cache_key.clone(), *pending)),
+            }
+        }
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let per_worker = todo.len().div_ceil(workers).max(CHUNK);
         let verdicts: Vec<Result<Verdicts, PolicyError>> = std::thread::scope(|scope| {
@@ -160,7 +215,9 @@ impl PolicyEngine {
         });
         for part in verdicts {
             for (key, violations) in part? {
-                self.verdicts.insert(key, violations.into());
+                let violations: Arc<[Violation]> = violations.into();
+                self.fresh.push((key.clone(), violations.clone()));
+                self.verdicts.insert(key, violations);
             }
         }
         let mut findings = HashMap::new();
@@ -210,7 +267,12 @@ fn evaluate_part(
             by_document.insert((kind, name), verdicts.len());
             verdicts.push((key.clone(), Vec::new()));
         }
-        let input = json!({"pipelines": pipelines, "schedules": schedules});
+        // Moved in, not serialized by reference as `json!` would: no second copy of the
+        // chunk's documents.
+        let input = Value::Object(serde_json::Map::from_iter([
+            ("pipelines".to_owned(), Value::Array(pipelines)),
+            ("schedules".to_owned(), Value::Array(schedules)),
+        ]));
         for violation in evaluator.evaluate(&input)? {
             let kind = if violation.kind == "Pipeline" {
                 Kind::Pipeline
@@ -225,15 +287,15 @@ fn evaluate_part(
     Ok(verdicts)
 }
 
-/// The verdict cache key of a pipeline: its version.
-fn pipeline_key(entry: &Entry<Pipeline>) -> String {
-    format!("p:{}", entry.version)
+/// The verdict cache key of a pipeline: its version, under `scope`.
+fn pipeline_key(scope: &str, entry: &Entry<Pipeline>) -> String {
+    format!("{scope}:p:{}", entry.version)
 }
 
 /// A schedule's verdict depends on its pipeline too (GPU schedules fire less often).
-fn schedule_key(entry: &Entry<Schedule>, target: Option<&Entry<Pipeline>>) -> String {
+fn schedule_key(scope: &str, entry: &Entry<Schedule>, target: Option<&Entry<Pipeline>>) -> String {
     format!(
-        "s:{}:{}",
+        "{scope}:s:{}:{}",
         entry.version,
         target.map_or("", |p| p.version.as_ref())
     )

@@ -44,28 +44,28 @@ pub(super) struct Follow {
 }
 
 impl Follow {
-    /// Follows `config`'s branch of `repo`, starting from the declared state in the store.
-    pub(super) async fn new(
+    /// Follows `config`'s branch of `repo`, starting from `declared` (the declared state in
+    /// the store, as [`declared_state`] reads it).
+    pub(super) fn new(
         repo: Repo,
         store: Store,
         definitions: SharedDefinitions,
         config: &Config,
-    ) -> Result<Follow, RuntimeError> {
-        let mut follow = Follow {
+        (declared, unreadable): (Catalog, BTreeMap<String, String>),
+    ) -> Follow {
+        Follow {
             repo,
             store,
             definitions,
             branch: config.branch.clone(),
             subdir: config.subdir.clone(),
             instance: config.instance.clone(),
-            declared: Catalog::default(),
+            declared,
             snapshot: None,
-            unreadable: BTreeMap::new(),
+            unreadable,
             backoff: Backoff::default(),
             errors: 0,
-        };
-        follow.reload().await?;
-        Ok(follow)
+        }
     }
 
     /// Whether the branch comes from a remote, which only polling notices.
@@ -139,6 +139,7 @@ impl Follow {
                     None => Snapshot::at_revision(repo, &sha, &subdir)?,
                 };
                 let evaluation = definitions.lock().evaluate(&snapshot, now)?;
+                tracing::debug!(commit = %sha, parsed = evaluation.parsed_files, "evaluated");
                 Ok(Read::New(sha, snapshot, Box::new(evaluation)))
             })
             .await?;
@@ -185,7 +186,9 @@ enum Read {
 /// The declared state as the store has it, for a restarted service, with the pipelines
 /// whose stored definition cannot be read (left out of it, and logged; the schedules loop
 /// stalls a schedule that cannot be read, with its reason).
-async fn declared_state(store: &Store) -> Result<(Catalog, BTreeMap<String, String>), StoreError> {
+pub(super) async fn declared_state(
+    store: &Store,
+) -> Result<(Catalog, BTreeMap<String, String>), StoreError> {
     let mut catalog = Catalog::default();
     let mut unreadable = BTreeMap::new();
     for row in store.current_pipelines().await? {

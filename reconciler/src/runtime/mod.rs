@@ -389,10 +389,27 @@ impl<E: Executor, F: Forge> Runtime<E, F> {
             forge,
             artifacts,
         } = parts;
-        let definitions = SharedDefinitions::new(Definitions::new(config.policy.clone())?);
+        // Parsed files and verdicts outlive the process, so a restart parses what changed;
+        // the cache is read on another core while the store hands back the declared state.
+        let loading = {
+            let (policy, dir) = (config.policy.clone(), config.data_dir.join("cache"));
+            tokio::task::spawn_blocking(move || {
+                Definitions::new(policy).map(|d| d.with_cache(&dir))
+            })
+        };
+        let declared = follow::declared_state(&store).await?;
+        let definitions = match loading.await {
+            Ok(definitions) => SharedDefinitions::new(definitions?),
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        };
         let forge = Arc::new(forge);
-        let follow =
-            follow::Follow::new(repo.clone(), store.clone(), definitions.clone(), &config).await?;
+        let follow = follow::Follow::new(
+            repo.clone(),
+            store.clone(),
+            definitions.clone(),
+            &config,
+            declared,
+        );
         let pulls = Pulls::new(repo.clone(), store.clone(), definitions, &config)
             .with_check_runs(forge.has_check_runs());
         let mut due = Due::default();
