@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Many small, short-lived allocations (parsed documents, JSON rows, Rego values): mimalloc
+/// serves them in a fraction of glibc's time and returns memory to the system sooner.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // The one TLS crypto provider compiled in; every TLS client (S3, Kubernetes, GitHub)
     // needs it installed before it is built. An error means one is installed already.
