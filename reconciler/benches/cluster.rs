@@ -1,8 +1,10 @@
 //! Benchmark of cluster mode: the release binary with `--executor kubernetes` against the
-//! stand-in API server, N schedules (100, then 1,000) due in the same second, each starting
-//! a run of three steps. Measures the time from the tick to each run's first Job, the time
-//! until every run finished, the API requests the service made, and its CPU time and peak
-//! memory. Run with `cargo bench -p trainyard --bench cluster`.
+//! stand-in API server, N schedules (100 and 1,000 due in the same second, 10,000 spread over
+//! one minute), each starting a run of three steps. Measures the time from the tick to each
+//! run's first Job, the time until every run finished, the API requests the service made,
+//! and its CPU time and peak memory. Run with `cargo bench -p trainyard --bench cluster`;
+//! `TRAINYARD_BENCH_SIZES=100,1000` picks the sizes, and `TRAINYARD_BENCH_KEEP_LOG=DIR` keeps
+//! each size's service log there (`TRAINYARD_BENCH_RUST_LOG` sets its filter).
 //!
 //! No kubelet runs pods: the bench plays kubelet and `trainyard-launch` itself, following
 //! Jobs through a watch and, for each new one, storing the manifest launch would and
@@ -28,7 +30,8 @@ use support::{POSTGRES, ServiceProcess, commit, create_schema, drop_schema, path
 
 use support::{Error, Result};
 
-const SIZES: [usize; 2] = [100, 1_000];
+/// Schedules, and the seconds their ticks are spread over.
+const SIZES: [(usize, u32); 3] = [(100, 1), (1_000, 1), (10_000, 60)];
 const NAMESPACE: &str = "trainyard";
 const IMAGE: &str =
     "reg.example.com/ml@sha256:4f3c9d2e8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e";
@@ -37,11 +40,13 @@ const IMAGE: &str =
 const API_QPS: u32 = 1_000;
 const API_BURST: u32 = 1_000;
 /// How long all runs of one size may take before the bench fails.
-const RUN_LIMIT: Duration = Duration::from_secs(300);
+const RUN_LIMIT: Duration = Duration::from_secs(600);
 
 /// What one size measured.
 struct Measured {
     runs: usize,
+    /// Seconds the ticks were spread over.
+    spread: u32,
     /// Milliseconds from each tick's scheduled second to its run's first Job being seen.
     first_job: Vec<f64>,
     /// From the scheduled second until every run had finished.
@@ -63,17 +68,24 @@ fn pipeline() -> String {
     )
 }
 
-/// `n` schedules of pipeline `p` that fire once, at `due` (UTC).
-fn schedules(n: usize, due: DateTime<Utc>) -> String {
-    let cron = format!("{} {} {} * * *", due.second(), due.minute(), due.hour());
+/// `n` schedules of pipeline `p` that fire once a day, schedule `i` at `due` plus `i % spread`
+/// seconds (UTC), as the texts of files of a thousand each.
+fn schedules(n: usize, due: DateTime<Utc>, spread: u32) -> Vec<String> {
+    let mut files = Vec::new();
     let mut text = String::new();
     for i in 0..n {
+        if i > 0 && i % 1_000 == 0 {
+            files.push(std::mem::take(&mut text));
+        }
+        let at = due + chrono::Duration::seconds(i64::from(i as u32 % spread));
+        let cron = format!("{} {} {} * * *", at.second(), at.minute(), at.hour());
         text.push_str(&format!(
             "---\napiVersion: trainyard.dev/v1\nkind: Schedule\nmetadata: {{name: s{i:04}}}\n\
              spec: {{pipeline: p, cron: '{cron}', catchup: none, concurrency: allow}}\n"
         ));
     }
-    text
+    files.push(text);
+    files
 }
 
 /// When each Job was first seen, by name.
@@ -156,7 +168,7 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
     samples[((samples.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn measure(n: usize) -> Result<Measured> {
+async fn measure(n: usize, spread: u32) -> Result<Measured> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir()?;
     let (repo_dir, data, artifacts_dir) = (
@@ -179,18 +191,27 @@ async fn measure(n: usize) -> Result<Measured> {
     )?;
 
     // The ticks are due far enough ahead for the service to start and apply the schedules.
-    let lead = Duration::from_secs(if n > 100 { 15 } else { 8 });
+    let lead = Duration::from_secs(if n <= 100 {
+        8
+    } else if n <= 1_000 {
+        15
+    } else {
+        40
+    });
     let due = (Utc::now() + lead).with_nanosecond(0).ok_or("time")?;
     let repo = Repository::init(&repo_dir)?;
     std::fs::write(repo_dir.join("p.yaml"), pipeline())?;
-    std::fs::write(repo_dir.join("schedules.yaml"), schedules(n, due))?;
+    // A thousand schedules a file keeps each well under the 1 MiB a file may have.
+    for (part, text) in schedules(n, due, spread).iter().enumerate() {
+        std::fs::write(repo_dir.join(format!("schedules-{part:02}.yaml")), text)?;
+    }
     commit(&repo)?;
 
     let schema = create_schema().await?;
     let database = format!("{POSTGRES}?options=-c%20search_path%3D{schema}");
     let outcome = run_service(
         n,
-        due,
+        (due, spread),
         &api,
         &database,
         &repo_dir,
@@ -209,7 +230,7 @@ async fn measure(n: usize) -> Result<Measured> {
 #[allow(clippy::too_many_arguments)]
 async fn run_service(
     n: usize,
-    due: DateTime<Utc>,
+    (due, spread): (DateTime<Utc>, u32),
     api: &Arc<ApiServer>,
     database: &str,
     repo_dir: &Path,
@@ -231,7 +252,10 @@ async fn run_service(
         .args(["--poll-seconds", "1"])
         .args(["--max-parallel-steps", &n.to_string()])
         .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("TRAINYARD_BENCH_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+        )
         .env_remove("TRAINYARD_POLICY_CONFIG")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -305,7 +329,8 @@ async fn run_service(
                 runs.len()
             )));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Reading every run is not free: at the largest size, look less often.
+        tokio::time::sleep(Duration::from_millis(if n > 1_000 { 1_000 } else { 50 })).await;
     };
     let all_done = (Utc::now() - due).to_std().unwrap_or_default();
     let cpu_seconds = service.cpu_seconds()? - cpu_before;
@@ -337,15 +362,22 @@ async fn run_service(
             .get(&name)
             .ok_or_else(|| fail(format!("job {name} was never seen")))?;
         let scheduled = run.scheduled_at.ok_or("a run without its tick")?;
-        if scheduled != due {
+        let offset = (scheduled - due).num_seconds();
+        if !(0..i64::from(spread)).contains(&offset) {
             return Err(fail(format!(
-                "run {} is for tick {scheduled}, not {due}",
+                "run {} is for tick {scheduled}, not within {spread} s of {due}",
                 run.id
             )));
         }
         first_job.push((*at - scheduled).num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0);
     }
     service.stop()?;
+    // For a closer look at where the time went: the service's log, with its timestamps.
+    if let Some(keep) = std::env::var_os("TRAINYARD_BENCH_KEEP_LOG") {
+        let kept = Path::new(&keep).join(format!("cluster-{n}.log"));
+        std::fs::copy(&log_path, &kept)?;
+        eprintln!("service log kept in {}", kept.display());
+    }
 
     let mut requests = BTreeMap::new();
     for request in api.requests() {
@@ -359,6 +391,7 @@ async fn run_service(
     }
     Ok(Measured {
         runs: n,
+        spread,
         first_job,
         all_done,
         requests,
@@ -370,14 +403,15 @@ async fn run_service(
 
 fn report(measured: &mut [Measured]) {
     println!(
-        "\n| runs × 3 steps | tick → first Job p50 | p99 | max | all runs done | service CPU | peak RSS |"
+        "\n| runs × 3 steps | ticks over | tick → first Job p50 | p99 | max | all runs done | service CPU | peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for m in measured.iter_mut() {
         let max = m.first_job.iter().copied().fold(0.0, f64::max);
         println!(
-            "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} s | {:.2} s | {:.1} MiB |",
+            "| {} | {} s | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} s | {:.2} s | {:.1} MiB |",
             m.runs,
+            m.spread,
             percentile(&mut m.first_job, 0.5),
             percentile(&mut m.first_job, 0.99),
             max,
@@ -415,9 +449,17 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let wanted: Option<Vec<usize>> = std::env::var("TRAINYARD_BENCH_SIZES").ok().map(|list| {
+        list.split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect()
+    });
     let mut measured = Vec::new();
-    for n in SIZES {
-        measured.push(runtime.block_on(measure(n))?);
+    for (n, spread) in SIZES {
+        if wanted.as_ref().is_some_and(|w| !w.contains(&n)) {
+            continue;
+        }
+        measured.push(runtime.block_on(measure(n, spread))?);
     }
     println!(
         "\nservice client rate limit: api_qps {API_QPS}, api_burst {API_BURST}; \

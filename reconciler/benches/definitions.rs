@@ -1,7 +1,10 @@
 //! Benchmark of the definitions layer on a generated repository of 10,000 pipelines and
 //! 10,000 schedules: cold `trainyard validate` (parse + checks + policies, wall time and peak
 //! RSS of the process) and the plan of a one-file commit as the service computes it while
-//! following a branch (tree diff, incremental evaluation, plan of the touched documents). Run with `cargo bench -p trainyard --bench definitions`.
+//! following a branch (tree diff, incremental evaluation, plan of the touched documents), and
+//! `serve --once` started afresh and then restarted on the unchanged repository (which reads
+//! its parse and verdict cache from the data directory). Run with
+//! `cargo bench -p trainyard --bench definitions`.
 
 use std::path::Path;
 use std::process::Command;
@@ -17,6 +20,7 @@ use trainyard_policies::PolicyConfig;
 const PIPELINES: usize = 10_000;
 const COLD_RUNS: usize = 5;
 const PLAN_RUNS: usize = 20;
+const RESTARTS: usize = 5;
 const DIGEST: &str = "4f3c9d2e8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e";
 
 fn pipeline(i: usize, variant: usize) -> String {
@@ -100,11 +104,7 @@ fn generate(dir: &Path) -> Repository {
         std::fs::create_dir_all(&group).expect("mkdir");
         std::fs::write(group.join(format!("s{i:05}.yaml")), schedule(i)).expect("write");
     }
-    std::fs::write(
-        dir.join("trainyard.yaml"),
-        "namespace: ml\ndefault_timeout: 12h\n",
-    )
-    .expect("write");
+    std::fs::write(dir.join("trainyard.yaml"), "default_timeout: 12h\n").expect("write");
     commit(&repo, "generated");
     repo
 }
@@ -141,6 +141,8 @@ fn main() {
 
     let binary = env!("CARGO_BIN_EXE_trainyard");
     let mut cold = Vec::new();
+    // getrusage reports the largest child so far: read after each kind of source.
+    let mut peaks = Vec::new();
     for source in [["--rev", "HEAD"], ["--format", "text"]] {
         let mut samples = Vec::new();
         for _ in 0..COLD_RUNS {
@@ -166,8 +168,9 @@ fn main() {
             },
             samples,
         ));
+        peaks.push(children_peak_rss_mib());
     }
-    let rss = children_peak_rss_mib();
+    let (serve_cold, mut serve_warm) = restarts(binary, dir.path());
 
     let mut definitions = Definitions::new(PolicyConfig::default()).expect("policies load");
     let mut planner = Planner::default();
@@ -223,5 +226,46 @@ fn main() {
         ms(percentile(&mut plans, 0.5)),
         ms(max)
     );
-    println!("\npeak RSS of `trainyard validate`: {rss:.0} MiB");
+    println!(
+        "| `serve --once`, first start (parse, policies, apply to SQLite) | {} | — |",
+        ms(serve_cold)
+    );
+    let max = *serve_warm.iter().max().expect("samples");
+    println!(
+        "| `serve --once`, restart on the unchanged repository | {} | {} |",
+        ms(percentile(&mut serve_warm, 0.5)),
+        ms(max)
+    );
+    println!(
+        "\npeak RSS of `trainyard validate`: {:.0} MiB from the Git tree; \
+         largest of both sources {:.0} MiB",
+        peaks[0], peaks[1]
+    );
+}
+
+/// Starts `serve --once` on the repository with a fresh data directory, then again
+/// `RESTARTS` times on the same one: the wall time of the first start and of each restart.
+fn restarts(binary: &str, repo: &Path) -> (Duration, Vec<Duration>) {
+    let data = tempfile::tempdir().expect("tempdir");
+    let serve = || {
+        let t = Instant::now();
+        let out = Command::new(binary)
+            .args(["serve", "--once", "--repo"])
+            .arg(repo)
+            .arg("--data-dir")
+            .arg(data.path())
+            .env_remove("TRAINYARD_POLICY_CONFIG")
+            .output()
+            .expect("run trainyard");
+        let took = t.elapsed();
+        assert!(
+            out.status.success(),
+            "serve failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        took
+    };
+    let cold = serve();
+    let warm = (0..RESTARTS).map(|_| serve()).collect();
+    (cold, warm)
 }
