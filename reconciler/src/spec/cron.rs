@@ -85,10 +85,14 @@ pub fn parse_cron(expr: &str) -> Result<Cron, String> {
         .map_err(|e| format!("invalid cron {expr:?}: {e}"))
 }
 
-/// Years the check that a cron fires at all searches. The Gregorian calendar repeats every
-/// 400 years, so a pattern that fires at all fires within any 400 of them.
-const FIRE_SEARCH_YEARS: i32 = 400;
-/// First year of that search (the year the check was written).
+/// Years the check that a cron fires at all searches. Whether a date matches a pattern
+/// depends only on its year's kind: the weekday it starts on and whether it is a leap year.
+/// Each of the 14 kinds occurs in any 28 consecutive years without a skipped century leap
+/// year (2100 is the next), so a pattern that fires in any year fires in these. (Searching
+/// the whole 400-year Gregorian cycle took 14 times longer, which fuzzing found over 1 s
+/// for `0 0 30 2 +` under instrumentation.)
+const FIRE_SEARCH_YEARS: i32 = 28;
+/// First year of that search (the year the check was written); 2026 + 28 stays before 2100.
 const FIRE_SEARCH_FROM: i32 = 2026;
 
 /// Whether the valid cron `expr` fires at all. Searched with the years bounded: otherwise
@@ -249,11 +253,19 @@ mod tests {
     #[test]
     fn a_cron_that_fires_rarely_is_accepted_and_one_that_never_fires_is_refused() {
         // Every leap year but 2100, and only the Februaries of 29 days that start on a
-        // Monday: gaps of up to 40 years are still found.
+        // Monday: found within the 28 years searched.
         for rare in ["0 0 29 2 *", "0 0 * 2 MON#5", "0 0 0 29 2 *"] {
             assert!(CronSchedule::new(rare, Tz::UTC).is_ok(), "{rare} fires");
         }
-        for never in ["0 0 30 2 *", "0 0 31 4 *", "0 0 0 31 11 *"] {
+        // A 29th of February on each weekday (with `+`, day of month AND day of week), and
+        // the first of January on each: all fourteen kinds of year are within the search.
+        for day in ["MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"] {
+            for date in ["29 2", "1 1"] {
+                let rare = format!("0 0 {date} +{day}");
+                assert!(CronSchedule::new(&rare, Tz::UTC).is_ok(), "{rare} fires");
+            }
+        }
+        for never in ["0 0 30 2 *", "0 0 31 4 *", "0 0 0 31 11 *", "0 0 30 2 +"] {
             let tz = parse_timezone("America/New_York").expect("known");
             assert!(CronSchedule::new(never, tz).is_err(), "{never} never fires");
         }
