@@ -7,6 +7,7 @@
 mod commits;
 mod events;
 mod installation;
+mod intents;
 mod outbox;
 mod pulls;
 mod registry;
@@ -20,6 +21,7 @@ mod tests;
 pub use commits::FOLLOWED_CURSOR;
 pub use events::ForgeEventRow;
 pub use installation::{MAX_INSTALLATION_LEN, is_installation_name};
+pub use intents::{REQUESTS_CURSOR, Refused};
 pub use pulls::PullRequestRow;
 pub use types::*;
 

@@ -216,6 +216,8 @@ on_both_backends!(
     pending_events_come_in_order_and_finished_ones_do_not,
     concurrent_recorders_of_one_delivery_store_one_event,
     delivery_ids_must_be_sensible,
+    cancel_and_retry_refuse_what_does_not_fit_and_tell_the_service,
+    a_retry_keeps_succeeded_steps_and_numbers_attempts_on,
 );
 
 fn t(seconds: i64) -> DateTime<Utc> {
@@ -2213,5 +2215,182 @@ async fn a_report_waiting_for_its_retry_holds_back_newer_ones(store: Store) {
     assert!(
         due.is_empty(),
         "the newer report of a waits behind b: {due:?}"
+    );
+}
+
+async fn cancel_and_retry_refuse_what_does_not_fit_and_tell_the_service(store: Store) {
+    with_nightly(&store).await;
+    assert_eq!(store.cursor(REQUESTS_CURSOR).await.expect("cursor"), None);
+    let run_id = store.create_run(&change_run("c1")).await.expect("create");
+    assert_eq!(
+        store
+            .cursor(REQUESTS_CURSOR)
+            .await
+            .expect("cursor")
+            .as_deref(),
+        Some("1"),
+        "a queued run tells the service"
+    );
+    assert_eq!(
+        store.cancel_run(run_id + 1).await.expect("cancel"),
+        Err(Refused::UnknownRun(run_id + 1))
+    );
+    assert_eq!(
+        store.retry_run(run_id).await.expect("retry"),
+        Err(Refused::NotFinished {
+            id: run_id,
+            state: RunState::Pending
+        })
+    );
+    assert_eq!(
+        store
+            .cursor(REQUESTS_CURSOR)
+            .await
+            .expect("cursor")
+            .as_deref(),
+        Some("1"),
+        "a refused request writes nothing"
+    );
+    assert_eq!(store.cancel_run(run_id).await.expect("cancel"), Ok(()));
+    assert_eq!(store.cancel_run(run_id).await.expect("cancel"), Ok(()));
+    let run = store.run(run_id).await.expect("read").expect("run");
+    assert!(run.cancel_requested);
+    assert_eq!(
+        store
+            .cursor(REQUESTS_CURSOR)
+            .await
+            .expect("cursor")
+            .as_deref(),
+        Some("3")
+    );
+    store
+        .finish_run(run_id, RunState::Succeeded, "done", t(20), NO_REPORTS, None)
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.cancel_run(run_id).await.expect("cancel"),
+        Err(Refused::AlreadyFinished {
+            id: run_id,
+            state: RunState::Succeeded
+        })
+    );
+    assert_eq!(
+        store.retry_run(run_id).await.expect("retry"),
+        Err(Refused::NothingToRetry {
+            id: run_id,
+            state: RunState::Succeeded
+        })
+    );
+}
+
+async fn a_retry_keeps_succeeded_steps_and_numbers_attempts_on(store: Store) {
+    with_nightly(&store).await;
+    let run_id = store.create_run(&change_run("c1")).await.expect("create");
+    store
+        .start_attempt(run_id, "prepare", 1, "job-p1", t(10))
+        .await
+        .expect("start");
+    store
+        .finish_attempt(
+            run_id,
+            "prepare",
+            1,
+            &outcome(AttemptState::Succeeded, t(11)),
+        )
+        .await
+        .expect("finish prepare");
+    store
+        .start_attempt(run_id, "train", 1, "job-t1", t(12))
+        .await
+        .expect("start");
+    store
+        .finish_attempt(run_id, "train", 1, &outcome(AttemptState::Failed, t(13)))
+        .await
+        .expect("finish train");
+    store
+        .finish_run(
+            run_id,
+            RunState::Failed,
+            "train failed",
+            t(14),
+            NO_REPORTS,
+            None,
+        )
+        .await
+        .expect("finish run");
+    assert_eq!(
+        store.retry_run(run_id).await.expect("retry"),
+        Ok(vec!["train".to_owned()])
+    );
+    let run = store.run(run_id).await.expect("read").expect("run");
+    assert_eq!(run.state, RunState::Running, "it had started");
+    assert_eq!((run.message, run.finished_at), (None, None));
+    assert_eq!(run.started_at, Some(t(10)), "its start is kept");
+    let steps = store.steps(run_id).await.expect("steps");
+    assert_eq!(
+        (steps[0].state, steps[0].attempt),
+        (StepState::Succeeded, 1),
+        "the succeeded step is kept"
+    );
+    assert_eq!(
+        (steps[1].state, steps[1].attempt, steps[1].failures),
+        (StepState::Waiting, 1, 0),
+        "the failed step waits with its retries afresh"
+    );
+    assert_eq!(
+        store.retry_run(run_id).await.expect("retry"),
+        Err(Refused::NotFinished {
+            id: run_id,
+            state: RunState::Running
+        })
+    );
+    assert!(
+        store
+            .start_attempt(run_id, "train", 2, "job-t2", t(20))
+            .await
+            .expect("start again"),
+        "the next attempt is a new one"
+    );
+    let attempts = store.attempts(run_id).await.expect("attempts");
+    let train: Vec<(u32, AttemptState)> = attempts
+        .iter()
+        .filter(|a| a.step == "train")
+        .map(|a| (a.attempt, a.state))
+        .collect();
+    assert_eq!(
+        train,
+        [(1, AttemptState::Failed), (2, AttemptState::Running)]
+    );
+    // A run cancelled before it started is pending again.
+    let never = store.create_run(&change_run("c1")).await.expect("create");
+    store
+        .cancel_run(never)
+        .await
+        .expect("cancel")
+        .expect("accepted");
+    let names = ["prepare".to_owned(), "train".to_owned()];
+    store
+        .skip_steps(never, &names, "cancelled")
+        .await
+        .expect("skip");
+    store
+        .finish_run(
+            never,
+            RunState::Cancelled,
+            "cancelled",
+            t(30),
+            NO_REPORTS,
+            None,
+        )
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.retry_run(never).await.expect("retry"),
+        Ok(names.to_vec())
+    );
+    let run = store.run(never).await.expect("read").expect("run");
+    assert_eq!(
+        (run.state, run.cancel_requested),
+        (RunState::Pending, false)
     );
 }

@@ -1,0 +1,151 @@
+//! What people ask of the service from the command line: cancel a run, retry a finished
+//! run's failed steps, queue a manual run.
+//!
+//! Each request is written in one transaction together with a bump of the requests cursor
+//! ([`REQUESTS_CURSOR`]), which a running service reads every poll: it then acts on the
+//! request at once instead of at its next event; a service started later finds the request
+//! in the store like any other state. A request the store refuses writes nothing.
+
+use sqlx::{AnyConnection, Row};
+use thiserror::Error;
+
+use super::{Result, RunState, Store};
+
+/// The cursor the command line bumps with every request it writes.
+pub const REQUESTS_CURSOR: &str = "requests";
+
+/// Why the store refused a request; nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Refused {
+    /// No run has this id.
+    #[error("run {0} not found")]
+    UnknownRun(i64),
+    /// The run ended already, so there is nothing to stop.
+    #[error("run {id} has already finished ({state}): there is nothing to cancel")]
+    AlreadyFinished {
+        /// The run.
+        id: i64,
+        /// How it ended.
+        state: RunState,
+    },
+    /// Only a run that ended can be retried.
+    #[error("run {id} is {state}: only a finished run can be retried (cancel it first)")]
+    NotFinished {
+        /// The run.
+        id: i64,
+        /// Where it is.
+        state: RunState,
+    },
+    /// The run has no step to start again.
+    #[error("run {id} {state}: it has no failed, skipped or cancelled step to retry")]
+    NothingToRetry {
+        /// The run.
+        id: i64,
+        /// How it ended.
+        state: RunState,
+    },
+}
+
+/// Bumps the requests cursor inside the caller's transaction.
+pub(super) async fn bump_requests(conn: &mut AnyConnection) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO cursors (name, value) VALUES ($1, '1')
+         ON CONFLICT (name) DO UPDATE
+             SET value = CAST(CAST(cursors.value AS BIGINT) + 1 AS TEXT)",
+    )
+    .bind(REQUESTS_CURSOR)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A run's state, read inside the caller's transaction; `None` if there is no such run.
+async fn run_state(conn: &mut AnyConnection, id: i64) -> Result<Option<RunState>> {
+    let row = sqlx::query("SELECT state FROM runs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|row| super::Cells::new(&row, "runs", id).word("state", RunState::from_stored))
+        .transpose()
+}
+
+impl Store {
+    /// Asks the service to stop run `id`: its running steps are stopped, its waiting ones
+    /// skipped, and it ends cancelled. Asking twice is asking once.
+    pub async fn cancel_run(&self, id: i64) -> Result<Result<(), Refused>> {
+        let mut tx = self.write().await?;
+        match run_state(&mut tx, id).await? {
+            None => return Ok(Err(Refused::UnknownRun(id))),
+            Some(state) if state.is_finished() => {
+                return Ok(Err(Refused::AlreadyFinished { id, state }));
+            }
+            Some(_) => {}
+        }
+        sqlx::query(
+            "UPDATE runs SET cancel_requested = 1
+             WHERE id = $1 AND state IN ('pending', 'running')",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        bump_requests(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Starts the failed, skipped and cancelled steps of finished run `id` again, as new
+    /// attempts of the same run: succeeded steps and their outputs are kept, each step
+    /// started again gets its declared retries afresh, and the run is unfinished again
+    /// (running if it had started, else pending) until the service ends it with updated
+    /// reports. Returns the steps that start again, in definition order.
+    pub async fn retry_run(&self, id: i64) -> Result<Result<Vec<String>, Refused>> {
+        let mut tx = self.write().await?;
+        let state = match run_state(&mut tx, id).await? {
+            None => return Ok(Err(Refused::UnknownRun(id))),
+            Some(state) if !state.is_finished() => {
+                return Ok(Err(Refused::NotFinished { id, state }));
+            }
+            Some(RunState::Succeeded) => {
+                return Ok(Err(Refused::NothingToRetry {
+                    id,
+                    state: RunState::Succeeded,
+                }));
+            }
+            Some(state) => state,
+        };
+        let steps: Vec<String> = sqlx::query(
+            "SELECT name FROM steps
+             WHERE run_id = $1 AND state IN ('failed', 'skipped', 'cancelled')
+             ORDER BY ordinal",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get("name"))
+        .collect::<Result<_, _>>()?;
+        if steps.is_empty() {
+            return Ok(Err(Refused::NothingToRetry { id, state }));
+        }
+        sqlx::query(
+            "UPDATE steps SET state = 'waiting', retry_at = NULL, finished_at = NULL,
+                 exit_code = NULL, message = NULL, failures = 0
+             WHERE run_id = $1 AND state IN ('failed', 'skipped', 'cancelled')",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE runs SET
+                 state = CASE WHEN started_at IS NULL THEN 'pending' ELSE 'running' END,
+                 message = NULL, finished_at = NULL, cancel_requested = 0
+             WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        bump_requests(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Ok(steps))
+    }
+}
