@@ -20,6 +20,7 @@
 //! next look at the requests cursor, so an idle service does nothing but read one cursor a
 //! poll.
 
+mod backfill;
 mod deliver;
 mod events;
 mod follow;

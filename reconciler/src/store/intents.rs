@@ -1,18 +1,25 @@
 //! What people ask of the service from the command line: cancel a run, retry a finished
-//! run's failed steps, queue a manual run.
+//! run's failed steps, backfill a schedule's past fire times, queue a manual run.
 //!
 //! Each request is written in one transaction together with a bump of the requests cursor
 //! ([`REQUESTS_CURSOR`]), which a running service reads every poll: it then acts on the
 //! request at once instead of at its next event; a service started later finds the request
 //! in the store like any other state. A request the store refuses writes nothing.
 
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
 use sqlx::{AnyConnection, Row};
 use thiserror::Error;
 
-use super::{Result, RunState, Store};
+use super::schedules::record_in;
+use super::{NewRun, NewTick, RecordedTick, Result, RunState, Store, TickOutcome, Trigger, millis};
 
 /// The cursor the command line bumps with every request it writes.
 pub const REQUESTS_CURSOR: &str = "requests";
+
+/// The reason a backfill's ticks carry.
+pub const BACKFILL_REASON: &str = "backfill";
 
 /// Why the store refused a request; nothing was written.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -44,6 +51,9 @@ pub enum Refused {
         /// How it ended.
         state: RunState,
     },
+    /// The schedule is unknown or retired.
+    #[error("schedule {0} is not declared on the followed branch")]
+    UnknownSchedule(String),
 }
 
 /// Bumps the requests cursor inside the caller's transaction.
@@ -147,5 +157,71 @@ impl Store {
         bump_requests(&mut tx).await?;
         tx.commit().await?;
         Ok(Ok(steps))
+    }
+
+    /// The scheduled times of schedule `name`'s ticks recorded between `from` and `to`
+    /// (both included), whatever became of them.
+    pub async fn tick_times_between(
+        &self,
+        name: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<BTreeSet<DateTime<Utc>>> {
+        let rows = sqlx::query(
+            "SELECT scheduled_at FROM ticks
+             WHERE schedule = $1 AND scheduled_at >= $2 AND scheduled_at <= $3",
+        )
+        .bind(name)
+        .bind(millis(from))
+        .bind(millis(to))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut times = BTreeSet::new();
+        for row in &rows {
+            let cells = super::Cells::new(row, "ticks", name);
+            times.insert(cells.time("scheduled_at")?);
+        }
+        Ok(times)
+    }
+
+    /// Records a backfill of schedule `name`: one fired tick per run, each run pending with
+    /// trigger `backfill` until the service starts it (at a bounded rate, within the
+    /// schedule's concurrency), in one transaction. A tick recorded before, by a live tick
+    /// or an earlier backfill, is left as it was and starts nothing: the ticks' unique key
+    /// makes every fire time start at most one run. The schedule's newest tick does not
+    /// move, so live ticks go on as they would have.
+    pub async fn record_backfill(
+        &self,
+        name: &str,
+        runs: Vec<NewRun>,
+    ) -> Result<Result<Vec<RecordedTick>, Refused>> {
+        let mut ticks = Vec::with_capacity(runs.len());
+        for run in runs {
+            let Some(at) = run.scheduled_at else {
+                return Err(super::StoreError::Invalid(
+                    "a backfilled run needs its scheduled time".to_owned(),
+                ));
+            };
+            if run.trigger != Trigger::Backfill || run.schedule.as_deref() != Some(name) {
+                return Err(super::StoreError::Invalid(format!(
+                    "the run for {at} is not a backfill of {name}"
+                )));
+            }
+            ticks.push(NewTick {
+                scheduled_at: at,
+                outcome: TickOutcome::Fired,
+                reason: Some(BACKFILL_REASON.to_owned()),
+                run: Some(run),
+            });
+        }
+        let mut tx = self.write().await?;
+        let Some(recorded) = record_in(&mut tx, name, &ticks, Utc::now(), false).await? else {
+            return Ok(Err(Refused::UnknownSchedule(name.to_owned())));
+        };
+        if recorded.iter().any(|tick| tick.new) {
+            bump_requests(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(recorded))
     }
 }

@@ -129,7 +129,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut tx = self.write().await?;
-        let recorded = record_in(&mut tx, schedule, ticks, Utc::now())
+        let recorded = record_in(&mut tx, schedule, ticks, Utc::now(), true)
             .await?
             .ok_or_else(|| StoreError::ScheduleNotActive(schedule.to_owned()))?;
         tx.commit().await?;
@@ -155,7 +155,7 @@ impl Store {
             out.push(if ticks.is_empty() {
                 Some(Vec::new())
             } else {
-                record_in(&mut tx, schedule, ticks, now).await?
+                record_in(&mut tx, schedule, ticks, now, true).await?
             });
         }
         tx.commit().await?;
@@ -163,10 +163,14 @@ impl Store {
     }
 
     /// The pending and running runs of every schedule, oldest first: one query for a pass.
+    /// A backfilled run counts once it has started; one waiting for its turn holds no live
+    /// tick up.
     pub async fn active_runs_by_schedule(&self) -> Result<HashMap<String, Vec<i64>>> {
         let rows = sqlx::query(
             "SELECT schedule, id FROM runs
-             WHERE state IN ('pending', 'running') AND schedule IS NOT NULL ORDER BY id",
+             WHERE (state = 'running' OR (state = 'pending' AND triggered_by <> 'backfill'))
+                 AND schedule IS NOT NULL
+             ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -246,11 +250,13 @@ impl Store {
     }
 }
 
-/// A fired tick carries the run it starts, of this schedule; other ticks start nothing.
+/// A fired tick carries the run it starts, of this schedule (live or backfilled); other
+/// ticks start nothing.
 fn check_tick(schedule: &str, tick: &NewTick) -> Result<()> {
     match (&tick.run, tick.outcome) {
         (Some(run), TickOutcome::Fired)
-            if run.trigger == Trigger::Schedule && run.schedule.as_deref() == Some(schedule) =>
+            if matches!(run.trigger, Trigger::Schedule | Trigger::Backfill)
+                && run.schedule.as_deref() == Some(schedule) =>
         {
             Ok(())
         }
@@ -312,12 +318,18 @@ fn tick_row(row: &AnyRow) -> Result<TickRow> {
 }
 
 /// Records `ticks` of one schedule inside `tx`; `None` when the schedule is not active.
-async fn record_in(
+/// With `advance`, the schedule's newest tick moves to the newest of them (live ticks);
+/// without, it stays (a backfill of the past).
+pub(super) async fn record_in(
     tx: &mut Transaction<'static, Any>,
     schedule: &str,
     ticks: &[NewTick],
     now: DateTime<Utc>,
+    advance: bool,
 ) -> Result<Option<Vec<RecordedTick>>> {
+    for tick in ticks {
+        check_tick(schedule, tick)?;
+    }
     let Some(newest) = ticks.iter().map(|tick| tick.scheduled_at).max() else {
         return Ok(Some(Vec::new()));
     };
@@ -325,11 +337,13 @@ async fn record_in(
     // either comes first (and nothing is recorded) or waits for this transaction.
     let active = sqlx::query(
         "UPDATE schedules SET last_tick_at = CASE
-                 WHEN last_tick_at IS NULL OR last_tick_at < $2 THEN $2 ELSE last_tick_at END
+                 WHEN $3 = 1 AND (last_tick_at IS NULL OR last_tick_at < $2) THEN $2
+                 ELSE last_tick_at END
              WHERE name = $1 AND retired_at IS NULL",
     )
     .bind(schedule)
     .bind(millis(newest))
+    .bind(i64::from(advance))
     .execute(&mut **tx)
     .await?;
     if active.rows_affected() == 0 {
