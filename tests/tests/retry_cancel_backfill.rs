@@ -1,13 +1,15 @@
-//! `trainyard cancel` and `retry` through the real binary, against a running service: a
-//! cancel stops the running step's process and skips what waits, and a retry runs only the
-//! failed step again in the same run. Bad input is refused with the argument named, and
-//! changes nothing.
+//! `trainyard cancel`, `retry` and `backfill` through the real binary, against a running
+//! service: a cancel stops the running step's process and skips what waits, a retry runs
+//! only the failed step again in the same run, and a backfill over a daylight-saving change
+//! fires each past fire time once, however often it is asked. Bad input is refused with the
+//! argument named, and changes nothing.
 
 use std::path::Path;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use trainyard::report::notes::read_note;
-use trainyard::store::{AttemptState, RunState, StepState, Store};
+use trainyard::store::{AttemptState, RunState, StepState, Store, TickOutcome, Trigger};
 use trainyard_tests::{
     DataDir, PINNED_IMAGE, Repo, Result, Run, Service, TestResult, temp_dir, trainyard, wait_for,
 };
@@ -271,6 +273,161 @@ async fn cancel_stops_the_running_step_and_skips_the_rest(data: DataDir) -> Test
     Ok(())
 }
 
+/// A nightly schedule at 02:30 in Berlin, whose local time is repeated on the last Sunday
+/// of October, and the pipeline it starts, which lasts a little so that overlaps would show.
+const NIGHTLY: &str = "apiVersion: trainyard.dev/v1
+kind: Pipeline
+metadata: {name: report, owner: team-a}
+spec:
+  image: IMAGE
+  steps:
+    - name: build
+      run: [python3, -c, \"import time; time.sleep(0.5); print('report')\"]
+---
+apiVersion: trainyard.dev/v1
+kind: Schedule
+metadata: {name: nightly}
+spec:
+  pipeline: report
+  cron: \"30 2 * * *\"
+  timezone: Europe/Berlin
+  concurrency: forbid
+";
+
+fn utc(text: &str) -> Result<DateTime<Utc>> {
+    Ok(DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc))
+}
+
+async fn backfill_fires_each_past_time_once(data: DataDir) -> TestResult {
+    let repo = Repo::with_files(&[("nightly.yaml", NIGHTLY.replace("IMAGE", PINNED_IMAGE))])?;
+    let store = data.store().await?;
+    let service = Service::start(repo.path(), &data, &["--poll-seconds", "1"])?;
+    wait_for(RUN_LIMIT, "the schedule is declared", async || {
+        Ok(store.schedule("nightly").await?.is_some())
+    })
+    .await
+    .map_err(|e| format!("{e}\n{}", data.service_output()))?;
+    let range = [
+        "--from",
+        "2026-10-23T12:00:00Z",
+        "--to",
+        "2026-10-26T12:00:00Z",
+    ];
+    // In Berlin: 24 October 02:30 CEST, 25 October 02:30 CEST (the first of two), and
+    // 26 October 02:30 CET.
+    let expected = [
+        utc("2026-10-24T00:30:00Z")?,
+        utc("2026-10-25T00:30:00Z")?,
+        utc("2026-10-26T01:30:00Z")?,
+    ];
+
+    // Refused, and nothing recorded: reversed and unparsable ranges, an unknown schedule.
+    let reversed = cli(
+        &repo,
+        &data,
+        &[
+            "backfill",
+            "nightly",
+            "--from",
+            "2026-10-26T12:00:00Z",
+            "--to",
+            "2026-10-23T12:00:00Z",
+        ],
+    )?;
+    assert_eq!(reversed.code, Some(1), "{reversed}");
+    assert!(
+        reversed
+            .stderr
+            .contains("--from 2026-10-26T12:00:00+00:00 is after --to"),
+        "{reversed}"
+    );
+    let unparsable = cli(
+        &repo,
+        &data,
+        &[
+            "backfill",
+            "nightly",
+            "--from",
+            "last tuesday",
+            "--to",
+            "2026-10-23T12:00:00Z",
+        ],
+    )?;
+    assert_ne!(unparsable.code, Some(0), "{unparsable}");
+    assert!(unparsable.stderr.contains("--from"), "{unparsable}");
+    let mut unknown_args = vec!["backfill", "weekly"];
+    unknown_args.extend(range);
+    let unknown = cli(&repo, &data, &unknown_args)?;
+    assert_eq!(unknown.code, Some(1), "{unknown}");
+    assert!(
+        unknown.stderr.contains("schedule weekly is not declared"),
+        "{unknown}"
+    );
+
+    let mut dry_args = vec!["backfill", "nightly", "--dry-run"];
+    dry_args.extend(range);
+    let dry = cli(&repo, &data, &dry_args)?;
+    assert_eq!(dry.code, Some(0), "{dry}");
+    for line in [
+        "2026-10-24T00:30:00Z  2026-10-24 02:30:00 CEST",
+        "2026-10-25T00:30:00Z  2026-10-25 02:30:00 CEST",
+        "2026-10-26T01:30:00Z  2026-10-26 02:30:00 CET",
+    ] {
+        assert!(dry.stdout.contains(line), "{line} in\n{dry}");
+    }
+    assert!(dry.stdout.contains("3 fire times to backfill"), "{dry}");
+    assert_eq!(dry.stdout.lines().count(), 4, "{dry}");
+    assert!(
+        store.ticks("nightly", 100).await?.is_empty(),
+        "a dry run records nothing"
+    );
+    assert!(store.list_runs(Some("report"), 10).await?.is_empty());
+
+    let mut args = vec!["backfill", "nightly"];
+    args.extend(range);
+    let first = cli(&repo, &data, &args)?;
+    assert_eq!(first.code, Some(0), "{first}");
+    assert!(first.stdout.contains("3 ticks backfilled"), "{first}");
+    let mut ticks = store.ticks("nightly", 100).await?;
+    ticks.reverse();
+    let times: Vec<DateTime<Utc>> = ticks.iter().map(|t| t.scheduled_at).collect();
+    assert_eq!(times, expected);
+    assert!(ticks.iter().all(|t| t.outcome == TickOutcome::Fired));
+    let mut runs = Vec::new();
+    for tick in &ticks {
+        let id = tick.run_id.ok_or("a fired tick has its run")?;
+        assert_eq!(finished(&store, id, &data).await?, RunState::Succeeded);
+        runs.push(store.run(id).await?.ok_or("the run")?);
+    }
+    for (run, at) in runs.iter().zip(expected) {
+        assert_eq!(run.trigger, Trigger::Backfill);
+        assert_eq!(run.scheduled_at, Some(at));
+    }
+    // `concurrency: forbid`: one run at a time, oldest first.
+    for pair in runs.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        assert!(
+            after.started_at >= before.finished_at,
+            "run {} started before run {} finished: {pair:#?}",
+            after.id,
+            before.id
+        );
+    }
+
+    let second = cli(&repo, &data, &args)?;
+    assert_eq!(second.code, Some(0), "{second}");
+    assert!(
+        second
+            .stdout
+            .contains("nothing to backfill (3 ticks already recorded)"),
+        "{second}"
+    );
+    assert_eq!(store.ticks("nightly", 100).await?.len(), 3);
+    assert_eq!(store.list_runs(Some("report"), 10).await?.len(), 3);
+    assert_eq!(service.stop()?, Some(0));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn retry_reruns_only_the_failed_step_on_sqlite() -> TestResult {
     retry_reruns_only_the_failed_step(DataDir::new()?).await
@@ -289,4 +446,14 @@ async fn cancel_stops_the_running_step_and_skips_the_rest_on_sqlite() -> TestRes
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_stops_the_running_step_and_skips_the_rest_on_postgres() -> TestResult {
     cancel_stops_the_running_step_and_skips_the_rest(DataDir::postgres().await?).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backfill_fires_each_past_time_once_on_sqlite() -> TestResult {
+    backfill_fires_each_past_time_once(DataDir::new()?).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backfill_fires_each_past_time_once_on_postgres() -> TestResult {
+    backfill_fires_each_past_time_once(DataDir::postgres().await?).await
 }

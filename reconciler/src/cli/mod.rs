@@ -1,5 +1,5 @@
 //! Command-line interface: `validate`, `plan`, `schema`, the service (`serve`), requests to it
-//! (`run`, `cancel`, `retry`) and views of its state (`runs`, `logs`,
+//! (`run`, `cancel`, `retry`, `backfill`) and views of its state (`runs`, `logs`,
 //! `schedules`, `models`). Exit status 0 on success, 1
 //! for invalid definitions, policy denials, failed runs and unknown ids, 2 for usage and I/O
 //! errors. A step's pod runs the separate `trainyard-launch` binary.
@@ -83,7 +83,8 @@ enum Command {
     /// Start a failed or cancelled run's failed, skipped and cancelled steps again, as new
     /// attempts in the same run; succeeded steps keep their outputs.
     Retry(intents::RetryArgs),
-
+    /// Fire a schedule's ticks for past fire times it has not recorded (trigger `backfill`).
+    Backfill(intents::BackfillArgs),
     /// Print the JSON Schema of documents or of trainyard.yaml, for editors.
     Schema {
         /// Which schema.
@@ -374,6 +375,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => serve::queue(args),
         Command::Cancel(args) => intents::cancel(args),
         Command::Retry(args) => intents::retry(args),
+        Command::Backfill(args) => intents::backfill(args),
         Command::Schema { kind } => {
             let value = match kind {
                 SchemaKind::Document => schema::documents(),
