@@ -425,6 +425,53 @@ async fn backfill_fires_each_past_time_once(data: DataDir) -> TestResult {
     assert_eq!(store.ticks("nightly", 100).await?.len(), 3);
     assert_eq!(store.list_runs(Some("report"), 10).await?.len(), 3);
     assert_eq!(service.stop()?, Some(0));
+
+    // With no service running, a backfill is recorded and waits for one: here over the
+    // spring change (02:30 on 29 March does not exist and fires at 03:00 CEST), at most one.
+    let spring = cli(
+        &repo,
+        &data,
+        &[
+            "backfill",
+            "nightly",
+            "--from",
+            "2026-03-28T12:00:00Z",
+            "--to",
+            "2026-03-30T12:00:00Z",
+            "--max",
+            "1",
+        ],
+    )?;
+    assert_eq!(spring.code, Some(0), "{spring}");
+    assert!(
+        spring
+            .stdout
+            .contains("2026-03-29T01:00:00Z  2026-03-29 03:00:00 CEST  run 4"),
+        "{spring}"
+    );
+    assert!(
+        spring
+            .stdout
+            .contains("1 tick backfilled (1 fire time beyond --max left for another backfill)"),
+        "{spring}"
+    );
+    assert_eq!(
+        store.run(4).await?.map(|r| r.state),
+        Some(RunState::Pending),
+        "it waits for a service"
+    );
+    let once = cli(&repo, &data, &["serve", "--once"])?;
+    assert_eq!(once.code, Some(0), "{once}");
+    assert!(once.stdout.contains("run 4 succeeded"), "{once}");
+    let april = utc("2026-04-01T00:00:00Z")?;
+    let spring_ticks: Vec<DateTime<Utc>> = store
+        .ticks("nightly", 100)
+        .await?
+        .iter()
+        .map(|t| t.scheduled_at)
+        .filter(|t| *t < april)
+        .collect();
+    assert_eq!(spring_ticks, [utc("2026-03-29T01:00:00Z")?]);
     Ok(())
 }
 
