@@ -44,7 +44,10 @@ pub enum Refused {
         state: RunState,
     },
     /// The run has no step to start again.
-    #[error("run {id} {state}: it has no failed, skipped or cancelled step to retry")]
+    #[error(
+        "run {id} {state}: none of its steps failed or was skipped or cancelled, so there is \
+         nothing to retry"
+    )]
     NothingToRetry {
         /// The run.
         id: i64,
@@ -107,7 +110,8 @@ impl Store {
     /// attempts of the same run: succeeded steps and their outputs are kept, each step
     /// started again gets its declared retries afresh, and the run is unfinished again
     /// (running if it had started, else pending) until the service ends it with updated
-    /// reports. Returns the steps that start again, in definition order.
+    /// reports. Steps a run that could not go on left waiting start too. Returns the steps
+    /// that start again, in definition order.
     pub async fn retry_run(&self, id: i64) -> Result<Result<Vec<String>, Refused>> {
         let mut tx = self.write().await?;
         let state = match run_state(&mut tx, id).await? {
@@ -125,7 +129,7 @@ impl Store {
         };
         let steps: Vec<String> = sqlx::query(
             "SELECT name FROM steps
-             WHERE run_id = $1 AND state IN ('failed', 'skipped', 'cancelled')
+             WHERE run_id = $1 AND state IN ('failed', 'skipped', 'cancelled', 'waiting')
              ORDER BY ordinal",
         )
         .bind(id)
@@ -140,7 +144,7 @@ impl Store {
         sqlx::query(
             "UPDATE steps SET state = 'waiting', retry_at = NULL, finished_at = NULL,
                  exit_code = NULL, message = NULL, failures = 0
-             WHERE run_id = $1 AND state IN ('failed', 'skipped', 'cancelled')",
+             WHERE run_id = $1 AND state IN ('failed', 'skipped', 'cancelled', 'waiting')",
         )
         .bind(id)
         .execute(&mut *tx)

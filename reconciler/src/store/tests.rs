@@ -2476,6 +2476,25 @@ async fn a_retry_keeps_succeeded_steps_and_numbers_attempts_on(store: Store) {
         (run.state, run.cancel_requested),
         (RunState::Pending, false)
     );
+    // A run that could not go on leaves steps waiting: they start again too.
+    let stuck = store.create_run(&change_run("c1")).await.expect("create");
+    store
+        .finish_run(
+            stuck,
+            RunState::Failed,
+            "cannot go on",
+            t(40),
+            NO_REPORTS,
+            None,
+        )
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.retry_run(stuck).await.expect("retry"),
+        Ok(names.to_vec())
+    );
+    let run = store.run(stuck).await.expect("read").expect("run");
+    assert_eq!(run.state, RunState::Pending);
 }
 
 fn backfilled(schedule: &str, at: DateTime<Utc>) -> NewRun {
