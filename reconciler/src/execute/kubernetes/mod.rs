@@ -597,6 +597,58 @@ pub async fn pod_log(
 }
 
 impl KubernetesExecutor {
+    /// The create of [`Executor::submit`]: its entry in the ledger is the caller's to drop
+    /// on failure (this drops it only for a foreign Job of the same name).
+    async fn create(
+        &self,
+        job: &StepJob,
+        manifest: &Job,
+        name: &str,
+        inserted: bool,
+    ) -> Result<(), ExecError> {
+        let shared = &self.shared;
+        let name = name.to_owned();
+        let params = PostParams::default();
+        // A Job found by name that is gone when read is created again, once.
+        for _ in 0..2 {
+            let created = api::call(&shared.limit, "create job", || {
+                shared.jobs_api.create(&params, manifest)
+            })
+            .await;
+            let outcome = match created {
+                Ok(_) => Ok(()),
+                // The name is the attempt; the labels say whether it is this attempt.
+                Err(error) if status_code(&error) == Some(409) => match self.existing(job).await {
+                    Ok(Some(())) => Ok(()),
+                    Ok(None) => continue,
+                    Err(error) => Err(error),
+                },
+                Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
+                    Err(ExecError::InvalidJob {
+                        name: name.clone(),
+                        reason: status.message,
+                    })
+                }
+                Err(error) => Err(ExecError::Cluster {
+                    what: format!("creating job {name:?}"),
+                    reason: error.to_string(),
+                }),
+            };
+            // A foreign Job of the same name is not this attempt's: forget the entry even
+            // though the watch may never see that Job (it is not labelled ours).
+            if let Err(ExecError::Foreign { .. }) = &outcome
+                && inserted
+            {
+                shared.ledger().jobs.remove(&name);
+            }
+            return outcome;
+        }
+        Err(ExecError::Cluster {
+            what: format!("creating job {name:?}"),
+            reason: "the Job exists and vanished each time it was read back".to_owned(),
+        })
+    }
+
     /// The create answered 409: whether the Job there is this very attempt (a repeated
     /// submit: success) or someone else's ([`ExecError::Foreign`]); None if it went away
     /// in between.
@@ -667,48 +719,16 @@ impl Executor for KubernetesExecutor {
                 ledger.jobs.remove(&name);
             }
         };
-        let params = PostParams::default();
-        // A Job found by name that is gone when read is created again, once.
-        for _ in 0..2 {
-            let created = api::call(&shared.limit, "create job", || {
-                shared.jobs_api.create(&params, &manifest)
-            })
-            .await;
-            let outcome = match created {
-                Ok(_) => Ok(()),
-                // The name is the attempt; the labels say whether it is this attempt.
-                Err(error) if status_code(&error) == Some(409) => match self.existing(&job).await {
-                    Ok(Some(())) => Ok(()),
-                    Ok(None) => continue,
-                    Err(error) => Err(error),
-                },
-                Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
-                    Err(ExecError::InvalidJob {
-                        name: name.clone(),
-                        reason: status.message,
-                    })
-                }
-                Err(error) => Err(ExecError::Cluster {
-                    what: format!("creating job {name:?}"),
-                    reason: error.to_string(),
-                }),
-            };
-            if let Err(error) = &outcome {
-                // A foreign Job of the same name is not this attempt's: forget the entry
-                // even though the watch may never see that Job (it is not labelled ours).
-                if matches!(error, ExecError::Foreign { .. }) && inserted {
-                    shared.ledger().jobs.remove(&name);
-                } else {
-                    forget();
-                }
-            }
-            return outcome;
+        // A submit dropped mid-create (the pass given up when the replica stopped leading)
+        // forgets its entry too: one left behind looks submitted to the next pass, which
+        // records it so, and the next leader then fails it as a Job gone from the cluster
+        // (found by the fault suite).
+        let unsettled = scopeguard::guard((), |()| forget());
+        let outcome = self.create(&job, &manifest, &name, inserted).await;
+        if outcome.is_ok() {
+            scopeguard::ScopeGuard::into_inner(unsettled);
         }
-        forget();
-        Err(ExecError::Cluster {
-            what: format!("creating job {name:?}"),
-            reason: "the Job exists and vanished each time it was read back".to_owned(),
-        })
+        outcome
     }
 
     async fn observe(&self, name: &str) -> Result<Option<JobState>, ExecError> {

@@ -406,6 +406,31 @@ async fn a_throttled_submit_is_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_given_up_mid_create_leaves_nothing_that_looks_submitted() {
+    let c = cluster().await;
+    let (executor, _events) = c.executor(settings());
+    executor.synced().await;
+    c.server.fail_next_matching(Fault {
+        remaining: 1_000,
+        code: 503,
+        retry_after: Some(1),
+        verb: Some("create".to_owned()),
+        resource: Some("jobs".to_owned()),
+    });
+    let job = step(41);
+    // As a replica that stops leading gives its pass up while the create is retried.
+    let given_up =
+        tokio::time::timeout(Duration::from_millis(300), executor.submit(job.clone())).await;
+    assert!(given_up.is_err(), "the create was still being retried");
+    assert_eq!(
+        executor.observe(&job.name).await.expect("observe"),
+        None,
+        "a Job that was never created is not reported as submitted"
+    );
+    assert!(c.server.get("jobs", NS, &job.name).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compaction_while_watching_loses_no_event() {
     let c = cluster().await;
     let (executor, mut events) = c.executor(settings());
