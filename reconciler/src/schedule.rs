@@ -196,6 +196,29 @@ pub fn next_fire_after(
         .map(|t| t.with_timezone(&Utc).max(now))
 }
 
+/// The fire times of `cron` from `from` to `to`, both included, oldest first, as live ticks
+/// see them (walked back from `to`, so a local time that occurs twice fires once, at its
+/// first instant, and one that does not exist fires at the next valid instant); `None` when
+/// there are more than `cap` of them.
+pub fn fires_between(
+    cron: &CronSchedule,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    cap: usize,
+) -> Option<Vec<DateTime<Utc>>> {
+    let mut times: Vec<DateTime<Utc>> = cron
+        .fires_until(to)
+        .map(|t| t.with_timezone(&Utc))
+        .take_while(|t| *t >= from)
+        .take(cap + 1)
+        .collect();
+    if times.len() > cap {
+        return None;
+    }
+    times.reverse();
+    Some(times)
+}
+
 fn paused_reason(after: Option<u32>) -> String {
     match after {
         Some(n) => format!("paused after {n} failed runs in a row"),
@@ -651,6 +674,54 @@ mod tests {
             next_fire_after(&cron, recorded, now),
             Some(at(2026, 5, 1, 13, 0, 0))
         );
+    }
+
+    #[test]
+    fn fires_between_crosses_both_dst_changes_as_live_ticks_do() {
+        let s = berlin_nightly();
+        let cron = cron_of(&s);
+        let autumn = fires_between(
+            &cron,
+            at(2026, 10, 23, 12, 0, 0),
+            at(2026, 10, 26, 12, 0, 0),
+            10,
+        )
+        .expect("within the cap");
+        assert_eq!(
+            autumn,
+            [
+                at(2026, 10, 24, 0, 30, 0),
+                at(2026, 10, 25, 0, 30, 0),
+                at(2026, 10, 26, 1, 30, 0)
+            ],
+            "the repeated 02:30 fires once, at its first instant"
+        );
+        let live = run(&s, at(2026, 10, 23, 12, 0, 0), at(2026, 10, 26, 12, 0, 0));
+        assert_eq!(live.iter().map(|d| d.at).collect::<Vec<_>>(), autumn);
+        let spring = fires_between(
+            &cron,
+            at(2026, 3, 28, 12, 0, 0),
+            at(2026, 3, 30, 12, 0, 0),
+            10,
+        )
+        .expect("within the cap");
+        assert_eq!(
+            spring,
+            [at(2026, 3, 29, 1, 0, 0), at(2026, 3, 30, 0, 30, 0)]
+        );
+    }
+
+    #[test]
+    fn fires_between_includes_both_ends_and_refuses_more_than_the_cap() {
+        let s = spec("0 * * * *", Catchup::Latest, Concurrency::Forbid);
+        let cron = cron_of(&s);
+        let (from, to) = (at(2026, 5, 1, 10, 0, 0), at(2026, 5, 1, 12, 0, 0));
+        assert_eq!(
+            fires_between(&cron, from, to, 3),
+            Some(vec![from, at(2026, 5, 1, 11, 0, 0), to])
+        );
+        assert_eq!(fires_between(&cron, from, to, 2), None);
+        assert_eq!(fires_between(&cron, to, from, 3), Some(Vec::new()));
     }
 
     #[test]

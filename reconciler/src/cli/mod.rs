@@ -1,8 +1,10 @@
-//! Command-line interface: `validate`, `plan`, `schema`, the service (`serve`, `run`) and
-//! views of its state (`runs`, `logs`, `schedules`, `models`). Exit status 0 on success, 1
+//! Command-line interface: `validate`, `plan`, `schema`, the service (`serve`), requests to it
+//! (`run`, `cancel`, `retry`, `backfill`) and views of its state (`runs`, `logs`,
+//! `schedules`, `models`). Exit status 0 on success, 1
 //! for invalid definitions, policy denials, failed runs and unknown ids, 2 for usage and I/O
 //! errors. A step's pod runs the separate `trainyard-launch` binary.
 
+mod intents;
 mod views;
 
 use std::io::Write as _;
@@ -75,6 +77,14 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Queue a run of a declared pipeline; the service starts it (`serve`, or `serve --once`).
     Run(RunArgs),
+    /// Cancel a run: the service stops its running steps, skips its waiting ones and ends it
+    /// cancelled.
+    Cancel(intents::CancelArgs),
+    /// Start a failed or cancelled run's failed, skipped and cancelled steps again, as new
+    /// attempts in the same run; succeeded steps keep their outputs.
+    Retry(intents::RetryArgs),
+    /// Fire a schedule's ticks for past fire times it has not recorded (trigger `backfill`).
+    Backfill(intents::BackfillArgs),
     /// Print the JSON Schema of documents or of trainyard.yaml, for editors.
     Schema {
         /// Which schema.
@@ -363,6 +373,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         ),
         Command::Serve(args) => serve::run(*args),
         Command::Run(args) => serve::queue(args),
+        Command::Cancel(args) => intents::cancel(args),
+        Command::Retry(args) => intents::retry(args),
+        Command::Backfill(args) => intents::backfill(args),
         Command::Schema { kind } => {
             let value = match kind {
                 SchemaKind::Document => schema::documents(),

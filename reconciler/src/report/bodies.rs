@@ -503,7 +503,7 @@ pub async fn finished_run_reports(
                 &body,
             )])
         }
-        Trigger::Schedule | Trigger::Manual => Ok(Vec::new()),
+        Trigger::Schedule | Trigger::Manual | Trigger::Backfill => Ok(Vec::new()),
     }
 }
 

@@ -1,8 +1,10 @@
-//! The running service: six sub-reconcilers run in order, each over its own objects, and this
+//! The running service: seven sub-reconcilers run in order, each over its own objects, and this
 //! module, which owns leadership, the loop's sleep and shutdown, and nothing else.
 //!
 //! - [`follow`]: the followed branch → applied commits (the declared state);
 //! - [`events`]: queued forge events → pull request plans, comment commands, previews;
+//! - [`requests`]: what the command line asked (run, retry, cancel, backfill) → the loops
+//!   that act on it, within a poll;
 //! - [`ticks`]: declared schedules → ticks and the runs they fire, exactly once;
 //! - [`runs`]: unfinished runs → step attempts handed to the executor and their outcomes;
 //! - [`register`]: runs whose steps all succeeded → model versions behind their gates;
@@ -14,14 +16,17 @@
 //! changes nothing but timing. Every object is reconciled on its own: a transient error
 //! requeues that object with backoff, a permanent one is recorded on its row where people
 //! look, and neither stops the others. A pass answers when it wants to run again; the loop
-//! sleeps until the earliest of those, a tick, a webhook, a job event or a moved branch, so
-//! an idle service does nothing at all.
+//! sleeps until the earliest of those, a tick, a webhook, a job event, a moved branch or the
+//! next look at the requests cursor, so an idle service does nothing but read one cursor a
+//! poll.
 
+mod backfill;
 mod deliver;
 mod events;
 mod follow;
 mod job;
 mod register;
+mod requests;
 mod runs;
 mod ticks;
 
@@ -261,6 +266,7 @@ impl Stop {
 enum Loop {
     Follow,
     Events,
+    Requests,
     Ticks,
     Runs,
     Register,
@@ -268,9 +274,10 @@ enum Loop {
 }
 
 impl Loop {
-    const ALL: [Loop; 6] = [
+    const ALL: [Loop; 7] = [
         Loop::Follow,
         Loop::Events,
+        Loop::Requests,
         Loop::Ticks,
         Loop::Runs,
         Loop::Register,
@@ -281,6 +288,7 @@ impl Loop {
         match self {
             Loop::Follow => "follow",
             Loop::Events => "forge_events",
+            Loop::Requests => "requests",
             Loop::Ticks => "ticks",
             Loop::Runs => "runs",
             Loop::Register => "register",
@@ -293,6 +301,7 @@ impl Loop {
         match self {
             Loop::Follow => &[Loop::Ticks, Loop::Runs, Loop::Deliver],
             Loop::Events => &[Loop::Runs, Loop::Deliver],
+            Loop::Requests => &[Loop::Ticks, Loop::Runs],
             Loop::Ticks => &[Loop::Runs, Loop::Deliver],
             Loop::Runs => &[Loop::Register, Loop::Deliver],
             Loop::Register => &[Loop::Deliver],
@@ -363,6 +372,7 @@ pub struct OnceOutcome {
 pub struct Runtime<E: Executor, F: Forge> {
     follow: follow::Follow,
     events: events::ForgeEvents<F>,
+    requests: requests::Requests,
     ticks: ticks::Ticks,
     runs: runs::Runs<E>,
     register: register::Register,
@@ -417,6 +427,7 @@ impl<E: Executor, F: Forge> Runtime<E, F> {
         Ok(Runtime {
             follow,
             events: events::ForgeEvents::new(store.clone(), pulls, forge.clone(), &config),
+            requests: requests::Requests::new(store.clone(), config.poll),
             ticks: ticks::Ticks::new(store.clone()),
             runs: runs::Runs::new(store.clone(), executor, artifacts.clone(), repo, &config),
             register: register::Register::new(store.clone(), artifacts, &config),
@@ -623,6 +634,7 @@ impl<E: Executor, F: Forge> Runtime<E, F> {
                     }
                     pass
                 }
+                Loop::Requests => self.requests.reconcile().await,
                 Loop::Ticks => self.ticks.reconcile(Utc::now(), stop).await,
                 Loop::Runs => self.runs.reconcile(stop).await,
                 Loop::Register => self.register.reconcile(stop).await,
@@ -645,6 +657,7 @@ impl<E: Executor, F: Forge> Runtime<E, F> {
         match what {
             Loop::Follow => self.follow.take_errors(),
             Loop::Events => self.events.take_errors(),
+            Loop::Requests => self.requests.take_errors(),
             Loop::Ticks => self.ticks.take_errors(),
             Loop::Runs => self.runs.take_errors(),
             Loop::Register => self.register.take_errors(),

@@ -12,7 +12,7 @@
 //! a crash between the two leaves attempts the next pass hands over, never steps that run
 //! twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 
 use super::job::{self, Placement};
-use super::{Backoff, ObjectError, Pass, Stop, finish_run, instant_of};
+use super::{Backoff, ObjectError, Pass, Stop, backfill, finish_run, instant_of};
 use crate::artifacts::{self, ArtifactStore};
 use crate::config::Config;
 use crate::execute::launcher::SourceMarker;
@@ -85,6 +85,11 @@ pub(super) struct Runs<E: Executor> {
     pub(super) handover_at: HashMap<String, tokio::time::Instant>,
     /// Whether the executor's jobs were checked for ones no run here owns since acting began.
     foreign_checked: bool,
+    /// Backfilled runs waiting for their turn in this pass.
+    held: HashSet<i64>,
+    /// When a backfilled run of each schedule last got its turn (only pacing: forgetting it
+    /// starts one run early).
+    backfill_turns: HashMap<String, tokio::time::Instant>,
     errors: u64,
 }
 
@@ -114,6 +119,8 @@ impl<E: Executor> Runs<E> {
             backoff: Backoff::default(),
             handover_at: HashMap::new(),
             foreign_checked: false,
+            held: HashSet::new(),
+            backfill_turns: HashMap::new(),
             errors: 0,
         }
     }
@@ -182,6 +189,9 @@ impl<E: Executor> Runs<E> {
         };
         let mut handovers = Vec::new();
         let now = Utc::now();
+        if starting {
+            self.take_turns(&work, &mut pass).await;
+        }
         for (id, work) in work {
             if stop.requested() {
                 break;
@@ -414,6 +424,10 @@ impl<E: Executor> Runs<E> {
             }
             return Ok(());
         }
+        if self.held.contains(&run.id) {
+            // A backfilled run waiting for its turn.
+            return Ok(());
+        }
         let succeeded: Vec<&str> = steps
             .iter()
             .filter(|s| s.step.state == StepState::Succeeded)
@@ -471,6 +485,50 @@ impl<E: Executor> Runs<E> {
             }
         }
         Ok(())
+    }
+
+    /// Decides which backfilled runs wait for their turn in this pass (see [`backfill`]),
+    /// reading the concurrency of the schedules they belong to.
+    async fn take_turns(&mut self, work: &[(i64, Result<RunWork, StoreError>)], pass: &mut Pass) {
+        let runs: Vec<&RunRow> = work
+            .iter()
+            .filter_map(|(_, w)| w.as_ref().ok())
+            .map(|w| &w.run)
+            .collect();
+        let mut limits = HashMap::new();
+        for run in runs.iter().filter(|run| backfill::is_waiting(run)) {
+            let Some(name) = run.schedule.as_deref() else {
+                continue;
+            };
+            if limits.contains_key(name) {
+                continue;
+            }
+            let limit = match self.store.schedule(name).await {
+                Ok(Some(row)) => backfill::limit(row.definition.spec.concurrency),
+                Ok(None) => 1,
+                Err(error) => {
+                    // Its backfilled runs wait for a pass that can read it.
+                    self.errors += 1;
+                    tracing::warn!(schedule = %name, %error, "reading a schedule for its backfill failed");
+                    0
+                }
+            };
+            limits.insert(name.to_owned(), limit);
+        }
+        let now = tokio::time::Instant::now();
+        let turns = &self.backfill_turns;
+        let (held, starting) = backfill::turns(&runs, &limits, |schedule| {
+            turns
+                .get(schedule)
+                .is_none_or(|at| now.duration_since(*at) >= backfill::SPACING)
+        });
+        for schedule in starting {
+            self.backfill_turns.insert(schedule.to_owned(), now);
+        }
+        if !held.is_empty() {
+            pass.again_after(backfill::SPACING);
+        }
+        self.held = held;
     }
 
     /// Records new attempts in one transaction, hands them and the ones waiting for it to

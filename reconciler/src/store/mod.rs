@@ -7,6 +7,7 @@
 mod commits;
 mod events;
 mod installation;
+mod intents;
 mod outbox;
 mod pulls;
 mod registry;
@@ -20,6 +21,7 @@ mod tests;
 pub use commits::FOLLOWED_CURSOR;
 pub use events::ForgeEventRow;
 pub use installation::{MAX_INSTALLATION_LEN, is_installation_name};
+pub use intents::{BACKFILL_REASON, REQUESTS_CURSOR, Refused};
 pub use pulls::PullRequestRow;
 pub use types::*;
 
@@ -201,13 +203,14 @@ impl Store {
 
 /// The schema migrations of one backend, embedded in the binary.
 fn migrator(backend: Backend) -> Migrator {
-    let (init, forge_events, pulls, level, checks) = match backend {
+    let (init, forge_events, pulls, level, checks, backfill) = match backend {
         Backend::Sqlite => (
             include_str!("../../migrations/sqlite/0001_init.sql"),
             include_str!("../../migrations/sqlite/0002_forge_events.sql"),
             include_str!("../../migrations/sqlite/0003_pulls.sql"),
             include_str!("../../migrations/sqlite/0004_level_triggered.sql"),
             include_str!("../../migrations/sqlite/0005_check_runs.sql"),
+            include_str!("../../migrations/sqlite/0006_backfill.sql"),
         ),
         Backend::Postgres => (
             include_str!("../../migrations/postgres/0001_init.sql"),
@@ -215,23 +218,28 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../../migrations/postgres/0003_pulls.sql"),
             include_str!("../../migrations/postgres/0004_level_triggered.sql"),
             include_str!("../../migrations/postgres/0005_check_runs.sql"),
+            include_str!("../../migrations/postgres/0006_backfill.sql"),
         ),
     };
-    let migration = |version, name: &'static str, sql: &'static str| {
+    let with_tx = |version, name: &'static str, sql: &'static str, no_tx: bool| {
         Migration::new(
             version,
             Cow::Borrowed(name),
             MigrationType::Simple,
             sql.into_sql_str(),
-            false,
+            no_tx,
         )
     };
+    let migration = |version, name, sql| with_tx(version, name, sql, false);
     Migrator::with_migrations(vec![
         migration(1, "init", init),
         migration(2, "forge_events", forge_events),
         migration(3, "pulls", pulls),
         migration(4, "level_triggered", level),
         migration(5, "check_runs", checks),
+        // SQLite's copy of `runs` switches foreign keys off, which only works outside a
+        // transaction: that migration brings its own.
+        with_tx(6, "backfill", backfill, backend == Backend::Sqlite),
     ])
 }
 

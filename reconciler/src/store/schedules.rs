@@ -130,7 +130,7 @@ impl Store {
         }
         let mut tx = self.write().await?;
         let batch = [(schedule.to_owned(), ticks.to_vec())];
-        let recorded = record_in(&mut tx, &batch, Utc::now())
+        let recorded = record_in(&mut tx, &batch, Utc::now(), true)
             .await?
             .pop()
             .flatten()
@@ -152,16 +152,20 @@ impl Store {
             }
         }
         let mut tx = self.write().await?;
-        let out = record_in(&mut tx, batch, Utc::now()).await?;
+        let out = record_in(&mut tx, batch, Utc::now(), true).await?;
         tx.commit().await?;
         Ok(out)
     }
 
     /// The pending and running runs of every schedule, oldest first: one query for a pass.
+    /// A backfilled run counts once it has started; one waiting for its turn holds no live
+    /// tick up.
     pub async fn active_runs_by_schedule(&self) -> Result<HashMap<String, Vec<i64>>> {
         let rows = sqlx::query(
             "SELECT schedule, id FROM runs
-             WHERE state IN ('pending', 'running') AND schedule IS NOT NULL ORDER BY id",
+             WHERE (state = 'running' OR (state = 'pending' AND triggered_by <> 'backfill'))
+                 AND schedule IS NOT NULL
+             ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -241,11 +245,12 @@ impl Store {
     }
 }
 
-/// A fired tick carries the run it starts, of this schedule; other ticks start nothing.
+/// A fired tick carries the run it starts, of this schedule (live or backfilled); other
+/// ticks start nothing.
 fn check_tick(schedule: &str, tick: &NewTick) -> Result<()> {
     match (&tick.run, tick.outcome) {
         (Some(run), TickOutcome::Fired)
-            if run.trigger == Trigger::Schedule
+            if matches!(run.trigger, Trigger::Schedule | Trigger::Backfill)
                 && run.schedule.as_deref() == Some(schedule)
                 && run.scheduled_at == Some(tick.scheduled_at) =>
         {
@@ -311,12 +316,20 @@ fn tick_row(row: &AnyRow) -> Result<TickRow> {
 /// Records the ticks of `batch` in `tx` with a few multi-row statements, whatever its size:
 /// the schedules' rows (locked, so a retirement committed concurrently either comes first
 /// and nothing is recorded for that schedule, which gets `None`, or waits), the ticks, the
-/// runs of the new fired ones with their steps, and the links between them.
-async fn record_in(
+/// runs of the new fired ones with their steps, and the links between them. With `advance`,
+/// each schedule's newest tick moves to the newest of its ticks (live ticks); without, it
+/// stays (a backfill of the past).
+pub(super) async fn record_in(
     tx: &mut Transaction<'static, Any>,
     batch: &[(String, Vec<NewTick>)],
     now: DateTime<Utc>,
+    advance: bool,
 ) -> Result<Vec<Option<Vec<RecordedTick>>>> {
+    for (schedule, ticks) in batch {
+        for tick in ticks {
+            check_tick(schedule, tick)?;
+        }
+    }
     let newest: Vec<(&str, i64)> = batch
         .iter()
         .filter_map(|(schedule, ticks)| {
@@ -328,16 +341,17 @@ async fn record_in(
     for chunk in newest.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "UPDATE schedules SET last_tick_at = CASE
-                 WHEN last_tick_at IS NULL OR last_tick_at < v.column2 THEN v.column2
+                 WHEN v.column3 = 1 AND (last_tick_at IS NULL OR last_tick_at < v.column2)
+                     THEN v.column2
                  ELSE last_tick_at END
              FROM (VALUES {}) AS v
              WHERE schedules.name = v.column1 AND schedules.retired_at IS NULL
              RETURNING name",
-            value_rows(chunk.len(), "(?, ?)")
+            value_rows(chunk.len(), "(?, ?, ?)")
         );
         let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
         for (name, newest) in chunk {
-            query = query.bind(*name).bind(*newest);
+            query = query.bind(*name).bind(*newest).bind(i64::from(advance));
         }
         active.extend(query.fetch_all(&mut **tx).await?);
     }

@@ -217,6 +217,9 @@ on_both_backends!(
     pending_events_come_in_order_and_finished_ones_do_not,
     concurrent_recorders_of_one_delivery_store_one_event,
     delivery_ids_must_be_sensible,
+    cancel_and_retry_refuse_what_does_not_fit_and_tell_the_service,
+    a_retry_keeps_succeeded_steps_and_numbers_attempts_on,
+    a_backfill_fires_each_time_once_alongside_live_ticks,
 );
 
 fn t(seconds: i64) -> DateTime<Utc> {
@@ -328,8 +331,8 @@ async fn migrations_run_twice_safely(store: Store) {
         .await
         .expect("count applied migrations");
     assert_eq!(
-        applied, 5,
-        "init, forge events, pull requests, level-triggered, check runs"
+        applied, 6,
+        "init, forge events, pull requests, level-triggered, check runs, backfill"
     );
     assert!(
         store
@@ -1884,6 +1887,88 @@ async fn reports_queued_before_check_runs_survive_the_upgrade_and_check_runs_are
     store.close().await;
 }
 
+#[tokio::test]
+async fn runs_steps_and_ticks_survive_the_copy_of_runs_and_backfilled_runs_are_taken() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("old.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    sqlx::any::install_default_drivers();
+    let old = sqlx::AnyPool::connect(&url).await.expect("a database");
+    let before: Vec<Migration> = migrator(Backend::Sqlite)
+        .migrations
+        .iter()
+        .filter(|m| m.version < 6)
+        .cloned()
+        .collect();
+    Migrator::with_migrations(before)
+        .run(&old)
+        .await
+        .expect("the schema before backfills");
+    for statement in [
+        "INSERT INTO commits (sha, applied_at, outcome, summary) VALUES ('c1', 0, 'applied', 's')",
+        "INSERT INTO schedules (name, pipeline, version, definition, commit_sha, file,
+             active_since, suspended) VALUES ('nightly', 'churn', 's1', '{}', 'c1', 'f', 0, 0)",
+        "INSERT INTO runs (id, pipeline, pipeline_version, commit_sha, triggered_by, schedule,
+             scheduled_at, params, state, cancel_requested, created_at)
+         VALUES (7, 'churn', 'v1', 'c1', 'schedule', 'nightly', 5, '{}', 'failed', 0, 0)",
+        "INSERT INTO steps (run_id, name, ordinal, state, attempt) VALUES (7, 'train', 0, 'failed', 1)",
+        "INSERT INTO ticks (schedule, scheduled_at, recorded_at, outcome, run_id)
+         VALUES ('nightly', 5, 5, 'fired', 7)",
+    ] {
+        sqlx::query(AssertSqlSafe(statement))
+            .execute(&old)
+            .await
+            .expect(statement);
+    }
+    old.close().await;
+
+    let store = Store::connect(&url).await.expect("upgraded");
+    let run = store.run(7).await.expect("read").expect("the run is kept");
+    assert_eq!(
+        (run.trigger, run.state),
+        (Trigger::Schedule, RunState::Failed)
+    );
+    assert_eq!(store.steps(7).await.expect("steps").len(), 1);
+    assert_eq!(
+        store.ticks("nightly", 10).await.expect("ticks")[0].run_id,
+        Some(7)
+    );
+    let mut conn = store.pool.acquire().await.expect("a connection");
+    let broken: Vec<AnyRow> = sqlx::query("PRAGMA foreign_key_check")
+        .fetch_all(&mut *conn)
+        .await
+        .expect("check");
+    assert!(broken.is_empty(), "every reference still holds");
+    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("foreign keys");
+    assert_eq!(foreign_keys, 1, "foreign keys are on again");
+    drop(conn);
+    let orphan = sqlx::query(
+        "INSERT INTO steps (run_id, name, ordinal, state, attempt) VALUES (99, 'x', 0, 'waiting', 0)",
+    )
+    .execute(&store.pool)
+    .await;
+    assert!(orphan.is_err(), "steps still refer to runs");
+    let recorded = store
+        .record_backfill(
+            "nightly",
+            vec![NewRun {
+                trigger: Trigger::Backfill,
+                ..scheduled_run("nightly", t(1))
+            }],
+        )
+        .await
+        .expect("backfill")
+        .expect("accepted");
+    assert!(
+        recorded[0].run_id.is_some_and(|id| id > 7),
+        "ids keep growing after the copy: {recorded:?}"
+    );
+    store.close().await;
+}
+
 #[test]
 fn database_urls_pick_their_backend() {
     let resolved = |url: &str| resolve_url(url).expect("a supported URL");
@@ -2315,5 +2400,277 @@ async fn a_report_waiting_for_its_retry_holds_back_newer_ones(store: Store) {
     assert!(
         due.is_empty(),
         "the newer report of a waits behind b: {due:?}"
+    );
+}
+
+async fn cancel_and_retry_refuse_what_does_not_fit_and_tell_the_service(store: Store) {
+    with_nightly(&store).await;
+    assert_eq!(store.cursor(REQUESTS_CURSOR).await.expect("cursor"), None);
+    let run_id = store.create_run(&change_run("c1")).await.expect("create");
+    assert_eq!(
+        store
+            .cursor(REQUESTS_CURSOR)
+            .await
+            .expect("cursor")
+            .as_deref(),
+        Some("1"),
+        "a queued run tells the service"
+    );
+    assert_eq!(
+        store.cancel_run(run_id + 1).await.expect("cancel"),
+        Err(Refused::UnknownRun(run_id + 1))
+    );
+    assert_eq!(
+        store.retry_run(run_id).await.expect("retry"),
+        Err(Refused::NotFinished {
+            id: run_id,
+            state: RunState::Pending
+        })
+    );
+    assert_eq!(
+        store
+            .cursor(REQUESTS_CURSOR)
+            .await
+            .expect("cursor")
+            .as_deref(),
+        Some("1"),
+        "a refused request writes nothing"
+    );
+    assert_eq!(store.cancel_run(run_id).await.expect("cancel"), Ok(()));
+    assert_eq!(store.cancel_run(run_id).await.expect("cancel"), Ok(()));
+    let run = store.run(run_id).await.expect("read").expect("run");
+    assert!(run.cancel_requested);
+    assert_eq!(
+        store
+            .cursor(REQUESTS_CURSOR)
+            .await
+            .expect("cursor")
+            .as_deref(),
+        Some("3")
+    );
+    store
+        .finish_run(run_id, RunState::Succeeded, "done", t(20), NO_REPORTS, None)
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.cancel_run(run_id).await.expect("cancel"),
+        Err(Refused::AlreadyFinished {
+            id: run_id,
+            state: RunState::Succeeded
+        })
+    );
+    assert_eq!(
+        store.retry_run(run_id).await.expect("retry"),
+        Err(Refused::NothingToRetry {
+            id: run_id,
+            state: RunState::Succeeded
+        })
+    );
+}
+
+async fn a_retry_keeps_succeeded_steps_and_numbers_attempts_on(store: Store) {
+    with_nightly(&store).await;
+    let run_id = store.create_run(&change_run("c1")).await.expect("create");
+    store
+        .start_attempt(run_id, "prepare", 1, "job-p1", t(10))
+        .await
+        .expect("start");
+    store
+        .finish_attempt(
+            run_id,
+            "prepare",
+            1,
+            &outcome(AttemptState::Succeeded, t(11)),
+        )
+        .await
+        .expect("finish prepare");
+    store
+        .start_attempt(run_id, "train", 1, "job-t1", t(12))
+        .await
+        .expect("start");
+    store
+        .finish_attempt(run_id, "train", 1, &outcome(AttemptState::Failed, t(13)))
+        .await
+        .expect("finish train");
+    store
+        .finish_run(
+            run_id,
+            RunState::Failed,
+            "train failed",
+            t(14),
+            NO_REPORTS,
+            None,
+        )
+        .await
+        .expect("finish run");
+    assert_eq!(
+        store.retry_run(run_id).await.expect("retry"),
+        Ok(vec!["train".to_owned()])
+    );
+    let run = store.run(run_id).await.expect("read").expect("run");
+    assert_eq!(run.state, RunState::Running, "it had started");
+    assert_eq!((run.message, run.finished_at), (None, None));
+    assert_eq!(run.started_at, Some(t(10)), "its start is kept");
+    let steps = store.steps(run_id).await.expect("steps");
+    assert_eq!(
+        (steps[0].state, steps[0].attempt),
+        (StepState::Succeeded, 1),
+        "the succeeded step is kept"
+    );
+    assert_eq!(
+        (steps[1].state, steps[1].attempt, steps[1].failures),
+        (StepState::Waiting, 1, 0),
+        "the failed step waits with its retries afresh"
+    );
+    assert_eq!(
+        store.retry_run(run_id).await.expect("retry"),
+        Err(Refused::NotFinished {
+            id: run_id,
+            state: RunState::Running
+        })
+    );
+    assert!(
+        store
+            .start_attempt(run_id, "train", 2, "job-t2", t(20))
+            .await
+            .expect("start again"),
+        "the next attempt is a new one"
+    );
+    let attempts = store.attempts(run_id).await.expect("attempts");
+    let train: Vec<(u32, AttemptState)> = attempts
+        .iter()
+        .filter(|a| a.step == "train")
+        .map(|a| (a.attempt, a.state))
+        .collect();
+    assert_eq!(
+        train,
+        [(1, AttemptState::Failed), (2, AttemptState::Running)]
+    );
+    // A run cancelled before it started is pending again.
+    let never = store.create_run(&change_run("c1")).await.expect("create");
+    store
+        .cancel_run(never)
+        .await
+        .expect("cancel")
+        .expect("accepted");
+    let names = ["prepare".to_owned(), "train".to_owned()];
+    store
+        .skip_steps(never, &names, "cancelled")
+        .await
+        .expect("skip");
+    store
+        .finish_run(
+            never,
+            RunState::Cancelled,
+            "cancelled",
+            t(30),
+            NO_REPORTS,
+            None,
+        )
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.retry_run(never).await.expect("retry"),
+        Ok(names.to_vec())
+    );
+    let run = store.run(never).await.expect("read").expect("run");
+    assert_eq!(
+        (run.state, run.cancel_requested),
+        (RunState::Pending, false)
+    );
+    // A run that could not go on leaves steps waiting: they start again too.
+    let stuck = store.create_run(&change_run("c1")).await.expect("create");
+    store
+        .finish_run(
+            stuck,
+            RunState::Failed,
+            "cannot go on",
+            t(40),
+            NO_REPORTS,
+            None,
+        )
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.retry_run(stuck).await.expect("retry"),
+        Ok(names.to_vec())
+    );
+    let run = store.run(stuck).await.expect("read").expect("run");
+    assert_eq!(run.state, RunState::Pending);
+}
+
+fn backfilled(schedule: &str, at: DateTime<Utc>) -> NewRun {
+    NewRun {
+        trigger: Trigger::Backfill,
+        ..scheduled_run(schedule, at)
+    }
+}
+
+async fn a_backfill_fires_each_time_once_alongside_live_ticks(store: Store) {
+    with_nightly(&store).await;
+    let live = store
+        .record_ticks("nightly", &[fired("nightly", t(50))])
+        .await
+        .expect("live tick");
+    let live_run = live[0].run_id.expect("a run");
+    let recorded = store
+        .record_backfill(
+            "nightly",
+            vec![backfilled("nightly", t(25)), backfilled("nightly", t(50))],
+        )
+        .await
+        .expect("backfill")
+        .expect("accepted");
+    assert!(recorded[0].new && recorded[0].run_id.is_some());
+    assert_eq!(
+        (recorded[1].new, recorded[1].run_id),
+        (false, Some(live_run)),
+        "the live tick's time is not fired again"
+    );
+    let backfill_run = recorded[0].run_id.expect("a run");
+    let run = store.run(backfill_run).await.expect("read").expect("run");
+    assert_eq!(
+        (run.trigger, run.scheduled_at, run.state),
+        (Trigger::Backfill, Some(t(25)), RunState::Pending)
+    );
+    let again = store
+        .record_backfill("nightly", vec![backfilled("nightly", t(25))])
+        .await
+        .expect("backfill")
+        .expect("accepted");
+    assert!(!again[0].new, "a second backfill fires nothing");
+    assert_eq!(run_count(&store).await, 2);
+    let row = store.schedule("nightly").await.expect("read").expect("row");
+    assert_eq!(
+        row.last_tick_at,
+        Some(t(50)),
+        "live ticks go on from theirs"
+    );
+    assert_eq!(
+        store
+            .tick_times_between("nightly", t(0), t(40))
+            .await
+            .expect("times"),
+        [t(25)].into()
+    );
+    let active = store.active_runs_by_schedule().await.expect("active");
+    assert_eq!(
+        active.get("nightly"),
+        Some(&vec![live_run]),
+        "a backfilled run waiting for its turn holds no live tick up"
+    );
+    assert_eq!(
+        store
+            .record_backfill("weekly", vec![backfilled("weekly", t(5))])
+            .await
+            .expect("backfill"),
+        Err(Refused::UnknownSchedule("weekly".to_owned()))
+    );
+    assert!(
+        store
+            .record_backfill("nightly", vec![scheduled_run("nightly", t(5))])
+            .await
+            .is_err(),
+        "a live run is not a backfill"
     );
 }

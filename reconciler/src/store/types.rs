@@ -73,6 +73,8 @@ stored_enum! {
         Manual => "manual",
         /// A pull request asked for a preview of its version.
         Preview => "preview",
+        /// `trainyard backfill` asked for a past fire time of a schedule.
+        Backfill => "backfill",
     }
 }
 
