@@ -14,6 +14,16 @@ use trainyard_tests::{
     DataDir, PINNED_IMAGE, Repo, Result, Run, Service, TestResult, temp_dir, trainyard, wait_for,
 };
 
+/// A poll longer than any test: a request is acted on because the command line announces it
+/// (PostgreSQL's NOTIFY, or the file beside the SQLite database), not because the service
+/// looks every so often.
+const NO_POLL: &[&str] = &["--poll-seconds", "3600"];
+
+/// How long the service is left alone before a request, so that what a pass just did (a
+/// report delivered, a run finished) has woken it for the last time: the request is then
+/// acted on only because it was announced.
+const SETTLE: Duration = Duration::from_secs(2);
+
 /// How long a run of these short pipelines may take under a loaded machine.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
@@ -101,7 +111,7 @@ async fn retry_reruns_only_the_failed_step(data: DataDir) -> TestResult {
         .id()
         .to_string();
     let store = data.store().await?;
-    let service = Service::start(repo.path(), &data, &["--poll-seconds", "1"])?;
+    let service = Service::start(repo.path(), &data, NO_POLL)?;
     let run = newest_run(&store, "flaky").await?;
     assert_eq!(finished(&store, run, &data).await?, RunState::Failed);
     let steps = store.steps(run).await?;
@@ -119,6 +129,7 @@ async fn retry_reruns_only_the_failed_step(data: DataDir) -> TestResult {
     assert_ne!(not_a_number.code, Some(0), "{not_a_number}");
     assert!(not_a_number.stderr.contains("<RUN>"), "{not_a_number}");
 
+    tokio::time::sleep(SETTLE).await;
     let retried = cli(&repo, &data, &["retry", &run.to_string()])?;
     assert_eq!(retried.code, Some(0), "{retried}");
     assert!(
@@ -216,7 +227,7 @@ async fn cancel_stops_the_running_step_and_skips_the_rest(data: DataDir) -> Test
     let pid_file = scratch.path().join("sleeper.pid");
     let repo = Repo::with_files(&[("sleepy.yaml", sleeper(&pid_file))])?;
     let store = data.store().await?;
-    let service = Service::start(repo.path(), &data, &["--poll-seconds", "1"])?;
+    let service = Service::start(repo.path(), &data, NO_POLL)?;
     let run = newest_run(&store, "sleepy").await?;
     wait_for(
         RUN_LIMIT,
@@ -240,10 +251,24 @@ async fn cancel_stops_the_running_step_and_skips_the_rest(data: DataDir) -> Test
         "{early_retry}"
     );
 
+    tokio::time::sleep(SETTLE).await;
     let cancelled = cli(&repo, &data, &["cancel", &run.to_string()])?;
     assert_eq!(cancelled.code, Some(0), "{cancelled}");
     assert!(cancelled.stdout.contains("cancel requested"), "{cancelled}");
-    assert_eq!(finished(&store, run, &data).await?, RunState::Cancelled);
+    // Acted on when announced: well before the service's own look at running steps, which
+    // comes every 30 s.
+    let mut state = None;
+    wait_for(
+        Duration::from_secs(15),
+        "the run is cancelled",
+        async || {
+            state = store.run(run).await?.map(|r| r.state);
+            Ok(state.is_some_and(RunState::is_finished))
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", data.service_output()))?;
+    assert_eq!(state, Some(RunState::Cancelled));
     wait_for(
         Duration::from_secs(15),
         "the step's process is gone",
@@ -301,7 +326,7 @@ fn utc(text: &str) -> Result<DateTime<Utc>> {
 async fn backfill_fires_each_past_time_once(data: DataDir) -> TestResult {
     let repo = Repo::with_files(&[("nightly.yaml", NIGHTLY.replace("IMAGE", PINNED_IMAGE))])?;
     let store = data.store().await?;
-    let service = Service::start(repo.path(), &data, &["--poll-seconds", "1"])?;
+    let service = Service::start(repo.path(), &data, NO_POLL)?;
     wait_for(RUN_LIMIT, "the schedule is declared", async || {
         Ok(store.schedule("nightly").await?.is_some())
     })

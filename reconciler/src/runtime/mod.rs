@@ -1,10 +1,8 @@
-//! The running service: seven sub-reconcilers run in order, each over its own objects, and this
+//! The running service: six sub-reconcilers run in order, each over its own objects, and this
 //! module, which owns leadership, the loop's sleep and shutdown, and nothing else.
 //!
 //! - [`follow`]: the followed branch → applied commits (the declared state);
 //! - [`events`]: queued forge events → pull request plans, comment commands, previews;
-//! - [`requests`]: what the command line asked (run, retry, cancel, backfill) → the loops
-//!   that act on it, within a poll;
 //! - [`ticks`]: declared schedules → ticks and the runs they fire, exactly once;
 //! - [`runs`]: unfinished runs → step attempts handed to the executor and their outcomes;
 //! - [`register`]: runs whose steps all succeeded → model versions behind their gates;
@@ -16,9 +14,9 @@
 //! changes nothing but timing. Every object is reconciled on its own: a transient error
 //! requeues that object with backoff, a permanent one is recorded on its row where people
 //! look, and neither stops the others. A pass answers when it wants to run again; the loop
-//! sleeps until the earliest of those, a tick, a webhook, a job event, a moved branch or the
-//! next look at the requests cursor, so an idle service does nothing but read one cursor a
-//! poll.
+//! sleeps until the earliest of those, a tick, a webhook, a job event, a moved branch or a
+//! request the command line announced (run, retry, cancel, backfill: see
+//! [`crate::store::RequestSignals`]), so an idle service does nothing at all.
 
 mod backfill;
 mod deliver;
@@ -26,7 +24,6 @@ mod events;
 mod follow;
 mod job;
 mod register;
-mod requests;
 mod runs;
 mod ticks;
 
@@ -261,12 +258,19 @@ impl Stop {
     }
 }
 
+/// Completes when the command line announced a request; never without a listener.
+async fn announced(requests: &mut Option<crate::store::RequestSignals>) {
+    match requests {
+        Some(signals) => signals.announced().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The sub-reconcilers, in the order a pass of the loop runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Loop {
     Follow,
     Events,
-    Requests,
     Ticks,
     Runs,
     Register,
@@ -274,10 +278,9 @@ enum Loop {
 }
 
 impl Loop {
-    const ALL: [Loop; 7] = [
+    const ALL: [Loop; 6] = [
         Loop::Follow,
         Loop::Events,
-        Loop::Requests,
         Loop::Ticks,
         Loop::Runs,
         Loop::Register,
@@ -288,7 +291,6 @@ impl Loop {
         match self {
             Loop::Follow => "follow",
             Loop::Events => "forge_events",
-            Loop::Requests => "requests",
             Loop::Ticks => "ticks",
             Loop::Runs => "runs",
             Loop::Register => "register",
@@ -301,7 +303,6 @@ impl Loop {
         match self {
             Loop::Follow => &[Loop::Ticks, Loop::Runs, Loop::Deliver],
             Loop::Events => &[Loop::Runs, Loop::Deliver],
-            Loop::Requests => &[Loop::Ticks, Loop::Runs],
             Loop::Ticks => &[Loop::Runs, Loop::Deliver],
             Loop::Runs => &[Loop::Register, Loop::Deliver],
             Loop::Register => &[Loop::Deliver],
@@ -372,7 +373,6 @@ pub struct OnceOutcome {
 pub struct Runtime<E: Executor, F: Forge> {
     follow: follow::Follow,
     events: events::ForgeEvents<F>,
-    requests: requests::Requests,
     ticks: ticks::Ticks,
     runs: runs::Runs<E>,
     register: register::Register,
@@ -427,7 +427,6 @@ impl<E: Executor, F: Forge> Runtime<E, F> {
         Ok(Runtime {
             follow,
             events: events::ForgeEvents::new(store.clone(), pulls, forge.clone(), &config),
-            requests: requests::Requests::new(store.clone(), config.poll),
             ticks: ticks::Ticks::new(store.clone()),
             runs: runs::Runs::new(store.clone(), executor, artifacts.clone(), repo, &config),
             register: register::Register::new(store.clone(), artifacts, &config),
@@ -527,6 +526,17 @@ impl<E: Executor, F: Forge> Runtime<E, F> {
         let mut leading = leadership.is_none();
         self.metrics.leader.set(i64::from(leading));
         let mut waiting = stop.clone();
+        let mut requests = match self.store.request_signals().await {
+            Ok(signals) => Some(signals),
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "cannot listen for requests from the command line: they are acted on \
+                     at the next pass that something else wakes"
+                );
+                None
+            }
+        };
         loop {
             if stop.requested() {
                 break;
@@ -575,6 +585,11 @@ impl<E: Executor, F: Forge> Runtime<E, F> {
                 () = sleep => {}
                 () = moved => self.due.now(Loop::Follow),
                 () = self.wake.notified() => self.due.now(Loop::Events),
+                () = announced(&mut requests) => {
+                    // A request may queue or cancel a run (runs) or backfill ticks (ticks).
+                    self.due.now(Loop::Ticks);
+                    self.due.now(Loop::Runs);
+                }
                 Some(event) = self.job_events.recv() => {
                     self.runs.note(event);
                     while let Ok(event) = self.job_events.try_recv() {
@@ -634,7 +649,6 @@ impl<E: Executor, F: Forge> Runtime<E, F> {
                     }
                     pass
                 }
-                Loop::Requests => self.requests.reconcile().await,
                 Loop::Ticks => self.ticks.reconcile(Utc::now(), stop).await,
                 Loop::Runs => self.runs.reconcile(stop).await,
                 Loop::Register => self.register.reconcile(stop).await,
@@ -657,7 +671,6 @@ impl<E: Executor, F: Forge> Runtime<E, F> {
         match what {
             Loop::Follow => self.follow.take_errors(),
             Loop::Events => self.events.take_errors(),
-            Loop::Requests => self.requests.take_errors(),
             Loop::Ticks => self.ticks.take_errors(),
             Loop::Runs => self.runs.take_errors(),
             Loop::Register => self.register.take_errors(),

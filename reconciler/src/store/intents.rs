@@ -1,10 +1,10 @@
 //! What people ask of the service from the command line: cancel a run, retry a finished
 //! run's failed steps, backfill a schedule's past fire times, queue a manual run.
 //!
-//! Each request is written in one transaction together with a bump of the requests cursor
-//! ([`REQUESTS_CURSOR`]), which a running service reads every poll: it then acts on the
-//! request at once instead of at its next event; a service started later finds the request
-//! in the store like any other state. A request the store refuses writes nothing.
+//! Each request is written in one transaction and then announced (see
+//! [`super::RequestSignals`]): a running service acts on it at once, without polling; a
+//! service started later finds it in the store like any other state. A request the store
+//! refuses writes nothing.
 
 use std::collections::BTreeSet;
 
@@ -14,9 +14,6 @@ use thiserror::Error;
 
 use super::schedules::record_in;
 use super::{NewRun, NewTick, RecordedTick, Result, RunState, Store, TickOutcome, Trigger, millis};
-
-/// The cursor the command line bumps with every request it writes.
-pub const REQUESTS_CURSOR: &str = "requests";
 
 /// The reason a backfill's ticks carry.
 pub const BACKFILL_REASON: &str = "backfill";
@@ -59,19 +56,6 @@ pub enum Refused {
     UnknownSchedule(String),
 }
 
-/// Bumps the requests cursor inside the caller's transaction.
-pub(super) async fn bump_requests(conn: &mut AnyConnection) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO cursors (name, value) VALUES ($1, '1')
-         ON CONFLICT (name) DO UPDATE
-             SET value = CAST(CAST(cursors.value AS BIGINT) + 1 AS TEXT)",
-    )
-    .bind(REQUESTS_CURSOR)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// A run's state, read inside the caller's transaction; `None` if there is no such run.
 async fn run_state(conn: &mut AnyConnection, id: i64) -> Result<Option<RunState>> {
     let row = sqlx::query("SELECT state FROM runs WHERE id = $1")
@@ -101,8 +85,8 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        bump_requests(&mut tx).await?;
         tx.commit().await?;
+        self.announce_request().await;
         Ok(Ok(()))
     }
 
@@ -158,8 +142,8 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        bump_requests(&mut tx).await?;
         tx.commit().await?;
+        self.announce_request().await;
         Ok(Ok(steps))
     }
 
@@ -227,10 +211,10 @@ impl Store {
         let Some(recorded) = recorded else {
             return Ok(Err(Refused::UnknownSchedule(name.to_owned())));
         };
-        if recorded.iter().any(|tick| tick.new) {
-            bump_requests(&mut tx).await?;
-        }
         tx.commit().await?;
+        if recorded.iter().any(|tick| tick.new) {
+            self.announce_request().await;
+        }
         Ok(Ok(recorded))
     }
 }

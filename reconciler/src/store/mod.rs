@@ -13,6 +13,7 @@ mod pulls;
 mod registry;
 mod runs;
 mod schedules;
+mod signal;
 mod types;
 
 #[cfg(test)]
@@ -21,8 +22,9 @@ mod tests;
 pub use commits::FOLLOWED_CURSOR;
 pub use events::ForgeEventRow;
 pub use installation::{MAX_INSTALLATION_LEN, is_installation_name};
-pub use intents::{BACKFILL_REASON, REQUESTS_CURSOR, Refused};
+pub use intents::{BACKFILL_REASON, Refused};
 pub use pulls::PullRequestRow;
+pub use signal::RequestSignals;
 pub use types::*;
 
 use std::borrow::Cow;
@@ -131,6 +133,8 @@ const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// How requests written through this handle reach a running service.
+    announce: signal::Announce,
 }
 
 impl Store {
@@ -142,6 +146,7 @@ impl Store {
         sqlx::any::install_default_drivers();
         let (backend, url) = resolve_url(url)?;
         let options: AnyConnectOptions = url.parse()?;
+        let announce = signal::Announce::for_url(backend, &url)?;
         if backend == Backend::Sqlite {
             // journal_mode is stored in the file, and switching it needs an exclusive lock
             // that busy_timeout does not wait for: set it once, before the pool exists.
@@ -169,7 +174,11 @@ impl Store {
             .connect_with(options)
             .await?;
         migrator(backend).run(&pool).await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            announce,
+        })
     }
 
     /// Which database this is.

@@ -231,12 +231,12 @@ async fn finish_run_in<P: Serialize>(
 
 impl Store {
     /// Creates a run outside of commits and ticks (manual and preview runs). Its creation
-    /// time is now; a running service is told through the requests cursor.
+    /// time is now; a running service is told (see [`super::RequestSignals`]).
     pub async fn create_run(&self, run: &NewRun) -> Result<i64> {
         let mut tx = self.write().await?;
         let id = insert_run(&mut tx, run, None, Utc::now()).await?;
-        super::intents::bump_requests(&mut tx).await?;
         tx.commit().await?;
+        self.announce_request().await;
         Ok(id)
     }
 

@@ -2405,17 +2405,12 @@ async fn a_report_waiting_for_its_retry_holds_back_newer_ones(store: Store) {
 
 async fn cancel_and_retry_refuse_what_does_not_fit_and_tell_the_service(store: Store) {
     with_nightly(&store).await;
-    assert_eq!(store.cursor(REQUESTS_CURSOR).await.expect("cursor"), None);
-    let run_id = store.create_run(&change_run("c1")).await.expect("create");
-    assert_eq!(
-        store
-            .cursor(REQUESTS_CURSOR)
-            .await
-            .expect("cursor")
-            .as_deref(),
-        Some("1"),
-        "a queued run tells the service"
-    );
+    let mut signals = store.request_signals().await.expect("listen");
+    // What the command line writes reaches the listener through the database (NOTIFY) or
+    // the file beside it (SQLite), whichever handle wrote it.
+    let cli = store.clone();
+    let run_id = cli.create_run(&change_run("c1")).await.expect("create");
+    announced(&mut signals, "a queued run tells the service").await;
     assert_eq!(
         store.cancel_run(run_id + 1).await.expect("cancel"),
         Err(Refused::UnknownRun(run_id + 1))
@@ -2427,27 +2422,11 @@ async fn cancel_and_retry_refuse_what_does_not_fit_and_tell_the_service(store: S
             state: RunState::Pending
         })
     );
-    assert_eq!(
-        store
-            .cursor(REQUESTS_CURSOR)
-            .await
-            .expect("cursor")
-            .as_deref(),
-        Some("1"),
-        "a refused request writes nothing"
-    );
-    assert_eq!(store.cancel_run(run_id).await.expect("cancel"), Ok(()));
+    assert_eq!(cli.cancel_run(run_id).await.expect("cancel"), Ok(()));
+    announced(&mut signals, "a cancel tells the service").await;
     assert_eq!(store.cancel_run(run_id).await.expect("cancel"), Ok(()));
     let run = store.run(run_id).await.expect("read").expect("run");
     assert!(run.cancel_requested);
-    assert_eq!(
-        store
-            .cursor(REQUESTS_CURSOR)
-            .await
-            .expect("cursor")
-            .as_deref(),
-        Some("3")
-    );
     store
         .finish_run(run_id, RunState::Succeeded, "done", t(20), NO_REPORTS, None)
         .await
@@ -2466,6 +2445,13 @@ async fn cancel_and_retry_refuse_what_does_not_fit_and_tell_the_service(store: S
             state: RunState::Succeeded
         })
     );
+}
+
+/// Waits for an announcement on `signals`, failing after a while with `what`.
+async fn announced(signals: &mut crate::store::RequestSignals, what: &str) {
+    tokio::time::timeout(std::time::Duration::from_secs(10), signals.announced())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no announcement within 10 s"));
 }
 
 async fn a_retry_keeps_succeeded_steps_and_numbers_attempts_on(store: Store) {

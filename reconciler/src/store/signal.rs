@@ -1,0 +1,198 @@
+//! Telling a running service that another process (the command line) wrote a request, so
+//! that it acts at once without polling: PostgreSQL's `NOTIFY`, which reaches every replica
+//! listening, and on SQLite, whose writers share one machine, a write to a file beside the
+//! database that the service watches. A signal carries nothing: the request is in the store,
+//! and a signal lost (a listener reconnecting, a service not running) only delays it to the
+//! next start or wake, as every loop reads the store afresh.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{Result, Store, StoreError};
+
+/// The PostgreSQL channel requests are announced on.
+const CHANNEL: &str = "trainyard_requests";
+
+/// The statement that announces on [`CHANNEL`], sent as a simple query (`NOTIFY` takes no
+/// parameters and is no statement to prepare).
+const NOTIFY: &str = "NOTIFY trainyard_requests";
+
+/// How a store announces requests.
+#[derive(Debug, Clone)]
+pub(super) enum Announce {
+    /// An in-memory database: no other process can write to it.
+    Nowhere,
+    /// This file, beside a SQLite database, is written after each request.
+    File(PathBuf),
+    /// `NOTIFY` on [`CHANNEL`] of the server at this URL.
+    Postgres(String),
+}
+
+impl Announce {
+    /// How the database at `url` (as resolved by the store) announces.
+    pub(super) fn for_url(backend: super::Backend, url: &str) -> Result<Announce> {
+        match backend {
+            super::Backend::Postgres => Ok(Announce::Postgres(url.to_owned())),
+            super::Backend::Sqlite if url.contains(":memory:") || url.contains("mode=memory") => {
+                Ok(Announce::Nowhere)
+            }
+            super::Backend::Sqlite => {
+                let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+                let file = options.get_filename();
+                if file.as_os_str().is_empty() {
+                    return Ok(Announce::Nowhere);
+                }
+                let mut name = file.as_os_str().to_owned();
+                name.push(".requests");
+                Ok(Announce::File(PathBuf::from(name)))
+            }
+        }
+    }
+}
+
+/// Completes once for each burst of requests announced since the last call. Dropping it stops
+/// listening.
+#[derive(Debug)]
+pub struct RequestSignals {
+    signals: mpsc::Receiver<()>,
+    /// Keeps the file watch alive.
+    _watcher: Option<notify::RecommendedWatcher>,
+    /// The PostgreSQL listener's task, stopped with this.
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RequestSignals {
+    /// Waits for the next announcement; never completes for a store nobody else can write.
+    pub async fn announced(&mut self) {
+        if self.signals.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for RequestSignals {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.take() {
+            listener.abort();
+        }
+    }
+}
+
+impl Store {
+    /// Tells a running service that a request was committed. A failure is logged, not
+    /// returned: the request is stored, and the service acts on it at its next wake or start.
+    pub(super) async fn announce_request(&self) {
+        let result = match &self.announce {
+            Announce::Nowhere => Ok(()),
+            Announce::File(path) => tokio::fs::write(path, b"requested\n")
+                .await
+                .map_err(|e| format!("writing {}: {e}", path.display())),
+            Announce::Postgres(_) => sqlx::raw_sql(NOTIFY)
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(error) = result {
+            tracing::warn!(
+                %error,
+                "the request is stored, but a running service could not be told: \
+                 it acts on it at its next pass"
+            );
+        }
+    }
+
+    /// Listens for requests other processes announce.
+    pub async fn request_signals(&self) -> Result<RequestSignals> {
+        let (tx, signals) = mpsc::channel(1);
+        let mut out = RequestSignals {
+            signals,
+            _watcher: None,
+            listener: None,
+        };
+        match &self.announce {
+            Announce::Nowhere => {}
+            Announce::File(path) => out._watcher = Some(watch_file(path, tx)?),
+            Announce::Postgres(url) => {
+                let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+                listener.listen(CHANNEL).await?;
+                out.listener = Some(tokio::spawn(listen(listener, tx)));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Watches the directory of `path` for writes to `path` (the directory, not the file, so
+/// that a file removed and written again is still seen). Opening or reading the file, and
+/// every other file there (the database and its journal), wake nothing.
+fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    let watch_error =
+        |e: notify::Error| StoreError::Invalid(format!("watching {}: {e}", path.display()));
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(ToOwned::to_owned);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let written = matches!(
+            event.kind,
+            EventKind::Create(_)
+                | EventKind::Modify(_)
+                | EventKind::Access(AccessKind::Close(AccessMode::Write))
+        );
+        if written && event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+            // A full channel already holds a wake-up; one is enough.
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(watch_error)?;
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .map_err(watch_error)?;
+    Ok(watcher)
+}
+
+/// Forwards notifications until the receiver is gone. A lost connection may have lost
+/// notifications, so it counts as one; the listener reconnects at its next call.
+async fn listen(mut listener: sqlx::postgres::PgListener, tx: mpsc::Sender<()>) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match listener.try_recv().await {
+            Ok(_) => delay = Duration::from_secs(1),
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "listening for requests failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        let _ = tx.try_send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Backend;
+
+    #[test]
+    fn the_notify_statement_names_the_channel_listened_on() {
+        assert_eq!(NOTIFY.strip_prefix("NOTIFY "), Some(CHANNEL));
+    }
+
+    #[test]
+    fn a_sqlite_file_announces_beside_it_and_memory_nowhere() {
+        let file = Announce::for_url(Backend::Sqlite, "sqlite:/data/ty.db?mode=rwc").expect("url");
+        assert!(matches!(file, Announce::File(p) if p == Path::new("/data/ty.db.requests")));
+        let memory = Announce::for_url(Backend::Sqlite, "sqlite::memory:").expect("url");
+        assert!(matches!(memory, Announce::Nowhere));
+    }
+}
