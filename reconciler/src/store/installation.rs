@@ -40,6 +40,16 @@ impl Store {
             None => made_up(),
         };
         let mut tx = self.write().await?;
+        if self.backend == super::Backend::Postgres {
+            // Replicas starting together on an empty database would each see no row under
+            // READ COMMITTED, record their own, and act as two installations: their Jobs and
+            // artifacts named apart, each taking the other's for gone. The lock makes the
+            // second wait for the first's commit and read its row. (SQLite's BEGIN IMMEDIATE
+            // already admits one writer at a time.)
+            sqlx::raw_sql("LOCK TABLE installation IN EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
         let mut ids = recorded(&mut tx).await?;
         if ids.is_empty() {
             sqlx::query("INSERT INTO installation (id, created_at) VALUES ($1, $2)")

@@ -20,7 +20,7 @@ const CHANNEL: &str = "trainyard_requests";
 const NOTIFY: &str = "NOTIFY trainyard_requests";
 
 /// How a store announces requests.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(super) enum Announce {
     /// An in-memory database: no other process can write to it.
     Nowhere,
@@ -28,6 +28,17 @@ pub(super) enum Announce {
     File(PathBuf),
     /// `NOTIFY` on [`CHANNEL`] of the server at this URL.
     Postgres(String),
+}
+
+/// Names the way, not the URL: it may hold a password.
+impl std::fmt::Debug for Announce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Announce::Nowhere => f.write_str("Nowhere"),
+            Announce::File(path) => f.debug_tuple("File").field(path).finish(),
+            Announce::Postgres(_) => f.write_str("Postgres(NOTIFY)"),
+        }
+    }
 }
 
 impl Announce {
@@ -194,5 +205,7 @@ mod tests {
         assert!(matches!(file, Announce::File(p) if p == Path::new("/data/ty.db.requests")));
         let memory = Announce::for_url(Backend::Sqlite, "sqlite::memory:").expect("url");
         assert!(matches!(memory, Announce::Nowhere));
+        let server = Announce::for_url(Backend::Postgres, "postgres://u:secret@db/x").expect("url");
+        assert!(!format!("{server:?}").contains("secret"), "{server:?}");
     }
 }

@@ -188,6 +188,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     migrations_run_twice_safely,
+    replicas_starting_together_agree_on_one_installation,
     applying_a_commit_twice_changes_nothing,
     a_rejected_commit_records_only_itself_and_its_reports,
     pipeline_versions_are_kept_and_the_current_one_follows_the_branch,
@@ -2659,4 +2660,35 @@ async fn a_backfill_fires_each_time_once_alongside_live_ticks(store: Store) {
             .is_err(),
         "a live run is not a backfill"
     );
+}
+
+async fn replicas_starting_together_agree_on_one_installation(store: Store) {
+    const REPLICAS: usize = 8;
+    for round in 0..5 {
+        sqlx::query("DELETE FROM installation")
+            .execute(&store.pool)
+            .await
+            .expect("empty");
+        // A connection open for each replica, so that their transactions overlap.
+        let warm = futures::future::join_all((0..REPLICAS).map(|_| store.pool.acquire())).await;
+        drop(warm);
+        let barrier = Arc::new(tokio::sync::Barrier::new(REPLICAS));
+        let starts: Vec<_> = (0..REPLICAS)
+            .map(|_| {
+                let store = store.clone();
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.installation(None).await
+                })
+            })
+            .collect();
+        let mut ids = std::collections::BTreeSet::new();
+        for start in starts {
+            ids.insert(start.await.expect("joins").expect("installation"));
+        }
+        assert_eq!(ids.len(), 1, "round {round}: one identity for all: {ids:?}");
+        let recorded = store.installation(None).await.expect("again");
+        assert!(ids.contains(&recorded), "{recorded} is the one recorded");
+    }
 }
