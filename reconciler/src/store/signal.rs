@@ -63,8 +63,8 @@ impl Announce {
     }
 }
 
-/// Completes once for each burst of requests announced since the last call. Dropping it stops
-/// listening.
+/// Completes once for each burst of requests announced since the last call, and once when
+/// listening begins (what was announced before is in the store). Dropping it stops listening.
 #[derive(Debug)]
 pub struct RequestSignals {
     signals: mpsc::Receiver<()>,
@@ -126,11 +126,7 @@ impl Store {
         match &self.announce {
             Announce::Nowhere => {}
             Announce::File(path) => out._watcher = Some(watch_file(path, tx)?),
-            Announce::Postgres(url) => {
-                let mut listener = sqlx::postgres::PgListener::connect(url).await?;
-                listener.listen(CHANNEL).await?;
-                out.listener = Some(tokio::spawn(listen(listener, tx)));
-            }
+            Announce::Postgres(url) => out.listener = Some(tokio::spawn(listen(url.clone(), tx))),
         }
         Ok(out)
     }
@@ -149,6 +145,7 @@ fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> Result<notify::RecommendedWa
         _ => PathBuf::from("."),
     };
     let name = path.file_name().map(ToOwned::to_owned);
+    let listening = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         let written = matches!(
@@ -166,26 +163,51 @@ fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> Result<notify::RecommendedWa
     watcher
         .watch(&dir, notify::RecursiveMode::NonRecursive)
         .map_err(watch_error)?;
+    let _ = listening.try_send(());
     Ok(watcher)
 }
 
-/// Forwards notifications until the receiver is gone. A lost connection may have lost
-/// notifications, so it counts as one; the listener reconnects at its next call.
-async fn listen(mut listener: sqlx::postgres::PgListener, tx: mpsc::Sender<()>) {
-    let mut delay = Duration::from_secs(1);
-    loop {
-        match listener.try_recv().await {
-            Ok(_) => delay = Duration::from_secs(1),
+/// Listens on [`CHANNEL`] of the server at `url` and forwards notifications until the
+/// receiver is gone. Connecting (at first, and again after an error) counts as a
+/// notification, since what was announced while nobody listened is in the store; so does a
+/// lost connection, which the listener re-opens at its next call. A server that cannot be
+/// reached is tried again with backoff, never given up.
+async fn listen(url: String, tx: mpsc::Sender<()>) {
+    const FIRST_DELAY: Duration = Duration::from_secs(1);
+    let mut delay = FIRST_DELAY;
+    while !tx.is_closed() {
+        let connected = async {
+            let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        let mut listener = match connected {
+            Ok(listener) => listener,
             Err(error) => {
-                tracing::warn!(%error, retry_in = ?delay, "listening for requests failed");
+                tracing::warn!(%error, retry_in = ?delay, "cannot listen for requests");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(60));
+                continue;
+            }
+        };
+        delay = FIRST_DELAY;
+        let _ = tx.try_send(());
+        loop {
+            match listener.try_recv().await {
+                Ok(_) => {
+                    // A full channel already holds a wake-up; one is enough.
+                    let _ = tx.try_send(());
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "listening for requests failed; listening again");
+                    break;
+                }
+            }
+            if tx.is_closed() {
+                return;
             }
         }
-        if tx.is_closed() {
-            return;
-        }
-        let _ = tx.try_send(());
     }
 }
 

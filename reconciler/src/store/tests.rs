@@ -2407,6 +2407,7 @@ async fn a_report_waiting_for_its_retry_holds_back_newer_ones(store: Store) {
 async fn cancel_and_retry_refuse_what_does_not_fit_and_tell_the_service(store: Store) {
     with_nightly(&store).await;
     let mut signals = store.request_signals().await.expect("listen");
+    announced(&mut signals, "listening began").await;
     // What the command line writes reaches the listener through the database (NOTIFY) or
     // the file beside it (SQLite), whichever handle wrote it.
     let cli = store.clone();
