@@ -364,12 +364,11 @@ impl Planner {
     }
 }
 
-/// Σ over steps of GPUs × timeout, in hours.
+/// Σ over steps, finally steps too, of GPUs × timeout, in hours.
 fn gpu_hours_per_run(pipeline: &Pipeline, default_timeout: Duration) -> f64 {
     pipeline
         .spec
-        .steps
-        .iter()
+        .all_steps()
         .map(|step| {
             let gpus = step.resources.as_ref().map_or(0, |r| r.gpu);
             let timeout = step
