@@ -165,10 +165,7 @@ async fn finally_runs_after_a_failure_and_again_after_a_retry(data: DataDir) -> 
     tokio::time::sleep(SETTLE).await;
     let retried = cli(&repo, &data, &["retry", &run.to_string()])?;
     assert_eq!(retried.code, Some(0), "{retried}");
-    assert!(
-        retried.stdout.contains("train, after, report"),
-        "{retried}"
-    );
+    assert!(retried.stdout.contains("train, after, report"), "{retried}");
     let (state, _) = finished(&store, run, &data).await?;
     assert_eq!(state, RunState::Succeeded);
     assert_eq!(

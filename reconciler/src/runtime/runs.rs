@@ -2,7 +2,8 @@
 //! open attempts (three queries), asks the executor what it has now, and moves each run on
 //! its own: records attempts that ended, hands attempts the executor never accepted to it
 //! again, starts the steps that are ready, and ends runs that failed or were cancelled (runs
-//! whose steps all succeeded are the registry loop's).
+//! whose steps all succeeded are the registry loop's). A run with finally steps first ends
+//! its DAG (recording how), then starts its finally steps, then ends (see [`run_state`]).
 //!
 //! Nothing here trusts what this process did before. An attempt the store records whose job
 //! the executor does not have is handed over again (idempotent by name) while its cause may
@@ -405,16 +406,13 @@ impl<E: Executor> Runs<E> {
                 .await?;
         } else if finally.iter().any(|s| s.step.state == StepState::Waiting) {
             if !self.held.contains(&run.id) {
-                let end = job::DagEnd {
-                    state: dag_state,
-                    succeeded: &succeeded,
-                };
+                // Finally steps have no needs: every waiting one is ready.
                 let ready = finally.iter().copied();
                 self.start_ready(
                     run,
                     &pinned,
                     ready,
-                    Some(&end),
+                    dag_end.as_ref(),
                     now,
                     budget,
                     handovers,
