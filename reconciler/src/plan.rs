@@ -364,12 +364,11 @@ impl Planner {
     }
 }
 
-/// Σ over steps of GPUs × timeout, in hours.
+/// Σ over steps, finally steps too, of GPUs × timeout, in hours.
 fn gpu_hours_per_run(pipeline: &Pipeline, default_timeout: Duration) -> f64 {
     pipeline
         .spec
-        .steps
-        .iter()
+        .all_steps()
         .map(|step| {
             let gpus = step.resources.as_ref().map_or(0, |r| r.gpu);
             let timeout = step
@@ -817,6 +816,30 @@ mod tests {
         ));
         let plan = Planner::default().plan("a", "b", &old, &untimed, Vec::new(), now());
         assert_eq!(plan.gpu_hours.after, 30.0 * 2.0 * 24.0);
+    }
+
+    #[test]
+    fn finally_steps_are_shown_and_their_gpus_counted() {
+        let old = catalog(&format!("{PIPELINE}{SCHEDULE}"));
+        let with_finally = format!(
+            "{PIPELINE}  finally:\n    - {{name: eval, run: [z], resources: {{gpu: 1}}, timeout: 1h}}\n{SCHEDULE}"
+        );
+        let new = catalog(&with_finally);
+        let plan = Planner::default().plan("a", "b", &old, &new, Vec::new(), now());
+        // 30 daily fires × (2 GPUs × 2 h for train + 1 GPU × 1 h for eval).
+        assert_eq!(plan.gpu_hours.after, 150.0);
+        // The first finally step sets the list; later ones are matched by name.
+        let fields: Vec<String> = plan.changes[0].fields.iter().map(describe).collect();
+        assert_eq!(fields.len(), 1, "{fields:?}");
+        assert!(
+            fields[0].starts_with("spec.finally: set to [") && fields[0].contains("\"eval\""),
+            "{fields:?}"
+        );
+        let more =
+            with_finally.replace("  finally:\n", "  finally:\n    - {name: tidy, run: [t]}\n");
+        let plan = Planner::default().plan("a", "b", &new, &catalog(&more), Vec::new(), now());
+        let fields: Vec<String> = plan.changes[0].fields.iter().map(describe).collect();
+        assert_eq!(fields, ["spec.finally.tidy added"]);
     }
 
     #[test]

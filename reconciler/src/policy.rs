@@ -330,14 +330,16 @@ pub fn pipeline_input(entry: &Entry<Pipeline>, settings: &Settings) -> Value {
 
 /// Facts rules need but cannot compute: the largest GPU count and each step's image.
 fn pipeline_facts(pipeline: &Pipeline, settings: &Settings) -> Value {
-    let images: Vec<Value> = pipeline
-        .spec
-        .steps
-        .iter()
-        .enumerate()
-        .filter_map(|(i, step)| {
+    let lists = [
+        ("steps", &pipeline.spec.steps),
+        ("finally", &pipeline.spec.finally),
+    ];
+    let images: Vec<Value> = lists
+        .into_iter()
+        .flat_map(|(list, steps)| steps.iter().enumerate().map(move |(i, s)| (list, i, s)))
+        .filter_map(|(list, i, step)| {
             let (image, field) = match (&step.image, &pipeline.spec.image, &settings.image) {
-                (Some(image), _, _) => (image, Some(format!("spec.steps[{i}].image"))),
+                (Some(image), _, _) => (image, Some(format!("spec.{list}[{i}].image"))),
                 (None, Some(image), _) => (image, Some("spec.image".to_owned())),
                 (None, None, Some(image)) => (image, None),
                 (None, None, None) => return None,
@@ -347,8 +349,7 @@ fn pipeline_facts(pipeline: &Pipeline, settings: &Settings) -> Value {
         .collect();
     let gpus = pipeline
         .spec
-        .steps
-        .iter()
+        .all_steps()
         .filter_map(|s| s.resources.as_ref())
         .map(|r| r.gpu)
         .max()

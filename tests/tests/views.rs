@@ -128,6 +128,7 @@ fn new_run(pipeline: &str, version: &str, trigger: Trigger, steps: &[&str]) -> N
         ]
         .into(),
         steps: steps.iter().map(|s| (*s).to_owned()).collect(),
+        finally: Vec::new(),
     }
 }
 

@@ -712,6 +712,7 @@ mod tests {
             state,
             message: Some(format!("run {id} {state}")),
             cancel_requested: false,
+            dag_state: None,
             created_at: Utc::now(),
             started_at: None,
             finished_at: None,
@@ -723,6 +724,7 @@ mod tests {
         let step = StepRow {
             run_id: 12,
             name: "train".to_owned(),
+            finally: false,
             state: crate::store::StepState::Failed,
             attempt: 2,
             failures: 2,

@@ -90,6 +90,7 @@ mod tests {
             state,
             message: None,
             cancel_requested: false,
+            dag_state: None,
             created_at: Utc::now(),
             started_at: None,
             finished_at: None,

@@ -2,9 +2,11 @@
 //! their templates rendered, inputs and outputs placed, labels and annotations set. No I/O.
 //!
 //! A template that cannot be rendered is an error for that run, never literal text or an
-//! empty argument: a program must not start with arguments it was not meant to get.
+//! empty argument: a program must not start with arguments it was not meant to get. A
+//! finally step reading an output of a DAG step that did not succeed gets the path it would
+//! have had, with no file there: it runs however the DAG ended, so it checks for the file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,7 +17,15 @@ use crate::execute::{StepInput, StepJob, StepOutput, StepSource};
 use crate::spec::Pipeline;
 use crate::spec::template::{self, Reference};
 use crate::spec::units::parse_duration;
-use crate::store::RunRow;
+use crate::store::{RunRow, RunState};
+
+/// What a finally step is told of the DAG that ended before it.
+pub struct DagEnd<'a> {
+    /// How the DAG ended, for `{{ run.state }}`.
+    pub state: RunState,
+    /// The DAG's steps that succeeded: only their outputs are placed for it to read.
+    pub succeeded: &'a HashSet<&'a str>,
+}
 
 /// Where an attempt runs and what it inherits from the repository's settings.
 pub struct Placement<'a> {
@@ -38,8 +48,9 @@ pub fn step_dir(file: &str) -> &Path {
     Path::new(file).parent().unwrap_or(Path::new(""))
 }
 
-/// The job of attempt `attempt` of `step` in `run`, named `name`; `Err` says why it cannot
-/// be built (a template that does not render, a step the pipeline does not declare).
+/// The job of attempt `attempt` of `step` in `run`, named `name`; `dag_end` is set for a
+/// finally step. `Err` says why it cannot be built (a template that does not render, a step
+/// the pipeline does not declare).
 pub fn build(
     run: &RunRow,
     pipeline: &Pipeline,
@@ -47,12 +58,11 @@ pub fn build(
     attempt: u32,
     name: &str,
     place: Placement<'_>,
+    dag_end: Option<&DagEnd<'_>>,
 ) -> Result<StepJob, String> {
     let definition = pipeline
         .spec
-        .steps
-        .iter()
-        .find(|d| d.name == step)
+        .step(step)
         .ok_or_else(|| format!("its pipeline version declares no step {step:?}"))?;
     let job_dir = place.job_dir;
     let outputs: Vec<StepOutput> = definition
@@ -85,7 +95,8 @@ pub fn build(
                 }
                 Reference::StepOutput { step: from, output } => {
                     let path = job_dir.join("inputs").join(from).join(output);
-                    if !inputs.iter().any(|i| i.path == path) {
+                    let exists = dag_end.is_none_or(|end| end.succeeded.contains(from.as_str()));
+                    if exists && !inputs.iter().any(|i| i.path == path) {
                         inputs.push(StepInput {
                             key: artifacts::output_key(place.installation, run.id, from, output),
                             path: path.clone(),
@@ -95,6 +106,14 @@ pub fn build(
                 }
                 Reference::RunId => run.id.to_string(),
                 Reference::RunScheduledTime => scheduled.clone(),
+                Reference::RunState => match dag_end {
+                    Some(end) => end.state.as_str().to_owned(),
+                    None => {
+                        return Err(format!(
+                            "{what} {text:?}: run.state is known only to finally steps"
+                        ));
+                    }
+                },
             })
         })
     };
@@ -201,6 +220,7 @@ mod tests {
             state: RunState::Pending,
             message: None,
             cancel_requested: false,
+            dag_state: None,
             created_at: Utc::now(),
             started_at: None,
             finished_at: None,
@@ -230,6 +250,7 @@ mod tests {
             1,
             "ty-abc-7-a-1",
             place(),
+            None,
         )
         .expect("a job");
         assert_eq!(
@@ -243,17 +264,59 @@ mod tests {
     #[test]
     fn a_param_without_a_value_fails_the_attempt_instead_of_becoming_an_empty_argument() {
         let p = pipeline("    - {name: a, run: [train, '{{ params.epochs }}']}\n");
-        let error = build(&run(&[]), &p, "a", 1, "ty-abc-7-a-1", place()).expect_err("no value");
+        let error =
+            build(&run(&[]), &p, "a", 1, "ty-abc-7-a-1", place(), None).expect_err("no value");
         assert!(
             error.contains("argument 2") && error.contains("\"epochs\""),
             "{error}"
         );
     }
 
+    fn finally_pipeline() -> Pipeline {
+        let text = "apiVersion: trainyard.dev/v1\nkind: Pipeline\nmetadata: {name: p, owner: t}\n\
+             spec:\n  image: i\n  steps:\n    - {name: a, run: [x], outputs: [m]}\n    - {name: b, run: [x], outputs: [n]}\n\
+             \x20 finally:\n    - {name: f, run: [r, '{{ run.state }}', '{{ steps.a.outputs.m }}', '{{ steps.b.outputs.n }}']}\n";
+        let parsed = parse_file(text.as_bytes());
+        assert!(parsed.findings.is_empty(), "{:?}", parsed.findings);
+        match parsed.documents.into_iter().next().map(|d| d.document) {
+            Some(crate::spec::model::Document::Pipeline(p)) => p.as_ref().clone(),
+            other => panic!("a pipeline, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_finally_step_reads_the_dag_s_state_and_gets_only_outputs_that_exist() {
+        let p = finally_pipeline();
+        let succeeded = HashSet::from(["a"]);
+        let end = DagEnd {
+            state: RunState::Failed,
+            succeeded: &succeeded,
+        };
+        let job = build(&run(&[]), &p, "f", 1, "n", place(), Some(&end)).expect("a job");
+        assert_eq!(
+            job.argv,
+            [
+                "r",
+                "failed",
+                "/work/ty-7-a-1/inputs/a/m",
+                "/work/ty-7-a-1/inputs/b/n"
+            ]
+        );
+        let placed: Vec<&Path> = job.inputs.iter().map(|i| i.path.as_path()).collect();
+        assert_eq!(placed, [Path::new("/work/ty-7-a-1/inputs/a/m")]);
+    }
+
+    #[test]
+    fn run_state_outside_a_finally_step_is_an_error() {
+        let p = finally_pipeline();
+        let error = build(&run(&[]), &p, "f", 1, "n", place(), None).expect_err("no DAG end");
+        assert!(error.contains("run.state"), "{error}");
+    }
+
     #[test]
     fn a_step_the_version_does_not_declare_is_an_error() {
         let p = pipeline("    - {name: a, run: [x]}\n");
-        let error = build(&run(&[]), &p, "b", 1, "n", place()).expect_err("unknown step");
+        let error = build(&run(&[]), &p, "b", 1, "n", place(), None).expect_err("unknown step");
         assert!(error.contains("\"b\""), "{error}");
     }
 }

@@ -2,7 +2,8 @@
 //! open attempts (three queries), asks the executor what it has now, and moves each run on
 //! its own: records attempts that ended, hands attempts the executor never accepted to it
 //! again, starts the steps that are ready, and ends runs that failed or were cancelled (runs
-//! whose steps all succeeded are the registry loop's).
+//! whose steps all succeeded are the registry loop's). A run with finally steps first ends
+//! its DAG (recording how), then starts its finally steps, then ends (see [`run_state`]).
 //!
 //! Nothing here trusts what this process did before. An attempt the store records whose job
 //! the executor does not have is handed over again (idempotent by name) while its cause may
@@ -272,6 +273,16 @@ impl<E: Executor> Runs<E> {
     ) -> Result<(), ObjectError> {
         let run = &work.run;
         let pinned = self.pinned(run).await?;
+        let succeeded: HashSet<&str> = work
+            .steps
+            .iter()
+            .filter(|s| !s.step.finally && s.step.state == StepState::Succeeded)
+            .map(|s| s.step.name.as_str())
+            .collect();
+        let dag_end = run.dag_state.map(|state| job::DagEnd {
+            state,
+            succeeded: &succeeded,
+        });
         let mut ended = false;
         for step in &work.steps {
             let Some(open) = &step.open else { continue };
@@ -355,8 +366,9 @@ impl<E: Executor> Runs<E> {
                         if !starting {
                             // A shutdown hands nothing over; the next start does.
                         } else if due.is_none_or(|at| at <= tokio::time::Instant::now()) {
+                            let end = dag_end.as_ref().filter(|_| step.step.finally);
                             let job = self
-                                .job(run, &pinned, &step.step.name, open.attempt)
+                                .job(run, &pinned, &step.step.name, open.attempt, end)
                                 .await?;
                             match job {
                                 Ok(job) => handovers.push(Handover {
@@ -379,81 +391,213 @@ impl<E: Executor> Runs<E> {
             pass.again_after(Duration::ZERO);
             return Ok(());
         }
-        let steps = &work.steps;
-        let any_open = steps.iter().any(|s| s.open.is_some());
-        let failed = steps.iter().find(|s| s.step.state == StepState::Failed);
-        if run.cancel_requested || failed.is_some() {
-            let waiting: Vec<String> = steps
-                .iter()
-                .filter(|s| s.step.state == StepState::Waiting)
-                .map(|s| s.step.name.clone())
-                .collect();
-            if !waiting.is_empty() {
-                let why = if run.cancel_requested {
-                    "the run was cancelled"
-                } else {
-                    "an earlier step failed"
-                };
-                self.store.skip_steps(run.id, &waiting, why).await?;
-                pass.changed = true;
-            }
-            if !any_open {
-                let (state, message) = match failed {
-                    Some(step) if !run.cancel_requested => (
-                        RunState::Failed,
-                        format!(
-                            "step {} failed: {}",
-                            step.step.name,
-                            step.step.message.as_deref().unwrap_or("no reason given")
-                        ),
-                    ),
-                    _ => (RunState::Cancelled, "cancelled".to_owned()),
-                };
-                if finish_run(
-                    &self.store,
-                    self.instance.as_deref(),
-                    run.id,
-                    state,
-                    &message,
+        let (dag, finally): (Vec<&StepWork>, Vec<&StepWork>) =
+            work.steps.iter().partition(|s| !s.step.finally);
+        let Some(dag_state) = run.dag_state else {
+            return self
+                .move_dag(
+                    run, &pinned, &dag, &finally, &succeeded, now, budget, handovers, pass,
                 )
-                .await?
-                {
-                    tracing::info!(run = run.id, pipeline = %run.pipeline, %state, "{message}");
-                }
-                pass.changed = true;
+                .await;
+        };
+        let any_open = finally.iter().any(|s| s.open.is_some());
+        if run.cancel_requested {
+            self.skip_waiting(run, &finally, "the run was cancelled", pass)
+                .await?;
+        } else if finally.iter().any(|s| s.step.state == StepState::Waiting) {
+            if !self.held.contains(&run.id) {
+                // Finally steps have no needs: every waiting one is ready.
+                let ready = finally.iter().copied();
+                self.start_ready(
+                    run,
+                    &pinned,
+                    ready,
+                    dag_end.as_ref(),
+                    now,
+                    budget,
+                    handovers,
+                    pass,
+                )
+                .await?;
             }
             return Ok(());
+        }
+        if any_open {
+            return Ok(());
+        }
+        let dag_failed = dag.iter().find(|s| s.step.state == StepState::Failed);
+        let finally_failed = finally.iter().find(|s| s.step.state == StepState::Failed);
+        let Some(state) = run_state(dag_state, run.cancel_requested, finally_failed.is_some())
+        else {
+            // Every step succeeded: the registry loop completes the run.
+            return Ok(());
+        };
+        let mut why: Vec<String> = Vec::new();
+        if state == RunState::Cancelled {
+            why.push("cancelled".to_owned());
+        }
+        if let Some(step) = dag_failed.filter(|_| state == RunState::Failed) {
+            why.push(failed_message("step", step));
+        }
+        if let Some(step) = finally_failed {
+            why.push(failed_message("finally step", step));
+        }
+        self.end_run(run, state, &why.join("; "), pass).await
+    }
+
+    /// Moves the DAG of a run on: ends it when a step failed or the run was cancelled, once
+    /// nothing runs, and starts the steps whose needs succeeded. A run with finally steps
+    /// ends its DAG instead of itself (see [`Store::record_dag_end`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn move_dag(
+        &mut self,
+        run: &RunRow,
+        pinned: &Pinned,
+        dag: &[&StepWork],
+        finally: &[&StepWork],
+        succeeded: &HashSet<&str>,
+        now: DateTime<Utc>,
+        budget: &mut usize,
+        handovers: &mut Vec<Handover>,
+        pass: &mut Pass,
+    ) -> Result<(), ObjectError> {
+        let any_open = dag.iter().any(|s| s.open.is_some());
+        let failed = dag.iter().find(|s| s.step.state == StepState::Failed);
+        if run.cancel_requested || failed.is_some() {
+            let why = if run.cancel_requested {
+                "the run was cancelled"
+            } else {
+                "an earlier step failed"
+            };
+            self.skip_waiting(run, dag, why, pass).await?;
+            if any_open {
+                return Ok(());
+            }
+            let (state, message) = match failed {
+                Some(step) if !run.cancel_requested => {
+                    (RunState::Failed, failed_message("step", step))
+                }
+                _ => (RunState::Cancelled, "cancelled".to_owned()),
+            };
+            if finally.is_empty() {
+                return self.end_run(run, state, &message, pass).await;
+            }
+            return self.end_dag(run, state, pass).await;
         }
         if self.held.contains(&run.id) {
             // A backfilled run waiting for its turn.
             return Ok(());
         }
-        let succeeded: Vec<&str> = steps
-            .iter()
-            .filter(|s| s.step.state == StepState::Succeeded)
-            .map(|s| s.step.name.as_str())
-            .collect();
-        let mut starts_run = run.state == RunState::Pending;
-        for step in steps.iter().filter(|s| s.step.state == StepState::Waiting) {
-            let Some(definition) = pinned
-                .pipeline
-                .spec
-                .steps
-                .iter()
-                .find(|d| d.name == step.step.name)
-            else {
+        if !finally.is_empty() && dag.iter().all(|s| s.step.state == StepState::Succeeded) {
+            return self.end_dag(run, RunState::Succeeded, pass).await;
+        }
+        let mut ready = Vec::new();
+        for step in dag {
+            let Some(definition) = pinned.pipeline.spec.step(&step.step.name) else {
                 return Err(ObjectError::Permanent(format!(
                     "its pipeline version declares no step {:?}",
                     step.step.name
                 )));
             };
-            if !definition
+            if definition
                 .needs
                 .iter()
-                .all(|n| succeeded.contains(&n.as_str()))
+                .all(|n| succeeded.contains(n.as_str()))
             {
-                continue;
+                ready.push(*step);
             }
+        }
+        self.start_ready(
+            run,
+            pinned,
+            ready.into_iter(),
+            None,
+            now,
+            budget,
+            handovers,
+            pass,
+        )
+        .await
+    }
+
+    /// Records that the DAG of `run` ended as `state`; its finally steps start next pass.
+    async fn end_dag(
+        &self,
+        run: &RunRow,
+        state: RunState,
+        pass: &mut Pass,
+    ) -> Result<(), ObjectError> {
+        if self
+            .store
+            .record_dag_end(run.id, state, run.cancel_requested)
+            .await?
+        {
+            tracing::info!(run = run.id, pipeline = %run.pipeline, dag = %state, "the DAG ended; the finally steps start");
+        }
+        pass.changed = true;
+        pass.again_after(Duration::ZERO);
+        Ok(())
+    }
+
+    /// Ends `run` as `state`.
+    async fn end_run(
+        &self,
+        run: &RunRow,
+        state: RunState,
+        message: &str,
+        pass: &mut Pass,
+    ) -> Result<(), ObjectError> {
+        if finish_run(
+            &self.store,
+            self.instance.as_deref(),
+            run.id,
+            state,
+            message,
+        )
+        .await?
+        {
+            tracing::info!(run = run.id, pipeline = %run.pipeline, %state, "{message}");
+        }
+        pass.changed = true;
+        Ok(())
+    }
+
+    /// Skips the waiting ones of `steps`, saying `why`.
+    async fn skip_waiting(
+        &self,
+        run: &RunRow,
+        steps: &[&StepWork],
+        why: &str,
+        pass: &mut Pass,
+    ) -> Result<(), ObjectError> {
+        let waiting: Vec<String> = steps
+            .iter()
+            .filter(|s| s.step.state == StepState::Waiting)
+            .map(|s| s.step.name.clone())
+            .collect();
+        if !waiting.is_empty() {
+            self.store.skip_steps(run.id, &waiting, why).await?;
+            pass.changed = true;
+        }
+        Ok(())
+    }
+
+    /// Starts the waiting ones of `ready` (steps free to start) whose retry is due, within
+    /// `budget`; `dag_end` is set for finally steps.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_ready(
+        &mut self,
+        run: &RunRow,
+        pinned: &Pinned,
+        ready: impl Iterator<Item = &StepWork>,
+        dag_end: Option<&job::DagEnd<'_>>,
+        now: DateTime<Utc>,
+        budget: &mut usize,
+        handovers: &mut Vec<Handover>,
+        pass: &mut Pass,
+    ) -> Result<(), ObjectError> {
+        let mut starts_run = run.state == RunState::Pending;
+        for step in ready.filter(|s| s.step.state == StepState::Waiting) {
             if let Some(at) = step.step.retry_at.filter(|at| *at > now) {
                 pass.again_at(instant_of(at, now));
                 continue;
@@ -463,7 +607,10 @@ impl<E: Executor> Runs<E> {
                 break;
             }
             let attempt = step.step.attempt + 1;
-            match self.job(run, &pinned, &step.step.name, attempt).await? {
+            match self
+                .job(run, pinned, &step.step.name, attempt, dag_end)
+                .await?
+            {
                 Ok(job) => {
                     handovers.push(Handover {
                         job,
@@ -672,12 +819,7 @@ impl<E: Executor> Runs<E> {
         state: JobState,
         now: DateTime<Utc>,
     ) -> Result<(), ObjectError> {
-        let retries = pipeline
-            .spec
-            .steps
-            .iter()
-            .find(|d| d.name == step.step.name)
-            .map_or(0, |d| d.retries);
+        let retries = pipeline.spec.step(&step.step.name).map_or(0, |d| d.retries);
         let outcome = match state {
             JobState::Succeeded { artifacts } => AttemptOutcome {
                 state: AttemptState::Succeeded,
@@ -742,6 +884,7 @@ impl<E: Executor> Runs<E> {
         pinned: &Pinned,
         step: &str,
         attempt: u32,
+        dag_end: Option<&job::DagEnd<'_>>,
     ) -> Result<Result<StepJob, String>, ObjectError> {
         let name = job_name(&self.installation, run.id, step, attempt);
         let settings = self.settings_at(&run.commit_sha).await?;
@@ -771,6 +914,7 @@ impl<E: Executor> Runs<E> {
             attempt,
             &name,
             place,
+            dag_end,
         ))
     }
 
@@ -973,6 +1117,29 @@ impl<E: Executor> Runs<E> {
     }
 }
 
+/// How a run whose DAG ended as `dag` ends once its finally steps have, or `None` when it
+/// succeeded (the registry loop completes it): a cancel, before or during the finally
+/// steps, makes it cancelled; otherwise a failed DAG makes it failed, and a failed finally
+/// step makes a succeeded DAG's run failed.
+fn run_state(dag: RunState, cancel_requested: bool, finally_failed: bool) -> Option<RunState> {
+    if cancel_requested || dag == RunState::Cancelled {
+        Some(RunState::Cancelled)
+    } else if dag == RunState::Failed || finally_failed {
+        Some(RunState::Failed)
+    } else {
+        None
+    }
+}
+
+/// `"{what} NAME failed: why"`, of a failed step.
+fn failed_message(what: &str, step: &StepWork) -> String {
+    format!(
+        "{what} {} failed: {}",
+        step.step.name,
+        step.step.message.as_deref().unwrap_or("no reason given")
+    )
+}
+
 /// A failed attempt's outcome.
 fn failure(
     reason: String,
@@ -988,5 +1155,33 @@ fn failure(
         retry_at,
         artifacts: Vec::new(),
         charged,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_with_finally_steps_ends_as_its_dag_unless_a_finally_step_fails_a_succeeded_one() {
+        use RunState::{Cancelled, Failed, Succeeded};
+        assert_eq!(run_state(Succeeded, false, false), None);
+        assert_eq!(run_state(Succeeded, false, true), Some(Failed));
+        assert_eq!(run_state(Failed, false, false), Some(Failed));
+        assert_eq!(run_state(Failed, false, true), Some(Failed));
+        assert_eq!(run_state(Cancelled, false, false), Some(Cancelled));
+        assert_eq!(run_state(Cancelled, false, true), Some(Cancelled));
+    }
+
+    #[test]
+    fn a_cancel_while_finally_steps_run_makes_the_run_cancelled() {
+        assert_eq!(
+            run_state(RunState::Succeeded, true, false),
+            Some(RunState::Cancelled)
+        );
+        assert_eq!(
+            run_state(RunState::Failed, true, true),
+            Some(RunState::Cancelled)
+        );
     }
 }

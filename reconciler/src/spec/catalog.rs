@@ -356,7 +356,11 @@ fn check_images(settings: &Settings, entry: &Entry<Pipeline>, findings: &mut Fil
     if spec.image.is_some() || settings.image.is_some() {
         return;
     }
-    for (i, step) in spec.steps.iter().enumerate() {
+    let lists = [("steps", &spec.steps), ("finally", &spec.finally)];
+    let steps = lists
+        .into_iter()
+        .flat_map(|(list, steps)| steps.iter().enumerate().map(move |(i, s)| (list, i, s)));
+    for (list, i, step) in steps {
         if step.image.is_none() {
             let message = format!(
                 "step {:?} has no image; set its image, the pipeline's spec.image, or image in trainyard.yaml",
@@ -367,7 +371,7 @@ fn check_images(settings: &Settings, entry: &Entry<Pipeline>, findings: &mut Fil
                 Finding::error(
                     "missing-image",
                     entry.line,
-                    format!("spec.steps[{i}]"),
+                    format!("spec.{list}[{i}]"),
                     message,
                 ),
             ));

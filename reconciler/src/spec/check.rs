@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::cron::{CronSchedule, parse_timezone};
 use super::diag::{Finding, did_you_mean};
-use super::model::{Pipeline, Schedule, Settings, Step};
+use super::model::{Pipeline, PipelineSpec, Schedule, Settings, Step};
 use super::template::{self, Reference};
 use super::units::{QuantityKind, parse_duration, parse_quantity};
 
@@ -131,11 +131,38 @@ pub fn check_pipeline(pipeline: &Pipeline, line: u32, out: &mut Vec<Finding>) {
         );
         return;
     }
-    let index = check_step_names(&mut c, &spec.steps);
-    check_needs(&mut c, &spec.steps, &index);
+    let (index, finally) = check_step_names(&mut c, spec);
+    check_needs(&mut c, &spec.steps, &index, &finally);
     let ancestors = ancestors(&spec.steps, &index);
+    let names = Names {
+        dag: &index,
+        finally: &finally,
+    };
     for (i, step) in spec.steps.iter().enumerate() {
-        check_step(&mut c, pipeline, i, step, &index, &ancestors[i]);
+        let at = format!("spec.steps[{i}]");
+        check_step(
+            &mut c,
+            pipeline,
+            &at,
+            step,
+            names,
+            Reads::Ancestors(&ancestors[i]),
+        );
+    }
+    for (i, step) in spec.finally.iter().enumerate() {
+        let at = format!("spec.finally[{i}]");
+        if !step.needs.is_empty() {
+            c.error(
+                "finally-needs",
+                format!("{at}.needs"),
+                format!(
+                    "finally step {:?} has needs; finally steps all start once the DAG has \
+                     ended and cannot be ordered",
+                    step.name
+                ),
+            );
+        }
+        check_step(&mut c, pipeline, &at, step, names, Reads::Dag);
     }
     if let Some(model) = &spec.model {
         c.name("spec.model.name", &model.name);
@@ -240,22 +267,43 @@ fn check_image(c: &mut Checker<'_>, path: &str, image: &str) {
     }
 }
 
-fn check_step_names<'s>(c: &mut Checker<'_>, steps: &'s [Step]) -> HashMap<&'s str, usize> {
+/// Checks the names of the DAG's steps and the finally steps, unique across both; returns
+/// each list's index by name.
+fn check_step_names<'s>(
+    c: &mut Checker<'_>,
+    spec: &'s PipelineSpec,
+) -> (HashMap<&'s str, usize>, HashMap<&'s str, usize>) {
     let mut index = HashMap::new();
-    for (i, step) in steps.iter().enumerate() {
-        c.name(&format!("spec.steps[{i}].name"), &step.name);
-        if index.insert(step.name.as_str(), i).is_some() {
-            c.error(
-                "duplicate-step",
-                format!("spec.steps[{i}].name"),
-                format!("step {:?} is defined twice", step.name),
-            );
+    let mut finally = HashMap::new();
+    let lists = [("steps", &spec.steps), ("finally", &spec.finally)];
+    for (list, steps) in lists {
+        for (i, step) in steps.iter().enumerate() {
+            let path = format!("spec.{list}[{i}].name");
+            c.name(&path, &step.name);
+            let seen =
+                index.contains_key(step.name.as_str()) || finally.contains_key(step.name.as_str());
+            if seen {
+                c.error(
+                    "duplicate-step",
+                    path,
+                    format!("step {:?} is defined twice", step.name),
+                );
+            } else if list == "steps" {
+                index.insert(step.name.as_str(), i);
+            } else {
+                finally.insert(step.name.as_str(), i);
+            }
         }
     }
-    index
+    (index, finally)
 }
 
-fn check_needs(c: &mut Checker<'_>, steps: &[Step], index: &HashMap<&str, usize>) {
+fn check_needs(
+    c: &mut Checker<'_>,
+    steps: &[Step],
+    index: &HashMap<&str, usize>,
+    finally: &HashMap<&str, usize>,
+) {
     for (i, step) in steps.iter().enumerate() {
         let mut seen = HashSet::new();
         for (n, need) in step.needs.iter().enumerate() {
@@ -265,6 +313,16 @@ fn check_needs(c: &mut Checker<'_>, steps: &[Step], index: &HashMap<&str, usize>
                     "self-need",
                     path,
                     format!("step {:?} needs itself", step.name),
+                );
+            } else if finally.contains_key(need.as_str()) {
+                c.error(
+                    "needs-finally-step",
+                    path,
+                    format!(
+                        "step {:?} needs finally step {need:?}, which runs only after the DAG \
+                         has ended",
+                        step.name
+                    ),
                 );
             } else if !index.contains_key(need.as_str()) {
                 let hint = did_you_mean(need, index.keys().copied());
@@ -369,15 +427,30 @@ fn ancestors<'s>(steps: &'s [Step], index: &HashMap<&str, usize>) -> Vec<HashSet
         .collect()
 }
 
+/// The pipeline's step names by list, for checks of references.
+#[derive(Clone, Copy)]
+struct Names<'a> {
+    dag: &'a HashMap<&'a str, usize>,
+    finally: &'a HashMap<&'a str, usize>,
+}
+
+/// Whose outputs a step may read.
+#[derive(Clone, Copy)]
+enum Reads<'a> {
+    /// A DAG step: those of the steps it transitively needs.
+    Ancestors(&'a HashSet<&'a str>),
+    /// A finally step: those of any DAG step (the ones that succeeded, at run time).
+    Dag,
+}
+
 fn check_step(
     c: &mut Checker<'_>,
     pipeline: &Pipeline,
-    i: usize,
+    at: &str,
     step: &Step,
-    index: &HashMap<&str, usize>,
-    ancestors: &HashSet<&str>,
+    names: Names<'_>,
+    reads: Reads<'_>,
 ) {
-    let at = format!("spec.steps[{i}]");
     if let Some(image) = &step.image {
         check_image(c, &format!("{at}.image"), image);
     }
@@ -429,7 +502,7 @@ fn check_step(
             }
         };
         for reference in refs {
-            check_reference(c, &path, pipeline, step, &reference, index, ancestors);
+            check_reference(c, &path, pipeline, step, &reference, names, reads);
         }
     }
     for key in step.env.keys() {
@@ -496,11 +569,32 @@ fn check_reference(
     pipeline: &Pipeline,
     step: &Step,
     reference: &Reference,
-    index: &HashMap<&str, usize>,
-    ancestors: &HashSet<&str>,
+    names: Names<'_>,
+    reads: Reads<'_>,
 ) {
     let params = &pipeline.spec.params;
+    let index = names.dag;
     match reference {
+        Reference::RunState if matches!(reads, Reads::Ancestors(_)) => c.error_hint(
+            "run-state-outside-finally",
+            path,
+            format!(
+                "step {:?} reads run.state, which only finally steps can: the run's outcome \
+                 is known once the DAG has ended",
+                step.name
+            ),
+            Some(format!("move {:?} to spec.finally", step.name)),
+        ),
+        Reference::StepOutput { step: from, .. } if names.finally.contains_key(from.as_str()) => c
+            .error(
+                "reads-finally-step",
+                path,
+                format!(
+                    "step {:?} reads an output of finally step {from:?}; finally steps run \
+                     last and all at once, so nothing can read their outputs",
+                    step.name
+                ),
+            ),
         Reference::Param(p) if !params.contains_key(p) => {
             let hint = did_you_mean(p, params.keys().map(String::as_str));
             c.error_hint(
@@ -534,7 +628,11 @@ fn check_reference(
             }
             Some(&i) => {
                 let producer = &pipeline.spec.steps[i];
-                if !ancestors.contains(from.as_str()) {
+                let readable = match reads {
+                    Reads::Ancestors(ancestors) => ancestors.contains(from.as_str()),
+                    Reads::Dag => true,
+                };
+                if !readable {
                     c.error_hint(
                         "not-an-ancestor",
                         path,

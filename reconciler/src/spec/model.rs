@@ -111,9 +111,27 @@ pub struct PipelineSpec {
     pub triggers: Triggers,
     /// The DAG of steps; order in the file does not matter, `needs` does.
     pub steps: Vec<Step>,
+    /// Steps that run once the DAG has ended, whatever its outcome (succeeded, failed or
+    /// cancelled), all at once and without `needs`; they may read `{{ run.state }}`.
+    // Left out of the serialized form when empty so that the content version of every
+    // pipeline written before this field existed stays the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finally: Vec<Step>,
     /// Register the result as a model version behind gates.
     #[serde(default)]
     pub model: Option<ModelSpec>,
+}
+
+impl PipelineSpec {
+    /// The DAG's steps, then the finally steps.
+    pub fn all_steps(&self) -> impl Iterator<Item = &Step> {
+        self.steps.iter().chain(&self.finally)
+    }
+
+    /// The step named `name`, of the DAG or finally.
+    pub fn step(&self, name: &str) -> Option<&Step> {
+        self.all_steps().find(|s| s.name == name)
+    }
 }
 
 /// A declared parameter.

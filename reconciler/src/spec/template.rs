@@ -23,6 +23,9 @@ pub enum Reference {
     RunId,
     /// `{{ run.scheduled_time }}`: RFC 3339, or the start time for unscheduled runs.
     RunScheduledTime,
+    /// `{{ run.state }}`: how the DAG ended (`succeeded`, `failed` or `cancelled`); only
+    /// finally steps, which start after it ended, may read it.
+    RunState,
 }
 
 impl fmt::Display for Reference {
@@ -33,6 +36,7 @@ impl fmt::Display for Reference {
             Reference::StepOutput { step, output } => write!(f, "steps.{step}.outputs.{output}"),
             Reference::RunId => f.write_str("run.id"),
             Reference::RunScheduledTime => f.write_str("run.scheduled_time"),
+            Reference::RunState => f.write_str("run.state"),
         }
     }
 }
@@ -111,9 +115,10 @@ fn parse_reference(expr: &str) -> Result<Reference, String> {
         }
         ["run", "id"] => Ok(Reference::RunId),
         ["run", "scheduled_time"] => Ok(Reference::RunScheduledTime),
+        ["run", "state"] => Ok(Reference::RunState),
         _ => Err(format!(
             "unknown template `{{{{ {expr} }}}}`; use params.NAME, outputs.NAME, \
-             steps.STEP.outputs.NAME, run.id or run.scheduled_time"
+             steps.STEP.outputs.NAME, run.id, run.scheduled_time or run.state"
         )),
     }
 }
@@ -140,10 +145,11 @@ mod tests {
     #[test]
     fn every_documented_form_parses() {
         let refs = references(
-            "{{params.a}}{{ outputs.b }}{{ steps.s-1.outputs.c }}{{ run.id }}{{ run.scheduled_time }}",
+            "{{params.a}}{{ outputs.b }}{{ steps.s-1.outputs.c }}{{ run.id }}{{ run.scheduled_time }}{{ run.state }}",
         )
         .expect("valid");
-        assert_eq!(refs.len(), 5);
+        assert_eq!(refs.len(), 6);
+        assert_eq!(refs[5], Reference::RunState);
         assert_eq!(
             refs[2],
             Reference::StepOutput {

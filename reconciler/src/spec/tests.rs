@@ -627,3 +627,50 @@ fn legal_indentation_that_looks_loose_is_accepted() {
     assert_eq!(findings, Vec::<&Finding>::new());
     assert_eq!(parsed.documents.len(), 1, "{:?}", parsed.findings);
 }
+
+#[test]
+fn finally_steps_may_read_run_state_and_any_dag_step_s_outputs() {
+    let yaml = pipeline(
+        "  steps:\n    - {name: prepare, run: [a], outputs: [data]}\n    - {name: train, needs: [prepare], run: [b]}\n  finally:\n    - {name: report, run: [c, '{{ run.state }}', '{{ steps.prepare.outputs.data }}'], env: {STATE: '{{ run.state }}'}}\n",
+    );
+    assert_eq!(check(&yaml), []);
+}
+
+#[test]
+fn finally_steps_cannot_be_needed_use_needs_or_reuse_a_name() {
+    let yaml = pipeline(
+        "  steps:\n    - {name: train, needs: [report], run: [a]}\n  finally:\n    - {name: report, needs: [train], run: [b]}\n    - {name: train, run: [c]}\n",
+    );
+    let diags = diagnostics(&yaml);
+    let found: Vec<(u32, u32, &str)> = diags
+        .iter()
+        .map(|d| (d.line, d.column, d.code.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (7, 29, "needs-finally-step"),
+            (9, 29, "finally-needs"),
+            (10, 14, "duplicate-step"),
+        ]
+    );
+    assert_eq!(
+        diags[0].message,
+        "step \"train\" needs finally step \"report\", which runs only after the DAG has ended"
+    );
+}
+
+#[test]
+fn run_state_and_finally_outputs_are_not_for_dag_steps() {
+    let yaml = pipeline(
+        "  steps:\n    - {name: train, run: [a, '{{ run.state }}', '{{ steps.report.outputs.x }}']}\n  finally:\n    - {name: report, run: [b, '{{ steps.train.outputs.nope }}'], outputs: [x]}\n",
+    );
+    assert_eq!(
+        check(&yaml),
+        [
+            (7, 30, "run-state-outside-finally".to_owned()),
+            (7, 49, "reads-finally-step".to_owned()),
+            (9, 31, "unknown-output".to_owned()),
+        ]
+    );
+}

@@ -68,7 +68,10 @@ async fn run_state(conn: &mut AnyConnection, id: i64) -> Result<Option<RunState>
 
 impl Store {
     /// Asks the service to stop run `id`: its running steps are stopped, its waiting ones
-    /// skipped, and it ends cancelled. Asking twice is asking once.
+    /// skipped, and it ends cancelled (after its finally steps, which run however the DAG
+    /// ended). Asking twice is asking once, except that the cancel that ended a DAG is taken
+    /// back when its finally steps start (see [`Store::record_dag_end`]): asking again then
+    /// stops them.
     pub async fn cancel_run(&self, id: i64) -> Result<Result<(), Refused>> {
         let mut tx = self.write().await?;
         match run_state(&mut tx, id).await? {
@@ -94,8 +97,9 @@ impl Store {
     /// attempts of the same run: succeeded steps and their outputs are kept, each step
     /// started again gets its declared retries afresh, and the run is unfinished again
     /// (running if it had started, else pending) until the service ends it with updated
-    /// reports. Steps a run that could not go on left waiting start too. Returns the steps
-    /// that start again, in definition order.
+    /// reports. Steps a run that could not go on left waiting start too, and every finally
+    /// step runs again once the retried DAG has ended. Returns the steps that start again,
+    /// in definition order.
     pub async fn retry_run(&self, id: i64) -> Result<Result<Vec<String>, Refused>> {
         let mut tx = self.write().await?;
         let state = match run_state(&mut tx, id).await? {
@@ -113,7 +117,8 @@ impl Store {
         };
         let steps: Vec<String> = sqlx::query(
             "SELECT name FROM steps
-             WHERE run_id = $1 AND state IN ('failed', 'skipped', 'cancelled', 'waiting')
+             WHERE run_id = $1
+                 AND (state IN ('failed', 'skipped', 'cancelled', 'waiting') OR is_finally = 1)
              ORDER BY ordinal",
         )
         .bind(id)
@@ -128,7 +133,8 @@ impl Store {
         sqlx::query(
             "UPDATE steps SET state = 'waiting', retry_at = NULL, finished_at = NULL,
                  exit_code = NULL, message = NULL, failures = 0
-             WHERE run_id = $1 AND state IN ('failed', 'skipped', 'cancelled', 'waiting')",
+             WHERE run_id = $1
+                 AND (state IN ('failed', 'skipped', 'cancelled', 'waiting') OR is_finally = 1)",
         )
         .bind(id)
         .execute(&mut *tx)
@@ -136,7 +142,7 @@ impl Store {
         sqlx::query(
             "UPDATE runs SET
                  state = CASE WHEN started_at IS NULL THEN 'pending' ELSE 'running' END,
-                 message = NULL, finished_at = NULL, cancel_requested = 0
+                 message = NULL, finished_at = NULL, cancel_requested = 0, dag_state = NULL
              WHERE id = $1",
         )
         .bind(id)

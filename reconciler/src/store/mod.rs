@@ -212,7 +212,7 @@ impl Store {
 
 /// The schema migrations of one backend, embedded in the binary.
 fn migrator(backend: Backend) -> Migrator {
-    let (init, forge_events, pulls, level, checks, backfill) = match backend {
+    let (init, forge_events, pulls, level, checks, backfill, finally) = match backend {
         Backend::Sqlite => (
             include_str!("../../migrations/sqlite/0001_init.sql"),
             include_str!("../../migrations/sqlite/0002_forge_events.sql"),
@@ -220,6 +220,7 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../../migrations/sqlite/0004_level_triggered.sql"),
             include_str!("../../migrations/sqlite/0005_check_runs.sql"),
             include_str!("../../migrations/sqlite/0006_backfill.sql"),
+            include_str!("../../migrations/sqlite/0007_finally.sql"),
         ),
         Backend::Postgres => (
             include_str!("../../migrations/postgres/0001_init.sql"),
@@ -228,6 +229,7 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../../migrations/postgres/0004_level_triggered.sql"),
             include_str!("../../migrations/postgres/0005_check_runs.sql"),
             include_str!("../../migrations/postgres/0006_backfill.sql"),
+            include_str!("../../migrations/postgres/0007_finally.sql"),
         ),
     };
     let with_tx = |version, name: &'static str, sql: &'static str, no_tx: bool| {
@@ -249,6 +251,7 @@ fn migrator(backend: Backend) -> Migrator {
         // SQLite's copy of `runs` switches foreign keys off, which only works outside a
         // transaction: that migration brings its own.
         with_tx(6, "backfill", backfill, backend == Backend::Sqlite),
+        migration(7, "finally", finally),
     ])
 }
 
@@ -437,5 +440,19 @@ impl<'r> Cells<'r> {
     fn word<T>(&self, column: &'static str, from_stored: fn(&str) -> Option<T>) -> Result<T> {
         let text: String = self.get(column)?;
         from_stored(&text).ok_or_else(|| self.corrupt(column, format!("holds unknown {text:?}")))
+    }
+
+    /// One of a stored enum's words, or NULL.
+    fn opt_word<T>(
+        &self,
+        column: &'static str,
+        from_stored: fn(&str) -> Option<T>,
+    ) -> Result<Option<T>> {
+        let text: Option<String> = self.get(column)?;
+        text.map(|text| {
+            from_stored(&text)
+                .ok_or_else(|| self.corrupt(column, format!("holds unknown {text:?}")))
+        })
+        .transpose()
     }
 }

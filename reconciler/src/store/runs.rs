@@ -23,8 +23,8 @@ use super::{
 macro_rules! run_columns {
     () => {
         "SELECT r.id, r.pipeline, r.pipeline_version, r.commit_sha, r.triggered_by, r.schedule,
-             r.scheduled_at, r.params, r.state, r.message, r.cancel_requested, r.created_at,
-             r.started_at, r.finished_at
+             r.scheduled_at, r.params, r.state, r.message, r.cancel_requested, r.dag_state,
+             r.created_at, r.started_at, r.finished_at
          FROM runs r "
     };
 }
@@ -32,8 +32,8 @@ macro_rules! run_columns {
 /// The columns of [`StepRow`], for `concat!`.
 macro_rules! step_columns {
     () => {
-        "SELECT s.run_id, s.name, s.state, s.attempt, s.failures, s.job, s.retry_at,
-             s.started_at, s.finished_at, s.exit_code, s.message
+        "SELECT s.run_id, s.name, s.is_finally, s.state, s.attempt, s.failures, s.job,
+             s.retry_at, s.started_at, s.finished_at, s.exit_code, s.message
          FROM steps s "
     };
 }
@@ -63,18 +63,25 @@ pub(super) async fn insert_run(
     .bind(millis(at))
     .fetch_one(&mut *conn)
     .await?;
-    for (ordinal, step) in (0_i64..).zip(&run.steps) {
+    for (ordinal, (step, finally)) in (0_i64..).zip(steps_of(run)) {
         sqlx::query(
-            "INSERT INTO steps (run_id, name, ordinal, state, attempt)
-             VALUES ($1, $2, $3, 'waiting', 0)",
+            "INSERT INTO steps (run_id, name, ordinal, is_finally, state, attempt)
+             VALUES ($1, $2, $3, $4, 'waiting', 0)",
         )
         .bind(id)
         .bind(step)
         .bind(ordinal)
+        .bind(i64::from(finally))
         .execute(&mut *conn)
         .await?;
     }
     Ok(id)
+}
+
+/// A new run's steps in the order they are stored, each with whether it is a finally step.
+fn steps_of(run: &NewRun) -> impl Iterator<Item = (&str, bool)> {
+    let dag = run.steps.iter().map(|s| (s.as_str(), false));
+    dag.chain(run.finally.iter().map(|s| (s.as_str(), true)))
 }
 
 /// Inserts the runs of newly recorded ticks (each with its schedule and tick time, which
@@ -126,22 +133,30 @@ pub(super) async fn insert_tick_runs(
             runs.len()
         )));
     }
-    let steps: Vec<(i64, i64, &str)> = runs
+    let steps: Vec<(i64, i64, &str, bool)> = runs
         .iter()
         .filter_map(|run| {
             let key = (run.schedule.clone()?, millis(run.scheduled_at?));
-            Some((*ids.get(&key)?, &run.steps))
+            Some((*ids.get(&key)?, *run))
         })
-        .flat_map(|(id, steps)| (0_i64..).zip(steps).map(move |(i, s)| (id, i, s.as_str())))
+        .flat_map(|(id, run)| {
+            (0_i64..)
+                .zip(steps_of(run))
+                .map(move |(i, (s, finally))| (id, i, s, finally))
+        })
         .collect();
     for chunk in steps.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO steps (run_id, name, ordinal, state, attempt) VALUES {}",
-            value_rows(chunk.len(), "(?, ?, ?, 'waiting', 0)")
+            "INSERT INTO steps (run_id, name, ordinal, is_finally, state, attempt) VALUES {}",
+            value_rows(chunk.len(), "(?, ?, ?, ?, 'waiting', 0)")
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (run_id, ordinal, name) in chunk {
-            query = query.bind(*run_id).bind(*name).bind(*ordinal);
+        for (run_id, ordinal, name, finally) in chunk {
+            query = query
+                .bind(*run_id)
+                .bind(*name)
+                .bind(*ordinal)
+                .bind(i64::from(*finally));
         }
         query.execute(&mut *conn).await?;
     }
@@ -812,6 +827,30 @@ impl Store {
         Ok(finished)
     }
 
+    /// Records how the DAG of run `run_id` ended, before its finally steps start, and takes
+    /// back the cancel request the run was read with (`cancel_seen`): the DAG's state keeps
+    /// it, and a cancel requested from now on stops the finally steps. Writes nothing and
+    /// returns false if the DAG's end was recorded already or the cancel request changed
+    /// since the run was read.
+    pub async fn record_dag_end(
+        &self,
+        run_id: i64,
+        state: RunState,
+        cancel_seen: bool,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET dag_state = $2, cancel_requested = 0
+             WHERE id = $1 AND dag_state IS NULL AND cancel_requested = $3
+                 AND state IN ('pending', 'running')",
+        )
+        .bind(run_id)
+        .bind(state.as_str())
+        .bind(i64::from(cancel_seen))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Asks the run loop to stop a run. Returns false if the run had already finished.
     pub async fn request_cancel(&self, run_id: i64) -> Result<bool> {
         let done = sqlx::query(
@@ -856,6 +895,7 @@ fn run_row(row: &AnyRow) -> Result<RunRow> {
         state: c.word("state", RunState::from_stored)?,
         message: c.get("message")?,
         cancel_requested: c.flag("cancel_requested")?,
+        dag_state: c.opt_word("dag_state", RunState::from_stored)?,
         created_at: c.time("created_at")?,
         started_at: c.opt_time("started_at")?,
         finished_at: c.opt_time("finished_at")?,
@@ -868,6 +908,7 @@ fn step_row(row: &AnyRow) -> Result<StepRow> {
     let c = Cells::new(row, "steps", format!("{run_id}/{name}"));
     Ok(StepRow {
         run_id,
+        finally: c.flag("is_finally")?,
         state: c.word("state", StepState::from_stored)?,
         attempt: c.count("attempt")?,
         failures: c.count("failures")?,

@@ -275,6 +275,7 @@ fn change_run(sha: &str) -> NewRun {
         scheduled_at: None,
         params: epochs(),
         steps: vec!["prepare".to_owned(), "train".to_owned()],
+        finally: Vec::new(),
     }
 }
 
@@ -332,8 +333,8 @@ async fn migrations_run_twice_safely(store: Store) {
         .await
         .expect("count applied migrations");
     assert_eq!(
-        applied, 6,
-        "init, forge events, pull requests, level-triggered, check runs, backfill"
+        applied, 7,
+        "init, forge events, pull requests, level-triggered, check runs, backfill, finally"
     );
     assert!(
         store

@@ -267,6 +267,8 @@ pub struct NewRun {
     pub params: Params,
     /// Step names in definition order.
     pub steps: Vec<String>,
+    /// Finally step names in definition order.
+    pub finally: Vec<String>,
 }
 
 impl NewRun {
@@ -288,6 +290,12 @@ impl NewRun {
             scheduled_at: None,
             params,
             steps: pipeline.spec.steps.iter().map(|s| s.name.clone()).collect(),
+            finally: pipeline
+                .spec
+                .finally
+                .iter()
+                .map(|s| s.name.clone())
+                .collect(),
         }
     }
 
@@ -499,8 +507,11 @@ pub struct RunRow {
     pub state: RunState,
     /// Why it ended so, for people.
     pub message: Option<String>,
-    /// Someone asked to stop it.
+    /// Someone asked to stop it (since its DAG ended, if it has finally steps: a cancel
+    /// that ended the DAG is in `dag_state`).
     pub cancel_requested: bool,
+    /// How its DAG ended, once it did, for a run with finally steps.
+    pub dag_state: Option<RunState>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When its first attempt started.
@@ -524,6 +535,7 @@ impl RunRow {
             state: RunState::Pending,
             message: None,
             cancel_requested: false,
+            dag_state: None,
             created_at: at,
             started_at: None,
             finished_at: None,
@@ -538,6 +550,8 @@ pub struct StepRow {
     pub run_id: i64,
     /// Step name.
     pub name: String,
+    /// Whether it is a finally step (it starts once the DAG has ended).
+    pub finally: bool,
     /// Where it is.
     pub state: StepState,
     /// Attempts started so far.

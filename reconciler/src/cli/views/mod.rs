@@ -383,6 +383,9 @@ fn run_text(detail: &RunDetail, now: DateTime<Utc>) -> String {
         trigger.push_str(&format!(", tick {}", local_time(at)));
     }
     let mut state = run.state.to_string();
+    if let Some(dag) = run.dag_state.filter(|_| !run.state.is_finished()) {
+        state.push_str(&format!(" (DAG {dag}, finally steps running)"));
+    }
     if run.cancel_requested && !run.state.is_finished() {
         state.push_str(" (cancel requested)");
     }
@@ -421,8 +424,13 @@ fn run_text(detail: &RunDetail, now: DateTime<Utc>) -> String {
     let mut steps = Table::new(&["STEP", "STATE", "ATTEMPT", "DURATION", "EXIT", "MESSAGE"]);
     for step in &detail.steps {
         let ongoing = matches!(step.state, StepState::Waiting | StepState::Running);
+        let name = if step.finally {
+            format!("{} (finally)", step.name)
+        } else {
+            step.name.clone()
+        };
         steps.row(vec![
-            step.name.clone(),
+            name,
             step.state.to_string(),
             step.attempt.to_string(),
             took(step.started_at, step.finished_at, ongoing, now),
@@ -644,6 +652,9 @@ struct RunDetailView<'a> {
 #[derive(Debug, Serialize)]
 struct StepView<'a> {
     name: &'a str,
+    /// A finally step (it ran once the DAG had ended); left out for the DAG's steps.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    finally: bool,
     state: &'static str,
     attempt: u32,
     job: Option<&'a str>,
@@ -693,6 +704,7 @@ impl<'a> From<&'a RunDetail> for RunDetailView<'a> {
             .iter()
             .map(|step| StepView {
                 name: &step.name,
+                finally: step.finally,
                 state: step.state.as_str(),
                 attempt: step.attempt,
                 job: step.job.as_deref(),
