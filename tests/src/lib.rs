@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
-use trainyard::store::Store;
+use trainyard::store::{RunRow, Store};
 
 pub mod cluster;
 
@@ -765,6 +765,65 @@ pub async fn wait_for(
             return Err(format!("{what}: not within {limit:?}").into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How long a run of the suite's short pipelines may take on a loaded machine.
+pub const RUN_FINISH_LIMIT: Duration = Duration::from_secs(60);
+
+/// `trainyard ARGS --data-dir D --database URL` in the repository, as a person runs it next
+/// to the service started on `data`.
+pub fn cli(repo: &Repo, data: &DataDir, args: &[&str]) -> Result<Run> {
+    let data_dir = data.path().to_string_lossy().into_owned();
+    let database = data.database();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend([
+        "--data-dir",
+        data_dir.as_str(),
+        "--database",
+        database.as_str(),
+    ]);
+    trainyard(repo.path(), &all)
+}
+
+/// The newest run of `pipeline`, once there is one.
+pub async fn newest_run(store: &Store, pipeline: &str) -> Result<i64> {
+    let mut id = None;
+    wait_for(RUN_FINISH_LIMIT, "a run was created", async || {
+        id = match store.list_runs(Some(pipeline), 1).await?.pop() {
+            Some(run) => Some(run?.id),
+            None => None,
+        };
+        Ok(id.is_some())
+    })
+    .await?;
+    id.ok_or_else(|| "no run".into())
+}
+
+/// Waits until run `id` has finished; the run as it ended. A timeout shows what the
+/// services on `data` said.
+pub async fn finished(store: &Store, id: i64, data: &DataDir) -> Result<RunRow> {
+    let mut found = None;
+    wait_for(
+        RUN_FINISH_LIMIT,
+        &format!("run {id} finished"),
+        async || {
+            found = store.run(id).await?;
+            Ok(found.as_ref().is_some_and(|r| r.state.is_finished()))
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", data.service_output()))?;
+    found.ok_or_else(|| "no run".into())
+}
+
+/// Whether process `pid` exists (as anything but a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
     }
 }
 

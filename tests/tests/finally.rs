@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use trainyard::store::{AttemptState, RunState, StepState, Store};
 use trainyard_tests::{
-    DataDir, PINNED_IMAGE, Repo, Result, Run, Service, TestResult, temp_dir, trainyard, wait_for,
+    DataDir, PINNED_IMAGE, Repo, Result, Service, TestResult, alive, cli, finished, newest_run,
+    temp_dir, wait_for,
 };
 
 /// A poll longer than any test: requests are acted on because the command line announces
@@ -20,47 +21,6 @@ const SETTLE: Duration = Duration::from_secs(2);
 
 /// How long a run of these short pipelines may take under a loaded machine.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
-
-/// `trainyard ARGS --data-dir D --database URL` in the repository.
-fn cli(repo: &Repo, data: &DataDir, args: &[&str]) -> Result<Run> {
-    let data_dir = data.path().to_string_lossy().into_owned();
-    let database = data.database();
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend([
-        "--data-dir",
-        data_dir.as_str(),
-        "--database",
-        database.as_str(),
-    ]);
-    trainyard(repo.path(), &all)
-}
-
-/// The newest run of `pipeline`, once there is one.
-async fn newest_run(store: &Store, pipeline: &str) -> Result<i64> {
-    let mut id = None;
-    wait_for(RUN_LIMIT, "a run was created", async || {
-        id = match store.list_runs(Some(pipeline), 1).await?.pop() {
-            Some(run) => Some(run?.id),
-            None => None,
-        };
-        Ok(id.is_some())
-    })
-    .await?;
-    id.ok_or_else(|| "no run".into())
-}
-
-/// Waits until run `id` has finished; its final state and message.
-async fn finished(store: &Store, id: i64, data: &DataDir) -> Result<(RunState, String)> {
-    let mut found = None;
-    wait_for(RUN_LIMIT, &format!("run {id} finished"), async || {
-        found = store.run(id).await?;
-        Ok(found.as_ref().is_some_and(|r| r.state.is_finished()))
-    })
-    .await
-    .map_err(|e| format!("{e}\n{}", data.service_output()))?;
-    let run = found.ok_or("no run")?;
-    Ok((run.state, run.message.unwrap_or_default()))
-}
 
 /// Each step of run `id` with whether it is a finally step and its state.
 async fn steps(store: &Store, id: i64) -> Result<Vec<(String, bool, StepState)>> {
@@ -74,16 +34,6 @@ async fn steps(store: &Store, id: i64) -> Result<Vec<(String, bool, StepState)>>
 
 fn step(name: &str, finally: bool, state: StepState) -> (String, bool, StepState) {
     (name.to_owned(), finally, state)
-}
-
-/// Whether process `pid` exists (as anything but a zombie).
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 /// `prepare` writes its output; `train` fails the first time it runs (leaving MARKER) and
@@ -143,7 +93,8 @@ async fn finally_runs_after_a_failure_and_again_after_a_retry(data: DataDir) -> 
     let store = data.store().await?;
     let service = Service::start(repo.path(), &data, NO_POLL)?;
     let run = newest_run(&store, "failing").await?;
-    let (state, message) = finished(&store, run, &data).await?;
+    let ended = finished(&store, run, &data).await?;
+    let (state, message) = (ended.state, ended.message.unwrap_or_default());
     assert_eq!(state, RunState::Failed);
     assert!(message.starts_with("step train failed"), "{message}");
     assert_eq!(
@@ -166,7 +117,7 @@ async fn finally_runs_after_a_failure_and_again_after_a_retry(data: DataDir) -> 
     let retried = cli(&repo, &data, &["retry", &run.to_string()])?;
     assert_eq!(retried.code, Some(0), "{retried}");
     assert!(retried.stdout.contains("train, after, report"), "{retried}");
-    let (state, _) = finished(&store, run, &data).await?;
+    let state = finished(&store, run, &data).await?.state;
     assert_eq!(state, RunState::Succeeded);
     assert_eq!(
         std::fs::read_to_string(&report)?,
@@ -242,7 +193,7 @@ async fn finally_runs_after_a_cancel(data: DataDir) -> TestResult {
     tokio::time::sleep(SETTLE).await;
     let cancelled = cli(&repo, &data, &["cancel", &run.to_string()])?;
     assert_eq!(cancelled.code, Some(0), "{cancelled}");
-    let (state, _) = finished(&store, run, &data).await?;
+    let state = finished(&store, run, &data).await?.state;
     assert_eq!(state, RunState::Cancelled);
     wait_for(
         Duration::from_secs(15),
@@ -302,7 +253,7 @@ async fn a_cancel_while_finally_steps_run_stops_them(data: DataDir) -> TestResul
     tokio::time::sleep(SETTLE).await;
     let cancelled = cli(&repo, &data, &["cancel", &run.to_string()])?;
     assert_eq!(cancelled.code, Some(0), "{cancelled}");
-    let (state, _) = finished(&store, run, &data).await?;
+    let state = finished(&store, run, &data).await?.state;
     assert_eq!(state, RunState::Cancelled);
     wait_for(
         Duration::from_secs(15),
@@ -344,7 +295,8 @@ async fn a_failing_finally_step_fails_a_succeeded_run(data: DataDir) -> TestResu
     let store = data.store().await?;
     let service = Service::start(repo.path(), &data, NO_POLL)?;
     let run = newest_run(&store, "failing-finally").await?;
-    let (state, message) = finished(&store, run, &data).await?;
+    let ended = finished(&store, run, &data).await?;
+    let (state, message) = (ended.state, ended.message.unwrap_or_default());
     assert_eq!(state, RunState::Failed);
     assert!(
         message.starts_with("finally step notify failed"),

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use trainyard::report::notes::read_note;
-use trainyard::store::{AttemptState, RunState, StepState, Store, TickOutcome, Trigger};
+use trainyard::store::{AttemptState, RunState, StepState, TickOutcome, Trigger};
 use trainyard_tests::{
-    DataDir, PINNED_IMAGE, Repo, Result, Run, Service, TestResult, temp_dir, trainyard, wait_for,
+    DataDir, PINNED_IMAGE, Repo, Result, Service, TestResult, alive, cli, finished, newest_run,
+    temp_dir, wait_for,
 };
 
 /// A poll longer than any test: a request is acted on because the command line announces it
@@ -26,47 +27,6 @@ const SETTLE: Duration = Duration::from_secs(2);
 
 /// How long a run of these short pipelines may take under a loaded machine.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
-
-/// `trainyard ARGS --data-dir D --database URL` in the repository, as a person runs it next
-/// to the service.
-fn cli(repo: &Repo, data: &DataDir, args: &[&str]) -> Result<Run> {
-    let data_dir = data.path().to_string_lossy().into_owned();
-    let database = data.database();
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend([
-        "--data-dir",
-        data_dir.as_str(),
-        "--database",
-        database.as_str(),
-    ]);
-    trainyard(repo.path(), &all)
-}
-
-/// The newest run of `pipeline`, once there is one.
-async fn newest_run(store: &Store, pipeline: &str) -> Result<i64> {
-    let mut id = None;
-    wait_for(RUN_LIMIT, "a run was created", async || {
-        id = match store.list_runs(Some(pipeline), 1).await?.pop() {
-            Some(run) => Some(run?.id),
-            None => None,
-        };
-        Ok(id.is_some())
-    })
-    .await?;
-    id.ok_or_else(|| "no run".into())
-}
-
-/// Waits until run `id` has finished; its final state.
-async fn finished(store: &Store, id: i64, data: &DataDir) -> Result<RunState> {
-    let mut state = None;
-    wait_for(RUN_LIMIT, &format!("run {id} finished"), async || {
-        state = store.run(id).await?.map(|r| r.state);
-        Ok(state.is_some_and(RunState::is_finished))
-    })
-    .await
-    .map_err(|e| format!("{e}\n{}", data.service_output()))?;
-    state.ok_or_else(|| "no run".into())
-}
 
 /// A pipeline started by its commit: `a`, then `b`, which fails the first time it runs (it
 /// leaves `marker` behind) and succeeds after, then `c`.
@@ -113,7 +73,7 @@ async fn retry_reruns_only_the_failed_step(data: DataDir) -> TestResult {
     let store = data.store().await?;
     let service = Service::start(repo.path(), &data, NO_POLL)?;
     let run = newest_run(&store, "flaky").await?;
-    assert_eq!(finished(&store, run, &data).await?, RunState::Failed);
+    assert_eq!(finished(&store, run, &data).await?.state, RunState::Failed);
     let steps = store.steps(run).await?;
     let states: Vec<StepState> = steps.iter().map(|s| s.state).collect();
     assert_eq!(
@@ -138,7 +98,10 @@ async fn retry_reruns_only_the_failed_step(data: DataDir) -> TestResult {
             .contains(&format!("run {run}: retrying b, c")),
         "{retried}"
     );
-    assert_eq!(finished(&store, run, &data).await?, RunState::Succeeded);
+    assert_eq!(
+        finished(&store, run, &data).await?.state,
+        RunState::Succeeded
+    );
     let attempts = store.attempts(run).await?;
     let of = |step: &str| -> Vec<(u32, AttemptState)> {
         attempts
@@ -209,17 +172,6 @@ spec:
 ",
         pid = pid_file.display().to_string()
     )
-}
-
-/// Whether process `pid` exists (as anything but a zombie).
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name in parentheses.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 async fn cancel_stops_the_running_step_and_skips_the_rest(data: DataDir) -> TestResult {
@@ -421,7 +373,10 @@ async fn backfill_fires_each_past_time_once(data: DataDir) -> TestResult {
     let mut runs = Vec::new();
     for tick in &ticks {
         let id = tick.run_id.ok_or("a fired tick has its run")?;
-        assert_eq!(finished(&store, id, &data).await?, RunState::Succeeded);
+        assert_eq!(
+            finished(&store, id, &data).await?.state,
+            RunState::Succeeded
+        );
         runs.push(store.run(id).await?.ok_or("the run")?);
     }
     for (run, at) in runs.iter().zip(expected) {
