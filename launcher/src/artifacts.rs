@@ -305,6 +305,15 @@ impl ArtifactStore {
         format!("{}/{key}", self.base_uri)
     }
 
+    /// The key of the object at `uri` when it is in this store (the inverse of [`uri`]).
+    ///
+    /// [`uri`]: ArtifactStore::uri
+    pub fn key_of<'u>(&self, uri: &'u str) -> Option<&'u str> {
+        uri.strip_prefix(self.base_uri.as_str())?
+            .strip_prefix('/')
+            .filter(|key| !key.is_empty())
+    }
+
     /// The keys of every object under the key prefix `prefix` (whole path components only:
     /// `sources/a` holds `sources/a/x`, not `sources/ab`), sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
@@ -689,6 +698,20 @@ pub(crate) mod tests {
         let store = ArtifactStore::open(dir.path().join("store").to_str().expect("utf-8"))
             .expect("open store");
         a_stored_file_comes_back_intact(&store).await;
+    }
+
+    #[test]
+    fn a_uri_gives_back_its_key_only_in_its_own_store() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let open = |name: &str| {
+            ArtifactStore::open(dir.path().join(name).to_str().expect("utf-8")).expect("open")
+        };
+        let (store, other) = (open("with space"), open("with"));
+        let key = output_key("test", 42, "train", "model");
+        assert_eq!(store.key_of(&store.uri(&key)), Some(key.as_str()));
+        assert_eq!(other.key_of(&store.uri(&key)), None);
+        assert_eq!(store.key_of(&other.uri(&key)), None);
+        assert_eq!(store.key_of(&store.uri("")), None);
     }
 
     #[tokio::test]

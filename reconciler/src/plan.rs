@@ -68,7 +68,16 @@ pub struct Change {
     /// For schedules: the GPU-hours bound per month, before and after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_hours: Option<(f64, f64)>,
+    /// For new or changed pipelines: the cached steps that ask for GPUs. The bound counts
+    /// them in full: whether the cache holds an attempt they can reuse is known only when
+    /// they are due.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cached_gpu_steps: Vec<String>,
 }
+
+/// Said of cached GPU steps wherever the plan shows them.
+const CACHED_COUNTED: &str =
+    "counted in full in GPU-hours: a cache hit is known only when the step is due";
 
 /// Upper bound of GPU-hours a month: Σ over schedules of fires × Σ step GPUs × timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -287,6 +296,21 @@ impl Planner {
                 width: 0,
             });
         }
+        for change in changes
+            .iter_mut()
+            .filter(|c| c.kind == Kind::Pipeline && c.action != Action::Removed)
+        {
+            if let Some(entry) = new.pipelines.get(change.name.as_str()) {
+                let spec = &entry.value.spec;
+                change.cached_gpu_steps = spec
+                    .steps
+                    .iter()
+                    .filter(|s| s.resources.as_ref().is_some_and(|r| r.gpu > 0))
+                    .filter(|s| spec.cache_of(s).is_some())
+                    .map(|s| s.name.clone())
+                    .collect();
+            }
+        }
         for change in changes.iter_mut().filter(|c| c.kind == Kind::Schedule) {
             let b = before.get(change.name.as_str()).copied().unwrap_or(0.0);
             let a = after.get(change.name.as_str()).copied().unwrap_or(0.0);
@@ -414,6 +438,7 @@ fn diff_one<T: Serialize>(
         file: file.to_owned(),
         fields,
         next_fires: Vec::new(),
+        cached_gpu_steps: Vec::new(),
         gpu_hours: None,
     };
     let to_json = |e: &Entry<T>| serde_json::to_value(e.value.as_ref()).unwrap_or(Value::Null);
@@ -600,6 +625,10 @@ pub fn render_text(plan: &Plan) -> String {
         if let Some((b, a)) = change.gpu_hours {
             let _ = writeln!(out, "      GPU-hours/month ≤ {} → {}", hours(b), hours(a));
         }
+        if !change.cached_gpu_steps.is_empty() {
+            let steps = change.cached_gpu_steps.join(", ");
+            let _ = writeln!(out, "      cached GPU steps {steps}: {CACHED_COUNTED}");
+        }
     }
     for file in &plan.failed_files {
         let _ = writeln!(
@@ -673,6 +702,10 @@ pub fn render_markdown(plan: &Plan) -> String {
             }
             if let Some((b, a)) = change.gpu_hours {
                 details.push(format!("GPU-hours/month ≤ {} → {}", hours(b), hours(a)));
+            }
+            if !change.cached_gpu_steps.is_empty() {
+                let steps = change.cached_gpu_steps.join(", ");
+                details.push(format!("cached GPU steps {steps}: {CACHED_COUNTED}"));
             }
             let _ = writeln!(
                 out,
@@ -840,6 +873,35 @@ mod tests {
         let plan = Planner::default().plan("a", "b", &new, &catalog(&more), Vec::new(), now());
         let fields: Vec<String> = plan.changes[0].fields.iter().map(describe).collect();
         assert_eq!(fields, ["spec.finally.tidy added"]);
+    }
+
+    #[test]
+    fn cached_gpu_steps_are_named_and_still_counted_in_full() {
+        let old = catalog(&format!("{PIPELINE}{SCHEDULE}"));
+        let cached = PIPELINE
+            .replace("  steps:\n", "  cache: true\n  steps:\n")
+            .replace(
+                "{name: prep, run: [x]}",
+                "{name: prep, run: [x], cache: false}",
+            );
+        let new = catalog(&format!("{cached}{SCHEDULE}"));
+        let plan = Planner::default().plan("a", "b", &old, &new, Vec::new(), now());
+        assert_eq!(plan.gpu_hours.after, 120.0, "a hit is never certain ahead");
+        let pipeline = plan
+            .changes
+            .iter()
+            .find(|c| c.kind == Kind::Pipeline)
+            .expect("changed");
+        assert_eq!(pipeline.cached_gpu_steps, ["train"]);
+        let text = render_text(&plan);
+        assert!(
+            text.contains("cached GPU steps train: counted in full"),
+            "{text}"
+        );
+        assert!(render_markdown(&plan).contains("cached GPU steps train"));
+        // Back to no cache: nothing to say.
+        let plan = Planner::default().plan("a", "b", &new, &old, Vec::new(), now());
+        assert!(plan.changes.iter().all(|c| c.cached_gpu_steps.is_empty()));
     }
 
     #[test]

@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::json;
-use trainyard::store::RunState;
+use trainyard::store::{AttemptState, RunState};
 use trainyard_tests::cluster::{Cluster, NAMESPACE, SECRET, replica};
-use trainyard_tests::{DataDir, PINNED_IMAGE, Repo, Result, Service, TestResult, wait_for};
+use trainyard_tests::{DataDir, PINNED_IMAGE, Repo, Result, Service, TestResult, cli, wait_for};
 
 const QUEUE: &str = "team-ml";
 
@@ -200,6 +200,36 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
         note.contains("trainyard/run/iris: success — run 1 succeeded"),
         "{note}"
     );
+
+    // A second run with other training params reuses the cached split: no Job for it, and
+    // the pods of the steps after it read run 1's dataset from S3.
+    let queued = cli(&repo, &data, &["run", "iris", "--param", "epochs=50"])?;
+    assert_eq!(queued.code, Some(0), "{queued}");
+    let state = run_to_the_end(&cluster, &data, 2, Duration::from_secs(120)).await;
+    assert_eq!(state?, RunState::Succeeded, "{}", data.service_output());
+    assert!(
+        cluster
+            .api
+            .get("jobs", NAMESPACE, &format!("ty-{id}-2-prepare-1"))
+            .is_none()
+    );
+    for step in ["train", "evaluate"] {
+        cluster.job(&format!("ty-{id}-2-{step}-1"))?;
+    }
+    assert_eq!(cluster.job_creates(), BTreeMap::from([(201, 5)]));
+    let prepared = store.attempts(2).await?;
+    assert_eq!(prepared[0].state, AttemptState::Cached, "{prepared:?}");
+    assert_eq!(prepared[0].reused.as_ref().map(|r| r.run_id), Some(1));
+    let dataset = |run: i64| {
+        let store = store.clone();
+        async move {
+            let rows = store.artifacts(run).await?;
+            let row = rows.into_iter().find(|a| a.step == "prepare");
+            Ok::<_, trainyard_tests::Error>(row.map(|a| (a.uri, a.sha256)))
+        }
+    };
+    assert_eq!(dataset(2).await?, dataset(1).await?);
+    assert_eq!(store.models(Some("iris-classifier")).await?.len(), 2);
     assert_eq!(service.stop()?, Some(0));
     Ok(())
 }

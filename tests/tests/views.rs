@@ -129,6 +129,7 @@ fn new_run(pipeline: &str, version: &str, trigger: Trigger, steps: &[&str]) -> N
         .into(),
         steps: steps.iter().map(|s| (*s).to_owned()).collect(),
         finally: Vec::new(),
+        no_cache: false,
     }
 }
 
@@ -211,6 +212,7 @@ async fn start(
         step: step.to_owned(),
         attempt,
         job: job.to_owned(),
+        cache_key: None,
     };
     store.start_attempts(&[attempt], at).await?;
     store

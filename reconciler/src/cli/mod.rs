@@ -302,6 +302,10 @@ pub struct RunArgs {
     /// A parameter value, `NAME=VALUE`, read as the parameter's declared type (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE")]
     params: Vec<String>,
+    /// Run every step, even one whose cache holds an attempt it could reuse; what they make
+    /// refreshes the cache.
+    #[arg(long)]
+    no_cache: bool,
     /// Where the service keeps its state.
     #[command(flatten)]
     store: StoreArgs,

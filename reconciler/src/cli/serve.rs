@@ -515,9 +515,11 @@ pub fn queue(args: RunArgs) -> Result<ExitCode> {
             }
         };
         let commit = store.cursor(FOLLOWED_CURSOR).await?.context("no commit has been applied yet")?;
-        let id = store
-            .create_run(&NewRun::of(pipeline, &row.version, &commit, Trigger::Manual, params))
-            .await?;
+        let run = NewRun {
+            no_cache: args.no_cache,
+            ..NewRun::of(pipeline, &row.version, &commit, Trigger::Manual, params)
+        };
+        let id = store.create_run(&run).await?;
         println!("run {id} of {} queued; the service starts it (trainyard serve, or serve --once)", row.name);
         Ok(ExitCode::SUCCESS)
     })

@@ -713,6 +713,7 @@ mod tests {
             message: Some(format!("run {id} {state}")),
             cancel_requested: false,
             dag_state: None,
+            no_cache: false,
             created_at: Utc::now(),
             started_at: None,
             finished_at: None,

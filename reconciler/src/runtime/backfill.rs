@@ -91,6 +91,7 @@ mod tests {
             message: None,
             cancel_requested: false,
             dag_state: None,
+            no_cache: false,
             created_at: Utc::now(),
             started_at: None,
             finished_at: None,

@@ -161,20 +161,16 @@ impl Register {
                 let row = find(&stored, reference).ok_or_else(|| {
                     ObjectError::Permanent(format!("its metrics {reference} were not stored"))
                 })?;
-                self.artifacts
-                    .get_bytes(&artifacts::output_key(
-                        &self.installation,
-                        run.id,
-                        &row.step,
-                        &row.output,
-                    ))
-                    .await?
-                    .ok_or_else(|| {
-                        ObjectError::Permanent(format!(
-                            "its metrics {reference} are recorded but missing from the artifact \
+                // A cached step recorded the outputs of the attempt it reused, under that
+                // run's keys.
+                let own = artifacts::output_key(&self.installation, run.id, &row.step, &row.output);
+                let key = self.artifacts.key_of(&row.uri).unwrap_or(&own);
+                self.artifacts.get_bytes(key).await?.ok_or_else(|| {
+                    ObjectError::Permanent(format!(
+                        "its metrics {reference} are recorded but missing from the artifact \
                              store"
-                        ))
-                    })?
+                    ))
+                })?
             }
         };
         let mut baselines = BTreeMap::new();

@@ -13,6 +13,11 @@
 //! a crash between the two leaves attempts the next pass hands over, never steps that run
 //! twice.
 
+mod cache;
+mod prepare;
+
+use cache::Reuse;
+
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,15 +26,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 
-use super::job::{self, Placement};
+use super::job;
 use super::{Backoff, ObjectError, Pass, Stop, backfill, finish_run, instant_of};
-use crate::artifacts::{self, ArtifactStore};
+use crate::artifacts::ArtifactStore;
 use crate::config::Config;
-use crate::execute::launcher::SourceMarker;
-use crate::execute::{ExecError, Executor, JobEvent, JobState, StepJob, StepSource, job_name};
+use crate::execute::{ExecError, Executor, JobEvent, JobState, StepJob};
 use crate::report::bodies::started_run_reports;
 use crate::source::Repo;
-use crate::spec::{Pipeline, SETTINGS_FILE, Settings, parse_settings};
+use crate::spec::{Pipeline, Settings};
 use crate::store::{
     AttemptOutcome, AttemptState, NewArtifact, NewAttempt, OpenAttempt, RunRow, RunState, RunWork,
     StepState, StepWork, Store, StoreError,
@@ -59,6 +63,8 @@ struct Handover {
     new: bool,
     /// The run, for a run whose first attempt this is.
     starts_run: Option<RunRow>,
+    /// The step's cache key, for a new attempt that may become a cache entry.
+    cache_key: Option<String>,
 }
 
 /// The sub-reconciler of runs.
@@ -79,6 +85,8 @@ pub(super) struct Runs<E: Executor> {
     settings: HashMap<String, Arc<Settings>>,
     /// Key prefixes of source trees known to be whole in the artifact store, by commit.
     uploaded: HashMap<String, String>,
+    /// Digests of the folders steps run in, by commit and pipeline file (see `cache`).
+    folders: HashMap<(String, String), Option<String>>,
     /// What the executor said of jobs since the last pass, by name.
     noted: HashMap<String, JobState>,
     backoff: Backoff,
@@ -116,6 +124,7 @@ impl<E: Executor> Runs<E> {
             pinned: HashMap::new(),
             settings: HashMap::new(),
             uploaded: HashMap::new(),
+            folders: HashMap::new(),
             noted: HashMap::new(),
             backoff: Backoff::default(),
             handover_at: HashMap::new(),
@@ -375,6 +384,7 @@ impl<E: Executor> Runs<E> {
                                     job,
                                     new: false,
                                     starts_run: None,
+                                    cache_key: None,
                                 }),
                                 Err(why) => return Err(ObjectError::Permanent(why)),
                             }
@@ -607,6 +617,21 @@ impl<E: Executor> Runs<E> {
                 break;
             }
             let attempt = step.step.attempt + 1;
+            let cache_key = match self
+                .reuse(run, pinned, &step.step.name, attempt, now)
+                .await?
+            {
+                Reuse::Reused => {
+                    if starts_run {
+                        self.report_started(run).await;
+                        starts_run = false;
+                    }
+                    pass.changed = true;
+                    pass.again_after(Duration::ZERO);
+                    continue;
+                }
+                Reuse::Run { key } => key,
+            };
             match self
                 .job(run, pinned, &step.step.name, attempt, dag_end)
                 .await?
@@ -616,6 +641,7 @@ impl<E: Executor> Runs<E> {
                         job,
                         new: true,
                         starts_run: starts_run.then(|| run.clone()),
+                        cache_key,
                     });
                     starts_run = false;
                     *budget -= 1;
@@ -690,6 +716,7 @@ impl<E: Executor> Runs<E> {
                 step: h.job.step.clone(),
                 attempt: h.job.attempt,
                 job: h.job.name.clone(),
+                cache_key: h.cache_key.clone(),
             })
             .collect();
         let recorded = match self.store.start_attempts(&new, now).await {
@@ -874,150 +901,6 @@ impl<E: Executor> Runs<E> {
             "its Job is gone from the cluster (deleted, or removed after it finished while the \
              service was away)"
         }
-    }
-
-    /// The job of attempt `attempt` of `step` in `run`: `Ok(Err(why))` when it cannot be
-    /// built at all, `Err` when what it needs cannot be read now.
-    async fn job(
-        &mut self,
-        run: &RunRow,
-        pinned: &Pinned,
-        step: &str,
-        attempt: u32,
-        dag_end: Option<&job::DagEnd<'_>>,
-    ) -> Result<Result<StepJob, String>, ObjectError> {
-        let name = job_name(&self.installation, run.id, step, attempt);
-        let settings = self.settings_at(&run.commit_sha).await?;
-        let dir = job::step_dir(&pinned.file).to_owned();
-        let (workdir, source) = if self.executor.runs_here() {
-            let checkout = self.checkout(&run.commit_sha).await?;
-            (checkout.join(&self.subdir).join(&dir), None)
-        } else {
-            let prefix = self.upload_source(&run.commit_sha).await?;
-            (
-                self.executor.job_dir(&name).join("src").join(&dir),
-                Some(StepSource { prefix, dir }),
-            )
-        };
-        let place = Placement {
-            job_dir: self.executor.job_dir(&name),
-            workdir,
-            source,
-            default_timeout: settings.default_timeout.as_deref(),
-            default_image: settings.image.as_deref(),
-            installation: &self.installation,
-        };
-        Ok(job::build(
-            run,
-            &pinned.pipeline,
-            step,
-            attempt,
-            &name,
-            place,
-            dag_end,
-        ))
-    }
-
-    /// The definition `run` is pinned to, and the file it was declared in.
-    async fn pinned(&mut self, run: &RunRow) -> Result<Arc<Pinned>, ObjectError> {
-        let key = (run.pipeline.clone(), run.pipeline_version.clone());
-        if let Some(found) = self.pinned.get(&key) {
-            return Ok(found.clone());
-        }
-        let row = match self
-            .store
-            .pipeline_version(&run.pipeline, &run.pipeline_version)
-            .await
-        {
-            Ok(Some(row)) => row,
-            Ok(None) => {
-                return Err(ObjectError::Permanent(format!(
-                    "its pipeline version {}@{} is not stored",
-                    run.pipeline, run.pipeline_version
-                )));
-            }
-            Err(error @ StoreError::Corrupt { .. }) => {
-                return Err(ObjectError::Permanent(format!(
-                    "its pipeline definition cannot be read: {error}"
-                )));
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let found = Arc::new(Pinned {
-            pipeline: row.definition,
-            file: row.file,
-        });
-        self.pinned.insert(key, found.clone());
-        Ok(found)
-    }
-
-    /// The repository settings (`trainyard.yaml`) at `commit`, which its runs use for the
-    /// defaults they inherit.
-    async fn settings_at(&mut self, commit: &str) -> Result<Arc<Settings>, ObjectError> {
-        if let Some(found) = self.settings.get(commit) {
-            return Ok(found.clone());
-        }
-        let (at, subdir) = (commit.to_owned(), self.subdir.clone());
-        let bytes = self
-            .repo
-            .run(move |repo| repo.file_at(&at, &subdir, SETTINGS_FILE))
-            .await?;
-        let settings =
-            Arc::new(bytes.map_or_else(Settings::default, |b| parse_settings(&b).settings));
-        self.settings.insert(commit.to_owned(), settings.clone());
-        Ok(settings)
-    }
-
-    /// The run's commit exported once into the data directory (steps run in it, so a run
-    /// always sees the files of its own commit).
-    async fn checkout(&self, commit: &str) -> Result<PathBuf, ObjectError> {
-        let target = self.data_dir.join("checkouts").join(commit);
-        if tokio::fs::metadata(&target).await.is_ok_and(|m| m.is_dir()) {
-            return Ok(target);
-        }
-        let (at, path) = (commit.to_owned(), target.clone());
-        self.repo.run(move |repo| repo.export(&at, &path)).await?;
-        Ok(target)
-    }
-
-    /// Uploads the followed directory's tree at `commit` for steps that run elsewhere, once:
-    /// keys are addressed by the tree's id, and a marker written after the last file makes
-    /// every later run and step of the same tree reuse the upload. Returns the key prefix.
-    ///
-    /// Every blob is stored with its Git path; executables are listed in the marker (object
-    /// stores keep no file modes).
-    async fn upload_source(&mut self, commit: &str) -> Result<String, ObjectError> {
-        if let Some(prefix) = self.uploaded.get(commit) {
-            return Ok(prefix.clone());
-        }
-        let (at, subdir) = (commit.to_owned(), self.subdir.clone());
-        let (tree, files) = self
-            .repo
-            .run(move |repo| repo.tree_files(&at, &subdir))
-            .await?;
-        let prefix = artifacts::source_prefix(&tree);
-        let marker_key = artifacts::source_marker_key(&prefix);
-        if self.artifacts.exists(&marker_key).await? {
-            self.uploaded.insert(commit.to_owned(), prefix.clone());
-            return Ok(prefix);
-        }
-        let mut marker = SourceMarker::default();
-        for file in &files {
-            let key = artifacts::source_key(&prefix, &file.path);
-            let blob = file.blob;
-            let content = self.repo.run(move |repo| repo.blob(blob)).await?;
-            self.artifacts.put_bytes(&key, content).await?;
-            if file.executable {
-                marker.executables.push(key);
-            }
-        }
-        let marker = serde_json::to_vec(&marker).map_err(|e| {
-            ObjectError::Permanent(format!("the source marker cannot be written: {e}"))
-        })?;
-        self.artifacts.put_bytes(&marker_key, marker).await?;
-        tracing::info!(%tree, files = files.len(), "uploaded the step source");
-        self.uploaded.insert(commit.to_owned(), prefix.clone());
-        Ok(prefix)
     }
 
     /// Reports the executor's jobs whose run this database does not know (left from a

@@ -13,6 +13,8 @@ use super::units::{QuantityKind, parse_duration, parse_quantity};
 pub const MAX_GPUS_PER_STEP: u32 = 16;
 /// Most retries of one step.
 pub const MAX_RETRIES: u32 = 10;
+/// Longest `cache_version`.
+pub const MAX_CACHE_VERSION: usize = 100;
 /// Most ticks `catchup: all` may replay.
 pub const MAX_CATCHUP: u32 = 1000;
 
@@ -98,6 +100,17 @@ impl Checker<'_> {
             self.error("invalid-duration", path, problem);
         }
     }
+
+    fn cache_version(&mut self, path: &str, version: Option<&str>) {
+        let Some(version) = version else { return };
+        if version.is_empty() || version.len() > MAX_CACHE_VERSION {
+            self.error(
+                "invalid-cache-version",
+                path,
+                format!("cache_version must be 1 to {MAX_CACHE_VERSION} characters"),
+            );
+        }
+    }
 }
 
 /// Checks a pipeline on its own.
@@ -162,8 +175,22 @@ pub fn check_pipeline(pipeline: &Pipeline, line: u32, out: &mut Vec<Finding>) {
                 ),
             );
         }
+        if step.cache == Some(true) {
+            c.error_hint(
+                "cached-finally-step",
+                format!("{at}.cache"),
+                format!(
+                    "finally step {:?} sets cache: true; finally steps report how a run \
+                     ended, so they always run",
+                    step.name
+                ),
+                Some("remove cache from it".to_owned()),
+            );
+        }
         check_step(&mut c, pipeline, &at, step, names, Reads::Dag);
     }
+    c.duration("spec.cache_max_age", spec.cache_max_age.as_deref());
+    c.cache_version("spec.cache_version", spec.cache_version.as_deref());
     if let Some(model) = &spec.model {
         c.name("spec.model.name", &model.name);
         check_output_ref(
@@ -561,6 +588,14 @@ fn check_step(
         );
     }
     c.duration(&format!("{at}.timeout"), step.timeout.as_deref());
+    c.duration(
+        &format!("{at}.cache_max_age"),
+        step.cache_max_age.as_deref(),
+    );
+    c.cache_version(
+        &format!("{at}.cache_version"),
+        step.cache_version.as_deref(),
+    );
 }
 
 fn check_reference(

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 pub use catalog::{Catalog, Entry};
 pub use diag::{At, Diagnostic, Finding, Severity};
 pub use locate::Position;
-pub use model::{API_VERSION, Document, Kind, Pipeline, Schedule, Settings};
+pub use model::{API_VERSION, CachePolicy, Document, Kind, Pipeline, Schedule, Settings};
 
 use model::RawDocument;
 

@@ -120,6 +120,27 @@ pub struct PipelineSpec {
     /// Register the result as a model version behind gates.
     #[serde(default)]
     pub model: Option<ModelSpec>,
+    /// Reuse the outputs of an earlier attempt with the same cache key for every DAG step
+    /// that does not set `cache` itself (see [`Step::cache`]).
+    // The cache fields are left out of the serialized form when unset, for the same reason
+    // as `finally`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache: bool,
+    /// How old a reused attempt may be, such as `7d`; unset: any age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_max_age: Option<String>,
+    /// Part of every cache key: change it to stop reusing what the steps made before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_version: Option<String>,
+}
+
+/// How one step is cached: the pipeline's settings with the step's own over them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachePolicy<'a> {
+    /// How old a reused attempt may be (a duration as written), if bounded.
+    pub max_age: Option<&'a str>,
+    /// The user's cache version, part of the key.
+    pub version: &'a str,
 }
 
 impl PipelineSpec {
@@ -131,6 +152,26 @@ impl PipelineSpec {
     /// The step named `name`, of the DAG or finally.
     pub fn step(&self, name: &str) -> Option<&Step> {
         self.all_steps().find(|s| s.name == name)
+    }
+
+    /// How `step` is cached, or `None` when it is not: a step's `cache` decides, else the
+    /// pipeline's; finally steps never are (they report how a run ended).
+    pub fn cache_of<'a>(&'a self, step: &'a Step) -> Option<CachePolicy<'a>> {
+        let finally = self.finally.iter().any(|f| f.name == step.name);
+        if finally || !step.cache.unwrap_or(self.cache) {
+            return None;
+        }
+        Some(CachePolicy {
+            max_age: step
+                .cache_max_age
+                .as_deref()
+                .or(self.cache_max_age.as_deref()),
+            version: step
+                .cache_version
+                .as_deref()
+                .or(self.cache_version.as_deref())
+                .unwrap_or_default(),
+        })
     }
 }
 
@@ -230,6 +271,18 @@ pub struct Step {
     /// Wall-clock limit of one attempt, such as `30m` or `4h`.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Whether a new attempt may reuse the outputs of an earlier succeeded one with the same
+    /// cache key (image, rendered command and env, secret names, the files of the step's
+    /// folder at the run's commit, the sha256 of its inputs, outputs and `cache_version`) instead of
+    /// running; unset: the pipeline's `cache`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
+    /// How old a reused attempt may be, such as `7d`; unset: the pipeline's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_max_age: Option<String>,
+    /// Part of the cache key; unset: the pipeline's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_version: Option<String>,
 }
 
 /// What a step asks of the machine.

@@ -674,3 +674,25 @@ fn run_state_and_finally_outputs_are_not_for_dag_steps() {
         ]
     );
 }
+
+#[test]
+fn cache_settings_are_checked_where_they_are_written() {
+    let yaml = pipeline(
+        "  cache: true\n  cache_max_age: 7 days\n  cache_version: ''\n  steps:\n    - {name: train, run: [a], cache_max_age: soon, cache: false}\n  finally:\n    - {name: report, run: [b], cache: true}\n",
+    );
+    let mut found = check(&yaml);
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            (7, 18, "invalid-duration".to_owned()),
+            (8, 18, "invalid-cache-version".to_owned()),
+            (10, 46, "invalid-duration".to_owned()),
+            (12, 39, "cached-finally-step".to_owned()),
+        ]
+    );
+    let fine = pipeline(
+        "  cache: true\n  cache_max_age: 7d\n  cache_version: '2'\n  steps:\n    - {name: train, run: [a], cache: false, cache_version: x}\n  finally:\n    - {name: report, run: [b], cache: false}\n",
+    );
+    assert_eq!(check(&fine), []);
+}

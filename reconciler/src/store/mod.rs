@@ -4,6 +4,7 @@
 //! with the same input changes nothing, so each loop can crash at any line and resume from
 //! what the database says.
 
+mod cache;
 mod commits;
 mod events;
 mod installation;
@@ -212,7 +213,7 @@ impl Store {
 
 /// The schema migrations of one backend, embedded in the binary.
 fn migrator(backend: Backend) -> Migrator {
-    let (init, forge_events, pulls, level, checks, backfill, finally) = match backend {
+    let (init, forge_events, pulls, level, checks, backfill, finally, cache) = match backend {
         Backend::Sqlite => (
             include_str!("../../migrations/sqlite/0001_init.sql"),
             include_str!("../../migrations/sqlite/0002_forge_events.sql"),
@@ -221,6 +222,7 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../../migrations/sqlite/0005_check_runs.sql"),
             include_str!("../../migrations/sqlite/0006_backfill.sql"),
             include_str!("../../migrations/sqlite/0007_finally.sql"),
+            include_str!("../../migrations/sqlite/0008_cache.sql"),
         ),
         Backend::Postgres => (
             include_str!("../../migrations/postgres/0001_init.sql"),
@@ -230,6 +232,7 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../../migrations/postgres/0005_check_runs.sql"),
             include_str!("../../migrations/postgres/0006_backfill.sql"),
             include_str!("../../migrations/postgres/0007_finally.sql"),
+            include_str!("../../migrations/postgres/0008_cache.sql"),
         ),
     };
     let with_tx = |version, name: &'static str, sql: &'static str, no_tx: bool| {
@@ -252,6 +255,7 @@ fn migrator(backend: Backend) -> Migrator {
         // transaction: that migration brings its own.
         with_tx(6, "backfill", backfill, backend == Backend::Sqlite),
         migration(7, "finally", finally),
+        migration(8, "cache", cache),
     ])
 }
 

@@ -12,6 +12,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
+use super::cache::reused_of;
 use super::outbox::enqueue;
 use super::{
     ArtifactRow, AttemptOutcome, AttemptRow, AttemptState, Cells, NewAttempt, NewReport, NewRun,
@@ -24,7 +25,7 @@ macro_rules! run_columns {
     () => {
         "SELECT r.id, r.pipeline, r.pipeline_version, r.commit_sha, r.triggered_by, r.schedule,
              r.scheduled_at, r.params, r.state, r.message, r.cancel_requested, r.dag_state,
-             r.created_at, r.started_at, r.finished_at
+             r.no_cache, r.created_at, r.started_at, r.finished_at
          FROM runs r "
     };
 }
@@ -48,8 +49,8 @@ pub(super) async fn insert_run(
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO runs (pipeline, pipeline_version, commit_sha, triggered_by, schedule,
              scheduled_at, params, state, message, cancel_requested, applied_commit, created_at,
-             started_at, finished_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, 0, $8, $9, NULL, NULL)
+             started_at, finished_at, no_cache)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, 0, $8, $9, NULL, NULL, $10)
          RETURNING id",
     )
     .bind(&run.pipeline)
@@ -61,6 +62,7 @@ pub(super) async fn insert_run(
     .bind(to_json("a run's params", &run.params)?)
     .bind(applied_commit)
     .bind(millis(at))
+    .bind(i64::from(run.no_cache))
     .fetch_one(&mut *conn)
     .await?;
     for (ordinal, (step, finally)) in (0_i64..).zip(steps_of(run)) {
@@ -97,12 +99,12 @@ pub(super) async fn insert_tick_runs(
         let sql = format!(
             "INSERT INTO runs (pipeline, pipeline_version, commit_sha, triggered_by, schedule,
                  scheduled_at, params, state, message, cancel_requested, applied_commit,
-                 created_at, started_at, finished_at)
+                 created_at, started_at, finished_at, no_cache)
              VALUES {}
              RETURNING id, schedule, scheduled_at",
             value_rows(
                 chunk.len(),
-                "(?, ?, ?, ?, ?, ?, ?, 'pending', NULL, 0, NULL, ?, NULL, NULL)"
+                "(?, ?, ?, ?, ?, ?, ?, 'pending', NULL, 0, NULL, ?, NULL, NULL, ?)"
             )
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -115,7 +117,8 @@ pub(super) async fn insert_tick_runs(
                 .bind(run.schedule.as_deref())
                 .bind(opt_millis(run.scheduled_at))
                 .bind(to_json("a run's params", &run.params)?)
-                .bind(millis(at));
+                .bind(millis(at))
+                .bind(i64::from(run.no_cache));
         }
         for row in query.fetch_all(&mut *conn).await? {
             let schedule: Option<String> = row.try_get("schedule")?;
@@ -418,7 +421,8 @@ impl Store {
     pub async fn attempts(&self, run_id: i64) -> Result<Vec<AttemptRow>> {
         sqlx::query(
             "SELECT a.run_id, a.step, a.attempt, a.job, a.state, a.created_at, a.submitted_at,
-                 a.running_at, a.finished_at, a.exit_code, a.message
+                 a.running_at, a.finished_at, a.exit_code, a.message, a.reused_run,
+                 a.reused_step, a.reused_attempt
              FROM step_attempts a
              JOIN steps s ON s.run_id = a.run_id AND s.name = a.step
              WHERE a.run_id = $1 ORDER BY s.ordinal, a.attempt",
@@ -502,9 +506,10 @@ impl Store {
         }
         for chunk in started.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "INSERT INTO step_attempts (run_id, step, attempt, job, state, created_at)
+                "INSERT INTO step_attempts (run_id, step, attempt, job, state, created_at,
+                     cache_key)
                  VALUES {}",
-                value_rows(chunk.len(), "(?, ?, ?, ?, 'running', ?)")
+                value_rows(chunk.len(), "(?, ?, ?, ?, 'running', ?, ?)")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for attempt in chunk {
@@ -513,7 +518,8 @@ impl Store {
                     .bind(&attempt.step)
                     .bind(i64::from(attempt.attempt))
                     .bind(&attempt.job)
-                    .bind(at);
+                    .bind(at)
+                    .bind(attempt.cache_key.as_deref());
             }
             query.execute(&mut *tx).await?;
         }
@@ -656,6 +662,11 @@ impl Store {
             (AttemptState::Running, _) => {
                 return Err(StoreError::Invalid(
                     "an attempt cannot finish as running".to_owned(),
+                ));
+            }
+            (AttemptState::Cached, _) => {
+                return Err(StoreError::Invalid(
+                    "a cached attempt is recorded by Store::record_cached".to_owned(),
                 ));
             }
             (AttemptState::Succeeded, Some(_)) => {
@@ -896,6 +907,7 @@ fn run_row(row: &AnyRow) -> Result<RunRow> {
         message: c.get("message")?,
         cancel_requested: c.flag("cancel_requested")?,
         dag_state: c.opt_word("dag_state", RunState::from_stored)?,
+        no_cache: c.flag("no_cache")?,
         created_at: c.time("created_at")?,
         started_at: c.opt_time("started_at")?,
         finished_at: c.opt_time("finished_at")?,
@@ -937,11 +949,12 @@ fn attempt_row(row: &AnyRow) -> Result<AttemptRow> {
         finished_at: c.opt_time("finished_at")?,
         exit_code: c.exit_code("exit_code")?,
         message: c.get("message")?,
+        reused: reused_of(&c)?,
         step,
     })
 }
 
-fn artifact_row(row: &AnyRow) -> Result<ArtifactRow> {
+pub(super) fn artifact_row(row: &AnyRow) -> Result<ArtifactRow> {
     let run_id: i64 = row.try_get("run_id")?;
     let step: String = row.try_get("step")?;
     let output: String = row.try_get("output")?;

@@ -37,6 +37,7 @@ impl Store {
                     step: step.to_owned(),
                     attempt,
                     job: job.to_owned(),
+                    cache_key: None,
                 }],
                 at,
             )
@@ -221,6 +222,7 @@ on_both_backends!(
     cancel_and_retry_refuse_what_does_not_fit_and_tell_the_service,
     a_retry_keeps_succeeded_steps_and_numbers_attempts_on,
     a_backfill_fires_each_time_once_alongside_live_ticks,
+    the_cache_holds_current_succeeded_attempts_and_a_reuse_is_recorded_once,
 );
 
 fn t(seconds: i64) -> DateTime<Utc> {
@@ -276,6 +278,7 @@ fn change_run(sha: &str) -> NewRun {
         params: epochs(),
         steps: vec!["prepare".to_owned(), "train".to_owned()],
         finally: Vec::new(),
+        no_cache: false,
     }
 }
 
@@ -739,6 +742,7 @@ async fn a_batch_larger_than_one_statement_gives_every_tick_its_own_run(store: S
             step: expected[0].clone(),
             attempt: 1,
             job: format!("job-{id}"),
+            cache_key: None,
         })
         .collect();
     let started = store
@@ -2693,4 +2697,143 @@ async fn replicas_starting_together_agree_on_one_installation(store: Store) {
         let recorded = store.installation(None).await.expect("again");
         assert!(ids.contains(&recorded), "{recorded} is the one recorded");
     }
+}
+
+/// Starts attempt 1 of `step` in `run_id` under cache key `key`.
+async fn start_keyed(store: &Store, run_id: i64, step: &str, key: &str, at: DateTime<Utc>) {
+    let attempt = NewAttempt {
+        run_id,
+        step: step.to_owned(),
+        attempt: 1,
+        job: format!("job-{run_id}-{step}-1"),
+        cache_key: Some(key.to_owned()),
+    };
+    let started = store.start_attempts(&[attempt], at).await.expect("start");
+    assert_eq!(started, [true]);
+}
+
+async fn the_cache_holds_current_succeeded_attempts_and_a_reuse_is_recorded_once(store: Store) {
+    with_nightly(&store).await;
+    let failed = store.create_run(&change_run("c1")).await.expect("run");
+    start_keyed(&store, failed, "prepare", "k", t(10)).await;
+    assert_eq!(
+        store.cache_entry("k", None).await.expect("read"),
+        None,
+        "running"
+    );
+    let outcome_failed = outcome(AttemptState::Failed, t(20));
+    assert!(
+        store
+            .finish_attempt(failed, "prepare", 1, &outcome_failed)
+            .await
+            .expect("finish")
+    );
+    assert_eq!(
+        store.cache_entry("k", None).await.expect("read"),
+        None,
+        "a failure is no entry"
+    );
+
+    let made = store.create_run(&change_run("c1")).await.expect("run");
+    start_keyed(&store, made, "prepare", "k", t(25)).await;
+    let mut done = outcome(AttemptState::Succeeded, t(30));
+    done.artifacts.push(NewArtifact {
+        output: "dataset".to_owned(),
+        uri: "file:///artifacts/2/prepare/dataset".to_owned(),
+        sha256: "cd".repeat(32),
+        size: 99,
+    });
+    assert!(
+        store
+            .finish_attempt(made, "prepare", 1, &done)
+            .await
+            .expect("finish")
+    );
+    let entry = store
+        .cache_entry("k", None)
+        .await
+        .expect("read")
+        .expect("an entry");
+    let made_by = AttemptId {
+        run_id: made,
+        step: "prepare".to_owned(),
+        attempt: 1,
+    };
+    assert_eq!((&entry.attempt, entry.finished_at), (&made_by, t(30)));
+    assert_eq!(entry.artifacts.len(), 1);
+    assert_eq!(entry.artifacts[0].sha256, "cd".repeat(32));
+    assert_eq!(
+        store.cache_entry("k", Some(t(31))).await.expect("read"),
+        None,
+        "too old"
+    );
+    assert!(
+        store
+            .cache_entry("k", Some(t(30)))
+            .await
+            .expect("read")
+            .is_some()
+    );
+    assert_eq!(store.cache_entry("other", None).await.expect("read"), None);
+
+    let reusing = store.create_run(&change_run("c1")).await.expect("run");
+    let job = format!("job-{reusing}-prepare-1");
+    assert!(
+        store
+            .record_cached(reusing, "prepare", 1, &job, "k", &entry, t(40))
+            .await
+            .expect("record")
+    );
+    assert!(
+        !store
+            .record_cached(reusing, "prepare", 1, &job, "k", &entry, t(41))
+            .await
+            .expect("record again"),
+        "a reuse is recorded once"
+    );
+    let run = store.run(reusing).await.expect("read").expect("run");
+    assert_eq!(
+        (run.state, run.started_at),
+        (RunState::Running, Some(t(40)))
+    );
+    let steps = store.steps(reusing).await.expect("steps");
+    assert_eq!(
+        (steps[0].state, steps[0].attempt),
+        (StepState::Succeeded, 1)
+    );
+    assert_eq!(steps[1].state, StepState::Waiting);
+    let attempts = store.attempts(reusing).await.expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].state, AttemptState::Cached);
+    assert_eq!(attempts[0].reused.as_ref(), Some(&made_by));
+    assert_eq!(attempts[0].finished_at, Some(t(40)));
+    let artifacts = store.artifacts(reusing).await.expect("artifacts");
+    assert_eq!(
+        artifacts
+            .iter()
+            .map(|a| (a.output.as_str(), a.uri.as_str(), a.sha256.clone(), a.size))
+            .collect::<Vec<_>>(),
+        [(
+            "dataset",
+            "file:///artifacts/2/prepare/dataset",
+            "cd".repeat(32),
+            99
+        )]
+    );
+    // A cached attempt is no entry of its own: the one that ran stays the entry.
+    let again = store
+        .cache_entry("k", None)
+        .await
+        .expect("read")
+        .expect("entry");
+    assert_eq!(again.attempt, made_by);
+    // Only a cached attempt may name one it reused.
+    let refused = sqlx::query("UPDATE step_attempts SET reused_run = NULL WHERE run_id = $1")
+        .bind(reusing)
+        .execute(&store.pool)
+        .await;
+    assert!(
+        refused.is_err(),
+        "a cached attempt must name what it reused"
+    );
 }

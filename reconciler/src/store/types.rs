@@ -133,6 +133,8 @@ stored_enum! {
         Failed => "failed",
         /// Stopped on request.
         Cancelled => "cancelled",
+        /// Not run: it reused the outputs of an earlier attempt with the same cache key.
+        Cached => "cached",
     }
 }
 
@@ -269,6 +271,8 @@ pub struct NewRun {
     pub steps: Vec<String>,
     /// Finally step names in definition order.
     pub finally: Vec<String>,
+    /// Run every step, reusing nothing from the step cache (what they make refreshes it).
+    pub no_cache: bool,
 }
 
 impl NewRun {
@@ -296,6 +300,7 @@ impl NewRun {
                 .iter()
                 .map(|s| s.name.clone())
                 .collect(),
+            no_cache: false,
         }
     }
 
@@ -512,6 +517,9 @@ pub struct RunRow {
     pub cancel_requested: bool,
     /// How its DAG ended, once it did, for a run with finally steps.
     pub dag_state: Option<RunState>,
+    /// Whether it runs every step, reusing nothing from the step cache (what they make
+    /// refreshes it).
+    pub no_cache: bool,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When its first attempt started.
@@ -536,6 +544,7 @@ impl RunRow {
             message: None,
             cancel_requested: false,
             dag_state: None,
+            no_cache: run.no_cache,
             created_at: at,
             started_at: None,
             finished_at: None,
@@ -597,6 +606,30 @@ pub struct AttemptRow {
     pub exit_code: Option<i32>,
     /// Why it ended so.
     pub message: Option<String>,
+    /// For a cached attempt: the attempt whose outputs it reused.
+    pub reused: Option<AttemptId>,
+}
+
+/// Which attempt of which step of which run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptId {
+    /// Run id.
+    pub run_id: i64,
+    /// Step name.
+    pub step: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+}
+
+/// A succeeded attempt whose outputs a new attempt with the same cache key may reuse.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheEntry {
+    /// The attempt.
+    pub attempt: AttemptId,
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+    /// The outputs its step recorded.
+    pub artifacts: Vec<ArtifactRow>,
 }
 
 /// A stored output of a step.
@@ -727,4 +760,7 @@ pub struct NewAttempt {
     pub attempt: u32,
     /// Executor job name.
     pub job: String,
+    /// The step's cache key, for a cached step: a later attempt with the same key may
+    /// reuse this one's outputs once it has succeeded.
+    pub cache_key: Option<String>,
 }

@@ -521,12 +521,17 @@ async fn print_log(args: LogsArgs) -> Result<()> {
     let attempt = found.ok_or_else(|| NotFound(format!("run {run} not found ({NO_RUNS_YET})")))?;
     let missing = || {
         let which = format!("attempt {} of step {step:?} of run {run}", attempt.attempt);
-        NotFound(match attempt.state {
-            AttemptState::Running => {
+        NotFound(match (&attempt.state, &attempt.reused) {
+            (AttemptState::Running, _) => {
                 format!(
                     "no log stored yet for {which}: it is running, and its log is stored when it ends"
                 )
             }
+            (_, Some(from)) => format!(
+                "{which} did not run: it reused the outputs of run {} step {} attempt {}, whose \
+                 log is shown by: trainyard logs {} {} --attempt {}",
+                from.run_id, from.step, from.attempt, from.run_id, from.step, from.attempt
+            ),
             _ => format!("no log stored for {which}"),
         })
     };
@@ -685,6 +690,16 @@ struct AttemptView<'a> {
     duration_seconds: Option<f64>,
     exit_code: Option<i32>,
     message: Option<&'a str>,
+    /// For a cached attempt: the attempt whose outputs it reused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reused: Option<ReusedView<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct ReusedView<'a> {
+    run: i64,
+    step: &'a str,
+    attempt: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -730,6 +745,11 @@ impl<'a> From<&'a RunDetail> for RunDetailView<'a> {
                         duration_seconds: seconds(a.running_at, a.finished_at),
                         exit_code: a.exit_code,
                         message: a.message.as_deref(),
+                        reused: a.reused.as_ref().map(|r| ReusedView {
+                            run: r.run_id,
+                            step: &r.step,
+                            attempt: r.attempt,
+                        }),
                     })
                     .collect(),
             })
