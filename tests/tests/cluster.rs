@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::json;
-use trainyard::store::{AttemptState, RunState};
+use trainyard::store::{AttemptState, RunState, StepState};
 use trainyard_tests::cluster::{Cluster, NAMESPACE, SECRET, replica};
 use trainyard_tests::{DataDir, PINNED_IMAGE, Repo, Result, Service, TestResult, cli, wait_for};
 
@@ -435,5 +435,68 @@ spec:
         assert!(attempt.submitted_at.is_some(), "{attempt:?}");
         assert_eq!(attempt.message, None, "{attempt:?}");
     }
+    Ok(())
+}
+
+/// Finally steps as Jobs: after a failed DAG step, the finally step's Job is created once
+/// the DAG has ended, is told `failed`, and reads the output the succeeded step uploaded;
+/// the run ends failed, as its DAG did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finally_step_runs_as_a_job_after_a_failed_dag() -> TestResult {
+    let cluster = Cluster::start(None).await?;
+    let repo = Repo::with_files(&[(
+        "pipeline.yaml",
+        format!(
+            "apiVersion: trainyard.dev/v1
+kind: Pipeline
+metadata: {{name: ending, owner: team-a}}
+spec:
+  image: {PINNED_IMAGE}
+  triggers: {{on_change: true}}
+  steps:
+    - {{name: prepare, outputs: [data], run: [sh, -c, 'printf ready > \"$1\"', sh, '{{{{ outputs.data }}}}']}}
+    - {{name: train, needs: [prepare], run: [sh, -c, 'exit 3']}}
+  finally:
+    - name: report
+      run: [sh, -c, 'test \"$1\" = failed && test \"$(cat \"$2\")\" = ready', sh, '{{{{ run.state }}}}', '{{{{ steps.prepare.outputs.data }}}}']
+"
+        ),
+    )])?;
+    let data = DataDir::postgres().await?;
+    let id = data.store().await?.installation(None).await?;
+    let (mut args, env) = cluster.service_args()?;
+    args.extend(["--poll-seconds".to_owned(), "1".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let service = Service::start_with_env(repo.path(), &data, &args, &env)?;
+
+    let state = run_to_the_end(&cluster, &data, 1, Duration::from_secs(120)).await;
+    let output = data.service_output();
+    assert_eq!(state?, RunState::Failed, "{output}");
+    let store = data.store().await?;
+    let steps: Vec<(String, bool, StepState)> = store
+        .steps(1)
+        .await?
+        .into_iter()
+        .map(|s| (s.name, s.finally, s.state))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("prepare".to_owned(), false, StepState::Succeeded),
+            ("train".to_owned(), false, StepState::Failed),
+            ("report".to_owned(), true, StepState::Succeeded),
+        ],
+        "{output}"
+    );
+    let report = cluster.job(&format!("ty-{id}-1-report-1"))?;
+    assert_eq!(report["metadata"]["labels"]["trainyard.dev/step"], "report");
+    assert_eq!(cluster.job_creates(), BTreeMap::from([(201, 3)]));
+    let run = store.run(1).await?.ok_or("no run")?;
+    assert!(
+        run.message.as_deref().is_some_and(|m| m.starts_with("step train failed")),
+        "{run:?}"
+    );
+    assert_eq!(service.stop()?, Some(0));
     Ok(())
 }
