@@ -15,6 +15,7 @@ _config := {
 	"allowed_registries": [],
 	"max_gpus_per_step": {"default": 8, "owners": {}},
 	"gpu_schedule_min_interval_seconds": 900,
+	"max_matrix_instances": 64,
 }
 
 # A pipeline that passes every platform rule: a CPU step and a GPU step with a

@@ -6,6 +6,7 @@ const PLATFORM_MODULES: &[(&str, &str)] = &[
     ("gpus.rego", include_str!("../rego/gpus.rego")),
     ("images.rego", include_str!("../rego/images.rego")),
     ("models.rego", include_str!("../rego/models.rego")),
+    ("sweeps.rego", include_str!("../rego/sweeps.rego")),
 ];
 
 /// The embedded platform modules as `(file name, source)`, in load order.
@@ -34,6 +35,7 @@ mod tests {
         ("gpus_test.rego", include_str!("../rego/gpus_test.rego")),
         ("images_test.rego", include_str!("../rego/images_test.rego")),
         ("models_test.rego", include_str!("../rego/models_test.rego")),
+        ("sweeps_test.rego", include_str!("../rego/sweeps_test.rego")),
     ];
 
     /// The names of the `test_` rules of a module: lines that start with `test_`.

@@ -14,6 +14,8 @@ pub struct PolicyConfig {
     pub max_gpus_per_step: GpuLimits,
     /// The shortest allowed gap, in seconds, between two runs of a scheduled GPU pipeline.
     pub gpu_schedule_min_interval_seconds: u64,
+    /// The most instances a matrix step may run per run (the format allows at most 64).
+    pub max_matrix_instances: u32,
 }
 
 impl Default for PolicyConfig {
@@ -22,6 +24,7 @@ impl Default for PolicyConfig {
             allowed_registries: Vec::new(),
             max_gpus_per_step: GpuLimits::default(),
             gpu_schedule_min_interval_seconds: 900,
+            max_matrix_instances: 64,
         }
     }
 }

@@ -1130,7 +1130,13 @@ warn contains v if {
         let files: Vec<&str> = platform_modules().iter().map(|(file, _)| *file).collect();
         assert_eq!(
             files,
-            ["common.rego", "gpus.rego", "images.rego", "models.rego"]
+            [
+                "common.rego",
+                "gpus.rego",
+                "images.rego",
+                "models.rego",
+                "sweeps.rego"
+            ]
         );
         assert!(
             platform_modules()

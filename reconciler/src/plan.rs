@@ -388,19 +388,21 @@ impl Planner {
     }
 }
 
-/// Σ over steps, finally steps too, of GPUs × timeout, in hours.
+/// Σ over steps, finally steps too, of instances × GPUs × timeout, in hours.
 fn gpu_hours_per_run(pipeline: &Pipeline, default_timeout: Duration) -> f64 {
     pipeline
         .spec
         .all_steps()
         .map(|step| {
             let gpus = step.resources.as_ref().map_or(0, |r| r.gpu);
+            let instances = u32::try_from(step.instances()).unwrap_or(u32::MAX);
+            let gpus = f64::from(gpus) * f64::from(instances);
             let timeout = step
                 .timeout
                 .as_deref()
                 .and_then(|t| parse_duration(t).ok())
                 .unwrap_or(default_timeout);
-            f64::from(gpus) * timeout.as_secs_f64() / 3600.0
+            gpus * timeout.as_secs_f64() / 3600.0
         })
         .sum()
 }
@@ -902,6 +904,19 @@ mod tests {
         // Back to no cache: nothing to say.
         let plan = Planner::default().plan("a", "b", &new, &old, Vec::new(), now());
         assert!(plan.changes.iter().all(|c| c.cached_gpu_steps.is_empty()));
+    }
+
+    #[test]
+    fn a_matrix_step_counts_its_gpus_once_per_instance() {
+        let old = catalog(&format!("{PIPELINE}{SCHEDULE}"));
+        let sweep = PIPELINE.replace(
+            "resources: {gpu: 2}",
+            "resources: {gpu: 2}, matrix: {lr: [0.1, 0.01], seed: [1, 2, 3]}",
+        );
+        let new = catalog(&format!("{sweep}{SCHEDULE}"));
+        let plan = Planner::default().plan("a", "b", &old, &new, Vec::new(), now());
+        // 30 daily fires × 6 instances × 2 GPUs × 2 h.
+        assert_eq!(plan.gpu_hours.after, 720.0);
     }
 
     #[test]

@@ -457,6 +457,7 @@ mod tests {
             metrics: Some("steps.train.outputs.metrics".to_owned()),
             gate: gates,
             promote: Some("champion".to_owned()),
+            select: None,
         }
     }
 

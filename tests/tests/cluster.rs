@@ -494,8 +494,77 @@ spec:
     assert_eq!(cluster.job_creates(), BTreeMap::from([(201, 3)]));
     let run = store.run(1).await?.ok_or("no run")?;
     assert!(
-        run.message.as_deref().is_some_and(|m| m.starts_with("step train failed")),
+        run.message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("step train failed")),
         "{run:?}"
+    );
+    assert_eq!(service.stop()?, Some(0));
+    Ok(())
+}
+
+/// A sweep as Jobs: one Job per instance, the step after it reads the instances' outputs
+/// and their index from S3 as one directory, and the best instance's model is registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_runs_one_job_per_instance_and_registers_the_best() -> TestResult {
+    let cluster = Cluster::start(None).await?;
+    let pipeline = r#"apiVersion: trainyard.dev/v1
+kind: Pipeline
+metadata: {name: sweep, owner: team-a}
+spec:
+  image: IMAGE
+  triggers: {on_change: true}
+  steps:
+    - name: train
+      matrix: {n: [1, 2]}
+      outputs: [model, metrics]
+      run: [sh, -c, 'printf "model $1" > "$2" && printf "{\"score\": $1}" > "$3"', sh, '{{ matrix.n }}', '{{ outputs.model }}', '{{ outputs.metrics }}']
+    - name: collect
+      needs: [train]
+      run: [sh, -c, 'test "$(cat "$1/1")" = "model 2" && grep -q "\"n\": 1" "$1/index.json"', sh, '{{ steps.train.outputs.model }}']
+  model:
+    name: swept
+    artifact: steps.train.outputs.model
+    metrics: steps.train.outputs.metrics
+    select: {metric: score}
+"#
+    .replace("IMAGE", PINNED_IMAGE);
+    let repo = Repo::with_files(&[("pipeline.yaml", pipeline)])?;
+    let data = DataDir::postgres().await?;
+    let (mut args, env) = cluster.service_args()?;
+    args.extend(["--poll-seconds".to_owned(), "1".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let service = Service::start_with_env(repo.path(), &data, &args, &env)?;
+
+    let state = run_to_the_end(&cluster, &data, 1, Duration::from_secs(120)).await;
+    let output = data.service_output();
+    assert_eq!(state?, RunState::Succeeded, "{output}");
+    assert_eq!(cluster.job_creates(), BTreeMap::from([(201, 3)]));
+    let steps: Vec<String> = cluster
+        .api
+        .list("jobs", Some(NAMESPACE))
+        .iter()
+        .filter_map(|j| {
+            j["metadata"]["labels"]["trainyard.dev/step"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(steps, ["collect", "train.0", "train.1"]);
+    let store = data.store().await?;
+    let versions = store.models(Some("swept")).await?;
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert_eq!(
+        versions[0].selected.as_ref().map(|s| s.step.as_str()),
+        Some("train.1")
+    );
+    assert!(
+        versions[0].artifact_uri.starts_with("s3://"),
+        "{:?}",
+        versions[0]
     );
     assert_eq!(service.stop()?, Some(0));
     Ok(())

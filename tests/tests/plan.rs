@@ -391,7 +391,7 @@ fn plan_from_before_the_directory_existed_adds_everything() -> TestResult {
         .flatten()
         .filter_map(|c| c["action"].as_str())
         .collect();
-    assert_eq!(actions, ["added"; 4], "{plan:#}");
+    assert_eq!(actions, ["added"; 5], "{plan:#}");
     Ok(())
 }
 

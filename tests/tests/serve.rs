@@ -33,7 +33,7 @@ fn serve_once_trains_registers_and_notes_the_sample_model() -> TestResult {
     assert!(run.stdout.contains("run 1 succeeded"), "{run}");
     let note = note(&repo, commit)?;
     assert!(
-        line(&note, "trainyard/validate").contains("success — 2 pipelines, 2 schedules"),
+        line(&note, "trainyard/validate").contains("success — 3 pipelines, 2 schedules"),
         "{note}"
     );
     assert!(

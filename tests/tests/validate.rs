@@ -79,7 +79,7 @@ fn the_sample_repository_is_valid() -> TestResult {
     assert_eq!(run.code, Some(0), "{run}");
     assert_eq!(
         run.stdout,
-        "examples-repo: valid: 2 pipelines, 2 schedules, 0 errors, 0 warnings\n"
+        "examples-repo: valid: 3 pipelines, 2 schedules, 0 errors, 0 warnings\n"
     );
     Ok(())
 }
@@ -90,7 +90,7 @@ fn the_sample_repository_is_valid_as_json() -> TestResult {
     assert_eq!(run.code, Some(0), "{run}");
     assert_eq!(
         run.json()?,
-        serde_json::json!({"valid": true, "pipelines": 2, "schedules": 2, "diagnostics": []})
+        serde_json::json!({"valid": true, "pipelines": 3, "schedules": 2, "diagnostics": []})
     );
     Ok(())
 }
@@ -479,7 +479,7 @@ fn hostile(file: &str, content: impl AsRef<[u8]>) -> Result<Vec<Diagnostic>> {
     let json = run.json()?;
     assert_eq!(
         (&json["pipelines"], &json["schedules"]),
-        (&2.into(), &2.into()),
+        (&3.into(), &2.into()),
         "{run}"
     );
     let diagnostics = run.diagnostics()?;
@@ -623,7 +623,7 @@ fn a_symlink_leaving_the_repository_is_not_followed() -> TestResult {
     let json = run.json()?;
     assert_eq!(
         (&json["pipelines"], &json["schedules"]),
-        (&2.into(), &2.into())
+        (&3.into(), &2.into())
     );
     Ok(())
 }
@@ -650,7 +650,7 @@ fn a_committed_symlink_leaving_the_repository_is_not_followed() -> TestResult {
             .contains("leaves the tracked directory"),
         "{diagnostics:?}"
     );
-    assert_eq!(run.json()?["pipelines"], 2);
+    assert_eq!(run.json()?["pipelines"], 3);
     Ok(())
 }
 
@@ -681,7 +681,7 @@ fn rev_validates_the_named_revision() -> TestResult {
     assert_eq!(before.code, Some(0), "{before}");
     assert_eq!(
         before.stdout,
-        ".: valid: 2 pipelines, 2 schedules, 0 errors, 0 warnings\n"
+        ".: valid: 3 pipelines, 2 schedules, 0 errors, 0 warnings\n"
     );
 
     let head = trainyard(
@@ -733,7 +733,7 @@ fn rev_accepts_a_subdirectory_and_reports_paths_relative_to_it() -> TestResult {
     assert_eq!(valid.code, Some(0), "{valid}");
     assert_eq!(
         valid.stdout,
-        "ml: valid: 2 pipelines, 2 schedules, 0 errors, 0 warnings\n"
+        "ml: valid: 3 pipelines, 2 schedules, 0 errors, 0 warnings\n"
     );
 
     // Run from inside the subdirectory, naming it as `.`.

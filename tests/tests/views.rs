@@ -180,6 +180,7 @@ fn model(
         reasons: Vec::new(),
         artifact_uri: format!("file:///artifacts/runs/{run_id}/train/model"),
         artifact_sha256: "ab".repeat(32),
+        selected: None,
         promote: None,
         at: Utc::now(),
         reports: Vec::new(),

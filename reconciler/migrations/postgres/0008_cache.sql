@@ -14,3 +14,7 @@ CREATE INDEX step_attempts_by_cache_key ON step_attempts (cache_key, finished_at
     WHERE cache_key IS NOT NULL AND state = 'succeeded';
 
 ALTER TABLE runs ADD COLUMN no_cache BIGINT NOT NULL DEFAULT 0 CHECK (no_cache IN (0, 1));
+
+-- Sweeps: a model made by a matrix step records which instance won its select, and with
+-- which values (NULL for a model of a plain step).
+ALTER TABLE model_versions ADD COLUMN selected TEXT;

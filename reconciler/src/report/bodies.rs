@@ -774,6 +774,7 @@ mod tests {
             reasons: Vec::new(),
             artifact_uri: String::new(),
             artifact_sha256: String::new(),
+            selected: None,
             commit_sha: HEAD.to_owned(),
             pipeline: "churn".to_owned(),
             pipeline_version: "v1".to_owned(),

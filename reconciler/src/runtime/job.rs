@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::artifacts;
 use crate::execute::{StepInput, StepJob, StepOutput, StepSource};
 use crate::spec::Pipeline;
+use crate::spec::model::instance_of;
 use crate::spec::template::{self, Reference};
 use crate::spec::units::parse_duration;
 use crate::store::{RunRow, RunState};
@@ -75,6 +76,10 @@ pub fn build(
         })
         .collect();
     let mut inputs: Vec<StepInput> = Vec::new();
+    let combination = match instance_of(step) {
+        (_, Some(index)) => definition.combination(index),
+        (_, None) => BTreeMap::new(),
+    };
     let scheduled = run.scheduled_at.unwrap_or(run.created_at).to_rfc3339();
     let mut render = |what: &str, text: &str| -> Result<String, String> {
         let pieces = template::parse(text).map_err(|e| format!("{what} {text:?}: {e}"))?;
@@ -96,14 +101,53 @@ pub fn build(
                 Reference::StepOutput { step: from, output } => {
                     let path = job_dir.join("inputs").join(from).join(output);
                     let exists = dag_end.is_none_or(|end| end.succeeded.contains(from.as_str()));
-                    if exists && !inputs.iter().any(|i| i.path == path) {
-                        inputs.push(StepInput {
-                            key: artifacts::output_key(place.installation, run.id, from, output),
-                            path: path.clone(),
-                        });
+                    if exists
+                        && !inputs
+                            .iter()
+                            .any(|i| i.path == path || i.path.starts_with(&path))
+                    {
+                        match pipeline.spec.step(from).filter(|s| !s.matrix.is_empty()) {
+                            // A matrix step's output is a directory: one file per
+                            // instance, and the index of their values.
+                            Some(producer) => {
+                                for (i, instance) in producer.instance_names().iter().enumerate() {
+                                    inputs.push(StepInput {
+                                        key: artifacts::output_key(
+                                            place.installation,
+                                            run.id,
+                                            instance,
+                                            output,
+                                        ),
+                                        path: path.join(i.to_string()),
+                                    });
+                                }
+                                inputs.push(StepInput {
+                                    key: index_key(place.installation, run.id, from, output),
+                                    path: path.join(INDEX_FILE),
+                                });
+                            }
+                            None => inputs.push(StepInput {
+                                key: artifacts::output_key(
+                                    place.installation,
+                                    run.id,
+                                    from,
+                                    output,
+                                ),
+                                path: path.clone(),
+                            }),
+                        }
                     }
                     path.display().to_string()
                 }
+                Reference::Matrix(axis) => match combination.get(axis) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => {
+                        return Err(format!(
+                            "{what} {text:?}: step {step:?} has no matrix value {axis:?}"
+                        ));
+                    }
+                },
                 Reference::RunId => run.id.to_string(),
                 Reference::RunScheduledTime => scheduled.clone(),
                 Reference::RunState => match dag_end {
@@ -175,6 +219,52 @@ pub fn build(
         annotations,
         secrets: definition.env_from_secrets.clone(),
     })
+}
+
+/// The file beside the instances' files of a matrix step's output, mapping each file's name
+/// to its instance's values.
+pub const INDEX_FILE: &str = "index.json";
+
+/// The key of the index of matrix step `step`'s output `output` in `run`.
+pub fn index_key(installation: &str, run: i64, step: &str, output: &str) -> String {
+    format!(
+        "{}/{INDEX_FILE}",
+        artifacts::output_key(installation, run, step, output)
+    )
+}
+
+/// The indexes the job of `step` reads, as (key, content): one per output of a matrix step
+/// its templates name. Their content follows from the pinned definition alone, so writing
+/// one again writes the same bytes.
+pub fn indexes(
+    run: &RunRow,
+    pipeline: &Pipeline,
+    step: &str,
+    installation: &str,
+) -> Vec<(String, Vec<u8>)> {
+    let Some(definition) = pipeline.spec.step(step) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    let texts = definition.run.iter().chain(definition.env.values());
+    for reference in texts.filter_map(|t| template::references(t).ok()).flatten() {
+        let Reference::StepOutput { step: from, output } = reference else {
+            continue;
+        };
+        let Some(producer) = pipeline.spec.step(&from).filter(|s| !s.matrix.is_empty()) else {
+            continue;
+        };
+        let key = index_key(installation, run.id, &from, &output);
+        if out.iter().any(|(k, _)| *k == key) {
+            continue;
+        }
+        let index: BTreeMap<String, BTreeMap<String, Value>> = (0..producer.instances())
+            .map(|i| (i.to_string(), producer.combination(i)))
+            .collect();
+        // Maps of strings to JSON values always serialize.
+        out.push((key, serde_json::to_vec_pretty(&index).unwrap_or_default()));
+    }
+    out
 }
 
 /// A step's timeout; validation refused any that does not parse, so one that does not is a
@@ -319,5 +409,42 @@ mod tests {
         let p = pipeline("    - {name: a, run: [x]}\n");
         let error = build(&run(&[]), &p, "b", 1, "n", place(), None).expect_err("unknown step");
         assert!(error.contains("\"b\""), "{error}");
+    }
+
+    #[test]
+    fn an_instance_reads_its_values_and_the_next_step_a_directory_of_every_instance() {
+        let p = pipeline(
+            "    - {name: t, run: [x, '{{ matrix.lr }}', '{{ matrix.name }}'], matrix: {lr: [0.1, 0.01], name: [a, b]}, outputs: [m]}\n    - {name: u, needs: [t], run: [y, '{{ steps.t.outputs.m }}']}\n",
+        );
+        let third = build(&run(&[]), &p, "t.2", 1, "n", place(), None).expect("a job");
+        assert_eq!(third.argv, ["x", "0.01", "a"]);
+        assert_eq!(third.outputs[0].key, "abc/runs/7/t.2/m");
+        let next = build(&run(&[]), &p, "u", 1, "n", place(), None).expect("a job");
+        assert_eq!(next.argv, ["y", "/work/ty-7-a-1/inputs/t/m"]);
+        let placed: Vec<(&str, &Path)> = next
+            .inputs
+            .iter()
+            .map(|i| (i.key.as_str(), i.path.as_path()))
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                ("abc/runs/7/t.0/m", Path::new("/work/ty-7-a-1/inputs/t/m/0")),
+                ("abc/runs/7/t.1/m", Path::new("/work/ty-7-a-1/inputs/t/m/1")),
+                ("abc/runs/7/t.2/m", Path::new("/work/ty-7-a-1/inputs/t/m/2")),
+                ("abc/runs/7/t.3/m", Path::new("/work/ty-7-a-1/inputs/t/m/3")),
+                (
+                    "abc/runs/7/t/m/index.json",
+                    Path::new("/work/ty-7-a-1/inputs/t/m/index.json")
+                ),
+            ]
+        );
+        let written = indexes(&run(&[]), &p, "u", "abc");
+        assert_eq!(written.len(), 1);
+        assert_eq!(written[0].0, "abc/runs/7/t/m/index.json");
+        let index: Value = serde_json::from_slice(&written[0].1).expect("JSON");
+        assert_eq!(index["1"], serde_json::json!({"lr": 0.1, "name": "b"}));
+        assert_eq!(index["2"], serde_json::json!({"lr": 0.01, "name": "a"}));
+        assert!(indexes(&run(&[]), &p, "t.0", "abc").is_empty());
     }
 }

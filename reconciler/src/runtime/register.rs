@@ -16,8 +16,10 @@ use crate::config::Config;
 use crate::registry;
 use crate::report::{self, Report, StatusState, status_report};
 use crate::spec::Pipeline;
-use crate::spec::model::ModelSpec;
-use crate::store::{ArtifactRow, ModelState, NewModelVersion, RunRow, RunState, Store, Trigger};
+use crate::spec::model::{ModelSpec, Select};
+use crate::store::{
+    ArtifactRow, ModelState, NewModelVersion, RunRow, RunState, Selected, Store, Trigger,
+};
 
 /// The sub-reconciler that completes runs.
 pub(super) struct Register {
@@ -128,7 +130,7 @@ impl Register {
         };
         let mut message = format!("run {} succeeded", run.id);
         if let Some(model) = &pipeline.spec.model {
-            let verdict = self.judge(run, model).await?;
+            let verdict = self.judge(run, &pipeline, model).await?;
             message.push_str(&format!("; {verdict}"));
         }
         if finish_run(
@@ -147,30 +149,27 @@ impl Register {
 
     /// Gates the model of `run` and, unless it is a preview, registers it; returns what
     /// became of it, in words.
-    async fn judge(&mut self, run: &RunRow, model: &ModelSpec) -> Result<String, ObjectError> {
+    async fn judge(
+        &mut self,
+        run: &RunRow,
+        pipeline: &Pipeline,
+        model: &ModelSpec,
+    ) -> Result<String, ObjectError> {
         let stored = self.store.artifacts(run.id).await?;
-        let artifact = find(&stored, &model.artifact).ok_or_else(|| {
-            ObjectError::Permanent(format!(
-                "its model artifact {} was not stored",
-                model.artifact
-            ))
-        })?;
-        let metrics_bytes = match &model.metrics {
-            None => b"{}".to_vec(),
-            Some(reference) => {
-                let row = find(&stored, reference).ok_or_else(|| {
-                    ObjectError::Permanent(format!("its metrics {reference} were not stored"))
-                })?;
-                // A cached step recorded the outputs of the attempt it reused, under that
-                // run's keys.
-                let own = artifacts::output_key(&self.installation, run.id, &row.step, &row.output);
-                let key = self.artifacts.key_of(&row.uri).unwrap_or(&own);
-                self.artifacts.get_bytes(key).await?.ok_or_else(|| {
+        let (artifact, metrics_bytes, selected) = match &model.select {
+            Some(select) => self.select(run, pipeline, model, select, &stored).await?,
+            None => {
+                let artifact = find(&stored, &model.artifact, None).ok_or_else(|| {
                     ObjectError::Permanent(format!(
-                        "its metrics {reference} are recorded but missing from the artifact \
-                             store"
+                        "its model artifact {} was not stored",
+                        model.artifact
                     ))
-                })?
+                })?;
+                let metrics = match &model.metrics {
+                    None => b"{}".to_vec(),
+                    Some(reference) => self.metrics_of(run, &stored, reference, None).await?,
+                };
+                (artifact, metrics, None)
             }
         };
         let mut baselines = BTreeMap::new();
@@ -226,6 +225,7 @@ impl Register {
             gates: gates.checks,
             artifact_uri: artifact.uri.clone(),
             artifact_sha256: artifact.sha256.clone(),
+            selected: selected.clone(),
             promote: model.promote.clone().filter(|_| gates.passed),
             at: Utc::now(),
             reports: vec![status_report(
@@ -236,17 +236,122 @@ impl Register {
             )],
         };
         self.store.register_model(&registration).await?;
-        Ok(format!("model {} {description}", model.name))
+        Ok(format!(
+            "model {} {description}{}",
+            model.name,
+            selected.as_ref().map(picked).unwrap_or_default()
+        ))
+    }
+
+    /// The metrics file `reference` names, of `instance` for a matrix step's.
+    async fn metrics_of(
+        &self,
+        run: &RunRow,
+        stored: &[ArtifactRow],
+        reference: &str,
+        instance: Option<&str>,
+    ) -> Result<Vec<u8>, ObjectError> {
+        let row = find(stored, reference, instance).ok_or_else(|| {
+            ObjectError::Permanent(format!("its metrics {reference} were not stored"))
+        })?;
+        // A cached step recorded the outputs of the attempt it reused, under that run's keys.
+        let own = artifacts::output_key(&self.installation, run.id, &row.step, &row.output);
+        let key = self.artifacts.key_of(&row.uri).unwrap_or(&own);
+        self.artifacts.get_bytes(key).await?.ok_or_else(|| {
+            ObjectError::Permanent(format!(
+                "its metrics {reference} are recorded but missing from the artifact store"
+            ))
+        })
+    }
+
+    /// The instance of the matrix step making the model whose metric `select` likes best
+    /// (the first such instance on a tie): its model, its metrics and what it was. An
+    /// instance without the metric is passed over; none with it fails the run.
+    async fn select<'a>(
+        &self,
+        run: &RunRow,
+        pipeline: &Pipeline,
+        model: &ModelSpec,
+        select: &Select,
+        stored: &'a [ArtifactRow],
+    ) -> Result<(&'a ArtifactRow, Vec<u8>, Option<Selected>), ObjectError> {
+        let reference = model.metrics.as_deref().unwrap_or_default();
+        let step = model.artifact.split('.').nth(1).unwrap_or_default();
+        let definition = pipeline.spec.step(step).ok_or_else(|| {
+            ObjectError::Permanent(format!("its pipeline declares no step {step:?}"))
+        })?;
+        let mut best: Option<(f64, usize, Vec<u8>)> = None;
+        for (index, instance) in definition.instance_names().iter().enumerate() {
+            let bytes = self
+                .metrics_of(run, stored, reference, Some(instance))
+                .await?;
+            let Some(value) = registry::parse_metrics(&bytes)
+                .ok()
+                .and_then(|m| m.get(&select.metric).copied())
+            else {
+                tracing::warn!(run = run.id, %instance, metric = %select.metric, "an instance lacks the metric select compares; passed over");
+                continue;
+            };
+            let better = best.as_ref().is_none_or(|(b, _, _)| {
+                if select.greater_is_better {
+                    value > *b
+                } else {
+                    value < *b
+                }
+            });
+            if better {
+                best = Some((value, index, bytes));
+            }
+        }
+        let (_, index, bytes) = best.ok_or_else(|| {
+            ObjectError::Permanent(format!(
+                "no instance of step {step:?} wrote the metric {:?} that select compares",
+                select.metric
+            ))
+        })?;
+        let instance = format!("{step}.{index}");
+        let artifact = find(stored, &model.artifact, Some(&instance)).ok_or_else(|| {
+            ObjectError::Permanent(format!(
+                "its model artifact {} of {instance} was not stored",
+                model.artifact
+            ))
+        })?;
+        let selected = Selected {
+            step: instance,
+            values: definition.combination(index),
+        };
+        Ok((artifact, bytes, Some(selected)))
     }
 }
 
-/// The stored output `reference` (`steps.STEP.outputs.NAME`) names.
-fn find<'a>(stored: &'a [ArtifactRow], reference: &str) -> Option<&'a ArtifactRow> {
+/// How a verdict says which instance was picked: ` (selected train.3: lr=0.01, seed=2)`.
+fn picked(selected: &Selected) -> String {
+    let values: Vec<String> = selected
+        .values
+        .iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect();
+    format!(" (selected {}: {})", selected.step, values.join(", "))
+}
+
+/// The stored output `reference` (`steps.STEP.outputs.NAME`) names, of `instance` (such as
+/// `train.3`) for a matrix step's.
+fn find<'a>(
+    stored: &'a [ArtifactRow],
+    reference: &str,
+    instance: Option<&str>,
+) -> Option<&'a ArtifactRow> {
     let parts: Vec<&str> = reference.split('.').collect();
     match parts.as_slice() {
-        ["steps", step, "outputs", output] => stored
-            .iter()
-            .find(|a| a.step == *step && a.output == *output),
+        ["steps", step, "outputs", output] => {
+            let step = instance.unwrap_or(step);
+            stored
+                .iter()
+                .find(|a| a.step == step && a.output == *output)
+        }
         _ => None,
     }
 }

@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::execute::{ExecError, Executor, JobEvent, JobState, StepJob};
 use crate::report::bodies::started_run_reports;
 use crate::source::Repo;
+use crate::spec::model::instance_of;
 use crate::spec::{Pipeline, Settings};
 use crate::store::{
     AttemptOutcome, AttemptState, NewArtifact, NewAttempt, OpenAttempt, RunRow, RunState, RunWork,
@@ -282,12 +283,7 @@ impl<E: Executor> Runs<E> {
     ) -> Result<(), ObjectError> {
         let run = &work.run;
         let pinned = self.pinned(run).await?;
-        let succeeded: HashSet<&str> = work
-            .steps
-            .iter()
-            .filter(|s| !s.step.finally && s.step.state == StepState::Succeeded)
-            .map(|s| s.step.name.as_str())
-            .collect();
+        let succeeded = succeeded_steps(&work.steps);
         let dag_end = run.dag_state.map(|state| job::DagEnd {
             state,
             succeeded: &succeeded,
@@ -502,6 +498,8 @@ impl<E: Executor> Runs<E> {
             return self.end_dag(run, RunState::Succeeded, pass).await;
         }
         let mut ready = Vec::new();
+        // Instances a matrix step with max_parallel may still start, by step.
+        let mut slots: HashMap<&str, usize> = HashMap::new();
         for step in dag {
             let Some(definition) = pinned.pipeline.spec.step(&step.step.name) else {
                 return Err(ObjectError::Permanent(format!(
@@ -509,13 +507,33 @@ impl<E: Executor> Runs<E> {
                     step.step.name
                 )));
             };
-            if definition
+            if !definition
                 .needs
                 .iter()
                 .all(|n| succeeded.contains(n.as_str()))
             {
-                ready.push(*step);
+                continue;
             }
+            if let Some(limit) = definition.max_parallel
+                && step.step.state == StepState::Waiting
+            {
+                let name = definition.name.as_str();
+                let left = slots.entry(name).or_insert_with(|| {
+                    let running = dag
+                        .iter()
+                        .filter(|s| instance_of(&s.step.name).0 == name)
+                        .filter(|s| s.open.is_some() || s.step.state == StepState::Running)
+                        .count();
+                    usize::try_from(limit)
+                        .unwrap_or(usize::MAX)
+                        .saturating_sub(running)
+                });
+                if *left == 0 {
+                    continue;
+                }
+                *left -= 1;
+            }
+            ready.push(*step);
         }
         self.start_ready(
             run,
@@ -1004,6 +1022,18 @@ impl<E: Executor> Runs<E> {
 /// succeeded (the registry loop completes it): a cancel, before or during the finally
 /// steps, makes it cancelled; otherwise a failed DAG makes it failed, and a failed finally
 /// step makes a succeeded DAG's run failed.
+/// The DAG steps of a run that succeeded, by name: a matrix step once every instance did.
+fn succeeded_steps(steps: &[StepWork]) -> HashSet<&str> {
+    let mut all: HashMap<&str, bool> = HashMap::new();
+    for step in steps.iter().filter(|s| !s.step.finally) {
+        let ok = all.entry(instance_of(&step.step.name).0).or_insert(true);
+        *ok &= step.step.state == StepState::Succeeded;
+    }
+    all.into_iter()
+        .filter_map(|(name, ok)| ok.then_some(name))
+        .collect()
+}
+
 fn run_state(dag: RunState, cancel_requested: bool, finally_failed: bool) -> Option<RunState> {
     if cancel_requested || dag == RunState::Cancelled {
         Some(RunState::Cancelled)
@@ -1044,6 +1074,7 @@ fn failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StepRow;
 
     #[test]
     fn a_run_with_finally_steps_ends_as_its_dag_unless_a_finally_step_fails_a_succeeded_one() {
@@ -1065,6 +1096,46 @@ mod tests {
         assert_eq!(
             run_state(RunState::Failed, true, true),
             Some(RunState::Cancelled)
+        );
+    }
+
+    fn step(name: &str, finally: bool, state: StepState) -> StepWork {
+        StepWork {
+            step: StepRow {
+                run_id: 1,
+                name: name.to_owned(),
+                finally,
+                state,
+                attempt: 1,
+                failures: 0,
+                job: None,
+                retry_at: None,
+                started_at: None,
+                finished_at: None,
+                exit_code: None,
+                message: None,
+            },
+            open: None,
+        }
+    }
+
+    #[test]
+    fn a_matrix_step_has_succeeded_once_every_instance_has() {
+        use StepState::{Running, Succeeded};
+        let steps = [
+            step("prepare", false, Succeeded),
+            step("train.0", false, Succeeded),
+            step("train.1", false, Running),
+            step("sweep.0", false, Succeeded),
+            step("sweep.1", false, Succeeded),
+            step("report", true, Succeeded),
+        ];
+        let mut done: Vec<&str> = succeeded_steps(&steps).into_iter().collect();
+        done.sort_unstable();
+        assert_eq!(
+            done,
+            ["prepare", "sweep"],
+            "finally steps are not of the DAG"
         );
     }
 }

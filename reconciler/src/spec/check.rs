@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::cron::{CronSchedule, parse_timezone};
 use super::diag::{Finding, did_you_mean};
-use super::model::{Pipeline, PipelineSpec, Schedule, Settings, Step};
+use super::model::{ModelSpec, Pipeline, PipelineSpec, Schedule, Settings, Step};
 use super::template::{self, Reference};
 use super::units::{QuantityKind, parse_duration, parse_quantity};
 
@@ -15,6 +15,8 @@ pub const MAX_GPUS_PER_STEP: u32 = 16;
 pub const MAX_RETRIES: u32 = 10;
 /// Longest `cache_version`.
 pub const MAX_CACHE_VERSION: usize = 100;
+/// Most instances one matrix step may run in a run (a platform policy may allow fewer).
+pub const MAX_MATRIX_INSTANCES: usize = 64;
 /// Most ticks `catchup: all` may replay.
 pub const MAX_CATCHUP: u32 = 1000;
 
@@ -175,6 +177,16 @@ pub fn check_pipeline(pipeline: &Pipeline, line: u32, out: &mut Vec<Finding>) {
                 ),
             );
         }
+        if !step.matrix.is_empty() {
+            c.error(
+                "matrix-in-finally",
+                format!("{at}.matrix"),
+                format!(
+                    "finally step {:?} has a matrix; finally steps run once, after the DAG",
+                    step.name
+                ),
+            );
+        }
         if step.cache == Some(true) {
             c.error_hint(
                 "cached-finally-step",
@@ -250,6 +262,7 @@ pub fn check_pipeline(pipeline: &Pipeline, line: u32, out: &mut Vec<Finding>) {
         if let Some(alias) = &model.promote {
             c.name("spec.model.promote", alias);
         }
+        check_select(&mut c, spec, model);
     }
     if spec.triggers.on_change {
         for (name, param) in &spec.params {
@@ -592,10 +605,73 @@ fn check_step(
         &format!("{at}.cache_max_age"),
         step.cache_max_age.as_deref(),
     );
+    check_matrix(c, at, step);
     c.cache_version(
         &format!("{at}.cache_version"),
         step.cache_version.as_deref(),
     );
+}
+
+/// Checks a step's matrix: named axes of distinct scalar values, a bounded product, and
+/// `max_parallel` only with a matrix.
+fn check_matrix(c: &mut Checker<'_>, at: &str, step: &Step) {
+    for (axis, values) in &step.matrix {
+        let path = format!("{at}.matrix.{axis}");
+        if !is_identifier(axis, false) {
+            c.error(
+                "invalid-matrix-name",
+                &path,
+                format!("matrix axis {axis:?} must be letters, digits and '_'"),
+            );
+        }
+        if values.is_empty() {
+            c.error(
+                "empty-matrix-axis",
+                &path,
+                format!("matrix axis {axis:?} has no values"),
+            );
+        }
+        for (v, value) in values.iter().enumerate() {
+            let scalar = value.is_string() || value.is_boolean() || value.is_number();
+            if !scalar {
+                c.error(
+                    "invalid-matrix-value",
+                    format!("{path}[{v}]"),
+                    format!("matrix axis {axis:?} value {value} is not a string, number or bool"),
+                );
+            } else if values[..v].contains(value) {
+                c.error(
+                    "duplicate-matrix-value",
+                    format!("{path}[{v}]"),
+                    format!("matrix axis {axis:?} lists {value} twice"),
+                );
+            }
+        }
+    }
+    let instances = step.instances();
+    if instances > MAX_MATRIX_INSTANCES {
+        c.error(
+            "too-many-instances",
+            format!("{at}.matrix"),
+            format!(
+                "step {:?} has {instances} matrix instances; at most {MAX_MATRIX_INSTANCES}",
+                step.name
+            ),
+        );
+    }
+    match step.max_parallel {
+        Some(_) if step.matrix.is_empty() => c.error(
+            "max-parallel-without-matrix",
+            format!("{at}.max_parallel"),
+            format!("step {:?} sets max_parallel but has no matrix", step.name),
+        ),
+        Some(0) => c.error(
+            "invalid-max-parallel",
+            format!("{at}.max_parallel"),
+            "max_parallel must be at least 1",
+        ),
+        _ => {}
+    }
 }
 
 fn check_reference(
@@ -610,6 +686,15 @@ fn check_reference(
     let params = &pipeline.spec.params;
     let index = names.dag;
     match reference {
+        Reference::Matrix(axis) if !step.matrix.contains_key(axis) => {
+            let hint = did_you_mean(axis, step.matrix.keys().map(String::as_str));
+            c.error_hint(
+                "unknown-matrix-value",
+                path,
+                format!("step {:?} has no matrix axis {axis:?}", step.name),
+                hint,
+            );
+        }
         Reference::RunState if matches!(reads, Reads::Ancestors(_)) => c.error_hint(
             "run-state-outside-finally",
             path,
@@ -729,6 +814,59 @@ fn check_output_ref(
             );
         }
         Some(_) => {}
+    }
+}
+
+/// A model made by a matrix step needs `select` (which instance to register), reading the
+/// metrics of the same step's instances; `select` needs a matrix step.
+fn check_select(c: &mut Checker<'_>, spec: &PipelineSpec, model: &ModelSpec) {
+    let producer = |reference: &str| {
+        let step = reference.split('.').nth(1)?;
+        spec.steps.iter().find(|s| s.name == step)
+    };
+    let from_matrix = producer(&model.artifact).is_some_and(|s| !s.matrix.is_empty());
+    match &model.select {
+        None if from_matrix => c.error_hint(
+            "matrix-model-without-select",
+            "spec.model.artifact",
+            format!(
+                "{} is made by every instance of a matrix step; say which one to register",
+                model.artifact
+            ),
+            Some("add select: {metric: NAME, greater_is_better: true}".to_owned()),
+        ),
+        None => {}
+        Some(_) if !from_matrix => c.error(
+            "select-without-matrix",
+            "spec.model.select",
+            format!(
+                "select picks among the instances of a matrix step, but {} is not made by one",
+                model.artifact
+            ),
+        ),
+        Some(select) => {
+            let same = model
+                .metrics
+                .as_deref()
+                .and_then(producer)
+                .zip(producer(&model.artifact))
+                .is_some_and(|(m, a)| m.name == a.name);
+            if !same {
+                c.error(
+                    "select-metrics-elsewhere",
+                    "spec.model.select",
+                    "select compares the instances' metrics: spec.model.metrics must be an \
+                     output of the same matrix step as the artifact",
+                );
+            }
+            if select.metric.trim().is_empty() {
+                c.error(
+                    "select-without-metric",
+                    "spec.model.select.metric",
+                    "select metric is empty",
+                );
+            }
+        }
     }
 }
 

@@ -149,8 +149,10 @@ impl PipelineSpec {
         self.steps.iter().chain(&self.finally)
     }
 
-    /// The step named `name`, of the DAG or finally.
+    /// The step named `name`, of the DAG or finally; an instance's name (`train.3`) names
+    /// its matrix step.
     pub fn step(&self, name: &str) -> Option<&Step> {
+        let (name, _) = instance_of(name);
         self.all_steps().find(|s| s.name == name)
     }
 
@@ -283,6 +285,60 @@ pub struct Step {
     /// Part of the cache key; unset: the pipeline's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_version: Option<String>,
+    /// Run the step once per combination of these values (`{lr: [0.1, 0.01], seed: [1, 2]}`
+    /// runs four instances), each reading its own as `{{ matrix.NAME }}`, with its own
+    /// attempts and retries. Steps that need it start once every instance succeeded, and
+    /// read each of its outputs as a directory: one file per instance and `index.json`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, Vec<serde_json::Value>>")]
+    pub matrix: BTreeMap<String, Vec<serde_json::Value>>,
+    /// How many instances of a matrix step run at once; unset: as many as the service runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
+}
+
+impl Step {
+    /// How many instances the step runs: the product of its matrix axes' lengths, 1 without
+    /// a matrix.
+    pub fn instances(&self) -> usize {
+        self.matrix
+            .values()
+            .fold(1usize, |n, values| n.saturating_mul(values.len()))
+    }
+
+    /// The values of instance `index`: axes in name order, the last one varying fastest.
+    pub fn combination(&self, index: usize) -> BTreeMap<String, serde_json::Value> {
+        let mut rest = index;
+        let mut values = BTreeMap::new();
+        for (axis, options) in self.matrix.iter().rev() {
+            let len = options.len().max(1);
+            if let Some(value) = options.get(rest % len) {
+                values.insert(axis.clone(), value.clone());
+            }
+            rest /= len;
+        }
+        values
+    }
+
+    /// The names its instances have in a run: the step's own without a matrix, else
+    /// `STEP.0`, `STEP.1`, ... (a step name has no `.`, so these name nothing else).
+    pub fn instance_names(&self) -> Vec<String> {
+        if self.matrix.is_empty() {
+            return vec![self.name.clone()];
+        }
+        (0..self.instances())
+            .map(|i| format!("{}.{i}", self.name))
+            .collect()
+    }
+}
+
+/// The step a run's step row belongs to, and which instance it is: `train.3` → (`train`,
+/// Some(3)), `train` → (`train`, None).
+pub fn instance_of(name: &str) -> (&str, Option<usize>) {
+    match name.split_once('.') {
+        Some((step, index)) => (step, index.parse().ok()),
+        None => (name, None),
+    }
 }
 
 /// What a step asks of the machine.
@@ -320,6 +376,24 @@ pub struct ModelSpec {
     /// Alias moved to the new version when it passes its gates.
     #[serde(default)]
     pub promote: Option<String>,
+    /// For a model made by a matrix step: which instance's model is gated and registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<Select>,
+}
+
+/// Picks the best instance of a matrix step by one of its metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Select {
+    /// A metric every instance writes to the model's `metrics` file.
+    pub metric: String,
+    /// Whether a larger value is better (accuracy) or a smaller one (loss).
+    #[serde(default = "larger_is_better")]
+    pub greater_is_better: bool,
+}
+
+fn larger_is_better() -> bool {
+    true
 }
 
 /// One condition on a metric; exactly one bound is set.

@@ -26,6 +26,8 @@ pub enum Reference {
     /// `{{ run.state }}`: how the DAG ended (`succeeded`, `failed` or `cancelled`); only
     /// finally steps, which start after it ended, may read it.
     RunState,
+    /// `{{ matrix.NAME }}`: this instance's value of a matrix axis of its step.
+    Matrix(String),
 }
 
 impl fmt::Display for Reference {
@@ -37,6 +39,7 @@ impl fmt::Display for Reference {
             Reference::RunId => f.write_str("run.id"),
             Reference::RunScheduledTime => f.write_str("run.scheduled_time"),
             Reference::RunState => f.write_str("run.state"),
+            Reference::Matrix(m) => write!(f, "matrix.{m}"),
         }
     }
 }
@@ -116,9 +119,10 @@ fn parse_reference(expr: &str) -> Result<Reference, String> {
         ["run", "id"] => Ok(Reference::RunId),
         ["run", "scheduled_time"] => Ok(Reference::RunScheduledTime),
         ["run", "state"] => Ok(Reference::RunState),
+        ["matrix", name] if ok_name(name) => Ok(Reference::Matrix((*name).to_owned())),
         _ => Err(format!(
             "unknown template `{{{{ {expr} }}}}`; use params.NAME, outputs.NAME, \
-             steps.STEP.outputs.NAME, run.id, run.scheduled_time or run.state"
+             steps.STEP.outputs.NAME, matrix.NAME, run.id, run.scheduled_time or run.state"
         )),
     }
 }

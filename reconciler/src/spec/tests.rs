@@ -696,3 +696,76 @@ fn cache_settings_are_checked_where_they_are_written() {
     );
     assert_eq!(check(&fine), []);
 }
+
+#[test]
+fn a_matrix_runs_every_combination_the_last_axis_fastest() {
+    let yaml = pipeline(
+        "  steps:\n    - {name: train, run: [a, '{{ matrix.lr }}', '{{ matrix.seed }}'], matrix: {seed: [1, 2, 3], lr: [0.1, 0.01]}, max_parallel: 2}\n",
+    );
+    assert_eq!(check(&yaml), []);
+    let parsed = crate::spec::parse_file(yaml.as_bytes());
+    let Some(crate::spec::Document::Pipeline(p)) =
+        parsed.documents.into_iter().next().map(|d| d.document)
+    else {
+        panic!("a pipeline");
+    };
+    let train = &p.spec.steps[0];
+    assert_eq!(train.instances(), 6);
+    assert_eq!(
+        train.instance_names(),
+        [
+            "train.0", "train.1", "train.2", "train.3", "train.4", "train.5"
+        ]
+    );
+    let seen: Vec<(String, String)> = (0..6)
+        .map(|i| {
+            let c = train.combination(i);
+            (c["lr"].to_string(), c["seed"].to_string())
+        })
+        .collect();
+    let pairs = |lr: &str| ["1", "2", "3"].map(|s| (lr.to_owned(), s.to_owned()));
+    assert_eq!(seen, [pairs("0.1"), pairs("0.01")].concat());
+    assert_eq!(
+        p.spec.step("train.4").map(|s| s.name.as_str()),
+        Some("train")
+    );
+    assert_eq!(
+        crate::spec::model::instance_of("train.4"),
+        ("train", Some(4))
+    );
+}
+
+#[test]
+fn a_matrix_is_checked_where_it_is_written() {
+    let yaml = pipeline(
+        "  steps:\n    - {name: prep, run: [a], max_parallel: 2}\n    - {name: train, needs: [prep], run: [b, '{{ matrix.rate }}'], matrix: {lr: [0.1, 0.1], deep: [[1]], none: []}, outputs: [model, metrics]}\n  finally:\n    - {name: report, run: [c], matrix: {x: [1]}}\n  model: {name: m, artifact: steps.train.outputs.model, metrics: steps.train.outputs.metrics}\n",
+    );
+    let mut found = check(&yaml);
+    found.sort();
+    let found_codes: Vec<&str> = found.iter().map(|(_, _, c)| c.as_str()).collect();
+    assert_eq!(
+        found_codes,
+        [
+            "max-parallel-without-matrix",
+            "unknown-matrix-value",
+            "duplicate-matrix-value",
+            "invalid-matrix-value",
+            "empty-matrix-axis",
+            "matrix-in-finally",
+            "matrix-model-without-select",
+        ],
+        "{found:?}"
+    );
+    let big = pipeline(
+        "  steps:\n    - {name: train, run: [a], matrix: {a: [1, 2, 3, 4, 5], b: [1, 2, 3, 4, 5], c: [1, 2, 3]}}\n",
+    );
+    assert_eq!(codes(&big), ["too-many-instances"]);
+    let plain = pipeline(
+        "  steps:\n    - {name: train, run: [a], outputs: [model, metrics]}\n  model: {name: m, artifact: steps.train.outputs.model, metrics: steps.train.outputs.metrics, select: {metric: accuracy}}\n",
+    );
+    assert_eq!(codes(&plain), ["select-without-matrix"]);
+    let elsewhere = pipeline(
+        "  steps:\n    - {name: train, run: [a], outputs: [model], matrix: {lr: [1, 2]}}\n    - {name: eval, needs: [train], run: [b], outputs: [metrics]}\n  model: {name: m, artifact: steps.train.outputs.model, metrics: steps.eval.outputs.metrics, select: {metric: accuracy}}\n",
+    );
+    assert_eq!(codes(&elsewhere), ["select-metrics-elsewhere"]);
+}

@@ -61,20 +61,19 @@ impl Store {
         }))
     }
 
-    /// Records attempt `attempt` of `step` in `run_id` as cached from `entry`: the attempt
-    /// (named `job`, which never runs), the step succeeded with the entry's outputs, and the
+    /// Records attempt `cached` as cached from `entry`, under `key`: the attempt (named
+    /// `job`, which never runs), the step succeeded with the entry's outputs, and the
     /// run running if it was pending, in one transaction. Returns false, writing nothing,
     /// if the step had moved past that attempt already (a pass that crashed recorded it).
     pub async fn record_cached(
         &self,
-        run_id: i64,
-        step: &str,
-        attempt: u32,
+        cached: &AttemptId,
         job: &str,
         key: &str,
         entry: &CacheEntry,
         at: DateTime<Utc>,
     ) -> Result<bool> {
+        let (run_id, step, attempt) = (cached.run_id, cached.step.as_str(), cached.attempt);
         if attempt == 0 {
             return Err(StoreError::Invalid(format!(
                 "attempts are numbered from 1 ({run_id}/{step})"

@@ -15,7 +15,7 @@ macro_rules! model_version_columns {
     () => {
         "SELECT m.id, m.model, m.version, m.run_id, m.state, m.metrics, m.gates, m.reasons,
              m.artifact_uri, m.artifact_sha256, m.commit_sha, m.pipeline, m.pipeline_version,
-             m.params, m.created_at
+             m.params, m.created_at, m.selected
          FROM model_versions m "
     };
 }
@@ -83,8 +83,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO model_versions (model, version, run_id, state, metrics, gates, reasons,
                  artifact_uri, artifact_sha256, commit_sha, pipeline, pipeline_version, params,
-                 created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                 created_at, selected)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(&model.model)
         .bind(version)
@@ -100,6 +100,10 @@ impl Store {
         .bind(run.try_get::<String, _>("pipeline_version")?)
         .bind(run.try_get::<String, _>("params")?)
         .bind(at)
+        .bind(match &model.selected {
+            Some(selected) => Some(to_json("a model's selected instance", selected)?),
+            None => None,
+        })
         .execute(&mut *tx)
         .await?;
         if let (Some(version), Some(alias)) = (version, &model.promote) {
@@ -192,6 +196,7 @@ fn model_version_row(row: &AnyRow) -> Result<ModelVersionRow> {
         reasons: c.opt_json("reasons")?.unwrap_or_default(),
         artifact_uri: c.get("artifact_uri")?,
         artifact_sha256: c.get("artifact_sha256")?,
+        selected: c.opt_json("selected")?,
         commit_sha: c.get("commit_sha")?,
         pipeline: c.get("pipeline")?,
         pipeline_version: c.get("pipeline_version")?,

@@ -336,8 +336,8 @@ async fn migrations_run_twice_safely(store: Store) {
         .await
         .expect("count applied migrations");
     assert_eq!(
-        applied, 7,
-        "init, forge events, pull requests, level-triggered, check runs, backfill, finally"
+        applied, 8,
+        "init, forge events, pull requests, level-triggered, check runs, backfill, finally, cache"
     );
     assert!(
         store
@@ -1429,6 +1429,7 @@ fn model(run_id: i64, state: ModelState, auc: f64, at: DateTime<Utc>) -> NewMode
         },
         artifact_uri: format!("file:///artifacts/{run_id}/train/model"),
         artifact_sha256: "cd".repeat(32),
+        selected: None,
         promote: Some("champion".to_owned()),
         at,
         reports: vec![status("c1", "trainyard/model", state.as_str())],
@@ -2778,15 +2779,20 @@ async fn the_cache_holds_current_succeeded_attempts_and_a_reuse_is_recorded_once
 
     let reusing = store.create_run(&change_run("c1")).await.expect("run");
     let job = format!("job-{reusing}-prepare-1");
+    let cached = AttemptId {
+        run_id: reusing,
+        step: "prepare".to_owned(),
+        attempt: 1,
+    };
     assert!(
         store
-            .record_cached(reusing, "prepare", 1, &job, "k", &entry, t(40))
+            .record_cached(&cached, &job, "k", &entry, t(40))
             .await
             .expect("record")
     );
     assert!(
         !store
-            .record_cached(reusing, "prepare", 1, &job, "k", &entry, t(41))
+            .record_cached(&cached, &job, "k", &entry, t(41))
             .await
             .expect("record again"),
         "a reuse is recorded once"

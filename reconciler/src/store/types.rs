@@ -293,7 +293,13 @@ impl NewRun {
             schedule: None,
             scheduled_at: None,
             params,
-            steps: pipeline.spec.steps.iter().map(|s| s.name.clone()).collect(),
+            // A matrix step is one step row per instance.
+            steps: pipeline
+                .spec
+                .steps
+                .iter()
+                .flat_map(|s| s.instance_names())
+                .collect(),
             finally: pipeline
                 .spec
                 .finally
@@ -404,6 +410,8 @@ pub struct NewModelVersion<P> {
     pub artifact_uri: String,
     /// Hex sha256 of the model artifact.
     pub artifact_sha256: String,
+    /// For a model of a matrix step: the instance its `select` picked.
+    pub selected: Option<Selected>,
     /// Alias to move to this version when accepted.
     pub promote: Option<String>,
     /// When it was registered.
@@ -651,6 +659,15 @@ pub struct ArtifactRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// The instance of a matrix step whose model was registered, and its values.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Selected {
+    /// The instance's step name in the run (`train.3`).
+    pub step: String,
+    /// Its matrix values.
+    pub values: BTreeMap<String, serde_json::Value>,
+}
+
 /// A registered model version, accepted or rejected, with its lineage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelVersionRow {
@@ -674,6 +691,8 @@ pub struct ModelVersionRow {
     pub artifact_uri: String,
     /// Hex sha256 of the model artifact.
     pub artifact_sha256: String,
+    /// For a model of a matrix step: the instance its `select` picked.
+    pub selected: Option<Selected>,
     /// Commit the run was pinned to.
     pub commit_sha: String,
     /// Pipeline name.

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use trainyard::registry::GateCheck;
 use trainyard::spec::check::Params;
-use trainyard::store::{ModelState, ModelVersionRow};
+use trainyard::store::{ModelState, ModelVersionRow, Selected};
 
 use super::{
     NO_RUNS_YET, NotFound, Table, ViewArgs, local_time, metrics_text, no_database, print,
@@ -69,6 +69,9 @@ struct ModelView<'a> {
     pipeline_version: &'a str,
     params: &'a Params,
     run_id: i64,
+    /// For a model of a matrix step: the instance `select` picked, and its values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    selected: Option<&'a Selected>,
     created_at: DateTime<Utc>,
 }
 
@@ -99,6 +102,7 @@ impl<'a> ModelView<'a> {
             pipeline_version: &row.pipeline_version,
             params: &row.params,
             run_id: row.run_id,
+            selected: row.selected.as_ref(),
             created_at: row.created_at,
         }
     }
@@ -124,7 +128,10 @@ fn models_table(models: &[ModelView<'_>]) -> String {
             aliases,
             metrics_text(model.metrics),
             short_sha(model.commit).to_owned(),
-            model.run_id.to_string(),
+            match model.selected {
+                Some(selected) => format!("{} ({})", model.run_id, selected.step),
+                None => model.run_id.to_string(),
+            },
             local_time(model.created_at),
         ]);
     }

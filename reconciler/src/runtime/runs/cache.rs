@@ -27,7 +27,7 @@ use crate::runtime::ObjectError;
 use crate::runtime::job::{self, Placement};
 use crate::spec::CachePolicy;
 use crate::spec::units::parse_duration;
-use crate::store::{CacheEntry, RunRow, Trigger};
+use crate::store::{AttemptId, CacheEntry, RunRow, Trigger};
 
 /// Where the key's rendering places the job: any fixed directory would do.
 const KEY_DIR: &str = "/trainyard";
@@ -105,9 +105,14 @@ impl<E: Executor> Runs<E> {
         };
         let job = job_name(&self.installation, run.id, step, attempt);
         let from = &entry.attempt;
+        let cached = AttemptId {
+            run_id: run.id,
+            step: step.to_owned(),
+            attempt,
+        };
         if self
             .store
-            .record_cached(run.id, step, attempt, &job, &key, &entry, now)
+            .record_cached(&cached, &job, &key, &entry, now)
             .await?
         {
             tracing::info!(run = run.id, %step, attempt, from_run = from.run_id, from_step = %from.step, from_attempt = from.attempt, "step cached");
@@ -147,9 +152,15 @@ impl<E: Executor> Runs<E> {
                 artifacts::output_key(&self.installation, run.id, &row.step, &row.output)
                     == input.key
             });
-            let Some(row) = row else { return Ok(None) };
             let below = input.path.strip_prefix(KEY_DIR).unwrap_or(&input.path);
-            inputs.insert(below.display().to_string(), row.sha256.as_str());
+            let sha256 = match row {
+                Some(row) => row.sha256.as_str(),
+                // The index of a matrix step's instances follows from its definition, and
+                // each instance's output is an input of its own.
+                None if input.path.ends_with(job::INDEX_FILE) => "index",
+                None => return Ok(None),
+            };
+            inputs.insert(below.display().to_string(), sha256);
         }
         let folder = self.folder_digest(&run.commit_sha, &pinned.file).await?;
         Ok(Some(key_of(

@@ -51,6 +51,9 @@ impl<E: Executor> Runs<E> {
             Ok(job) => job,
             Err(why) => return Ok(Err(why)),
         };
+        for (key, index) in job::indexes(run, &pinned.pipeline, step, &self.installation) {
+            self.artifacts.put_bytes(&key, index).await?;
+        }
         self.locate_inputs(run, &mut job).await?;
         Ok(Ok(job))
     }
