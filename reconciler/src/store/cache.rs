@@ -9,8 +9,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::runs::artifact_row;
-use super::{AttemptId, CacheEntry, Cells, Result, Store, StoreError, millis, opt_millis};
+use super::runs::{artifact_row, record_artifacts};
+use super::{
+    AttemptId, CacheEntry, Cells, NewArtifact, Result, Store, StoreError, millis, opt_millis,
+};
 
 impl Store {
     /// The newest entry under `key` that ended at or after `not_before` (any age when
@@ -122,27 +124,17 @@ impl Store {
         .bind(i64::from(from.attempt))
         .execute(&mut *tx)
         .await?;
-        for artifact in &entry.artifacts {
-            let size = i64::try_from(artifact.size).map_err(|_| {
-                StoreError::Invalid(format!("artifact {} is too large", artifact.output))
-            })?;
-            sqlx::query(
-                "INSERT INTO artifacts (run_id, step, output, uri, sha256, size, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (run_id, step, output) DO UPDATE SET uri = excluded.uri,
-                     sha256 = excluded.sha256, size = excluded.size,
-                     created_at = excluded.created_at",
-            )
-            .bind(run_id)
-            .bind(step)
-            .bind(&artifact.output)
-            .bind(&artifact.uri)
-            .bind(&artifact.sha256)
-            .bind(size)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let outputs: Vec<NewArtifact> = entry
+            .artifacts
+            .iter()
+            .map(|a| NewArtifact {
+                output: a.output.clone(),
+                uri: a.uri.clone(),
+                sha256: a.sha256.clone(),
+                size: a.size,
+            })
+            .collect();
+        record_artifacts(&mut tx, run_id, step, &outputs, at).await?;
         sqlx::query(
             "UPDATE runs SET state = 'running', started_at = $2
              WHERE id = $1 AND state = 'pending'",

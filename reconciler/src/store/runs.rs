@@ -15,9 +15,9 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row};
 use super::cache::reused_of;
 use super::outbox::enqueue;
 use super::{
-    ArtifactRow, AttemptOutcome, AttemptRow, AttemptState, Cells, NewAttempt, NewReport, NewRun,
-    OpenAttempt, ROWS_PER_STATEMENT, Result, RunRow, RunState, RunWork, StepRow, StepState,
-    StepWork, Store, StoreError, Trigger, millis, opt_millis, to_json, value_rows,
+    ArtifactRow, AttemptOutcome, AttemptRow, AttemptState, Cells, NewArtifact, NewAttempt,
+    NewReport, NewRun, OpenAttempt, ROWS_PER_STATEMENT, Result, RunRow, RunState, RunWork, StepRow,
+    StepState, StepWork, Store, StoreError, Trigger, millis, opt_millis, to_json, value_rows,
 };
 
 /// The columns of [`RunRow`], for `concat!`.
@@ -740,27 +740,7 @@ impl Store {
         // A step's outputs are those of its current attempt; a superseded attempt's uploads
         // would pair outputs with a state they did not produce.
         let artifacts = if current { &outcome.artifacts[..] } else { &[] };
-        for artifact in artifacts {
-            let size = i64::try_from(artifact.size).map_err(|_| {
-                StoreError::Invalid(format!("artifact {} is too large", artifact.output))
-            })?;
-            sqlx::query(
-                "INSERT INTO artifacts (run_id, step, output, uri, sha256, size, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (run_id, step, output) DO UPDATE SET uri = excluded.uri,
-                     sha256 = excluded.sha256, size = excluded.size,
-                     created_at = excluded.created_at",
-            )
-            .bind(run_id)
-            .bind(step)
-            .bind(&artifact.output)
-            .bind(&artifact.uri)
-            .bind(&artifact.sha256)
-            .bind(size)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        }
+        record_artifacts(&mut tx, run_id, step, artifacts, at).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -952,6 +932,39 @@ fn attempt_row(row: &AnyRow) -> Result<AttemptRow> {
         reused: reused_of(&c)?,
         step,
     })
+}
+
+/// Records the outputs of `step` in `run_id` at `at` (milliseconds), replacing what an
+/// earlier attempt recorded under the same names.
+pub(super) async fn record_artifacts(
+    conn: &mut AnyConnection,
+    run_id: i64,
+    step: &str,
+    artifacts: &[NewArtifact],
+    at: i64,
+) -> Result<()> {
+    for artifact in artifacts {
+        let size = i64::try_from(artifact.size).map_err(|_| {
+            StoreError::Invalid(format!("artifact {} is too large", artifact.output))
+        })?;
+        sqlx::query(
+            "INSERT INTO artifacts (run_id, step, output, uri, sha256, size, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (run_id, step, output) DO UPDATE SET uri = excluded.uri,
+                 sha256 = excluded.sha256, size = excluded.size,
+                 created_at = excluded.created_at",
+        )
+        .bind(run_id)
+        .bind(step)
+        .bind(&artifact.output)
+        .bind(&artifact.uri)
+        .bind(&artifact.sha256)
+        .bind(size)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 pub(super) fn artifact_row(row: &AnyRow) -> Result<ArtifactRow> {
