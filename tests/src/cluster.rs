@@ -79,6 +79,15 @@ ttl_seconds_after_finished: 600
         Ok(Cluster { api, s3, dir })
     }
 
+    /// A service on `repo` running its steps on this cluster, polling every second.
+    pub fn serve(&self, repo: &Repo, data: &DataDir) -> Result<Service> {
+        let (mut args, env) = self.service_args()?;
+        args.extend(["--poll-seconds".to_owned(), "1".to_owned()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Service::start_with_env(repo.path(), data, &args, &env)
+    }
+
     /// The arguments and environment of a service on this cluster.
     pub fn service_args(&self) -> Result<Invocation> {
         let config = self.dir.path().join("cluster.yaml");

@@ -24,16 +24,6 @@ fn gpu_sample() -> Result<Repo> {
     Ok(repo)
 }
 
-/// Starts a service on `repo` with `--executor kubernetes` against `cluster`, polling
-/// every second.
-fn serve(cluster: &Cluster, repo: &Repo, data: &DataDir) -> Result<Service> {
-    let (mut args, env) = cluster.service_args()?;
-    args.extend(["--poll-seconds".to_owned(), "1".to_owned()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    Service::start_with_env(repo.path(), data, &args, &env)
-}
-
 /// Starts a service and admits its Jobs until run `run` is in a final state.
 async fn run_to_the_end(
     cluster: &Cluster,
@@ -75,7 +65,7 @@ async fn a_commit_trains_on_the_cluster_registers_the_model_and_notes_the_commit
             "spec": {"restartPolicy": "Never",
                      "containers": [{"name": "main", "image": "busybox", "command": ["true"]}]}}},
     }))?;
-    let service = serve(&cluster, &repo, &data)?;
+    let service = cluster.serve(&repo, &data)?;
 
     let state = run_to_the_end(&cluster, &data, 1, Duration::from_secs(120)).await;
     let output = data.service_output();
@@ -470,7 +460,7 @@ spec:
     )])?;
     let data = DataDir::postgres().await?;
     let id = data.store().await?.installation(None).await?;
-    let service = serve(&cluster, &repo, &data)?;
+    let service = cluster.serve(&repo, &data)?;
 
     let state = run_to_the_end(&cluster, &data, 1, Duration::from_secs(120)).await;
     let output = data.service_output();
@@ -533,7 +523,7 @@ spec:
     .replace("IMAGE", PINNED_IMAGE);
     let repo = Repo::with_files(&[("pipeline.yaml", pipeline)])?;
     let data = DataDir::postgres().await?;
-    let service = serve(&cluster, &repo, &data)?;
+    let service = cluster.serve(&repo, &data)?;
 
     let state = run_to_the_end(&cluster, &data, 1, Duration::from_secs(120)).await;
     let output = data.service_output();
