@@ -14,6 +14,9 @@ const PREFIX: &str = "/trainyard";
 /// Comments longer than this are not read past it, and a command in one is refused.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// The word of a run command that skips the step cache.
+const NO_CACHE: &str = "--no-cache";
+
 /// What a comment asks Trainyard to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -23,6 +26,8 @@ pub enum Command {
         pipeline: String,
         /// Parameters as written (typed against the pipeline's declaration later).
         params: BTreeMap<String, String>,
+        /// `--no-cache`: run every step, reusing nothing from the step cache.
+        no_cache: bool,
     },
     /// Validate and plan the pull request again.
     Plan,
@@ -32,8 +37,9 @@ pub enum Command {
 
 /// The reply to `/trainyard help`, and the hint after a refused command.
 pub const HELP: &str = "Commands, on a line of their own:\n\
-    - `/trainyard run PIPELINE [key=value …]` runs a preview of this pull request's version \
-    of PIPELINE (quote values with spaces: `key=\"a b\"`);\n\
+    - `/trainyard run PIPELINE [key=value …] [--no-cache]` runs a preview of this pull \
+    request's version of PIPELINE (quote values with spaces: `key=\"a b\"`; `--no-cache` \
+    runs every step, even cached ones);\n\
     - `/trainyard plan` validates and plans this pull request again;\n\
     - `/trainyard help` shows this.";
 
@@ -159,7 +165,12 @@ fn parse_line(args: &str) -> Result<Command, CommandError> {
                 });
             }
             let mut params = BTreeMap::new();
+            let mut no_cache = false;
             for word in words {
+                if !word.quoted && word.text == NO_CACHE {
+                    no_cache = true;
+                    continue;
+                }
                 let Some((key, value)) = word.text.split_once('=') else {
                     return Err(CommandError::NotKeyValue(word.text));
                 };
@@ -173,6 +184,7 @@ fn parse_line(args: &str) -> Result<Command, CommandError> {
             Ok(Command::Run {
                 pipeline: pipeline.text,
                 params,
+                no_cache,
             })
         }
         "plan" => no_more(words, "plan").map(|()| Command::Plan),
@@ -275,11 +287,18 @@ fn write_value(out: &mut fmt::Formatter<'_>, value: &str) -> fmt::Result {
 impl fmt::Display for Command {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Run { pipeline, params } => {
+            Command::Run {
+                pipeline,
+                params,
+                no_cache,
+            } => {
                 write!(out, "{PREFIX} run {pipeline}")?;
                 for (key, value) in params {
                     write!(out, " {key}=")?;
                     write_value(out, value)?;
+                }
+                if *no_cache {
+                    write!(out, " {NO_CACHE}")?;
                 }
                 Ok(())
             }
@@ -301,7 +320,29 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            no_cache: false,
         }
+    }
+
+    #[test]
+    fn no_cache_is_a_flag_anywhere_after_the_pipeline() {
+        let fresh = Command::Run {
+            pipeline: "iris".to_owned(),
+            params: BTreeMap::from([("lr".to_owned(), "0.1".to_owned())]),
+            no_cache: true,
+        };
+        for line in [
+            "/trainyard run iris --no-cache lr=0.1",
+            "/trainyard run iris lr=0.1 --no-cache",
+        ] {
+            assert_eq!(parse(line), Some(Ok(fresh.clone())), "{line}");
+        }
+        assert_eq!(fresh.to_string(), "/trainyard run iris lr=0.1 --no-cache");
+        // Quoted, it is a word like any other, and not key=value.
+        assert!(matches!(
+            parse("/trainyard run iris \"--no-cache\""),
+            Some(Err(CommandError::NotKeyValue(_)))
+        ));
     }
 
     #[test]
@@ -481,9 +522,10 @@ mod tests {
         fn a_written_run_command_reads_back_the_same(
             pipeline in pipeline_name(),
             params in params(),
+            no_cache in any::<bool>(),
             before in "[a-zA-Z .,!]{0,40}",
         ) {
-            let command = Command::Run { pipeline, params };
+            let command = Command::Run { pipeline, params, no_cache };
             let body = format!("{before}\n{command}\nthanks");
             prop_assert_eq!(parse(&body), Some(Ok(command)));
         }

@@ -417,7 +417,7 @@ impl Pulls {
                 return Ok(());
             }
         };
-        let (pipeline, params) = match command {
+        let (pipeline, params, no_cache) = match command {
             Command::Help => {
                 store
                     .enqueue_reports(&[reply(&pr, commands::HELP)], now)
@@ -434,7 +434,11 @@ impl Pulls {
                 }
                 return Ok(());
             }
-            Command::Run { pipeline, params } => (pipeline, params),
+            Command::Run {
+                pipeline,
+                params,
+                no_cache,
+            } => (pipeline, params, no_cache),
         };
         if store.preview_of_comment(comment_id).await?.is_some() {
             return Ok(());
@@ -477,7 +481,7 @@ impl Pulls {
             store.enqueue_reports(&[reply(&pr, &reason)], now).await?;
             return Ok(());
         }
-        let (version, run) =
+        let (version, mut run) =
             match preview_run(&checked.head, &checked.head_catalog, &pipeline, &params) {
                 Ok(found) => found,
                 Err(reason) => {
@@ -486,6 +490,7 @@ impl Pulls {
                     return Ok(());
                 }
             };
+        run.no_cache = no_cache;
         let asked = format!("Asked for by @{author}; waiting for its turn.");
         let queued = |id: i64| queued_comment(&run, id, pr.number, now, &asked);
         let (id, created) = store
