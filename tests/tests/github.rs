@@ -475,14 +475,16 @@ async fn a_pull_request_keeps_one_plan_comment_and_previews_run_only_for_writers
         .is_empty()
     );
 
-    // A writer asks: a preview of the head's version, its result in its own comment.
+    // A writer asks: a preview of the head's version, its result in its own comment; with
+    // --no-cache, a run that reuses nothing.
     setup.gh.set_permission("bob", Permission::Write);
-    let bob = setup.gh.add_comment_as("bob", 7, asked)?;
+    let asked_fresh = format!("{asked} --no-cache");
+    let bob = setup.gh.add_comment_as("bob", 7, &asked_fresh)?;
     setup
         .send(
             "issue_comment",
             "c-2",
-            &issue_comment_payload(REPO, 7, bob, "bob", asked),
+            &issue_comment_payload(REPO, 7, bob, "bob", &asked_fresh),
         )
         .await?;
     let found = async || -> Result<Vec<trainyard::store::RunRow>> {
@@ -500,6 +502,7 @@ async fn a_pull_request_keeps_one_plan_comment_and_previews_run_only_for_writers
     .await?;
     let preview = found().await?.remove(0);
     assert_eq!(preview.commit_sha, latest.to_string());
+    assert!(preview.no_cache, "{preview:?}");
     assert_eq!(
         serde_json::to_value(&preview.params)?,
         serde_json::json!({"epochs": 5})
