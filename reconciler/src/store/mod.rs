@@ -174,7 +174,16 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        migrator(backend).run(&pool).await?;
+        // sqlx's migrator takes an advisory lock on PostgreSQL and none on SQLite, where
+        // processes opening one file at once would each apply the same migration (the loser
+        // failing on a column that exists): they take turns on a lock file beside it.
+        let lock = match migration_lock_path(backend, &url)? {
+            Some(path) => Some(lock_file(path).await?),
+            None => None,
+        };
+        let migrated = migrator(backend).run(&pool).await;
+        drop(lock);
+        migrated?;
         Ok(Store {
             pool,
             backend,
@@ -257,6 +266,44 @@ fn migrator(backend: Backend) -> Migrator {
         migration(7, "finally", finally),
         migration(8, "cache", cache),
     ])
+}
+
+/// The file SQLite migrations of the database at `url` take turns on, for a database in a
+/// file.
+fn migration_lock_path(backend: Backend, url: &str) -> Result<Option<std::path::PathBuf>> {
+    if backend != Backend::Sqlite || url.contains(":memory:") || url.contains("mode=memory") {
+        return Ok(None);
+    }
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+    let file = options.get_filename();
+    if file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let mut name = file.as_os_str().to_owned();
+    name.push(".migrating");
+    Ok(Some(name.into()))
+}
+
+/// Opens `path` (created if missing) and holds an exclusive lock on it until the file is
+/// dropped; the operating system releases it if the process dies.
+async fn lock_file(path: std::path::PathBuf) -> Result<std::fs::File> {
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await;
+    match locked {
+        Ok(Ok(file)) => Ok(file),
+        Ok(Err(error)) => Err(StoreError::Invalid(format!(
+            "cannot lock the database for its migrations: {error}"
+        ))),
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
 }
 
 /// Picks the backend and turns a bare path into a SQLite URL that creates the file.

@@ -2843,3 +2843,27 @@ async fn the_cache_holds_current_succeeded_attempts_and_a_reuse_is_recorded_once
         "a cached attempt must name what it reused"
     );
 }
+
+/// Processes opening one new SQLite file at once all come up: their migrations take turns
+/// instead of applying the same one twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_opening_a_new_sqlite_file_at_once_all_migrate_it() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/trainyard.db", dir.path().display());
+        let barrier = Arc::new(tokio::sync::Barrier::new(6));
+        let opening: Vec<_> = (0..6)
+            .map(|_| {
+                let (url, barrier) = (url.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    Store::connect(&url).await.map(drop)
+                })
+            })
+            .collect();
+        for open in opening {
+            let opened = open.await.expect("no panic");
+            assert!(opened.is_ok(), "round {round}: {opened:?}");
+        }
+    }
+}
