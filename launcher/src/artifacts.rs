@@ -649,7 +649,8 @@ fn partial_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`, as sha256 digests are written.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

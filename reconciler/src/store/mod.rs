@@ -177,9 +177,12 @@ impl Store {
         // sqlx's migrator takes an advisory lock on PostgreSQL and none on SQLite, where
         // processes opening one file at once would each apply the same migration (the loser
         // failing on a column that exists): they take turns on a lock file beside it.
-        let lock = match migration_lock_path(backend, &url)? {
-            Some(path) => Some(lock_file(path).await?),
-            None => None,
+        let lock = match backend {
+            Backend::Sqlite => match sqlite_sidecar(&url, ".migrating")? {
+                Some(path) => Some(lock_file(path).await?),
+                None => None,
+            },
+            Backend::Postgres => None,
         };
         let migrated = migrator(backend).run(&pool).await;
         drop(lock);
@@ -268,10 +271,10 @@ fn migrator(backend: Backend) -> Migrator {
     ])
 }
 
-/// The file SQLite migrations of the database at `url` take turns on, for a database in a
-/// file.
-fn migration_lock_path(backend: Backend, url: &str) -> Result<Option<std::path::PathBuf>> {
-    if backend != Backend::Sqlite || url.contains(":memory:") || url.contains("mode=memory") {
+/// The file named `suffix` beside the SQLite database at `url` (`trainyard.db.requests`),
+/// for a database in a file.
+fn sqlite_sidecar(url: &str, suffix: &str) -> Result<Option<std::path::PathBuf>> {
+    if url.contains(":memory:") || url.contains("mode=memory") {
         return Ok(None);
     }
     let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
@@ -280,7 +283,7 @@ fn migration_lock_path(backend: Backend, url: &str) -> Result<Option<std::path::
         return Ok(None);
     }
     let mut name = file.as_os_str().to_owned();
-    name.push(".migrating");
+    name.push(suffix);
     Ok(Some(name.into()))
 }
 

@@ -46,19 +46,10 @@ impl Announce {
     pub(super) fn for_url(backend: super::Backend, url: &str) -> Result<Announce> {
         match backend {
             super::Backend::Postgres => Ok(Announce::Postgres(url.to_owned())),
-            super::Backend::Sqlite if url.contains(":memory:") || url.contains("mode=memory") => {
-                Ok(Announce::Nowhere)
-            }
-            super::Backend::Sqlite => {
-                let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
-                let file = options.get_filename();
-                if file.as_os_str().is_empty() {
-                    return Ok(Announce::Nowhere);
-                }
-                let mut name = file.as_os_str().to_owned();
-                name.push(".requests");
-                Ok(Announce::File(PathBuf::from(name)))
-            }
+            super::Backend::Sqlite => Ok(match super::sqlite_sidecar(url, ".requests")? {
+                Some(file) => Announce::File(file),
+                None => Announce::Nowhere,
+            }),
         }
     }
 }

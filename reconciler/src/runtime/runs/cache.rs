@@ -6,14 +6,12 @@
 //! `cache_version`), the argv and env with their templates rendered (secret names, never
 //! values), the outputs it declares, a digest of the step's folder at the run's commit (every
 //! file's path, mode and blob id but the pipeline file's own), the sha256 of every input,
-//! and the user's `cache_version`. Paths are rendered as
-//! if every attempt ran in the same directory, so the job's own name (which holds the run
-//! id) stays out of it; `{{ run.id }}` and `{{ run.scheduled_time }}` do not, and a step
+//! and the user's `cache_version`. Paths are rendered as if every attempt ran in the same
+//! directory, so the job's own name (which holds the run id) stays out of it; `{{ run.id }}` and `{{ run.scheduled_time }}` do not, and a step
 //! that reads them is never reused.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -54,10 +52,7 @@ impl KeyParts<'_> {
     fn digest(&self) -> String {
         // A struct of strings, maps and lists always serializes.
         let json = serde_json::to_vec(self).unwrap_or_default();
-        Sha256::digest(json)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        artifacts::hex(&Sha256::digest(json))
     }
 }
 
@@ -72,8 +67,9 @@ pub(super) enum Reuse {
 impl<E: Executor> Runs<E> {
     /// For attempt `attempt` of a step that is cached: records it as cached when an earlier
     /// attempt can stand in for it (unless the run refuses the cache), else gives the key its
-    /// attempt is recorded under, so that it refreshes the cache. A preview reuses entries but makes none: it
-    /// runs a pull request's code, which must not decide what later runs of the branch get.
+    /// attempt is recorded under, so that it refreshes the cache. A preview reuses entries
+    /// but makes none: it runs a pull request's code, which must not decide what later runs
+    /// of the branch get.
     pub(super) async fn reuse(
         &mut self,
         run: &RunRow,
@@ -141,17 +137,9 @@ impl<E: Executor> Runs<E> {
         let Ok(job) = job::build(run, &pinned.pipeline, step, 1, "cache", place, None) else {
             return Ok(None);
         };
-        let recorded = if job.inputs.is_empty() {
-            Vec::new()
-        } else {
-            self.store.artifacts(run.id).await?
-        };
+        let recorded = self.recorded_inputs(run, &job).await?;
         let mut inputs = BTreeMap::new();
-        for input in &job.inputs {
-            let row = recorded.iter().find(|row| {
-                artifacts::output_key(&self.installation, run.id, &row.step, &row.output)
-                    == input.key
-            });
+        for (input, row) in job.inputs.iter().zip(&recorded) {
             let below = input.path.strip_prefix(KEY_DIR).unwrap_or(&input.path);
             let sha256 = match row {
                 Some(row) => row.sha256.as_str(),
@@ -206,7 +194,7 @@ impl<E: Executor> Runs<E> {
                     hash.update([u8::from(f.executable)]);
                     hash.update(f.blob.as_bytes());
                 }
-                Some(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+                Some(artifacts::hex(&hash.finalize()))
             }
             Err(error) if error.is_transient() => return Err(error.into()),
             // Not a folder at that commit: nothing of it decides the output.

@@ -12,7 +12,7 @@ use crate::execute::{Executor, StepJob, StepSource, job_name};
 use crate::runtime::ObjectError;
 use crate::runtime::job::{self, Placement};
 use crate::spec::{SETTINGS_FILE, Settings, parse_settings};
-use crate::store::{RunRow, StoreError};
+use crate::store::{ArtifactRow, RunRow, StoreError};
 
 impl<E: Executor> Runs<E> {
     /// The job of attempt `attempt` of `step` in `run`: `Ok(Err(why))` when it cannot be
@@ -66,20 +66,42 @@ impl<E: Executor> Runs<E> {
         run: &RunRow,
         job: &mut StepJob,
     ) -> Result<(), ObjectError> {
-        if job.inputs.is_empty() {
-            return Ok(());
-        }
-        let recorded = self.store.artifacts(run.id).await?;
-        for input in &mut job.inputs {
-            let row = recorded.iter().find(|row| {
-                artifacts::output_key(&self.installation, run.id, &row.step, &row.output)
-                    == input.key
-            });
-            if let Some(key) = row.and_then(|row| self.artifacts.key_of(&row.uri)) {
+        let recorded = self.recorded_inputs(run, job).await?;
+        for (input, row) in job.inputs.iter_mut().zip(recorded) {
+            if let Some(row) = row
+                && let Some(key) = self.artifacts.key_of(&row.uri)
+            {
                 input.key = key.to_owned();
             }
         }
         Ok(())
+    }
+
+    /// For each input of `job`, in order, the output of `run` recorded under the key it
+    /// names (its producing step's key in this run), if one is; no query for a job without
+    /// inputs.
+    pub(super) async fn recorded_inputs(
+        &self,
+        run: &RunRow,
+        job: &StepJob,
+    ) -> Result<Vec<Option<ArtifactRow>>, ObjectError> {
+        if job.inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let recorded = self.store.artifacts(run.id).await?;
+        Ok(job
+            .inputs
+            .iter()
+            .map(|input| {
+                recorded
+                    .iter()
+                    .find(|row| {
+                        artifacts::output_key(&self.installation, run.id, &row.step, &row.output)
+                            == input.key
+                    })
+                    .cloned()
+            })
+            .collect())
     }
 
     /// The definition `run` is pinned to, and the file it was declared in.
